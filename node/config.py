@@ -1,0 +1,124 @@
+"""NodeConfig: the frozen configuration of one node daemon, built from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+ROLES = ("prefill", "decode")
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    role: str
+    model: str = DEFAULT_MODEL
+    host: str = "127.0.0.1"
+    port: int = 0
+    advertise_host: str = "127.0.0.1"
+    device: str = "cpu"
+    dtype: str | None = None
+    page_size: int = 16
+    max_pages: int | None = None
+    mem_fraction: float | None = None
+    chunk_size: int = 512
+    transfer_protocol: str = "tcp"
+    rdma_devices: str | None = None
+    transfer_threads: int = 2
+    metrics_port: int | None = None
+    log_level: str = "INFO"
+    max_queue: int = 256
+    drain_timeout: float = 30.0
+    quarantine_seconds: float = 60.0
+    local_prefill_below: int = 0
+    prealloc_timeout: float = 60.0
+    prefill_timeout: float = 600.0
+    node_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
+        if self.page_size <= 0 or self.chunk_size <= 0:
+            raise ValueError(f"page_size ({self.page_size}) and chunk_size ({self.chunk_size}) must be positive")
+        if self.max_pages is not None and self.max_pages <= 0:
+            raise ValueError(f"max_pages must be positive, got {self.max_pages}")
+        if self.mem_fraction is not None and not 0.0 < self.mem_fraction <= 1.0:
+            raise ValueError(f"mem_fraction must be in (0, 1], got {self.mem_fraction}")
+        if self.transfer_protocol not in ("tcp", "rdma"):
+            raise ValueError(f"transfer_protocol must be tcp or rdma, got {self.transfer_protocol!r}")
+        if self.max_queue <= 0 or self.local_prefill_below < 0:
+            raise ValueError("max_queue must be positive and local_prefill_below non-negative")
+
+    @property
+    def rdma_device_list(self) -> list[str] | None:
+        return [d for d in self.rdma_devices.split(",") if d] if self.rdma_devices else None
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by prefill-node and decode-node."""
+    d = NodeConfig(role="decode")
+    parser.add_argument("--model", default=d.model,
+                        help="model name (default: the embedded SmolLM2-135M), a Hugging Face directory or a .gguf path")
+    parser.add_argument("--host", default="0.0.0.0", help="interface the gRPC server binds (default: 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=0, help="gRPC port (default: 0, pick a free one and log it)")
+    parser.add_argument("--advertise-host", default=None,
+                        help="address peers use to reach this node, also for Mooncake (default: the host name's "
+                             "address, or 127.0.0.1 when --host is loopback)")
+    parser.add_argument("--device", default=d.device, help="torch device: cpu or cuda (default: cpu)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="model and KV dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    parser.add_argument("--page-size", type=int, default=d.page_size, help="tokens per KV page (default: 16)")
+    mem = parser.add_mutually_exclusive_group()
+    mem.add_argument("--max-pages", type=int, default=None, help="exact KV pool size in pages")
+    mem.add_argument("--mem-fraction", type=float, default=None,
+                     help="fraction of free device memory for the pools (default: the engine's)")
+    parser.add_argument("--chunk-size", type=int, default=d.chunk_size,
+                        help="chunked-prefill token budget per step (default: 512)")
+    parser.add_argument("--transfer-protocol", default=d.transfer_protocol, choices=["tcp", "rdma"],
+                        help="Mooncake transport (default: tcp)")
+    parser.add_argument("--rdma-devices", default=None, help="comma-separated RDMA NICs, e.g. mlx5_0,mlx5_1")
+    parser.add_argument("--transfer-threads", type=int, default=d.transfer_threads,
+                        help="transfer worker threads (default: 2)")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on this port (default: off)")
+    parser.add_argument("--log-level", default=d.log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level (default: INFO)")
+    parser.add_argument("--max-queue", type=int, default=d.max_queue,
+                        help="requests admitted at once before answering RESOURCE_EXHAUSTED (default: 256)")
+    parser.add_argument("--drain-timeout", type=float, default=d.drain_timeout,
+                        help="seconds SIGTERM waits for in-flight requests before exiting (default: 30)")
+    parser.add_argument("--quarantine-seconds", type=float, default=d.quarantine_seconds,
+                        help="hold pages of a failed transfer this long before reuse (default: 60; keep it above "
+                             "MC_TRANSFER_TIMEOUT)")
+
+
+def _advertise(host: str, advertise: str | None) -> str:
+    if advertise:
+        return advertise
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return "127.0.0.1"
+    if host not in ("0.0.0.0", "::", ""):
+        return host
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def config_from_args(role: str, args: argparse.Namespace) -> NodeConfig:
+    advertise = _advertise(args.host, args.advertise_host)
+    extra = {}
+    if role == "decode":
+        extra = {"local_prefill_below": args.local_prefill_below, "prealloc_timeout": args.prealloc_timeout}
+    return NodeConfig(
+        role=role, model=args.model, host=args.host, port=args.port, advertise_host=advertise,
+        device=args.device, dtype=args.dtype, page_size=args.page_size, max_pages=args.max_pages,
+        mem_fraction=args.mem_fraction, chunk_size=args.chunk_size, transfer_protocol=args.transfer_protocol,
+        rdma_devices=args.rdma_devices, transfer_threads=args.transfer_threads, metrics_port=args.metrics_port,
+        log_level=args.log_level, max_queue=args.max_queue, drain_timeout=args.drain_timeout,
+        quarantine_seconds=args.quarantine_seconds,
+        node_id=f"{role}-{advertise}-{os.getpid()}-{uuid.uuid4().hex[:8]}", **extra,
+    )

@@ -1,0 +1,91 @@
+"""Memory regions and layouts: what two nodes must agree on before pages move."""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["LayoutMismatch", "MemoryLayout", "MemoryRegion", "check_compatible"]
+
+
+class MemoryRegion(msgspec.Struct, frozen=True):
+    """One registered pool: ``num_items`` items of ``item_bytes`` each, contiguous from ``base_ptr``."""
+
+    kind: str
+    base_ptr: int
+    item_bytes: int
+    num_items: int
+    dtype: str
+
+    def __post_init__(self) -> None:
+        if self.base_ptr < 0 or self.item_bytes < 1 or self.num_items < 0:
+            raise ValueError(
+                f"bad region {self.kind!r}: base_ptr={self.base_ptr} item_bytes={self.item_bytes} "
+                f"num_items={self.num_items}"
+            )
+
+    @property
+    def nbytes(self) -> int:
+        return self.item_bytes * self.num_items
+
+    @property
+    def end_ptr(self) -> int:
+        return self.base_ptr + self.nbytes
+
+
+class MemoryLayout(msgspec.Struct, frozen=True):
+    """A node's regions plus the facts pairing must agree on."""
+
+    node_id: str
+    session_id: str
+    protocol: str
+    page_size: int
+    model_fingerprint: str
+    regions: tuple[MemoryRegion, ...]
+
+    def __post_init__(self) -> None:
+        kinds = [r.kind for r in self.regions]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"layout of {self.node_id!r} names a region kind twice: {kinds}")
+        if self.page_size < 1:
+            raise ValueError(f"page_size must be >= 1, got {self.page_size}")
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(r.kind for r in self.regions)
+
+    def region(self, kind: str) -> MemoryRegion:
+        for r in self.regions:
+            if r.kind == kind:
+                return r
+        raise KeyError(f"layout of {self.node_id!r} has no region {kind!r} (has {list(self.kinds)})")
+
+
+class LayoutMismatch(Exception):
+    """Two layouts cannot pair; ``field`` names the first difference."""
+
+    def __init__(self, field: str, local: object, remote: object) -> None:
+        super().__init__(f"layout mismatch on {field}: local {local!r}, remote {remote!r}")
+        self.field, self.local, self.remote = field, local, remote
+
+    def __reduce__(self):
+        return type(self), (self.field, self.local, self.remote)
+
+
+def check_compatible(local: MemoryLayout, remote: MemoryLayout) -> None:
+    """Raise ``LayoutMismatch`` naming the first field on which the layouts differ.
+
+    Order: page_size, model_fingerprint, protocol, region kinds, then per region
+    item_bytes and dtype. Item counts may differ (pools are sized per node).
+    """
+    for field in ("page_size", "model_fingerprint", "protocol"):
+        a, b = getattr(local, field), getattr(remote, field)
+        if a != b:
+            raise LayoutMismatch(field, a, b)
+    if sorted(local.kinds) != sorted(remote.kinds):
+        raise LayoutMismatch("regions", sorted(local.kinds), sorted(remote.kinds))
+    for mine in local.regions:
+        theirs = remote.region(mine.kind)
+        for field in ("item_bytes", "dtype"):
+            a, b = getattr(mine, field), getattr(theirs, field)
+            if a != b:
+                raise LayoutMismatch(f"regions[{mine.kind}].{field}", a, b)

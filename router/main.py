@@ -1,0 +1,107 @@
+"""`pdpair-router`: the OpenAI-compatible front door that pairs prefill and decode nodes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+from pdpair.router.app import build_app
+from pdpair.router.config import RouterConfig
+from pdpair.router.policy import POLICIES
+
+logger = logging.getLogger(__name__)
+
+_DEFAULTS = RouterConfig(decode=("localhost:1",))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pdpair-router",
+        description="OpenAI-compatible HTTP router over pdpair prefill and decode nodes. Each request goes to one "
+        "decode node, which pulls the prompt's KV pages from one prefill node; with no --prefill the decode nodes "
+        "serve colocated (they prefill locally).",
+    )
+    p.add_argument("--prefill", nargs="+", action="extend", default=[], metavar="HOST:PORT",
+                   help="prefill node gRPC addresses (repeatable, or comma-separated); none: colocated on the decode nodes")
+    p.add_argument("--decode", nargs="+", action="extend", default=[], metavar="HOST:PORT", required=True,
+                   help="decode node gRPC addresses (repeatable, or comma-separated)")
+    p.add_argument("--host", default=_DEFAULTS.host, help="HTTP listen address (default: %(default)s)")
+    p.add_argument("--port", type=int, default=_DEFAULTS.port, help="HTTP listen port (default: %(default)s)")
+    p.add_argument("--policy", choices=POLICIES, default=_DEFAULTS.policy,
+                   help="pairing policy: round_robin, or least_loaded (fewest requests from the nodes' Stats, "
+                   "then most free KV pages) (default: %(default)s)")
+    p.add_argument("--health-interval", type=float, default=_DEFAULTS.poll_interval_s, metavar="SECONDS",
+                   help="how often every node's Stats is polled, for health and load (default: %(default)s)")
+    p.add_argument("--rpc-timeout", type=float, default=_DEFAULTS.rpc_timeout_s, metavar="SECONDS",
+                   help="deadline of the Stats and ModelInfo calls (default: %(default)s)")
+    p.add_argument("--request-timeout", type=float, default=None, metavar="SECONDS",
+                   help="deadline of one generation, 504 when exceeded (default: none)")
+    p.add_argument("--shutdown-timeout", type=float, default=_DEFAULTS.shutdown_timeout_s, metavar="SECONDS",
+                   help="on SIGTERM, how long in-flight requests may finish (default: %(default)s)")
+    p.add_argument("--dns-refresh", type=float, default=_DEFAULTS.dns_refresh_s, metavar="SECONDS",
+                   help="treat every node address as a DNS name standing for all the addresses it resolves to "
+                   "(a headless Kubernetes Service) and re-resolve it this often; 0 = off (default: %(default)s)")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="log level (default: %(default)s)")
+    return p
+
+
+def _split(addrs: list[str]) -> tuple[str, ...]:
+    return tuple(a.strip() for arg in addrs for a in arg.split(",") if a.strip())
+
+
+def config_from_args(args: argparse.Namespace) -> RouterConfig:
+    return RouterConfig(
+        decode=_split(args.decode),
+        prefill=_split(args.prefill),
+        host=args.host,
+        port=args.port,
+        policy=args.policy,
+        poll_interval_s=args.health_interval,
+        rpc_timeout_s=args.rpc_timeout,
+        request_timeout_s=args.request_timeout,
+        shutdown_timeout_s=args.shutdown_timeout,
+        dns_refresh_s=args.dns_refresh,
+    )
+
+
+async def serve(config: RouterConfig) -> None:
+    """Serve until SIGTERM/SIGINT, then let in-flight requests finish (bounded) and exit."""
+    runner = web.AppRunner(build_app(config), handler_cancellation=True, shutdown_timeout=config.shutdown_timeout_s,
+                           access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    mode = f"prefill {', '.join(config.prefill)}" if config.prefill else "colocated"
+    logger.info("pdpair-router on http://%s:%d (decode %s; %s; policy %s)", config.host, config.port,
+                ", ".join(config.decode), mode, config.policy)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("shutting down")
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # DEBUG applies to pdpair's own loggers only (grpc's are chatty at DEBUG)
+    logging.basicConfig(level=max(logging.getLevelName(args.log_level), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pdpair").setLevel(args.log_level)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"pdpair-router: error: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

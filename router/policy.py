@@ -1,0 +1,43 @@
+"""Pairing policies: which healthy node of one role gets the next request."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from pdpair.router.node_client import NodeClient
+
+POLICIES = ("round_robin", "least_loaded")
+
+
+class Policy(Protocol):
+    def pick(self, nodes: Sequence[NodeClient]) -> NodeClient: ...
+
+
+class RoundRobin:
+    """Cycle through the healthy nodes in order."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def pick(self, nodes: Sequence[NodeClient]) -> NodeClient:
+        assert nodes, "pick() needs at least one node"
+        node = nodes[self._next % len(nodes)]
+        self._next += 1
+        return node
+
+
+class LeastLoaded:
+    """Fewest requests (open streams or reported queues), then most free KV pages, then list order."""
+
+    def pick(self, nodes: Sequence[NodeClient]) -> NodeClient:
+        assert nodes, "pick() needs at least one node"
+        return min(enumerate(nodes), key=lambda item: (item[1].load(), -item[1].free_fraction(), item[0]))[1]
+
+
+def make_policy(name: str) -> Policy:
+    if name == "round_robin":
+        return RoundRobin()
+    if name == "least_loaded":
+        return LeastLoaded()
+    raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")

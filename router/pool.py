@@ -1,0 +1,140 @@
+"""The router's nodes: health polling, pair selection, and the ModelInfo fetch at startup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+from pdpair.proto import pdpair_pb2 as pb
+from pdpair.router.discovery import resolve_all
+from pdpair.router.errors import ApiError
+from pdpair.router.node_client import NodeClient
+from pdpair.router.policy import make_policy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Pair:
+    decode: NodeClient
+    prefill: NodeClient | None  # None: the decode node prefills locally (colocated)
+
+
+class NodePool:
+    def __init__(
+        self,
+        decode: Sequence[str],
+        prefill: Sequence[str] = (),
+        *,
+        policy: str = "round_robin",
+        poll_interval_s: float = 1.0,
+        rpc_timeout_s: float = 2.0,
+        dns_refresh_s: float = 0.0,
+    ):
+        if not decode:
+            raise ValueError("at least one decode node is needed")
+        self._targets = {"decode": list(decode), "prefill": list(prefill)}
+        self.dns_refresh_s = dns_refresh_s  # > 0: every target is a DNS name standing for all its addresses
+        self._dns_at = float("-inf")
+        self.decode = [] if dns_refresh_s > 0 else [NodeClient(a, "decode") for a in decode]
+        self.prefill = [] if dns_refresh_s > 0 else [NodeClient(a, "prefill") for a in prefill]
+        self._retired: list[NodeClient] = []
+        self._decode_policy = make_policy(policy)
+        self._prefill_policy = make_policy(policy)
+        self.poll_interval_s = poll_interval_s
+        self.rpc_timeout_s = rpc_timeout_s
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+
+    @property
+    def colocated(self) -> bool:
+        return not self._targets["prefill"]
+
+    @property
+    def nodes(self) -> list[NodeClient]:
+        return self.decode + self.prefill
+
+    def has_healthy_pair(self) -> bool:
+        return any(n.healthy for n in self.decode) and (self.colocated or any(n.healthy for n in self.prefill))
+
+    def pick(self) -> Pair:
+        """A (decode, prefill) pair by policy; ApiError(503) when no healthy pair exists."""
+        decode = [n for n in self.decode if n.healthy]
+        prefill = [n for n in self.prefill if n.healthy]
+        if not decode or (not self.colocated and not prefill):
+            down = ", ".join(f"{n.role} {n.addr} ({n.last_error})" for n in self.nodes if not n.healthy)
+            raise ApiError(503, f"no healthy prefill/decode pair: {down}", code="no_healthy_pair")
+        return Pair(
+            decode=self._decode_policy.pick(decode),
+            prefill=None if self.colocated else self._prefill_policy.pick(prefill),
+        )
+
+    def report_unavailable(self, pair: Pair, reason: str) -> None:
+        """A call through `pair` failed with UNAVAILABLE: take the decode node out and re-poll both now."""
+        pair.decode.mark_unhealthy(reason)
+        self._wake.set()
+
+    async def poll_once(self) -> None:
+        if self.dns_refresh_s > 0 and time.monotonic() - self._dns_at >= self.dns_refresh_s:
+            self._dns_at = time.monotonic()
+            await self._refresh_dns()
+        await asyncio.gather(*(n.poll(self.rpc_timeout_s) for n in self.nodes))
+        for node in [n for n in self._retired if n.inflight == 0]:
+            self._retired.remove(node)
+            await node.close()
+
+    async def _refresh_dns(self) -> None:
+        """Add a client per newly resolved address; retire clients whose address went away."""
+        for role in ("decode", "prefill"):
+            current: list[NodeClient] = getattr(self, role)
+            addrs = await resolve_all(self._targets[role], [n.addr for n in current])
+            known = {n.addr: n for n in current}
+            for gone in set(known) - set(addrs):
+                logger.info("%s node %s left DNS", role, gone)
+                self._retired.append(known[gone])
+            for new in set(addrs) - set(known):
+                logger.info("%s node %s found in DNS", role, new)
+            setattr(self, role, [known.get(a) or NodeClient(a, role) for a in addrs])
+
+    async def _poll_loop(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except Exception:  # a poll must never kill the loop
+                logger.exception("health poll failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+            self._wake.clear()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._poll_loop(), name="pdpair-health-poll")
+
+    async def fetch_model_info(self, retry_s: float = 1.0) -> pb.ModelInfoResponse:
+        """ModelInfo from the first decode node that answers; retries until one does."""
+        attempt = 0
+        while True:
+            for node in self.decode:
+                try:
+                    info = await node.model_info(self.rpc_timeout_s * 5)
+                except grpc.aio.AioRpcError as exc:
+                    if attempt % 10 == 0:
+                        logger.info("waiting for ModelInfo from %s: %s", node.addr, exc.code().name)
+                    continue
+                logger.info("model %s (context %d) from %s", info.model_id, info.context_length, node.addr)
+                return info
+            attempt += 1
+            await asyncio.sleep(retry_s)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await asyncio.gather(*(n.close() for n in self.nodes + self._retired))

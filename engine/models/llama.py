@@ -7,12 +7,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from pdpair.engine.model_config import ModelConfig
 from pdpair.engine.models.attention import Attention
 from pdpair.engine.models.layers import RMSNorm, RotaryEmbedding, SwiGLUMLP
 from pdpair.engine.models.weights import load_hf_weights
+from torch import nn
 
 
 class DecoderLayer(nn.Module):

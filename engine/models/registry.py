@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from pdpair.engine.model_config import ModelConfig
 from pdpair.engine.models.llama import CausalLM
 

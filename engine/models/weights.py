@@ -35,7 +35,7 @@ def load_hf_weights(model: CausalLM, weights: Iterable[tuple[str, torch.Tensor]]
     """Fill every parameter of `model` from `weights`; raise ValueError on missing/unknown/misshapen tensors."""
     params = dict(model.named_parameters())
     expected: set[tuple[str, int]] = set()
-    for name, p in params.items():
+    for name in params:
         sub = name.split(".", 2)[-1].rsplit(".", 1)[0] if name.startswith("layers.") else ""
         shards = 3 if sub == "self_attn.qkv_proj" else 2 if sub == "mlp.gate_up_proj" else 1
         expected.update((name, s) for s in range(shards))

@@ -1,0 +1,45 @@
+"""The attention backend interface: `prepare(batch)` once per forward, `forward(...)` once per layer."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from pdpair.engine.batch import ForwardBatch
+from pdpair.engine.memory.kv_pool import KVPool
+
+
+class AttentionBackend(ABC):
+    """Stores each layer's new K/V into the paged cache and attends (cached prefix + new tokens, causal)."""
+
+    def __init__(self, kv_pool: KVPool, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        assert num_heads % num_kv_heads == 0, f"{num_heads} heads not a multiple of {num_kv_heads} kv heads"
+        self.kv_pool = kv_pool
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = head_dim**-0.5
+
+    @abstractmethod
+    def prepare(self, batch: ForwardBatch) -> None:
+        """Derive per-forward state (index tensors, masks) shared by every layer."""
+
+    @abstractmethod
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
+                batch: ForwardBatch) -> torch.Tensor:
+        """q [T, H, D], k/v [T, KVH, D] → o [T, H, D]; k/v are written at `batch.out_cache_loc` first."""
+
+    @property
+    def supports_cuda_graph(self) -> bool:
+        """True when the backend implements the graph hooks below."""
+        return type(self).init_graph_state is not AttentionBackend.init_graph_state
+
+    # CUDA-graph hooks: a backend that supports graph capture fills static buffers here.
+    def init_graph_state(self, max_batch_size: int, max_context: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not support CUDA graphs")
+
+    def prepare_for_capture(self, batch: ForwardBatch) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not support CUDA graphs")
+
+    def prepare_for_replay(self, batch: ForwardBatch, padded_batch_size: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not support CUDA graphs")

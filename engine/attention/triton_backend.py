@@ -1,0 +1,91 @@
+"""The Triton attention backend (CUDA): paged extend and split-KV decode kernels, CUDA-graph ready decode."""
+
+from __future__ import annotations
+
+import torch
+from pdpair.engine.attention.base import AttentionBackend
+from pdpair.engine.batch import ForwardBatch
+from pdpair.engine.memory.kv_pool import KVPool
+from pdpair.kernels import HAS_TRITON
+from pdpair.kernels.attention import (
+    decode_attention,
+    decode_workspace,
+    default_num_splits,
+    extend_attention,
+    store_kv,
+)
+
+if not HAS_TRITON:
+    raise ImportError("triton is not installed (pip install 'pdpair[triton]')")
+
+
+class TritonBackend(AttentionBackend):
+    """Reads `kv_indptr`/`kv_indices` straight from the batch; decode splits depend on the batch size only.
+
+    Eager decode allocates its split workspace once per forward; under CUDA graphs the workspace and every metadata
+    tensor are static buffers (`init_graph_state`), bound per captured batch size.
+    """
+
+    def __init__(self, kv_pool: KVPool, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        super().__init__(kv_pool, num_heads, num_kv_heads, head_dim)
+        device = kv_pool.buffer.device
+        # on CPU (the Triton interpreter, in tests) one "SM": few splits keep the interpreted grid small
+        self._num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+        self._splits = 1
+        self._workspace: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._max_extend = 0
+        self._has_prefix = True
+        self._graph_mid_o: torch.Tensor | None = None  # flat static workspace for captured decode
+        self._graph_mid_lse: torch.Tensor | None = None
+        self._graph_buffers_retired: list = []  # kept alive for graphs captured on them
+
+    def num_splits(self, batch_size: int) -> int:
+        return default_num_splits(batch_size, self.num_kv_heads, self._num_sms)
+
+    def prepare(self, batch: ForwardBatch) -> None:
+        if batch.is_decode:
+            self._splits = self.num_splits(batch.batch_size)
+            # one workspace for every layer of this forward (the layers run in order on one stream)
+            self._workspace = decode_workspace(batch.batch_size, self.num_heads, self.head_dim, self._splits,
+                                               batch.input_ids.device)
+        else:
+            self._max_extend = int(batch.extend_lens_cpu.max()) if batch.batch_size else 0
+            self._has_prefix = bool((batch.seq_lens_cpu > batch.extend_lens_cpu).any())
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
+                batch: ForwardBatch) -> torch.Tensor:
+        k_cache, v_cache = self.kv_pool.k_layers[layer], self.kv_pool.v_layers[layer]
+        store_kv(k, v, k_cache, v_cache, batch.out_cache_loc)
+        o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        if batch.is_decode:
+            decode_attention(q, k_cache, v_cache, batch.kv_indptr, batch.kv_indices, o=o, sm_scale=self.scale,
+                             num_splits=self._splits, workspace=self._workspace)
+        else:
+            extend_attention(q, k, v, k_cache, v_cache, batch.qo_indptr, batch.seq_lens, batch.kv_indptr,
+                             batch.kv_indices, self._max_extend, o=o, sm_scale=self.scale,
+                             has_prefix=self._has_prefix)
+        return o
+
+    # CUDA graphs (decode only): the batch handed in is the graph runner's static batch
+    def init_graph_state(self, max_batch_size: int, max_context: int) -> None:
+        """Static split workspace for graphs of up to `max_batch_size` rows; grow-only, so graphs captured
+        earlier keep valid addresses."""
+        n = max_batch_size * self.num_heads * self.num_splits(1)  # batch size 1 gets the most splits
+        if self._graph_mid_lse is not None and self._graph_mid_lse.numel() >= n:
+            return
+        device = self.kv_pool.buffer.device
+        self._graph_buffers_retired.append((self._graph_mid_o, self._graph_mid_lse))
+        self._graph_mid_o = torch.empty(n * self.head_dim, dtype=torch.float32, device=device)
+        self._graph_mid_lse = torch.empty(n, dtype=torch.float32, device=device)
+
+    def prepare_for_capture(self, batch: ForwardBatch) -> None:
+        self.prepare_for_replay(batch, batch.batch_size)
+
+    def prepare_for_replay(self, batch: ForwardBatch, padded_batch_size: int) -> None:
+        assert self._graph_mid_o is not None, "init_graph_state() first"
+        assert batch.is_decode, "CUDA graphs capture decode batches only"
+        bs, h, d = padded_batch_size, self.num_heads, self.head_dim
+        self._splits = s = self.num_splits(bs)
+        assert bs * h * s <= self._graph_mid_lse.numel(), (bs, h, s, self._graph_mid_lse.numel())
+        self._workspace = (self._graph_mid_o[: bs * h * s * d].view(bs, h, s, d),
+                           self._graph_mid_lse[: bs * h * s].view(bs, h, s))

@@ -1,0 +1,135 @@
+"""CUDA-graph decode: one graph per batch-size bucket, replayed over static metadata buffers.
+
+A decode batch of size b runs the graph of the smallest bucket >= b. Before replay the real rows are
+copied into the static buffers and the padding rows get a fill `seq_len` of 1 (request-table row 0, slot -1
+for their K/V store, which the store kernel skips); `kv_indptr`/`kv_indices` are rebuilt in place by the
+kv-index kernel. Replay computes the same kernels with the same split counts as eager decode of the
+padded batch; only the real rows' logits are returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+import torch
+from pdpair.engine.attention.base import AttentionBackend
+from pdpair.engine.batch import ForwardBatch, ForwardContext, ForwardMode
+from pdpair.kernels.attention import build_kv_indices, build_kv_indptr
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 224, 256)
+
+
+class DecodeCudaGraphs:
+    """Captures `model(input_ids, positions, ctx)` for decode batches up to `max_batch_size` rows."""
+
+    def __init__(self, model: torch.nn.Module, backend: AttentionBackend, req_to_token: torch.Tensor,
+                 max_batch_size: int, max_context: int, buckets: tuple[int, ...] = DEFAULT_BUCKETS) -> None:
+        self.model = model
+        self.backend = backend
+        self.table = req_to_token  # [rows, max_context] int32 token slots
+        self.buckets = tuple(b for b in buckets if b < max_batch_size) + (max_batch_size,)
+        self.max_batch_size = max_batch_size
+        dev = req_to_token.device
+        n = max_batch_size
+        self.input_ids = torch.zeros(n, dtype=torch.long, device=dev)
+        self.positions = torch.zeros(n, dtype=torch.long, device=dev)
+        self.req_pool_indices = torch.zeros(n, dtype=torch.long, device=dev)
+        self.seq_lens = torch.ones(n, dtype=torch.int32, device=dev)
+        self.out_cache_loc = torch.full((n,), -1, dtype=torch.long, device=dev)
+        self.kv_indptr = torch.zeros(n + 1, dtype=torch.int32, device=dev)
+        self.kv_indices = torch.zeros(n * max_context, dtype=torch.int32, device=dev)
+        self.ones = torch.ones(n, dtype=torch.int32, device=dev)
+        self.qo_indptr = torch.arange(n + 1, dtype=torch.int32, device=dev)
+        self.logits_rows = torch.arange(n, dtype=torch.long, device=dev)
+        self.max_context = max_context
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._outputs: dict[int, torch.Tensor] = {}
+        self._batches: dict[int, ForwardBatch] = {}
+        self.num_replays = 0
+
+    @classmethod
+    def for_runner(cls, runner, req_to_token, max_batch_size: int) -> DecodeCudaGraphs:
+        """Capture graphs for a ModelRunner (its model and backend) over a ReqToTokenPool."""
+        graphs = cls(runner.model, runner.backend, req_to_token.table, min(max_batch_size, DEFAULT_BUCKETS[-1]),
+                     req_to_token.max_context)
+        graphs.capture()
+        return graphs
+
+    def bucket(self, batch_size: int) -> int:
+        for b in self.buckets:
+            if b >= batch_size:
+                return b
+        raise ValueError(f"batch of {batch_size} exceeds the captured maximum {self.max_batch_size}")
+
+    def can_run(self, batch: ForwardBatch) -> bool:
+        return batch.is_decode and 0 < batch.batch_size <= self.max_batch_size and bool(self._graphs)
+
+    def _static_batch(self, bs: int) -> ForwardBatch:
+        return ForwardBatch(
+            mode=ForwardMode.DECODE, input_ids=self.input_ids[:bs], positions=self.positions[:bs],
+            req_pool_indices=self.req_pool_indices[:bs], seq_lens=self.seq_lens[:bs],
+            extend_lens=self.ones[:bs], qo_indptr=self.qo_indptr[: bs + 1], kv_indptr=self.kv_indptr[: bs + 1],
+            kv_indices=self.kv_indices, out_cache_loc=self.out_cache_loc[:bs],
+            seq_lens_cpu=np.ones(bs, dtype=np.int64), extend_lens_cpu=np.ones(bs, dtype=np.int64),
+        )
+
+    def _fill(self, batch: ForwardBatch | None, padded: int) -> None:
+        """Copy the real rows in, pad the rest (fill seq_len 1, no K/V store), rebuild the kv metadata."""
+        bs = 0 if batch is None else batch.batch_size
+        if bs:
+            self.input_ids[:bs].copy_(batch.input_ids, non_blocking=True)
+            self.positions[:bs].copy_(batch.positions, non_blocking=True)
+            self.req_pool_indices[:bs].copy_(batch.req_pool_indices, non_blocking=True)
+            self.seq_lens[:bs].copy_(batch.seq_lens, non_blocking=True)
+            self.out_cache_loc[:bs].copy_(batch.out_cache_loc, non_blocking=True)
+        if padded > bs:
+            self.input_ids[bs:padded].zero_()
+            self.positions[bs:padded].zero_()
+            self.req_pool_indices[bs:padded].zero_()
+            self.seq_lens[bs:padded].fill_(1)
+            self.out_cache_loc[bs:padded].fill_(-1)
+        build_kv_indptr(self.seq_lens[:padded], out=self.kv_indptr)
+        build_kv_indices(self.table, self.req_pool_indices[:padded], self.seq_lens[:padded], self.kv_indptr,
+                         self.kv_indices)
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        self.backend.init_graph_state(self.max_batch_size, self.max_context)
+        pool = torch.cuda.graph_pool_handle()
+        stream = torch.cuda.Stream()
+        for bs in reversed(self.buckets):  # largest first: the smaller graphs reuse its memory
+            self._fill(None, bs)
+            batch = self._batches[bs] = self._static_batch(bs)
+            self.backend.prepare_for_capture(batch)
+            ctx = ForwardContext(self.backend, batch, self.logits_rows[:bs])
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # warm up: compile kernels, create handles
+                for _ in range(2):
+                    self.model(self.input_ids[:bs], self.positions[:bs], ctx)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self._outputs[bs] = self.model(self.input_ids[:bs], self.positions[:bs], ctx)
+            self._graphs[bs] = graph
+        torch.cuda.synchronize()
+        logger.info("captured decode CUDA graphs for batch sizes %s", list(self.buckets))
+
+    def replay(self, batch: ForwardBatch) -> torch.Tensor:
+        """Logits `[batch_size, vocab]` of a decode batch, as the eager forward of the padded batch gives."""
+        assert self.can_run(batch), (batch.mode, batch.batch_size, self.max_batch_size)
+        padded = self.bucket(batch.batch_size)
+        self._fill(batch, padded)
+        self.backend.prepare_for_replay(self._batches[padded], padded)
+        self._graphs[padded].replay()
+        self.num_replays += 1
+        return self._outputs[padded][: batch.batch_size]
+
+    def padded_batch(self, batch: ForwardBatch) -> ForwardBatch:
+        """The padded static batch a replay of `batch` runs (for comparing with an eager forward)."""
+        padded = self.bucket(batch.batch_size)
+        self._fill(batch, padded)
+        return replace(self._batches.get(padded) or self._static_batch(padded))

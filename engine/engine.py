@@ -1,0 +1,132 @@
+"""`Engine`: a loaded model, its pools, attention backend, runner and scheduler, plus offline `generate`."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+
+import torch
+from pdpair.engine.attention import create_backend
+from pdpair.engine.config import (
+    DEFAULT_MEM_FRACTION,
+    EngineConfig,
+    dtype_name,
+    resolve_backend,
+    resolve_max_pages,
+)
+from pdpair.engine.events import GenerateOutput, StepEvent
+from pdpair.engine.memory import KVPool, PoolSet, ReqToTokenPool
+from pdpair.engine.request import Request
+from pdpair.engine.runner import ModelRunner
+from pdpair.engine.sampling import SamplingParams
+from pdpair.engine.scheduler import Scheduler
+from pdpair.engine.scheduler.resources import ResourceManager
+from pdpair.engine.scheduler.stop import StopChecker
+from pdpair.engine.scheduler.validate import RequestValidator
+
+logger = logging.getLogger(__name__)
+
+
+class Engine:
+    """Owned by one thread. Build with `Engine.from_model(...)`."""
+
+    def __init__(self, loaded, config: EngineConfig) -> None:
+        mc = loaded.config
+        self.config = config
+        self.model_config = mc
+        self.model_id = loaded.model_id
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.fingerprint = (f"{mc.arch}/L{mc.num_layers}/kvh{mc.num_kv_heads}/d{mc.head_dim}/"
+                            f"{config.dtype}/p{config.page_size}/{loaded.weights_digest}")
+        kv = KVPool(config.max_pages, mc.num_layers, config.page_size, mc.num_kv_heads, mc.head_dim,
+                    config.torch_dtype, config.device)
+        self.pools = PoolSet([kv], config.page_size)
+        self.req_to_token = ReqToTokenPool(config.max_running_requests, mc.context_length, config.page_size,
+                                           config.device)
+        backend = create_backend(config.attention_backend, kv, mc.num_heads, mc.num_kv_heads, mc.head_dim,
+                                 config.device)
+        self.runner = ModelRunner(self.model, backend, self.req_to_token, mc.vocab_size)
+        if config.device.startswith("cuda") and not config.disable_cuda_graph and backend.supports_cuda_graph:
+            from pdpair.engine.cuda_graph import DecodeCudaGraphs
+
+            self.runner.graphs = DecodeCudaGraphs.for_runner(self.runner, self.req_to_token,
+                                                             config.max_running_requests)
+        eos, decode = set(mc.eos_token_ids), None
+        if self.tokenizer is not None:  # tiny test models come without one
+            eos |= set(self.tokenizer.eos_token_ids)
+            decode = self.tokenizer.decode
+        self.scheduler = Scheduler(
+            self.runner, ResourceManager(self.pools, self.req_to_token),
+            RequestValidator(mc.vocab_size, mc.context_length, config.page_size, config.max_pages),
+            StopChecker(sorted(eos), mc.context_length, decode),
+            config.chunk_size, config.max_running_requests, config.seed)
+        self._ids = itertools.count()
+        logger.info("engine %s: %d KV pages of %d tokens (%.1f MiB), backend %s, %s on %s", self.model_id,
+                    config.max_pages, config.page_size, kv.buffer.nbytes / 2**20, config.attention_backend,
+                    config.dtype, config.device)
+
+    @classmethod
+    def from_model(cls, model: str | None = "smollm2-135m", device: str = "cpu",
+                   dtype: str | torch.dtype | None = None, page_size: int = 16, max_pages: int | None = None,
+                   chunk_size: int = 512, attention_backend: str = "auto", max_running_requests: int = 256,
+                   seed: int = 0, mem_fraction: float = DEFAULT_MEM_FRACTION,
+                   disable_cuda_graph: bool = False) -> Engine:
+        """Load a model (the embedded SmolLM2, a Hugging Face directory or a .gguf path) and build the runtime."""
+        from pdpair.engine.loader import load_model
+
+        loaded = load_model(model, device=device, dtype=dtype)
+        return cls.from_loaded(loaded, device=device, page_size=page_size, max_pages=max_pages,
+                               chunk_size=chunk_size, attention_backend=attention_backend,
+                               max_running_requests=max_running_requests, seed=seed, mem_fraction=mem_fraction,
+                               disable_cuda_graph=disable_cuda_graph)
+
+    @classmethod
+    def from_loaded(cls, loaded, device: str = "cpu", page_size: int = 16, max_pages: int | None = None,
+                    chunk_size: int = 512, attention_backend: str = "auto", max_running_requests: int = 256,
+                    seed: int = 0, mem_fraction: float = DEFAULT_MEM_FRACTION,
+                    disable_cuda_graph: bool = False) -> Engine:
+        """Build the runtime around an already loaded model (`LoadedModel`-like: config, model, tokenizer,
+        model_id, weights_digest); the dtype is the model's."""
+        mc = loaded.config
+        dtype = next(loaded.model.parameters()).dtype
+        if max_pages is None:
+            page_bytes = KVPool.page_bytes(mc.num_layers, page_size, mc.num_kv_heads, mc.head_dim, dtype)
+            max_pages = resolve_max_pages(device, page_bytes, mem_fraction)
+        config = EngineConfig(device=device, dtype=dtype_name(dtype), page_size=page_size,
+                              max_pages=max_pages, chunk_size=chunk_size,
+                              max_running_requests=max_running_requests,
+                              attention_backend=resolve_backend(attention_backend, device), seed=seed,
+                              disable_cuda_graph=disable_cuda_graph)
+        return cls(loaded, config)
+
+    def generate(self, prompts: Sequence[Sequence[int]],
+                 sampling: SamplingParams | Sequence[SamplingParams] | None = None) -> list[GenerateOutput]:
+        """Run `prompts` to completion (drives the scheduler; use one or the other on an engine)."""
+        if sampling is None:
+            sampling = SamplingParams()
+        params = [sampling] * len(prompts) if isinstance(sampling, SamplingParams) else list(sampling)
+        if len(params) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
+        if any(not isinstance(p, SamplingParams) for p in params):
+            raise ValueError("sampling must be SamplingParams or a list of them")
+        reqs = [Request(f"gen-{next(self._ids)}", list(ids), sp) for ids, sp in zip(prompts, params, strict=True)]
+        for req in reqs:  # check everything before queueing anything
+            self.scheduler.validator.check(req)
+        for req in reqs:
+            self.scheduler.submit(req)
+        index = {r.rid: i for i, r in enumerate(reqs)}
+        tokens: list[list[int]] = [[] for _ in reqs]
+        reasons: list[str | None] = [None] * len(reqs)
+        remaining = len(reqs)
+        while remaining:
+            for ev in self.scheduler.step():
+                i = index.get(ev.rid)
+                if i is None or not isinstance(ev, StepEvent):
+                    continue
+                tokens[i].extend(ev.new_token_ids)
+                if ev.finish_reason is not None:
+                    reasons[i] = ev.finish_reason
+                    remaining -= 1
+        return [GenerateOutput(t, r) for t, r in zip(tokens, reasons, strict=True)]

@@ -1,0 +1,46 @@
+"""What the engine hands back: per-step events, per-chunk page events, finished outputs, stats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """New tokens of one request in one step; `finish_reason` is "stop" | "length" | "abort" once done."""
+
+    rid: str
+    new_token_ids: list[int]
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ChunkEvent:
+    """Prefill-only: the pages one chunk completed (partial tail page only on the last chunk)."""
+
+    rid: str
+    kind_pages: dict[str, np.ndarray]
+    page_start: int
+    is_last: bool
+    first_token: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerateOutput:
+    """One finished request of `Engine.generate`: generated ids only."""
+
+    token_ids: list[int]
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    waiting: int
+    prefilling: int
+    running: int
+    held: int
+    prealloc: int
+    free_pages: int
+    total_pages: int

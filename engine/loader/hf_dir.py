@@ -1,0 +1,129 @@
+"""Hugging Face model directories: config.json, *.safetensors (sharded or not), tokenizer files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from pdpair.engine.loader.tokenizer import Tokenizer, chat_eos_ids
+from pdpair.engine.model_config import ModelConfig, RopeScaling
+from pdpair.engine.models.registry import resolve_architecture
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _ids(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, list) else [int(value)]
+
+
+def _rope(cfg: dict[str, Any]) -> tuple[float, RopeScaling | None]:
+    """(theta, scaling) from `rope_parameters` (transformers >= 5) or `rope_theta` + `rope_scaling`."""
+    params = dict(cfg.get("rope_parameters") or {})
+    scaling = dict(cfg.get("rope_scaling") or {})
+    theta = float(params.get("rope_theta", cfg.get("rope_theta", scaling.get("rope_theta", 10000.0))))
+    merged = {**scaling, **params}
+    kind = merged.get("rope_type", merged.get("type", "default"))
+    if kind == "default":
+        return theta, None
+    return theta, RopeScaling(
+        rope_type=kind,
+        factor=float(merged.get("factor", 1.0)),
+        low_freq_factor=float(merged.get("low_freq_factor", 1.0)),
+        high_freq_factor=float(merged.get("high_freq_factor", 4.0)),
+        original_max_position_embeddings=int(merged.get("original_max_position_embeddings", 8192)),
+    )
+
+
+def hf_model_config(cfg: dict[str, Any], eos_token_ids: tuple[int, ...]) -> ModelConfig:
+    archs = cfg.get("architectures") or [str(cfg.get("model_type", "?"))]
+    arch = resolve_architecture(archs[0])
+    if cfg.get("mlp_bias"):
+        raise ValueError("mlp_bias=True is not supported")
+    if float(cfg.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise ValueError("partial rotary embeddings (partial_rotary_factor != 1) are not supported")
+    if cfg.get("use_sliding_window"):
+        raise ValueError("sliding-window attention (use_sliding_window=True) is not supported")
+    heads = int(cfg["num_attention_heads"])
+    theta, scaling = _rope(cfg)
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelConfig(
+        arch=arch,
+        num_layers=int(cfg["num_hidden_layers"]),
+        hidden_size=int(cfg["hidden_size"]),
+        num_heads=heads,
+        num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+        head_dim=int(cfg.get("head_dim") or cfg["hidden_size"] // heads),
+        intermediate_size=int(cfg["intermediate_size"]),
+        vocab_size=int(cfg["vocab_size"]),
+        context_length=int(cfg.get("max_position_embeddings", 2048)),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        attention_bias=True if arch == "qwen2" else bias,
+        o_proj_bias=False if arch == "qwen2" else bias,
+        qk_norm=arch == "qwen3",
+        eos_token_ids=eos_token_ids,
+        bos_token_id=cfg.get("bos_token_id") if isinstance(cfg.get("bos_token_id"), int) else None,
+    )
+
+
+def _token_str(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def hf_tokenizer(root: Path, model_eos_ids: list[int]) -> Tokenizer:
+    path = root / "tokenizer.json"
+    if not path.is_file():
+        raise ValueError(f"{root}: tokenizer.json is missing (only fast tokenizers are supported)")
+    import tokenizers
+
+    backend = tokenizers.Tokenizer.from_file(str(path))
+    tcfg = _read_json(root / "tokenizer_config.json") if (root / "tokenizer_config.json").is_file() else {}
+    template = tcfg.get("chat_template")
+    if isinstance(template, list):  # named templates: take the default one
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    if (root / "chat_template.jinja").is_file():
+        template = (root / "chat_template.jinja").read_text(encoding="utf-8")
+    bos, eos = _token_str(tcfg.get("bos_token")), _token_str(tcfg.get("eos_token"))
+    eos_ids = list(model_eos_ids)
+    eos_id = backend.token_to_id(eos) if eos else None
+    if eos_id is not None and eos_id not in eos_ids:
+        eos_ids.append(eos_id)
+    return Tokenizer(backend, template, bos, eos, chat_eos_ids(backend, eos_ids, template))
+
+
+def load_hf_dir(root: Path) -> tuple[ModelConfig, dict[str, Any], Tokenizer]:
+    """(config, raw config.json, tokenizer) for a model directory."""
+    cfg = _read_json(root / "config.json")
+    resolve_architecture((cfg.get("architectures") or [str(cfg.get("model_type", "?"))])[0])  # fail fast
+    eos_ids = _ids(cfg.get("eos_token_id"))
+    if (root / "generation_config.json").is_file():
+        eos_ids += [i for i in _ids(_read_json(root / "generation_config.json").get("eos_token_id")) if i not in eos_ids]
+    tokenizer = hf_tokenizer(root, eos_ids)
+    vocab = int(cfg["vocab_size"])
+    eos = tuple(i for i in tokenizer.eos_token_ids if i < vocab)
+    return hf_model_config(cfg, eos), cfg, tokenizer
+
+
+def safetensors_weights(root: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    files = sorted(root.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{root}: no *.safetensors files")
+    for file in files:
+        with safe_open(str(file), framework="pt") as fh:
+            for name in fh.keys():
+                yield name, fh.get_tensor(name)
+

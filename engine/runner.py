@@ -1,0 +1,59 @@
+"""Runs one forward pass of a scheduled batch and samples the next tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pdpair.engine.attention import AttentionBackend
+from pdpair.engine.batch import ForwardBatch, ForwardContext, ForwardMode
+from pdpair.engine.memory import ReqToTokenPool
+from pdpair.engine.request import Request
+from pdpair.engine.sampler import SamplingBatch, sample
+
+
+class ModelRunner:
+    """Builds the batch metadata, calls the model under inference mode, samples; one host sync per call."""
+
+    def __init__(self, model: torch.nn.Module, backend: AttentionBackend, req_to_token: ReqToTokenPool,
+                 vocab_size: int) -> None:
+        self.model = model
+        self.backend = backend
+        self.req_to_token = req_to_token
+        self.vocab_size = vocab_size
+        self.graphs = None  # DecodeCudaGraphs when decode replays captured CUDA graphs
+
+    def run(self, mode: ForwardMode, reqs: list[Request], extend_lens: list[int]) -> list[int | None]:
+        """Advance each request by its extend length; returns the sampled token of every request whose
+        pending tokens are now all cached, None for requests mid-prompt."""
+        prefix = np.fromiter((r.num_cached for r in reqs), dtype=np.int64, count=len(reqs))
+        ext = np.asarray(extend_lens, dtype=np.int64)
+        if mode is ForwardMode.DECODE:
+            ids = [r.output_ids[-1] if r.output_ids else r.input_ids[-1] for r in reqs]
+        else:
+            ids = [t for r, n in zip(reqs, extend_lens, strict=True) for t in r.tokens(r.num_cached, r.num_cached + n)]
+        rows = np.fromiter((r.row for r in reqs), dtype=np.int64, count=len(reqs))
+        batch = ForwardBatch.build(mode, rows, prefix, ext, ids, self.req_to_token.table)
+
+        done = [i for i, (r, n) in enumerate(zip(reqs, extend_lens, strict=True)) if r.num_cached + n == r.seq_len]
+        if not done:
+            logits_rows = torch.zeros(0, dtype=torch.long, device=batch.input_ids.device)
+        elif len(done) == len(reqs):
+            logits_rows = batch.qo_indptr[1:].long() - 1
+        else:
+            logits_rows = batch.qo_indptr[1:].long()[torch.tensor(done, device=batch.input_ids.device)] - 1
+        with torch.inference_mode():
+            if self.graphs is not None and self.graphs.can_run(batch):
+                assert len(done) == len(reqs), f"decode rows without a sample: {len(reqs) - len(done)}"
+                logits = self.graphs.replay(batch)
+            else:
+                self.backend.prepare(batch)
+                logits = self.model(batch.input_ids, batch.positions,
+                                    ForwardContext(self.backend, batch, logits_rows))
+            out: list[int | None] = [None] * len(reqs)
+            if done:
+                picked = [reqs[i] for i in done]
+                sb = SamplingBatch.build([r.sampling for r in picked], [r.seed for r in picked],
+                                         [r.seq_len for r in picked], self.vocab_size, logits.device)
+                for i, tok in zip(done, sample(logits, sb).tolist(), strict=True):
+                    out[i] = tok
+        return out

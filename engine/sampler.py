@@ -1,0 +1,98 @@
+"""Batched sampling: greedy, temperature, top-k, top-p, min-p with counter-based per-request noise.
+
+A sampled row draws exponential noise from a hash of (seed, position, token id), so its token depends
+only on its own logits, seed and position: never on which other requests share the batch, on the
+batch order or on the device's random state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from pdpair.engine.sampling import SamplingParams
+
+_M1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_M2 = 0x94D049BB133111EB - (1 << 64)
+_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
+
+
+def _lsr(z: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 bits."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def _splitmix64(z: torch.Tensor) -> torch.Tensor:
+    z = (z ^ _lsr(z, 30)) * _M1
+    z = (z ^ _lsr(z, 27)) * _M2
+    return z ^ _lsr(z, 31)
+
+
+def uniform_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Uniforms in (0, 1), [B, vocab] fp32, a pure function of (seed, position, column)."""
+    key = _splitmix64(_splitmix64(seeds.long()) ^ (positions.long() * _GOLDEN))
+    cols = torch.arange(vocab, device=seeds.device, dtype=torch.long) * _GOLDEN
+    bits = _lsr(_splitmix64(key[:, None] + cols[None, :]), 40)  # top 24 bits
+    return (bits.float() + 0.5) * (1.0 / (1 << 24))
+
+
+@dataclass
+class SamplingBatch:
+    """Per-row sampling tensors of one batch (built once per step)."""
+
+    temperatures: torch.Tensor  # fp32 [B]; 0 = greedy
+    top_ks: torch.Tensor  # int64 [B]; vocab size = off
+    top_ps: torch.Tensor  # fp32 [B]
+    min_ps: torch.Tensor  # fp32 [B]
+    seeds: torch.Tensor  # int64 [B]
+    positions: torch.Tensor  # int64 [B]: position of the token being sampled
+    all_greedy: bool
+    need_top_k_top_p: bool
+    need_min_p: bool
+
+    @classmethod
+    def build(cls, params: Sequence[SamplingParams], seeds: Sequence[int], positions: Sequence[int],
+              vocab: int, device: torch.device | str) -> SamplingBatch:
+        all_greedy = all(p.temperature == 0 for p in params)
+        top_ks = [p.top_k if p.top_k > 0 else vocab for p in params]
+        return cls(
+            temperatures=torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device),
+            top_ks=torch.tensor(top_ks, dtype=torch.long, device=device),
+            top_ps=torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
+            min_ps=torch.tensor([p.min_p for p in params], dtype=torch.float32, device=device),
+            seeds=torch.tensor(seeds, dtype=torch.long, device=device),
+            positions=torch.tensor(positions, dtype=torch.long, device=device),
+            all_greedy=all_greedy,
+            need_top_k_top_p=not all_greedy and any(
+                p.temperature > 0 and (k < vocab or p.top_p < 1) for p, k in zip(params, top_ks, strict=True)),
+            need_min_p=not all_greedy and any(p.temperature > 0 and p.min_p > 0 for p in params),
+        )
+
+
+def filtered_probs(logits: torch.Tensor, sb: SamplingBatch) -> torch.Tensor:
+    """Temperature-scaled probabilities [B, V] with top-k, top-p and min-p filtered to zero (unnormalised)."""
+    temps = torch.where(sb.temperatures > 0, sb.temperatures, torch.ones_like(sb.temperatures))
+    probs = torch.softmax(logits.float() / temps[:, None], dim=-1)
+    if sb.need_top_k_top_p:
+        sorted_p, idx = probs.sort(dim=-1, descending=True)
+        ranks = torch.arange(probs.shape[-1], device=probs.device)
+        drop = ranks[None, :] >= sb.top_ks[:, None]
+        drop |= (sorted_p.cumsum(-1) - sorted_p) > sb.top_ps[:, None]  # keeps the smallest prefix reaching top_p
+        probs = torch.zeros_like(probs).scatter_(-1, idx, sorted_p.masked_fill(drop, 0.0))
+    if sb.need_min_p:
+        floor = sb.min_ps[:, None] * probs.max(dim=-1, keepdim=True).values
+        probs = probs.masked_fill(probs < floor, 0.0)
+    return probs
+
+
+def sample(logits: torch.Tensor, sb: SamplingBatch) -> torch.Tensor:
+    """Next token ids [B] int64 for fp32 logits [B, V]."""
+    greedy = logits.argmax(dim=-1)
+    if sb.all_greedy:
+        return greedy
+    probs = filtered_probs(logits, sb)
+    # exponential race: argmax(p / E), E ~ Exp(1), picks token i with probability p_i / sum(p)
+    exp_noise = -torch.log(uniform_noise(sb.seeds, sb.positions, logits.shape[-1]))
+    drawn = (probs / exp_noise).argmax(dim=-1)
+    return torch.where(sb.temperatures > 0, drawn, greedy)

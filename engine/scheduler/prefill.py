@@ -1,0 +1,32 @@
+"""Chunked prefill: admitted requests share a per-step token budget, oldest first."""
+
+from __future__ import annotations
+
+from pdpair.engine.request import Request
+
+
+class PrefillManager:
+    def __init__(self, chunk_size: int) -> None:
+        self.chunk_size = chunk_size
+        self.reqs: list[Request] = []
+
+    def __len__(self) -> int:
+        return len(self.reqs)
+
+    def add(self, reqs: list[Request]) -> None:
+        self.reqs.extend(reqs)
+
+    def remove(self, req: Request) -> None:
+        self.reqs.remove(req)
+
+    def next_batch(self) -> tuple[list[Request], list[int]] | None:
+        """Requests and how many tokens each extends this step (sum <= chunk_size)."""
+        budget, reqs, lens = self.chunk_size, [], []
+        for req in self.reqs:
+            if budget == 0:
+                break
+            n = min(req.num_pending, budget)
+            reqs.append(req)
+            lens.append(n)
+            budget -= n
+        return (reqs, lens) if reqs else None

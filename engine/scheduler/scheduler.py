@@ -1,0 +1,206 @@
+"""The stepping API the daemons drive: submit / step / abort, prefill-only and decode-side hooks."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from pdpair.engine.batch import ForwardMode
+from pdpair.engine.events import ChunkEvent, SchedulerStats, StepEvent
+from pdpair.engine.request import ReqStatus, Request
+from pdpair.engine.runner import ModelRunner
+from pdpair.engine.scheduler.decode import DecodeManager
+from pdpair.engine.scheduler.prefill import PrefillManager
+from pdpair.engine.scheduler.resources import ResourceManager
+from pdpair.engine.scheduler.stop import StopChecker
+from pdpair.engine.scheduler.validate import RequestValidator
+from pdpair.engine.scheduler.waiting import WaitingQueue
+
+logger = logging.getLogger(__name__)
+
+
+class Scheduler:
+    """Continuous batching over small managers: admission (waiting), chunked prefill, decode.
+
+    Owned by one thread. `step()` runs at most one decode batch and one prefill batch.
+    """
+
+    def __init__(self, runner: ModelRunner, resources: ResourceManager, validator: RequestValidator,
+                 stop: StopChecker, chunk_size: int, max_running_requests: int, seed: int = 0) -> None:
+        self.runner = runner
+        self.resources = resources
+        self.validator = validator
+        self.stop = stop
+        self.max_running_requests = max_running_requests
+        self.waiting = WaitingQueue(resources)
+        self.prefill = PrefillManager(chunk_size)
+        self.decode = DecodeManager(resources)
+        self._reqs: dict[str, Request] = {}
+        self._pending: list[StepEvent] = []  # produced between steps (activate)
+        self._rng = np.random.default_rng(seed)
+
+    # ---- submission ---------------------------------------------------------------------------
+    def submit(self, req: Request, prefill_only: bool = False) -> None:
+        """Validate (ValueError) and queue a request for local prefill (and decode unless prefill_only)."""
+        self._register(req)
+        req.prefill_only = prefill_only
+        self.waiting.push(req)
+        logger.debug("submitted %s: %d prompt tokens, prefill_only=%s", req.rid, req.prompt_len, prefill_only)
+
+    def _register(self, req: Request) -> None:
+        if req.rid in self._reqs:
+            raise ValueError(f"request id {req.rid!r} is already in flight")
+        self.validator.check(req)
+        if req.status is not ReqStatus.WAITING or req.output_ids or req.row is not None:
+            raise ValueError(f"request {req.rid!r} was already used; submit a fresh Request")
+        req.seed = req.sampling.seed if req.sampling.seed is not None else int(self._rng.integers(1 << 62))
+        self._reqs[req.rid] = req
+
+    # ---- stepping -----------------------------------------------------------------------------
+    def has_work(self) -> bool:
+        return bool(self._pending or len(self.waiting) or len(self.prefill) or len(self.decode))
+
+    def step(self) -> list[StepEvent | ChunkEvent]:
+        events: list[StepEvent | ChunkEvent] = self._pending
+        self._pending = []
+        self._admit()
+        batch, retracted = self.decode.next_batch()
+        for req in retracted:
+            self._retract(req, events)
+        if batch:
+            toks = self.runner.run(ForwardMode.DECODE, batch, [1] * len(batch))
+            for req, tok in zip(batch, toks, strict=True):
+                self._on_token(req, tok, events)
+        planned = self.prefill.next_batch()
+        if planned is not None:
+            reqs, lens = planned
+            toks = self.runner.run(ForwardMode.EXTEND, reqs, lens)
+            for req, n, tok in zip(reqs, lens, toks, strict=True):
+                if tok is None:
+                    req.num_cached += n
+                    if req.prefill_only:
+                        events.append(self._chunk_event(req, last=False))
+                else:
+                    self.prefill.remove(req)
+                    self._on_token(req, tok, events)
+        return events
+
+    def _admit(self) -> None:
+        resident = len(self.prefill) + len(self.decode)
+        slots = self.max_running_requests - resident
+        if slots <= 0 or not len(self.waiting):
+            return
+        reserve = resident  # one page of headroom per request that will decode soon
+        self.prefill.add(self.waiting.next_batch(reserve, slots))
+
+    def _on_token(self, req: Request, tok: int, events: list) -> None:
+        """All pending tokens of `req` are cached now and `tok` was sampled after them."""
+        req.num_cached = req.seq_len
+        req.output_ids.append(tok)
+        if req.prefill_only:
+            req.status = ReqStatus.HELD
+            events.append(self._chunk_event(req, last=True))
+            return
+        reason = self.stop.finish_reason(req)
+        events.append(StepEvent(req.rid, [tok], reason))
+        if reason is not None:
+            if req.status is ReqStatus.RUNNING:
+                self.decode.remove(req)
+            self._finish(req, reason)
+        elif req.status is not ReqStatus.RUNNING:
+            req.status = ReqStatus.RUNNING
+            self.decode.add(req)
+
+    def _chunk_event(self, req: Request, last: bool) -> ChunkEvent:
+        # SEEDS.md §2: pages are enumerated over min(len(fill_ids), len(origin_input_ids))
+        cached = min(req.num_cached, req.prompt_len)
+        upto = self.resources.pages_for(cached) if last else cached // self.resources.page_size
+        pages = req.kv_pages[req.pages_reported : upto].copy()
+        ev = ChunkEvent(req.rid, {"kv": pages}, req.pages_reported, last, req.output_ids[-1] if last else None)
+        req.pages_reported = upto
+        return ev
+
+    def _retract(self, req: Request, events: list) -> None:
+        if self.resources.pages_for(req.seq_len + 1) > self.resources.kv.num_total:
+            events.append(StepEvent(req.rid, [], "length"))  # the KV pool cannot hold it even alone
+            self._finish(req, "length")
+            return
+        self.resources.release(req)
+        self.waiting.push(req, front=True)
+
+    def _finish(self, req: Request, reason: str) -> None:
+        self.resources.release(req)
+        req.status = ReqStatus.FINISHED
+        req.finish_reason = reason
+        del self._reqs[req.rid]
+        logger.debug("finished %s (%s): %d tokens", req.rid, reason, len(req.output_ids))
+
+    # ---- cancellation and hand-over -----------------------------------------------------------
+    def abort(self, rid: str) -> bool:
+        """Drop the request at any stage, freeing everything it holds; False if unknown."""
+        req = self._reqs.get(rid)
+        if req is None:
+            return False
+        self._unlink(req)
+        self._finish(req, "abort")
+        self._pending = [e for e in self._pending if e.rid != rid]
+        return True
+
+    def detach(self, rid: str) -> dict[str, np.ndarray]:
+        """Remove the request and hand its items to the caller (who frees or quarantines them)."""
+        req = self._reqs.get(rid)
+        if req is None:
+            raise KeyError(f"unknown request {rid!r}")
+        self._unlink(req)
+        items = self.resources.take(req)
+        req.status = ReqStatus.FINISHED
+        del self._reqs[rid]
+        return items
+
+    def release(self, rid: str) -> None:
+        """detach + free."""
+        for kind, ids in self.detach(rid).items():
+            self.resources.pools.allocator(kind).free(ids)
+
+    def _unlink(self, req: Request) -> None:
+        if req.status is ReqStatus.WAITING:
+            self.waiting.remove(req)
+        elif req.status is ReqStatus.PREFILLING:
+            self.prefill.remove(req)
+        elif req.status is ReqStatus.RUNNING:
+            self.decode.remove(req)
+
+    # ---- decode side: pages arrive from a prefill node ----------------------------------------
+    def preallocate(self, req: Request) -> dict[str, np.ndarray] | None:
+        """Reserve destination items for the prompt (request order); None when the pools cannot hold it now."""
+        self._register(req)
+        reserve = len(self.prefill) + len(self.decode)
+        if reserve >= self.max_running_requests or not self.resources.acquire(req, req.prompt_len, reserve):
+            del self._reqs[req.rid]
+            return None
+        req.status = ReqStatus.PREALLOC
+        return {"kv": req.kv_pages.copy()}
+
+    def activate(self, rid: str, first_token: int) -> None:
+        """The prompt's K/V is in the preallocated pages: join the running batch as if prefilled locally.
+        The next step() reports `first_token` in a StepEvent, like a local prefill would."""
+        req = self._reqs.get(rid)
+        if req is None or req.status is not ReqStatus.PREALLOC:
+            raise KeyError(f"request {rid!r} is not preallocated")
+        self.validator.check_token(first_token)
+        req.num_cached = req.prompt_len
+        req.output_ids.append(int(first_token))
+        reason = self.stop.finish_reason(req)
+        self._pending.append(StepEvent(rid, [int(first_token)], reason))
+        if reason is not None:
+            self._finish(req, reason)
+        else:
+            req.status = ReqStatus.RUNNING
+            self.decode.add(req)
+
+    def stats(self) -> SchedulerStats:
+        held = sum(1 for r in self._reqs.values() if r.status is ReqStatus.HELD)
+        prealloc = sum(1 for r in self._reqs.values() if r.status is ReqStatus.PREALLOC)
+        kv = self.resources.kv
+        return SchedulerStats(len(self.waiting), len(self.prefill), len(self.decode), held, prealloc,
+                              kv.num_free, kv.num_total)

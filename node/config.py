@@ -16,7 +16,7 @@ DEFAULT_MODEL = "smollm2-135m"
 class NodeConfig:
     role: str
     model: str = DEFAULT_MODEL
-    host: str = "127.0.0.1"
+    host: str = "0.0.0.0"
     port: int = 0
     advertise_host: str = "127.0.0.1"
     device: str = "cpu"
@@ -32,7 +32,7 @@ class NodeConfig:
     log_level: str = "INFO"
     max_queue: int = 256
     drain_timeout: float = 30.0
-    quarantine_seconds: float = 60.0
+    quarantine_seconds: float = 70.0
     local_prefill_below: int = 0
     prealloc_timeout: float = 60.0
     prefill_timeout: float = 600.0
@@ -49,6 +49,8 @@ class NodeConfig:
             raise ValueError(f"mem_fraction must be in (0, 1], got {self.mem_fraction}")
         if self.transfer_protocol not in ("tcp", "rdma"):
             raise ValueError(f"transfer_protocol must be tcp or rdma, got {self.transfer_protocol!r}")
+        if not self.quarantine_seconds > 0:
+            raise ValueError(f"quarantine_seconds must be positive, got {self.quarantine_seconds}")
         if self.max_queue <= 0 or self.local_prefill_below < 0:
             raise ValueError("max_queue must be positive and local_prefill_below non-negative")
 
@@ -62,8 +64,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     d = NodeConfig(role="decode")
     parser.add_argument("--model", default=d.model,
                         help="model name (default: the embedded SmolLM2-135M), a Hugging Face directory or a .gguf path")
-    parser.add_argument("--host", default="0.0.0.0", help="interface the gRPC server binds (default: 0.0.0.0)")
-    parser.add_argument("--port", type=int, default=0, help="gRPC port (default: 0, pick a free one and log it)")
+    parser.add_argument("--host", default=d.host, help=f"interface the gRPC server binds (default: {d.host})")
+    parser.add_argument("--port", type=int, default=d.port, help="gRPC port (default: 0, pick a free one and log it)")
     parser.add_argument("--advertise-host", default=None,
                         help="address peers use to reach this node, also for Mooncake (default: the host name's "
                              "address, or 127.0.0.1 when --host is loopback)")
@@ -90,9 +92,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="requests admitted at once before answering RESOURCE_EXHAUSTED (default: 256)")
     parser.add_argument("--drain-timeout", type=float, default=d.drain_timeout,
                         help="seconds SIGTERM waits for in-flight requests before exiting (default: 30)")
-    parser.add_argument("--quarantine-seconds", type=float, default=d.quarantine_seconds,
-                        help="hold pages of a failed transfer this long before reuse (default: 60; keep it above "
-                             "MC_TRANSFER_TIMEOUT)")
+    parser.add_argument("--quarantine-seconds", type=float, default=None,
+                        help="hold the pages of a failed transfer this long before reuse (default: twice "
+                             "MC_TRANSFER_TIMEOUT plus 10 s; a failed write may still land until then)")
 
 
 def _advertise(host: str, advertise: str | None) -> str:
@@ -109,7 +111,12 @@ def _advertise(host: str, advertise: str | None) -> str:
 
 
 def config_from_args(role: str, args: argparse.Namespace) -> NodeConfig:
+    from pdpair.transfer import default_hold_seconds, transfer_timeout_s
+
     advertise = _advertise(args.host, args.advertise_host)
+    hold = args.quarantine_seconds
+    if hold is None:
+        hold = default_hold_seconds(transfer_timeout_s())
     extra = {}
     if role == "decode":
         extra = {"local_prefill_below": args.local_prefill_below, "prealloc_timeout": args.prealloc_timeout}
@@ -119,6 +126,6 @@ def config_from_args(role: str, args: argparse.Namespace) -> NodeConfig:
         mem_fraction=args.mem_fraction, chunk_size=args.chunk_size, transfer_protocol=args.transfer_protocol,
         rdma_devices=args.rdma_devices, transfer_threads=args.transfer_threads, metrics_port=args.metrics_port,
         log_level=args.log_level, max_queue=args.max_queue, drain_timeout=args.drain_timeout,
-        quarantine_seconds=args.quarantine_seconds,
+        quarantine_seconds=hold,
         node_id=f"{role}-{advertise}-{os.getpid()}-{uuid.uuid4().hex[:8]}", **extra,
     )

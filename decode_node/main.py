@@ -1,0 +1,45 @@
+"""`decode-node`: receives prompt pages from prefill nodes (or prefills locally) and streams tokens."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pdpair.node.config import add_common_args, config_from_args
+from pdpair.node.server import serve
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="decode-node",
+        description="pdpair decode node: preallocates pages for each prompt, has a prefill node write the "
+                    "prompt's KV into them, then decodes and streams tokens. Alone it is a complete "
+                    "colocated server.")
+    add_common_args(parser)
+    parser.add_argument("--local-prefill-below", type=int, default=0, metavar="N",
+                        help="prefill prompts shorter than N tokens on this node (default: 0 = never; "
+                             "requests without a prefill node are always prefilled here)")
+    parser.add_argument("--prealloc-timeout", type=float, default=60.0,
+                        help="seconds a request may wait for free pages before RESOURCE_EXHAUSTED (default: 60)")
+    return parser
+
+
+def _make_servicer(rt):
+    from pdpair.decode_node.servicer import DecodeServicer
+    from pdpair.proto import pdpair_pb2_grpc as pb_grpc
+
+    return DecodeServicer(rt), pb_grpc.add_DecodeNodeServicer_to_server, "pdpair.v1.DecodeNode"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args("decode", args)
+    except ValueError as exc:
+        print(f"decode-node: {exc}", file=sys.stderr)
+        return 2
+    return serve(cfg, _make_servicer)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

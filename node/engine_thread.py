@@ -1,0 +1,140 @@
+"""EngineThread: the one scheduler thread that owns the Engine.
+
+The asyncio side talks to it only through `call(fn)` (fn runs on the engine thread; the result comes back
+as an asyncio future) and per-request event queues (`open_stream(rid)`): every event a step returns for
+that request is put on its queue with `loop.call_soon_threadsafe`. Tick hooks (quarantine release,
+preallocation retries, metrics) run on the engine thread once per loop iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class EngineFailure:
+    """Put on every open stream when a step raised: the requests' state is unknown."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"EngineFailure({self.error!r})"
+
+
+class EngineThread:
+    def __init__(self, engine: Any, loop: asyncio.AbstractEventLoop, idle_wait: float = 0.01) -> None:
+        self.engine = engine
+        self._loop = loop
+        self._idle_wait = idle_wait
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, asyncio.Queue] = {}  # touched on the loop thread only
+        self._hooks: list[Callable[[], object]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self.steps = 0
+
+    # -- loop side -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def add_hook(self, hook: Callable[[], object]) -> None:
+        """hook() runs on the engine thread every iteration (at least every idle_wait seconds)."""
+        self._hooks.append(hook)
+
+    def call(self, fn: Callable[[Any], Any]) -> asyncio.Future:
+        """Run fn(engine) on the engine thread; await the returned future for its result or exception."""
+        fut = self._loop.create_future()
+        self._commands.put((fn, fut))
+        return fut
+
+    def open_stream(self, rid: str) -> asyncio.Queue:
+        if rid in self._streams:
+            raise ValueError(f"request id {rid!r} is already in flight")
+        q: asyncio.Queue = asyncio.Queue()
+        self._streams[rid] = q
+        return q
+
+    def close_stream(self, rid: str) -> None:
+        self._streams.pop(rid, None)
+
+    def has_stream(self, rid: str) -> bool:
+        return rid in self._streams
+
+    @property
+    def num_streams(self) -> int:
+        return len(self._streams)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._commands.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -- engine thread -------------------------------------------------------------------------
+    def _resolve(self, fut: asyncio.Future, result: Any, error: BaseException | None) -> None:
+        if fut.cancelled():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+
+    def _deliver(self, events: list) -> None:
+        for ev in events:
+            q = self._streams.get(ev.rid)
+            if q is not None:
+                q.put_nowait(ev)
+
+    def _fail_all(self, error: BaseException) -> None:
+        for q in self._streams.values():
+            q.put_nowait(EngineFailure(error))
+
+    def _run_command(self, item: tuple) -> None:
+        fn, fut = item
+        try:
+            result, error = fn(self.engine), None
+        except BaseException as exc:  # handed to the awaiting coroutine
+            result, error = None, exc
+        self._loop.call_soon_threadsafe(self._resolve, fut, result, error)
+
+    def _run(self) -> None:
+        sched = self.engine.scheduler
+        busy = False
+        while not self._stop.is_set():
+            try:
+                item = self._commands.get(timeout=self._idle_wait) if not busy else self._commands.get_nowait()
+            except queue.Empty:
+                item = None
+            while item is not None:
+                self._run_command(item)
+                try:
+                    item = self._commands.get_nowait()
+                except queue.Empty:
+                    item = None
+            if self._stop.is_set():
+                break
+            for hook in self._hooks:
+                try:
+                    hook()
+                except Exception:
+                    logger.exception("engine-thread hook failed")
+            busy = sched.has_work()
+            if busy:
+                try:
+                    events = sched.step()
+                except Exception as exc:
+                    logger.exception("engine step failed")
+                    self._loop.call_soon_threadsafe(self._fail_all, exc)
+                    busy = False
+                    continue
+                self.steps += 1
+                if events:
+                    self._loop.call_soon_threadsafe(self._deliver, list(events))
+        logger.info("engine thread stopped after %d steps", self.steps)

@@ -1,0 +1,40 @@
+"""An engine's pools as a transfer MemoryLayout, and MemoryLayout <-> protobuf."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pdpair.proto import pdpair_pb2 as pb
+from pdpair.transfer import MemoryLayout, MemoryRegion
+
+
+def engine_layout(engine: Any, node_id: str, session_id: str, protocol: str) -> MemoryLayout:
+    """The layout a node advertises: one region per pool, plus what pairing must agree on."""
+    regions = tuple(
+        MemoryRegion(kind=r.kind, base_ptr=int(r.base_ptr), item_bytes=int(r.item_bytes),
+                     num_items=int(r.num_items), dtype=str(r.dtype))
+        for r in engine.pools.regions()
+    )
+    return MemoryLayout(node_id=node_id, session_id=session_id, protocol=protocol,
+                        page_size=int(engine.pools.page_size), model_fingerprint=engine.fingerprint,
+                        regions=regions)
+
+
+def layout_to_proto(layout: MemoryLayout) -> pb.MemoryLayout:
+    return pb.MemoryLayout(
+        node_id=layout.node_id, session_id=layout.session_id, protocol=layout.protocol,
+        page_size=layout.page_size, model_fingerprint=layout.model_fingerprint,
+        regions=[pb.MemoryRegion(kind=r.kind, base_ptr=r.base_ptr, item_bytes=r.item_bytes,
+                                 num_items=r.num_items, dtype=r.dtype) for r in layout.regions],
+    )
+
+
+def layout_from_proto(msg: pb.MemoryLayout) -> MemoryLayout:
+    """Raises ValueError when the message cannot be a layout (the transfer types validate their fields)."""
+    regions = tuple(
+        MemoryRegion(kind=r.kind, base_ptr=r.base_ptr, item_bytes=r.item_bytes, num_items=r.num_items,
+                     dtype=r.dtype)
+        for r in msg.regions
+    )
+    return MemoryLayout(node_id=msg.node_id, session_id=msg.session_id, protocol=msg.protocol,
+                        page_size=msg.page_size, model_fingerprint=msg.model_fingerprint, regions=regions)

@@ -1,0 +1,157 @@
+"""NodeRuntime: what both daemons hold — engine, engine thread, transfer engine and workers, quarantine,
+metrics, counters — and the ModelInfo / Stats answers built from them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pdpair.node.config import NodeConfig
+from pdpair.node.engine_thread import EngineThread
+from pdpair.node.layout import engine_layout
+from pdpair.node.metrics import NodeMetrics
+from pdpair.proto import pdpair_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+STATS_WAIT_S = 0.25
+
+
+@dataclass(eq=False)
+class Counters:
+    requests_total: int = 0
+    requests_aborted: int = 0
+    transfer_bytes_total: int = 0
+    transfer_batches_total: int = 0
+
+
+def load_engine(cfg: NodeConfig) -> Any:
+    from pdpair.engine import Engine
+
+    extra = {} if cfg.mem_fraction is None else {"mem_fraction": cfg.mem_fraction}
+    return Engine.from_model(cfg.model, device=cfg.device, dtype=cfg.dtype, page_size=cfg.page_size,
+                             max_pages=cfg.max_pages, chunk_size=cfg.chunk_size, **extra)
+
+
+class NodeRuntime:
+    """Built once per process; `attach()` and `start()` run on the event loop that serves gRPC."""
+
+    def __init__(self, cfg: NodeConfig, engine: Any) -> None:
+        from pdpair.transfer import MooncakeEngine, Quarantine, TransferWorkers
+
+        self.cfg = cfg
+        self.engine = engine
+        self.metrics = NodeMetrics(cfg.role)
+        self.counters = Counters()
+        self.draining = False
+        self.inflight = 0  # requests inside a servicer call
+        self.transfer = MooncakeEngine(host=cfg.advertise_host, protocol=cfg.transfer_protocol,
+                                       devices=cfg.rdma_device_list)
+        self.layout = engine_layout(engine, cfg.node_id, "", cfg.transfer_protocol)
+        self.transfer.register(self.layout.regions)
+        self.layout = engine_layout(engine, cfg.node_id, self.transfer.session_id, cfg.transfer_protocol)
+        self.workers = TransferWorkers(self.transfer, num_threads=cfg.transfer_threads)
+        self.quarantine = Quarantine(cfg.quarantine_seconds, release=self._release_quarantined)
+        self.thread: EngineThread | None = None
+        self._integrity_ok = True
+        self._stage_fn = lambda: {}
+        self._observed_at = 0.0
+        self._snapshot = pb.NodeStats(role=cfg.role)
+        logger.info("%s node %s: model %s, pools %s, transfer session %s", cfg.role, cfg.node_id,
+                    engine.model_id, {r.kind: r.num_items for r in self.layout.regions}, self.transfer.session_id)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def attach(self, loop: asyncio.AbstractEventLoop) -> EngineThread:
+        """Create the engine thread for the serving loop; servicers add their hooks before start()."""
+        self.thread = EngineThread(self.engine, loop)
+        self.thread.add_hook(self.quarantine.poll)
+        self.thread.add_hook(self._observe)
+        return self.thread
+
+    def start(self) -> None:
+        self.thread.start()
+        self.metrics.serve(self.cfg.metrics_port, self.cfg.host)
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.thread.stop()
+        self.workers.shutdown(wait=True)
+        self.quarantine.flush()
+        self.transfer.close()
+
+    def set_stage_counts(self, fn) -> None:
+        """fn() -> {stage: count} for the servicer-side stages, read for Stats and metrics."""
+        self._stage_fn = fn
+
+    # -- engine-thread helpers -----------------------------------------------------------------
+    def _release_quarantined(self, kind: str, ids: np.ndarray) -> None:
+        self.engine.pools.allocator(kind).free(np.asarray(ids, dtype=np.int32))
+
+    def hold(self, items: dict[str, np.ndarray]) -> None:
+        """Quarantine items (engine thread): a failed transfer may still write into them."""
+        for kind, ids in items.items():
+            if len(ids):
+                self.quarantine.hold(kind, np.asarray(ids, dtype=np.int32))
+
+    def _observe(self) -> None:
+        """Engine thread, every iteration: refresh metrics and the Stats snapshot (at most every 50 ms)."""
+        now = time.monotonic()
+        if now - self._observed_at < 0.05:
+            return
+        self._observed_at = now
+        s = self.engine.scheduler.stats()
+        stages = {"waiting": s.waiting, "prefilling": s.prefilling, "running": s.running,
+                  "held": s.held, "prealloc": s.prealloc, **self._stage_fn()}
+        self.metrics.observe_engine(self.engine, self._quarantined(), stages)
+        self._snapshot = self._stats(self.engine)
+
+    def _quarantined(self) -> dict[str, int]:
+        return {kind: self.quarantine.num_held(kind) for kind in self.engine.pools.kinds}
+
+    def _stats(self, engine: Any) -> pb.NodeStats:
+        sched = engine.scheduler
+        if not sched.has_work() and self.inflight == 0:
+            try:
+                engine.pools.check_integrity()
+                self._integrity_ok = True
+            except AssertionError as exc:
+                logger.error("pool integrity check failed: %s", exc)
+                self._integrity_ok = False
+        s = sched.stats()
+        held = self._quarantined()
+        pools = [pb.PoolStats(kind=k, total=engine.pools.allocator(k).num_total,
+                              free=engine.pools.allocator(k).num_free, quarantined=held[k])
+                 for k in engine.pools.kinds]
+        stages = self._stage_fn()
+        c = self.counters
+        return pb.NodeStats(
+            role=self.cfg.role, pools=pools, waiting=s.waiting + stages.get("prealloc_waiting", 0),
+            prefilling=s.prefilling, transferring=stages.get("transferring", 0), running=s.running,
+            inflight_transfers=stages.get("inflight_transfers", 0), integrity_ok=self._integrity_ok,
+            requests_total=c.requests_total, requests_aborted=c.requests_aborted,
+            transfer_bytes_total=c.transfer_bytes_total, transfer_batches_total=c.transfer_batches_total,
+            draining=self.draining,
+        )
+
+    # -- answers ---------------------------------------------------------------------------------
+    async def stats(self) -> pb.NodeStats:
+        """Fresh from the engine thread when it answers within STATS_WAIT_S, else the last snapshot
+        (a long prefill step must not make a health/load poll time out)."""
+        fut = self.thread.call(self._stats)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), STATS_WAIT_S)
+        except TimeoutError:
+            return self._snapshot
+
+    def model_info(self) -> pb.ModelInfoResponse:
+        eng, tok = self.engine, self.engine.tokenizer
+        return pb.ModelInfoResponse(
+            model_id=eng.model_id, context_length=eng.model_config.context_length,
+            vocab_size=tok.vocab_size, tokenizer_json=tok.to_json(), chat_template=tok.chat_template or "",
+            bos_token=tok.bos_token or "", eos_token=tok.eos_token or "",
+            eos_token_ids=list(tok.eos_token_ids), role=self.cfg.role, page_size=eng.pools.page_size,
+        )

@@ -1,0 +1,81 @@
+"""serve(): the grpc.aio server of a node — servicer, health service, metrics, SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from pdpair.node.config import NodeConfig
+from pdpair.node.runtime import NodeRuntime, load_engine
+
+logger = logging.getLogger(__name__)
+
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=max(getattr(logging, level), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pdpair").setLevel(getattr(logging, level))
+
+
+async def _drain(rt: NodeRuntime, health: Any, service_names: list[str]) -> None:
+    """Stop admitting (health NOT_SERVING, new calls UNAVAILABLE), wait for in-flight calls, bounded."""
+    rt.draining = True
+    for name in ["", *service_names]:
+        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    deadline = time.monotonic() + rt.cfg.drain_timeout
+    while rt.inflight > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if rt.inflight:
+        logger.warning("drain timeout (%.0fs): %d requests still in flight", rt.cfg.drain_timeout, rt.inflight)
+    else:
+        logger.info("drained")
+
+
+async def _serve(cfg: NodeConfig, make_servicer: Callable[[NodeRuntime], tuple[Any, Callable, str]]) -> None:
+    loop = asyncio.get_running_loop()
+    engine = await loop.run_in_executor(None, load_engine, cfg)
+    rt = NodeRuntime(cfg, engine)
+    rt.attach(loop)
+    servicer, add_to_server, service_name = make_servicer(rt)
+    rt.start()
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    add_to_server(servicer, server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    if port == 0:
+        raise OSError(f"cannot bind {cfg.host}:{cfg.port}")
+    await server.start()
+    await health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logger.info("%s node serving on %s:%d (advertised %s:%d)", cfg.role, cfg.host, port, cfg.advertise_host, port)
+    try:
+        await stop.wait()
+        logger.info("shutdown requested: draining")
+        await _drain(rt, health, [service_name])
+        await server.stop(grace=1.0)
+    finally:
+        await loop.run_in_executor(None, rt.close)
+    logger.info("%s node stopped", cfg.role)
+
+
+def serve(cfg: NodeConfig, make_servicer: Callable[[NodeRuntime], tuple[Any, Callable, str]]) -> int:
+    """Run a node until SIGTERM/SIGINT; returns the process exit code."""
+    setup_logging(cfg.log_level)
+    asyncio.run(_serve(cfg, make_servicer))
+    return 0

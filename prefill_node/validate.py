@@ -1,0 +1,48 @@
+"""Validation of a decode node's page registration: never trust a peer's ids or lengths."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+
+def expected_items(kinds: Iterable[str], prompt_len: int, page_size: int) -> dict[str, int]:
+    """Destination items a prompt needs per pool kind (KV: one per page, the partial tail included)."""
+    out = {}
+    for kind in kinds:
+        if kind != "kv":
+            raise ValueError(f"pool kind {kind!r} is not supported by this node")
+        out[kind] = -(-prompt_len // page_size)
+    return out
+
+
+def validate_registration(
+    pools: Iterable[tuple[str, Iterable[int]]], num_items: Mapping[str, int], expected: Mapping[str, int]
+) -> dict[str, np.ndarray]:
+    """Registration (kind, ids) pairs -> {kind: int64 ids}; ValueError says what is wrong.
+
+    Every kind must be known and given once; ids in [0, num_items[kind]), non-negative, unique; exactly
+    expected[kind] ids.
+    """
+    out: dict[str, np.ndarray] = {}
+    for kind, ids in pools:
+        if kind not in expected:
+            raise ValueError(f"unknown pool kind {kind!r} (expected {sorted(expected)})")
+        if kind in out:
+            raise ValueError(f"pool kind {kind!r} registered twice")
+        arr = np.asarray(list(ids), dtype=np.int64)
+        if arr.size != expected[kind]:
+            raise ValueError(f"{kind}: {arr.size} ids registered, the prompt needs exactly {expected[kind]}")
+        bound = num_items[kind]
+        bad = arr[(arr < 0) | (arr >= bound)]
+        if bad.size:
+            raise ValueError(f"{kind}: id {int(bad[0])} out of range [0, {bound})")
+        if np.unique(arr).size != arr.size:
+            vals, counts = np.unique(arr, return_counts=True)
+            raise ValueError(f"{kind}: id {int(vals[counts > 1][0])} registered more than once")
+        out[kind] = arr
+    missing = [k for k in expected if k not in out]
+    if missing:
+        raise ValueError(f"registration lacks pool kinds {missing}")
+    return out

@@ -1,0 +1,75 @@
+"""gRPC client helpers for the node tests: Generate, Prefill with hand-made registrations, page accounting."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import grpc
+from pdpair.proto import pdpair_pb2 as pb
+
+_rids = iter(range(1 << 30))
+
+
+def new_rid(prefix: str = "t") -> str:
+    return f"{prefix}-{next(_rids)}-{uuid.uuid4().hex[:6]}"
+
+
+def sampling(max_new_tokens: int = 16, temperature: float = 0.0, seed: int | None = None, **kw) -> pb.SamplingParams:
+    msg = pb.SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, **kw)
+    if seed is not None:
+        msg.seed = seed
+    return msg
+
+
+@dataclass(eq=False)
+class Generation:
+    tokens: list[int] = field(default_factory=list)
+    chunks: list[pb.TokenChunk] = field(default_factory=list)
+
+    @property
+    def first(self) -> pb.TokenChunk:
+        return self.chunks[0]
+
+    @property
+    def finish_reason(self) -> str:
+        return self.chunks[-1].finish_reason
+
+
+def generate(stub, token_ids: list[int], sp: pb.SamplingParams, prefill_addr: str = "",
+             rid: str | None = None, timeout: float = 300.0) -> Generation:
+    req = pb.GenerateRequest(rid=rid or new_rid(), token_ids=token_ids, sampling=sp, prefill_addr=prefill_addr)
+    out = Generation()
+    for chunk in stub.Generate(req, timeout=timeout):
+        out.chunks.append(chunk)
+        out.tokens.extend(chunk.token_ids)
+    return out
+
+
+def prompt(n: int, salt: int = 0) -> list[int]:
+    """A deterministic prompt of n ordinary token ids (no special tokens)."""
+    return [1000 + (7 * i + 13 * salt) % 20000 for i in range(n)]
+
+
+def wait_all_free(node, timeout: float = 30.0) -> pb.NodeStats:
+    """Poll Stats until every pool item is free (quarantine included) and integrity holds; returns the Stats."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = node.stats()
+        if all(p.free == p.total and p.quarantined == 0 for p in st.pools) and st.integrity_ok:
+            return st
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{node.role} node still holds pages after {timeout:.0f}s: {st}")
+        time.sleep(0.2)
+
+
+def rpc_error(fn, *args, **kwargs) -> grpc.RpcError | None:
+    """Call a unary stub method, or drain a streaming one; return the RpcError it raised, or None."""
+    try:
+        result = fn(*args, **kwargs)
+        if not hasattr(result, "ByteSize"):  # a response stream
+            list(result)
+    except grpc.RpcError as err:
+        return err
+    return None

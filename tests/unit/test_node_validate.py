@@ -1,0 +1,49 @@
+"""Registration validation on the prefill node: ids a decode peer sends are never trusted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pdpair.prefill_node.validate import expected_items, validate_registration
+
+NUM = {"kv": 100}
+
+
+def _check(pools, expected=None):
+    return validate_registration(pools, NUM, expected or {"kv": 4})
+
+
+def test_expected_items_counts_the_partial_tail_page():
+    assert expected_items(["kv"], 1, 16) == {"kv": 1}
+    assert expected_items(["kv"], 16, 16) == {"kv": 1}
+    assert expected_items(["kv"], 17, 16) == {"kv": 2}
+    assert expected_items(["kv"], 320, 16) == {"kv": 20}
+    with pytest.raises(ValueError, match="not supported"):
+        expected_items(["mamba_ssm"], 10, 16)
+
+
+def test_valid_registration_keeps_request_order():
+    out = _check([("kv", [7, 3, 99, 0])])
+    assert out["kv"].tolist() == [7, 3, 99, 0] and out["kv"].dtype == np.int64
+
+
+@pytest.mark.parametrize("pools, message", [
+    ([("kv", [0, 1, 2, 100])], "id 100 out of range"),
+    ([("kv", [0, 1, 2, -1])], "id -1 out of range"),
+    ([("kv", [0, 1, 2, 2**32 - 1])], "out of range"),
+    ([("kv", [5, 6, 5, 7])], "id 5 registered more than once"),
+    ([("swa", [0, 1, 2, 3])], "unknown pool kind 'swa'"),
+    ([("kv", [0, 1, 2, 3]), ("kv", [4, 5, 6, 7])], "registered twice"),
+    ([("kv", [0, 1, 2])], "3 ids registered, the prompt needs exactly 4"),
+    ([("kv", [0, 1, 2, 3, 4])], "5 ids registered"),
+    ([("kv", [])], "0 ids registered"),
+    ([], "lacks pool kinds"),
+])
+def test_bad_registrations_raise_value_error(pools, message):
+    with pytest.raises(ValueError, match=message):
+        _check(pools)
+
+
+def test_ids_are_checked_against_the_peer_region_size():
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        validate_registration([("kv", [0, 1, 3])], {"kv": 3}, {"kv": 3})

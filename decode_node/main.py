@@ -32,12 +32,12 @@ def _make_servicer(rt):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         cfg = config_from_args("decode", args)
     except ValueError as exc:
-        print(f"decode-node: {exc}", file=sys.stderr)
-        return 2
+        parser.error(str(exc))  # usage + message on stderr, exit 2
     return serve(cfg, _make_servicer)
 
 

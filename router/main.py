@@ -89,7 +89,8 @@ async def serve(config: RouterConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     # DEBUG applies to pdpair's own loggers only (grpc's are chatty at DEBUG)
     logging.basicConfig(level=max(logging.getLevelName(args.log_level), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -97,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
     except ValueError as exc:
-        print(f"pdpair-router: error: {exc}", file=sys.stderr)
-        return 2
+        parser.error(str(exc))  # usage + message on stderr, exit 2
     asyncio.run(serve(config))
     return 0
 

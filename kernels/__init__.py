@@ -1,1 +1,3 @@
-__all__: list[str] = []
+from pdpair.kernels.triton_utils import HAS_TRITON
+
+__all__ = ["HAS_TRITON"]

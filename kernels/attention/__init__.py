@@ -1,1 +1,23 @@
-__all__: list[str] = []
+from pdpair.kernels.attention.decode import (
+    decode_attention,
+    decode_attention_ref,
+    decode_workspace,
+    default_num_splits,
+)
+from pdpair.kernels.attention.extend import extend_attention, extend_attention_ref
+from pdpair.kernels.attention.kv_indices import build_kv_indices, build_kv_indices_ref, build_kv_indptr
+from pdpair.kernels.attention.store_kv import store_kv, store_kv_ref
+
+__all__ = [
+    "build_kv_indices",
+    "build_kv_indices_ref",
+    "build_kv_indptr",
+    "decode_attention",
+    "decode_attention_ref",
+    "decode_workspace",
+    "default_num_splits",
+    "extend_attention",
+    "extend_attention_ref",
+    "store_kv",
+    "store_kv_ref",
+]

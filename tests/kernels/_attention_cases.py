@@ -1,0 +1,213 @@
+"""Attention kernel cases: build random paged inputs, run a kernel and a reference, return relative errors.
+
+Shared by the interpreter tests (run in a TRITON_INTERPRET=1 worker on CPU) and the GPU tests. With
+`ref64=True` the reference is the torch twin on float64 copies of the inputs (the GPU bound); otherwise
+the twin on the kernel's own dtype (computing in fp32). Outputs start as NaN, so an unwritten element fails.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tests.kernels._attention_fixtures import cat_slots, indptr, paged_batch, rel_err
+
+
+def _to64(*xs):
+    return [x.double() for x in xs]
+
+
+def decode_case(dtype, page_size: int, group: int, window: int, lengths: list[int], splits=(None,),
+                kv_heads: int = 2, head_dim: int = 32, block_n: int = 16, seed: int = 0, device: str = "cpu",
+                ref64: bool = False, pad_rows: int = 1) -> list[float]:
+    from pdpair.kernels.attention import decode_attention, decode_attention_ref
+
+    gen = torch.Generator().manual_seed(seed)
+    batch = paged_batch(lengths, page_size, kv_heads, head_dim, dtype, device=device, gen=gen, layers=2)
+    # padded rows as CUDA-graph replay leaves them: fill length 1 on slot 0
+    slots = batch.row_slots + [torch.zeros(1, dtype=torch.int32)] * pad_rows
+    lens = list(lengths) + [1] * pad_rows
+    q = torch.randn(len(lens), kv_heads * group, head_dim, generator=gen).to(device=device, dtype=dtype)
+    kv_indptr, kv_indices = indptr(lens, device), cat_slots(slots, device)
+    if ref64:
+        q64, k64, v64 = _to64(q, batch.k_cache, batch.v_cache)
+        ref = decode_attention_ref(q64, k64, v64, kv_indptr, kv_indices, window=window)
+    else:
+        ref = decode_attention_ref(q, batch.k_cache, batch.v_cache, kv_indptr, kv_indices, window=window)
+    errs = []
+    for num_splits in splits:
+        out = torch.full_like(q, float("nan"))
+        decode_attention(q, batch.k_cache, batch.v_cache, kv_indptr, kv_indices, o=out, window=window,
+                         num_splits=num_splits, block_n=block_n)
+        errs.append(rel_err(out, ref))
+    return errs
+
+
+def extend_case(dtype, page_size: int, group: int, window: int, prefixes: list[int], extends: list[int],
+                kv_heads: int = 2, head_dim: int = 32, block_m: int = 32, block_n: int = 16, seed: int = 0,
+                device: str = "cpu", ref64: bool = False, strided_q: bool = False,
+                use_tma: bool | None = None, has_prefix: bool = True) -> float:
+    from pdpair.kernels.attention import extend_attention, extend_attention_ref
+
+    gen = torch.Generator().manual_seed(seed)
+    batch = paged_batch(prefixes, page_size, kv_heads, head_dim, dtype, device=device, gen=gen, layers=2)
+    seq_lens = [p + e for p, e in zip(prefixes, extends, strict=True)]  # production: seq_lens counts the extend tokens
+    slots = list(batch.row_slots)
+    # a padded row: fill seq_len 1 while its extend count is 2 (prefix clamps to 0), and a stale kv span
+    extends, seq_lens = list(extends) + [2], seq_lens + [1]
+    slots.append(torch.zeros(3, dtype=torch.int32))
+    t, h = sum(extends), kv_heads * group
+    qk = torch.randn(t, h + kv_heads, head_dim, generator=gen).to(device=device, dtype=dtype)
+    # the model hands q and k over as slices of its fused qk tensor
+    q = qk[:, :h] if strided_q else qk[:, :h].contiguous()
+    k_new = qk[:, h:] if strided_q else qk[:, h:].contiguous()
+    v_new = torch.randn(t, kv_heads, head_dim, generator=gen).to(device=device, dtype=dtype)
+    meta = (indptr(extends, device), torch.tensor(seq_lens, dtype=torch.int32, device=device),
+            indptr([s.numel() for s in slots], device), cat_slots(slots, device))
+    if ref64:
+        ref = extend_attention_ref(*_to64(q, k_new, v_new, batch.k_cache, batch.v_cache), *meta, window=window)
+    else:
+        ref = extend_attention_ref(q, k_new, v_new, batch.k_cache, batch.v_cache, *meta, window=window)
+    out = torch.full_like(q, float("nan"))
+    kw = {"use_tma": use_tma, "has_prefix": has_prefix}
+    if block_m is not None:
+        kw.update(block_m=block_m, block_n=block_n)
+    extend_attention(q, k_new, v_new, batch.k_cache, batch.v_cache, *meta, max(extends), o=out, window=window, **kw)
+    return rel_err(out, ref)
+
+
+def kv_indices_case(with_start: bool, device: str = "cpu", block: int = 16) -> tuple[bool, bool, bool]:
+    """(indptr right, indices equal the twin's, nothing written past the end)."""
+    from pdpair.kernels.attention import build_kv_indices, build_kv_indices_ref, build_kv_indptr
+
+    gen = torch.Generator().manual_seed(int(with_start))
+    req_to_token = torch.randint(0, 10_000, (6, 80), generator=gen, dtype=torch.int32).to(device)
+    rows = torch.tensor([4, 0, 2, 5], dtype=torch.int32, device=device)
+    lens = torch.tensor([37, 0, 1, 70], dtype=torch.int32, device=device)  # an empty row, a fill-length-1 row
+    starts = torch.tensor([3, 0, 0, 9], dtype=torch.int32, device=device) if with_start else None
+    if starts is not None:
+        lens = torch.minimum(lens, 80 - starts)
+    kv_indptr = build_kv_indptr(lens)
+    total = int(kv_indptr[-1])
+    out = torch.full((total + 5,), -1, dtype=torch.int32, device=device)
+    build_kv_indices(req_to_token, rows, lens, kv_indptr, out, starts, block=block)
+    return (
+        kv_indptr.tolist() == [0, *lens.cumsum(0).tolist()],
+        torch.equal(out[:total], build_kv_indices_ref(req_to_token, rows, lens, starts)),
+        bool((out[total:] == -1).all()),
+    )
+
+
+def store_kv_case(dtype, page_size: int, device: str = "cpu") -> bool:
+    """The kernel's pool equals the twin's after storing a batch with two skipped (slot -1) rows."""
+    from pdpair.kernels.attention import store_kv, store_kv_ref
+
+    gen = torch.Generator().manual_seed(page_size)
+    kv_heads, head_dim, t = 3, 64, 11
+    pool = torch.randn(12, 2, 2, page_size, kv_heads, head_dim, generator=gen).to(device=device, dtype=dtype)
+    ref_pool = pool.clone()
+    kvh = torch.randn(t, 2 * kv_heads + 4, head_dim, generator=gen).to(device=device, dtype=dtype)
+    k, v = kvh[:, 4 : 4 + kv_heads], kvh[:, 4 + kv_heads :]  # strided views, as the model passes them
+    slots = torch.randperm(12 * page_size, generator=gen)[:t].to(device)
+    slots[3] = slots[7] = -1
+    store_kv(k, v, pool[:, 1, 0], pool[:, 1, 1], slots)
+    store_kv_ref(k, v, ref_pool[:, 1, 0], ref_pool[:, 1, 1], slots)
+    return torch.equal(pool, ref_pool)
+
+
+def engine_backends_case(tmpdir: str) -> dict[str, list[list[int]]]:
+    """Greedy tokens of a tiny seeded Llama through the engine with each attention backend (CPU, fp32).
+
+    Page size 4 and 8-token chunks: prompts prefill over cached prefixes and straddle page boundaries.
+    """
+    from pathlib import Path
+
+    from pdpair.engine import Engine, SamplingParams
+    from pdpair.engine.loader import load_model
+
+    from tests.kernels._attention_engine_fixtures import TINY_SHAPE, make_seeded_model_dir
+
+    root = make_seeded_model_dir(Path(tmpdir), seed=3, shape=TINY_SHAPE, dtype=torch.float32)
+    lm = load_model(str(root), device="cpu", dtype="float32")
+    gen = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(3, 256, (n,), generator=gen).tolist() for n in (1, 4, 13, 30)]
+    outs = {}
+    for backend in ("torch", "triton"):
+        eng = Engine.from_loaded(lm, device="cpu", page_size=4, max_pages=64, chunk_size=8,
+                                 attention_backend=backend, max_running_requests=8)
+        res = eng.generate(prompts, SamplingParams(max_new_tokens=6, temperature=0.0))
+        eng.pools.check_integrity()
+        outs[backend] = [o.token_ids for o in res]
+    return outs
+
+
+def graph_padding_case(tmpdir: str) -> dict[str, float | bool]:
+    """The CUDA-graph runner's padded static batch, run eagerly (CPU, interpreted kernels, tiny model):
+    the real rows' logits match the unpadded batch and the padding rows write no K/V."""
+    from pathlib import Path
+
+    from pdpair.engine import Engine
+    from pdpair.engine.cuda_graph import DecodeCudaGraphs
+    from pdpair.engine.loader import load_model
+
+    from tests.kernels._attention_engine_fixtures import (
+        TINY_SHAPE,
+        decode_batch,
+        eager_logits,
+        fill_kv_random,
+        make_seeded_model_dir,
+    )
+
+    root = make_seeded_model_dir(Path(tmpdir), seed=5, shape=TINY_SHAPE, dtype=torch.float32)
+    lm = load_model(str(root), device="cpu", dtype="float32")
+    eng = Engine.from_loaded(lm, device="cpu", page_size=4, max_pages=64, attention_backend="triton",
+                             max_running_requests=8)
+    fill_kv_random(eng)
+    batch, release = decode_batch(eng, [1, 9, 17], seed=2)
+    ref = eager_logits(eng, batch)
+    pool = eng.runner.backend.kv_pool.buffer.clone()
+    graphs = DecodeCudaGraphs(eng.runner.model, eng.runner.backend, eng.req_to_token.table, 8,
+                              eng.req_to_token.max_context, buckets=(4, 8))
+    padded = graphs.padded_batch(batch)
+    out = eager_logits(eng, padded)
+    n = int(batch.kv_indptr[-1])
+    after = eng.runner.backend.kv_pool.buffer.clone()
+    page_size = eng.config.page_size
+    for slot in batch.out_cache_loc.tolist():  # the real rows rewrite their own slots (GEMM rounding may differ)
+        pool[slot // page_size, :, :, slot % page_size] = 0
+        after[slot // page_size, :, :, slot % page_size] = 0
+    release()
+    return {
+        "rows": padded.batch_size,
+        "rel_err": rel_err(out[:3], ref),
+        "metadata": torch.equal(padded.kv_indptr[:4], batch.kv_indptr)
+        and torch.equal(padded.kv_indices[:n], batch.kv_indices)
+        and padded.seq_lens[3:].tolist() == [1] and padded.out_cache_loc[3:].tolist() == [-1],
+        "pool_untouched": torch.equal(after, pool),
+    }
+
+
+def window_indices_case(window: int = 6, device: str = "cpu") -> float:
+    """Sliding-window decode two ways: over every slot with `window`, and over kv_indices built from the
+    window's start offset (what a window-sized cache keeps). Returns the relative difference."""
+    from pdpair.kernels.attention import build_kv_indices, build_kv_indptr, decode_attention
+
+    gen = torch.Generator().manual_seed(window)
+    lengths = [1, 5, 23, 40]
+    batch = paged_batch(lengths, 4, 2, 32, torch.float32, device=device, gen=gen)
+    width = max(lengths)
+    table = torch.zeros(len(lengths), width, dtype=torch.int32)
+    for i, s in enumerate(batch.row_slots):
+        table[i, : s.numel()] = s
+    table = table.to(device)
+    rows = torch.arange(len(lengths), dtype=torch.int32, device=device)
+    lens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    q = torch.randn(len(lengths), 8, 32, generator=gen).to(device)
+    full_ptr = build_kv_indptr(lens)
+    full = build_kv_indices(table, rows, lens, full_ptr, torch.empty(sum(lengths), dtype=torch.int32, device=device))
+    starts = torch.clamp(lens - window, min=0)
+    win_ptr = build_kv_indptr(lens - starts)
+    win = build_kv_indices(table, rows, lens - starts, win_ptr,
+                           torch.empty(int(win_ptr[-1]), dtype=torch.int32, device=device), starts)
+    a = decode_attention(q, batch.k_cache, batch.v_cache, full_ptr, full, window=window, block_n=16)
+    b = decode_attention(q, batch.k_cache, batch.v_cache, win_ptr, win, block_n=16)
+    return rel_err(b, a)

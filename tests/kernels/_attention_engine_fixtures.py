@@ -1,0 +1,92 @@
+"""Engine fixtures for the attention tests: seeded-weights Llama directories and hand-built decode batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# SmolLM2-135M's shape (the embedded GGUF is too large to ship to a GPU box; the weights are seeded instead)
+SMOLLM2_SHAPE = dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                     head_dim=64, intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True,
+                     max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
+                     bos_token_id=1, eos_token_id=2)
+
+
+TINY_SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                  intermediate_size=128, vocab_size=256, tie_word_embeddings=False, max_position_embeddings=512,
+                  rope_theta=10000.0, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
+
+
+def make_seeded_model_dir(root: Path, seed: int = 0, shape: dict | None = None,
+                          dtype: torch.dtype = torch.bfloat16) -> Path:
+    """A Hugging Face Llama directory (config.json, safetensors, tokenizer.json) with seeded random weights."""
+    import tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = shape or SMOLLM2_SHAPE
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**shape)).to(dtype)
+    model.save_pretrained(root)
+    vocab = {f"<t{i}>": i for i in range(shape["vocab_size"])}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<t0>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.save(str(root / "tokenizer.json"))
+    return root
+
+
+def fill_kv_random(engine, gen_seed: int = 0) -> None:
+    """Random K/V everywhere in the pool (never zeros: they hide indexing mistakes)."""
+    torch.manual_seed(gen_seed)
+    engine.runner.backend.kv_pool.buffer.normal_()
+
+
+def decode_batch(engine, lengths: list[int], seed: int = 0):
+    """A decode ForwardBatch of requests holding `lengths[i]` tokens each (the new one included).
+
+    Pages and request-table rows come from the engine's own allocators; `release` gives them back.
+    """
+    from pdpair.engine.batch import ForwardBatch, ForwardMode
+
+    page = engine.config.page_size
+    alloc = engine.pools.allocator("kv")
+    r2t = engine.req_to_token
+    rows, held = [], []
+    for n in lengths:
+        row = r2t.alloc()
+        pages = alloc.alloc(-(-n // page))
+        assert row is not None and pages is not None, "pool too small for the requested batch"
+        r2t.assign_pages(row, 0, pages)
+        rows.append(row)
+        held.append(pages)
+    gen = np.random.default_rng(seed)
+    lens = np.asarray(lengths, dtype=np.int64)
+    ids = gen.integers(3, engine.model_config.vocab_size, len(lengths)).tolist()
+    batch = ForwardBatch.build(ForwardMode.DECODE, np.asarray(rows), lens - 1, np.ones_like(lens), ids, r2t.table)
+
+    def release() -> None:
+        for row, pages in zip(rows, held, strict=True):
+            alloc.free(pages)
+            r2t.free(row)
+
+    return batch, release
+
+
+def eager_logits(engine, batch) -> torch.Tensor:
+    """One eager forward of `batch` through the engine's model and backend; logits of every row."""
+    from pdpair.engine.batch import ForwardContext
+
+    rows = torch.arange(batch.batch_size, device=batch.input_ids.device)
+    engine.runner.backend.prepare(batch)
+    with torch.inference_mode():
+        return engine.runner.model(batch.input_ids, batch.positions, ForwardContext(engine.runner.backend, batch, rows))
+
+
+def decode_graphs(engine, max_batch_size: int, buckets: tuple[int, ...] | None = None):
+    from pdpair.engine.cuda_graph import DEFAULT_BUCKETS, DecodeCudaGraphs
+
+    graphs = DecodeCudaGraphs(engine.runner.model, engine.runner.backend, engine.req_to_token.table,
+                              max_batch_size, engine.req_to_token.max_context, buckets or DEFAULT_BUCKETS)
+    graphs.capture()
+    return graphs

@@ -25,6 +25,8 @@ class NodeConfig:
     max_pages: int | None = None
     mem_fraction: float | None = None
     chunk_size: int = 512
+    attention_backend: str = "auto"
+    disable_cuda_graph: bool = False
     transfer_protocol: str = "tcp"
     rdma_devices: str | None = None
     transfer_threads: int = 2
@@ -47,6 +49,8 @@ class NodeConfig:
             raise ValueError(f"max_pages must be positive, got {self.max_pages}")
         if self.mem_fraction is not None and not 0.0 < self.mem_fraction <= 1.0:
             raise ValueError(f"mem_fraction must be in (0, 1], got {self.mem_fraction}")
+        if self.attention_backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"attention_backend must be auto, torch or triton, got {self.attention_backend!r}")
         if self.transfer_protocol not in ("tcp", "rdma"):
             raise ValueError(f"transfer_protocol must be tcp or rdma, got {self.transfer_protocol!r}")
         if not self.quarantine_seconds > 0:
@@ -79,6 +83,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                      help="fraction of free device memory for the pools (default: the engine's)")
     parser.add_argument("--chunk-size", type=int, default=d.chunk_size,
                         help="chunked-prefill token budget per step (default: 512)")
+    parser.add_argument("--attention-backend", default=d.attention_backend, choices=["auto", "torch", "triton"],
+                        help="attention kernels (default: auto = triton on CUDA, torch elsewhere)")
+    parser.add_argument("--disable-cuda-graph", action="store_true",
+                        help="run decode eagerly on CUDA instead of replaying captured graphs (debugging)")
     parser.add_argument("--transfer-protocol", default=d.transfer_protocol, choices=["tcp", "rdma"],
                         help="Mooncake transport (default: tcp)")
     parser.add_argument("--rdma-devices", default=None, help="comma-separated RDMA NICs, e.g. mlx5_0,mlx5_1")
@@ -123,7 +131,9 @@ def config_from_args(role: str, args: argparse.Namespace) -> NodeConfig:
     return NodeConfig(
         role=role, model=args.model, host=args.host, port=args.port, advertise_host=advertise,
         device=args.device, dtype=args.dtype, page_size=args.page_size, max_pages=args.max_pages,
-        mem_fraction=args.mem_fraction, chunk_size=args.chunk_size, transfer_protocol=args.transfer_protocol,
+        mem_fraction=args.mem_fraction, chunk_size=args.chunk_size,
+        attention_backend=args.attention_backend, disable_cuda_graph=args.disable_cuda_graph,
+        transfer_protocol=args.transfer_protocol,
         rdma_devices=args.rdma_devices, transfer_threads=args.transfer_threads, metrics_port=args.metrics_port,
         log_level=args.log_level, max_queue=args.max_queue, drain_timeout=args.drain_timeout,
         quarantine_seconds=hold,

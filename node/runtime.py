@@ -34,7 +34,9 @@ def load_engine(cfg: NodeConfig) -> Any:
 
     extra = {} if cfg.mem_fraction is None else {"mem_fraction": cfg.mem_fraction}
     return Engine.from_model(cfg.model, device=cfg.device, dtype=cfg.dtype, page_size=cfg.page_size,
-                             max_pages=cfg.max_pages, chunk_size=cfg.chunk_size, **extra)
+                             max_pages=cfg.max_pages, chunk_size=cfg.chunk_size,
+                             attention_backend=cfg.attention_backend, disable_cuda_graph=cfg.disable_cuda_graph,
+                             **extra)
 
 
 class NodeRuntime:

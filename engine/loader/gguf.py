@@ -96,13 +96,19 @@ def _rope_scaling(f: GGUFFile, arch: str, head_dim: int, theta: float) -> RopeSc
     return scaling
 
 
-def gguf_model_config(f: GGUFFile, eos_token_ids: tuple[int, ...], bos_token_id: int | None) -> ModelConfig:
-    """ModelConfig from `llama.*` metadata; ValueError for other architectures."""
+def check_architecture(f: GGUFFile) -> str:
+    """The file's architecture; ValueError listing the supported ones when we cannot run it."""
     arch = f.architecture
     if arch not in SUPPORTED_GGUF_ARCHITECTURES:
         raise ValueError(
             f"{f.path.name}: unsupported GGUF architecture {arch!r}; supported: {', '.join(SUPPORTED_GGUF_ARCHITECTURES)}"
         )
+    return arch
+
+
+def gguf_model_config(f: GGUFFile, eos_token_ids: tuple[int, ...], bos_token_id: int | None) -> ModelConfig:
+    """ModelConfig from `llama.*` metadata; ValueError for other architectures."""
+    arch = check_architecture(f)
     hidden = int(f.require(f"{arch}.embedding_length"))
     heads = int(f.require(f"{arch}.attention.head_count"))
     head_dim = int(f.get(f"{arch}.attention.key_length", hidden // heads))

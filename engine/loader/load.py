@@ -71,13 +71,12 @@ def _finish(
 
 
 def _load_gguf(path: Path, model_id: str, device, dtype: torch.dtype) -> LoadedModel:
-    from pdpair.engine.loader.gguf import GGUFFile, gguf_model_config, gguf_weights
+    from pdpair.engine.loader.gguf import GGUFFile, check_architecture, gguf_model_config, gguf_weights
     from pdpair.engine.loader.gguf_tokenizer import gguf_tokenizer
 
     started = time.perf_counter()
     f = GGUFFile(path)
-    if f.architecture != "llama":  # check before building a tokenizer for a file we cannot run
-        gguf_model_config(f, (), None)
+    check_architecture(f)  # before building a tokenizer for a file we cannot run
     tokenizer = gguf_tokenizer(f)
     config = gguf_model_config(f, tokenizer.eos_token_ids, tokenizer.bos_token_id)
     return _finish(config, gguf_weights(f, config), tokenizer, model_id, device, dtype, started)

@@ -131,3 +131,18 @@ def test_hf_dir_tokenizer_files(tmp_path):
     cfg, _, tok = load_hf_dir(tmp_path)
     assert tok.eos_token_ids == (11, 10, 12)  # the template's end-of-turn token joins
     assert tok.apply_chat_template([{"role": "user", "content": "j"}]) == [9, 12]
+
+
+def test_gguf_of_unsupported_architecture_is_refused(tmp_path):
+    from gguf import GGUFWriter
+    from pdpair.engine.loader import load_model
+
+    path = tmp_path / "other.gguf"
+    w = GGUFWriter(str(path), "mamba")
+    w.add_block_count(1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError, match="unsupported GGUF architecture 'mamba'; supported: llama"):
+        load_model(str(path))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pdpair.node.config import add_common_args, config_from_args
-from pdpair.node.server import serve
+from pdpair.node.config import add_common_args
+from pdpair.node.server import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,13 +32,7 @@ def _make_servicer(rt):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args("decode", args)
-    except ValueError as exc:
-        parser.error(str(exc))  # usage + message on stderr, exit 2
-    return serve(cfg, _make_servicer)
+    return run_cli("decode", build_parser(), _make_servicer, argv)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
@@ -16,6 +17,9 @@ from pdpair.node.config import NodeConfig
 from pdpair.node.runtime import NodeRuntime, load_engine
 
 logger = logging.getLogger(__name__)
+
+# builds (servicer, add_servicer_to_server, full service name) for a runtime
+MakeServicer = Callable[[NodeRuntime], tuple[Any, Callable, str]]
 
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 64 << 20),
@@ -44,7 +48,7 @@ async def _drain(rt: NodeRuntime, health: Any, service_names: list[str]) -> None
         logger.info("drained")
 
 
-async def _serve(cfg: NodeConfig, make_servicer: Callable[[NodeRuntime], tuple[Any, Callable, str]]) -> None:
+async def _serve(cfg: NodeConfig, make_servicer: MakeServicer) -> None:
     loop = asyncio.get_running_loop()
     engine = await loop.run_in_executor(None, load_engine, cfg)
     rt = NodeRuntime(cfg, engine)
@@ -74,8 +78,21 @@ async def _serve(cfg: NodeConfig, make_servicer: Callable[[NodeRuntime], tuple[A
     logger.info("%s node stopped", cfg.role)
 
 
-def serve(cfg: NodeConfig, make_servicer: Callable[[NodeRuntime], tuple[Any, Callable, str]]) -> int:
+def serve(cfg: NodeConfig, make_servicer: MakeServicer) -> int:
     """Run a node until SIGTERM/SIGINT; returns the process exit code."""
     setup_logging(cfg.log_level)
     asyncio.run(_serve(cfg, make_servicer))
     return 0
+
+
+def run_cli(role: str, parser: argparse.ArgumentParser, make_servicer: MakeServicer,
+            argv: list[str] | None = None) -> int:
+    """A daemon's `main`: parse flags, build the config (errors as usage messages, exit 2), serve."""
+    from pdpair.node.config import config_from_args
+
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(role, args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return serve(cfg, make_servicer)

@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -6,8 +7,34 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class FailureSide(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FAILURE_UNSPECIFIED: _ClassVar[FailureSide]
+    PREFILL_UNAVAILABLE: _ClassVar[FailureSide]
+    PREFILL_DRAINING: _ClassVar[FailureSide]
+    PREFILL_OVERLOADED: _ClassVar[FailureSide]
+    TRANSFER_FAILED: _ClassVar[FailureSide]
+    DECODE_OVERLOADED: _ClassVar[FailureSide]
+    DECODE_DRAINING: _ClassVar[FailureSide]
+    PREFILL_FAILED: _ClassVar[FailureSide]
+FAILURE_UNSPECIFIED: FailureSide
+PREFILL_UNAVAILABLE: FailureSide
+PREFILL_DRAINING: FailureSide
+PREFILL_OVERLOADED: FailureSide
+TRANSFER_FAILED: FailureSide
+DECODE_OVERLOADED: FailureSide
+DECODE_DRAINING: FailureSide
+PREFILL_FAILED: FailureSide
+
 class SamplingParams(_message.Message):
-    __slots__ = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "ignore_eos")
+    __slots__ = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "ignore_eos", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias")
+    class LogitBiasEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: float
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +44,10 @@ class SamplingParams(_message.Message):
     STOP_FIELD_NUMBER: _ClassVar[int]
     STOP_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
+    PRESENCE_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    FREQUENCY_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    REPETITION_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_BIAS_FIELD_NUMBER: _ClassVar[int]
     max_new_tokens: int
     temperature: float
     top_p: float
@@ -26,7 +57,11 @@ class SamplingParams(_message.Message):
     stop: _containers.RepeatedScalarFieldContainer[str]
     stop_token_ids: _containers.RepeatedScalarFieldContainer[int]
     ignore_eos: bool
-    def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
+    presence_penalty: float
+    frequency_penalty: float
+    repetition_penalty: float
+    logit_bias: _containers.ScalarMap[int, float]
+    def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., logit_bias: _Optional[_Mapping[int, float]] = ...) -> None: ...
 
 class MemoryRegion(_message.Message):
     __slots__ = ("kind", "base_ptr", "item_bytes", "num_items", "dtype")
@@ -98,19 +133,33 @@ class PrefillRequest(_message.Message):
     registration: PageRegistration
     def __init__(self, rid: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., registration: _Optional[_Union[PageRegistration, _Mapping]] = ...) -> None: ...
 
+class PoolTransfer(_message.Message):
+    __slots__ = ("kind", "items", "bytes", "entries")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    items: int
+    bytes: int
+    entries: int
+    def __init__(self, kind: _Optional[str] = ..., items: _Optional[int] = ..., bytes: _Optional[int] = ..., entries: _Optional[int] = ...) -> None: ...
+
 class TransferStats(_message.Message):
-    __slots__ = ("items", "bytes", "batches", "entries", "seconds")
+    __slots__ = ("items", "bytes", "batches", "entries", "seconds", "pools")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    POOLS_FIELD_NUMBER: _ClassVar[int]
     items: int
     bytes: int
     batches: int
     entries: int
     seconds: float
-    def __init__(self, items: _Optional[int] = ..., bytes: _Optional[int] = ..., batches: _Optional[int] = ..., entries: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+    pools: _containers.RepeatedCompositeFieldContainer[PoolTransfer]
+    def __init__(self, items: _Optional[int] = ..., bytes: _Optional[int] = ..., batches: _Optional[int] = ..., entries: _Optional[int] = ..., seconds: _Optional[float] = ..., pools: _Optional[_Iterable[_Union[PoolTransfer, _Mapping]]] = ...) -> None: ...
 
 class PrefillResult(_message.Message):
     __slots__ = ("rid", "first_token", "queue_seconds", "prefill_seconds", "transfer")
@@ -125,6 +174,24 @@ class PrefillResult(_message.Message):
     prefill_seconds: float
     transfer: TransferStats
     def __init__(self, rid: _Optional[str] = ..., first_token: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., prefill_seconds: _Optional[float] = ..., transfer: _Optional[_Union[TransferStats, _Mapping]] = ...) -> None: ...
+
+class AbortRequest(_message.Message):
+    __slots__ = ("rid", "decode_node_id")
+    RID_FIELD_NUMBER: _ClassVar[int]
+    DECODE_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    rid: str
+    decode_node_id: str
+    def __init__(self, rid: _Optional[str] = ..., decode_node_id: _Optional[str] = ...) -> None: ...
+
+class AbortResponse(_message.Message):
+    __slots__ = ("found", "writes_drained", "transfer_failed")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    WRITES_DRAINED_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_FAILED_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    writes_drained: bool
+    transfer_failed: bool
+    def __init__(self, found: _Optional[bool] = ..., writes_drained: _Optional[bool] = ..., transfer_failed: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("rid", "token_ids", "sampling", "prefill_addr")

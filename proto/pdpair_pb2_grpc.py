@@ -44,6 +44,11 @@ class PrefillNodeStub:
                 request_serializer=pdpair_dot_proto_dot_pdpair__pb2.PrefillRequest.SerializeToString,
                 response_deserializer=pdpair_dot_proto_dot_pdpair__pb2.PrefillResult.FromString,
                 _registered_method=True)
+        self.Abort = channel.unary_unary(
+                '/pdpair.v1.PrefillNode/Abort',
+                request_serializer=pdpair_dot_proto_dot_pdpair__pb2.AbortRequest.SerializeToString,
+                response_deserializer=pdpair_dot_proto_dot_pdpair__pb2.AbortResponse.FromString,
+                _registered_method=True)
         self.ModelInfo = channel.unary_unary(
                 '/pdpair.v1.PrefillNode/ModelInfo',
                 request_serializer=pdpair_dot_proto_dot_pdpair__pb2.ModelInfoRequest.SerializeToString,
@@ -72,6 +77,12 @@ class PrefillNodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Abort(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ModelInfo(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -96,6 +107,11 @@ def add_PrefillNodeServicer_to_server(servicer, server):
                     servicer.Prefill,
                     request_deserializer=pdpair_dot_proto_dot_pdpair__pb2.PrefillRequest.FromString,
                     response_serializer=pdpair_dot_proto_dot_pdpair__pb2.PrefillResult.SerializeToString,
+            ),
+            'Abort': grpc.unary_unary_rpc_method_handler(
+                    servicer.Abort,
+                    request_deserializer=pdpair_dot_proto_dot_pdpair__pb2.AbortRequest.FromString,
+                    response_serializer=pdpair_dot_proto_dot_pdpair__pb2.AbortResponse.SerializeToString,
             ),
             'ModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelInfo,
@@ -162,6 +178,33 @@ class PrefillNode:
             '/pdpair.v1.PrefillNode/Prefill',
             pdpair_dot_proto_dot_pdpair__pb2.PrefillRequest.SerializeToString,
             pdpair_dot_proto_dot_pdpair__pb2.PrefillResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Abort(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdpair.v1.PrefillNode/Abort',
+            pdpair_dot_proto_dot_pdpair__pb2.AbortRequest.SerializeToString,
+            pdpair_dot_proto_dot_pdpair__pb2.AbortResponse.FromString,
             options,
             channel_credentials,
             insecure,

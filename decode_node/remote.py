@@ -25,7 +25,7 @@ class RemotePrefill:
         self.rt = rt
         self.prealloc = PreallocManager()
         self.transfers = TransferManager()
-        self.peers = PrefillPeers(rt.layout)
+        self.peers = PrefillPeers(rt.layout, tls=rt.cfg.tls)
         rt.thread.add_hook(lambda: self.prealloc.poll(rt.engine.scheduler.preallocate))
 
     async def run(self, req: Request, sampling: pb.SamplingParams, addr: str) -> pb.PrefillResult:

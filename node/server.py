@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from pdpair.node.config import NodeConfig
 from pdpair.node.runtime import NodeRuntime, load_engine
+from pdpair.tls import add_port, warn_if_exposed
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ async def _serve(cfg: NodeConfig, make_servicer: MakeServicer) -> None:
     add_to_server(servicer, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    warn_if_exposed(cfg.host, cfg.tls, f"{cfg.role} node gRPC server")
+    port = add_port(server, f"{cfg.host}:{cfg.port}", cfg.tls)
     if port == 0:
         raise OSError(f"cannot bind {cfg.host}:{cfg.port}")
     await server.start()
@@ -67,7 +69,8 @@ async def _serve(cfg: NodeConfig, make_servicer: MakeServicer) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    logger.info("%s node serving on %s:%d (advertised %s:%d)", cfg.role, cfg.host, port, cfg.advertise_host, port)
+    logger.info("%s node serving on %s:%d (advertised %s:%d, %s)", cfg.role, cfg.host, port, cfg.advertise_host, port,
+                "mutual TLS" if cfg.tls else "plaintext")
     try:
         await stop.wait()
         logger.info("shutdown requested: draining")

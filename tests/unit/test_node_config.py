@@ -31,7 +31,7 @@ def test_decode_flags_build_a_frozen_config():
 def test_prefill_defaults_and_advertise_host():
     cfg = config_from_args("prefill", prefill_parser().parse_args(["--advertise-host", "10.0.0.5"]))
     assert cfg.model == "smollm2-135m" and cfg.transfer_protocol == "tcp" and cfg.advertise_host == "10.0.0.5"
-    assert cfg.max_pages is None and cfg.metrics_port is None and cfg.host == "0.0.0.0"
+    assert cfg.max_pages is None and cfg.metrics_port is None and cfg.host == "127.0.0.1"  # loopback unless --host says otherwise
     assert cfg.quarantine_seconds > 30  # longer than Mooncake's default transfer timeout
 
 

@@ -44,7 +44,9 @@ def split_host_port(addr: str) -> tuple[str, int | None]:
     """"h", "h:p", "[v6]", "[v6]:p", or a bare IPv6 address / CIDR; ValueError on a bad port."""
     addr = addr.strip()
     if addr.startswith("["):
-        host, _, rest = addr[1:].partition("]")
+        host, bracket, rest = addr[1:].partition("]")
+        if not bracket:
+            raise ValueError(f"bad address {addr!r}: no closing ']'")
         port = rest[1:] if rest.startswith(":") else None
         if rest and port is None:
             raise ValueError(f"bad address {addr!r}")

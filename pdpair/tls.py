@@ -113,14 +113,16 @@ def add_port(server: Any, address: str, tls: TlsFiles | None) -> int:
 
 
 def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and localhost; False for wildcards and everything else."""
+    """True for 127.0.0.0/8 (also IPv4-mapped), ::1 and localhost; False for wildcards and everything else."""
     host = host.strip("[]")
     if host.lower() in LOOPBACK_NAMES:
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # "::ffff:127.0.0.1" on a dual-stack socket
+    return (mapped or ip).is_loopback
 
 
 def warn_if_exposed(host: str, tls: TlsFiles | None, what: str) -> None:

@@ -125,6 +125,7 @@ def test_api_keys_from_flags_and_environment():
 
 def test_loopback_and_tls_flags(tmp_path):
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and is_loopback("[::1]")
+    assert is_loopback("::ffff:127.0.0.1")
     assert not is_loopback("0.0.0.0") and not is_loopback("") and not is_loopback("10.0.0.1")
     p = argparse.ArgumentParser()
     add_tls_args(p)

@@ -23,6 +23,7 @@ IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK = "127.0.0.0/8,::1"
 RESOLVE_TIMEOUT_S = 5.0
 NAME_CACHE_S = 30.0
+NAME_RECHECK_S = 1.0  # a miss re-resolves allowed names older than this (new pods behind a headless Service)
 
 
 class UntrustedPrefill(ValueError):
@@ -110,11 +111,12 @@ class PrefillTrust:
         if not addrs:
             raise UntrustedPrefill(f"prefill_addr {addr!r}: cannot resolve {host!r}")
         for ip in addrs:
-            if not await self._allowed(ipaddress.ip_address(ip), port):
+            if not (await self._allowed(ipaddress.ip_address(ip), port, NAME_CACHE_S)
+                    or await self._allowed(ipaddress.ip_address(ip), port, NAME_RECHECK_S)):
                 raise UntrustedPrefill(f"prefill_addr {addr!r} ({ip}) is not an allowed prefill node "
                                        f"(--prefill-allow: {', '.join(e.describe() for e in self.entries)})")
 
-    async def _allowed(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
+    async def _allowed(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int, max_age: float) -> bool:
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
             ip = ip.ipv4_mapped
         for e in self.entries:
@@ -122,18 +124,18 @@ class PrefillTrust:
                 continue
             if e.net is not None and ip.version == e.net.version and ip in e.net:
                 return True
-            if e.name is not None and str(ip) in await self._resolve(e.name):
+            if e.name is not None and str(ip) in await self._resolve(e.name, max_age):
                 return True
         return False
 
-    async def _resolve(self, name: str) -> frozenset[str]:
-        """The addresses of name (an IP literal is itself); cached NAME_CACHE_S; empty when it fails."""
+    async def _resolve(self, name: str, max_age: float = NAME_CACHE_S) -> frozenset[str]:
+        """The addresses of name (an IP literal is itself), resolved at most max_age ago; empty when it fails."""
         try:
             return frozenset([str(ipaddress.ip_address(name))])
         except ValueError:
             pass
         hit = self._names.get(name)
-        if hit is not None and hit[0] > time.monotonic():
+        if hit is not None and time.monotonic() - hit[0] < max_age:
             return hit[1]
         loop = asyncio.get_running_loop()
         try:
@@ -143,5 +145,5 @@ class PrefillTrust:
         addrs = frozenset(str(ipaddress.ip_address(i[4][0].split("%")[0])) for i in infos)
         if len(self._names) > 1024:
             self._names.clear()
-        self._names[name] = (time.monotonic() + NAME_CACHE_S, addrs)
+        self._names[name] = (time.monotonic(), addrs)
         return addrs

@@ -18,8 +18,9 @@ from pdpair.node.layout import layout_from_proto, layout_to_proto
 from pdpair.node.server import GRPC_OPTIONS
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
-from pdpair.tls import TlsFiles, aio_channel
 from pdpair.transfer import MemoryLayout, check_compatible
+
+from pdpair.tls import TlsFiles, aio_channel
 
 logger = logging.getLogger(__name__)
 

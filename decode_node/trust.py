@@ -10,6 +10,7 @@ A target host name is resolved (off the event loop) and every address it resolve
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ipaddress
 import logging
@@ -82,7 +83,10 @@ def parse_allow(spec: str) -> tuple[AllowEntry, ...]:
 
 def allow_spec(text: str) -> str:
     """argparse `type=` for --prefill-allow: validates, returns the text."""
-    parse_allow(text)
+    try:
+        parse_allow(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 

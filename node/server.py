@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from pdpair.node.config import NodeConfig
 from pdpair.node.runtime import NodeRuntime, load_engine
+
 from pdpair.tls import add_port, warn_if_exposed
 
 logger = logging.getLogger(__name__)

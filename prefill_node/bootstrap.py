@@ -18,8 +18,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pdpair.tls import is_loopback, peer_host, peer_identity
 from pdpair.transfer import MemoryLayout, check_compatible
+
+from pdpair.tls import is_loopback, peer_host, peer_identity
 
 logger = logging.getLogger(__name__)
 

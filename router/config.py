@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pdpair.router.policy import POLICIES
+
 from pdpair.tls import TlsFiles
 
 

@@ -13,6 +13,7 @@ from pdpair.router.app import build_app
 from pdpair.router.auth import ENV_VAR, collect_keys
 from pdpair.router.config import RouterConfig
 from pdpair.router.policy import POLICIES
+
 from pdpair.tls import add_tls_args, is_loopback, tls_from_args
 
 logger = logging.getLogger(__name__)

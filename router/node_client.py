@@ -8,6 +8,7 @@ import time
 import grpc
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
+
 from pdpair.tls import TlsFiles, aio_channel
 
 logger = logging.getLogger(__name__)

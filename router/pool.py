@@ -15,6 +15,7 @@ from pdpair.router.discovery import resolve_all
 from pdpair.router.errors import ApiError
 from pdpair.router.node_client import NodeClient
 from pdpair.router.policy import make_policy
+
 from pdpair.tls import TlsFiles
 
 logger = logging.getLogger(__name__)

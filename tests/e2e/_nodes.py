@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
+
 from pdpair.tls import TlsFiles, sync_channel
 
 MODULES = {"prefill": "pdpair.prefill_node.main", "decode": "pdpair.decode_node.main"}

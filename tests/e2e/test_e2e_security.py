@@ -22,9 +22,9 @@ import pytest
 from pdpair.node.layout import layout_from_proto, layout_to_proto
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
-from pdpair.tls import is_loopback, sync_channel
 from pdpair.transfer import MemoryLayout, MemoryRegion
 
+from pdpair.tls import is_loopback, sync_channel
 from tests.e2e._certs import Ca
 from tests.e2e._client import generate, new_rid, prompt, rpc_error, sampling
 from tests.e2e._nodes import free_port, start_node, tls_args, wait_healthy

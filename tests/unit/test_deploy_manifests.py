@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from pdpair.tls import is_loopback
 
 yaml = pytest.importorskip("yaml")

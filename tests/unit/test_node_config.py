@@ -56,9 +56,10 @@ def test_help_describes_every_flag(script):
     assert out.returncode == 0
     for flag in ("--model", "--host", "--port", "--advertise-host", "--device", "--dtype", "--page-size",
                  "--max-pages", "--mem-fraction", "--chunk-size", "--transfer-protocol", "--rdma-devices",
-                 "--metrics-port", "--log-level"):
+                 "--metrics-port", "--log-level", "--tls-cert", "--tls-key", "--tls-ca", "--tls-server-name"):
         assert flag in out.stdout, flag
     assert ("--local-prefill-below" in out.stdout) == script.startswith("pdpair.decode")
+    assert ("--prefill-allow" in out.stdout) == script.startswith("pdpair.decode")
 
 
 def test_sampling_zero_values_mean_off_and_round_trip():

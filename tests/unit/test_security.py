@@ -10,8 +10,9 @@ import pytest
 from pdpair.decode_node.trust import PrefillTrust, UntrustedPrefill, parse_allow
 from pdpair.prefill_node.bootstrap import BootstrapManager, PeerClaim, PeerRefused, UnknownPeer
 from pdpair.router.auth import collect_keys, key_matches
-from pdpair.tls import add_tls_args, is_loopback, tls_from_args
 from pdpair.transfer import MemoryLayout, MemoryRegion
+
+from pdpair.tls import add_tls_args, is_loopback, tls_from_args
 
 HOST_A = PeerClaim(None, "10.0.0.5")
 HOST_B = PeerClaim(None, "10.0.0.6")

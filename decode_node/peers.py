@@ -54,6 +54,7 @@ class PrefillPeers:
         self.max_peers, self.retire_grace_s = max_peers, retire_grace_s
         self._conns: OrderedDict[str, _Conn] = OrderedDict()
         self._retired: list[tuple[float, grpc.aio.Channel]] = []
+        self._closing: set[asyncio.Task] = set()
         self._timeout = handshake_timeout
 
     def __len__(self) -> int:
@@ -108,7 +109,9 @@ class PrefillPeers:
         due = [ch for t, ch in self._retired if t <= now]
         self._retired = [(t, ch) for t, ch in self._retired if t > now]
         for ch in due:
-            asyncio.get_running_loop().create_task(ch.close())
+            task = asyncio.get_running_loop().create_task(ch.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         """Shutdown: close every channel (cancelling what still runs on them)."""

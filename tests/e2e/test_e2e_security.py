@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +20,7 @@ from pathlib import Path
 import grpc
 import psutil
 import pytest
-from pdpair.node.layout import layout_from_proto, layout_to_proto
+from pdpair.node.layout import layout_to_proto
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
 from pdpair.transfer import MemoryLayout, MemoryRegion
@@ -226,6 +227,32 @@ def test_mtls_node_id_is_bound_to_the_certificate(tls_nodes, certs):
     assert generate(decode.stub, prompt(80, salt=6), sampling(2), prefill_addr=prefill.addr).first.prefilled_remotely
 
 
+class Users:
+    """Threads sending the same greedy request over and over while an attack runs: (start, end, tokens or error)."""
+
+    def __init__(self, decode, prefill_addr: str, ids: list[int], n: int = 2) -> None:
+        self.results: list[tuple[float, float, object]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(decode, prefill_addr, ids)) for _ in range(n)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, decode, prefill_addr, ids) -> None:
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            try:
+                out: object = generate(decode.stub, ids, sampling(6), prefill_addr=prefill_addr).tokens
+            except grpc.RpcError as err:
+                out = err
+            self.results.append((t0, time.monotonic(), out))
+
+    def stop(self) -> list[tuple[float, float, object]]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(120)
+        return self.results
+
+
 def test_hijack_sequence_fails_at_both_steps_and_tables_stay_bounded(plain_nodes):
     prefill, decode = plain_nodes
     # step 1: a Generate pointing the decode node at a fake prefill server; nothing is dialled
@@ -239,8 +266,12 @@ def test_hijack_sequence_fails_at_both_steps_and_tables_stay_bounded(plain_nodes
         assert fake.calls == []  # the decode node's id, session and pools stayed private
     finally:
         server.stop(None)
-    before = generate(decode.stub, prompt(120, salt=1), sampling(6), prefill_addr=prefill.addr)
-    assert before.first.prefilled_remotely
+    ids = prompt(120, salt=1)
+    reference = generate(decode.stub, ids, sampling(6)).tokens  # prefilled locally: no transfer involved
+    users = Users(decode, prefill.addr, ids)
+    while not users.results:
+        time.sleep(0.05)
+    attack_start = time.monotonic()
     # step 2: re-handshake the real prefill node under the decode node's id, with another Mooncake session
     victim = _node_id(decode)
     stub = prefill.stub
@@ -252,24 +283,24 @@ def test_hijack_sequence_fails_at_both_steps_and_tables_stay_bounded(plain_nodes
     stray = _compatible_layout(stub, new_rid("made-up"), "10.1.2.3:15000")
     err = rpc_error(stub.Handshake, pb.HandshakeRequest(decode_layout=layout_to_proto(stray)), timeout=10)
     assert err.code() == Code.PERMISSION_DENIED and "calls from 127.0.0.1" in err.details()
-    after = generate(decode.stub, prompt(120, salt=1), sampling(6), prefill_addr=prefill.addr)
-    assert after.tokens == before.tokens  # the users' KV still goes to the right place
     # a flood of handshakes with distinct ids: the table stays bounded, the real decode node re-pairs
-    base = _compatible_layout(stub, "x", "127.0.0.1:1")
+    base = layout_to_proto(_compatible_layout(stub, "x", "127.0.0.1:1"))
     t0 = time.monotonic()
     for i in range(2000):
-        msg = layout_to_proto(base)
-        msg.node_id = f"flood-{i}"
-        stub.Handshake(pb.HandshakeRequest(decode_layout=msg), timeout=10)
+        base.node_id = f"flood-{i}"
+        stub.Handshake(pb.HandshakeRequest(decode_layout=base), timeout=10)
     flood_s = time.monotonic() - t0
+    attack_end = time.monotonic()
+    results = users.stop()
     log = prefill.log.read_text(errors="replace")
     evicted = len(re.findall(r"peer table full \(1024\)", log))
     paired = len(re.findall(r"paired with decode node", log))
     assert paired - evicted <= 1024 and evicted >= 2000 - 1024, (paired, evicted)
-    print(f"2000 handshakes in {flood_s:.1f}s; {evicted} evictions, table <= 1024")
-    again = generate(decode.stub, prompt(120, salt=1), sampling(6), prefill_addr=prefill.addr)
-    assert again.tokens == before.tokens
-    assert layout_from_proto(layout_to_proto(base)).node_id == "x"
+    during = [r for r in results if r[0] < attack_end and r[1] > attack_start]
+    print(f"2000 handshakes in {flood_s:.1f}s; {evicted} evictions, table <= 1024; {len(results)} user "
+          f"requests, {len(during)} overlapping the attack")
+    assert during and all(out == reference for _, _, out in results), [out for _, _, out in results]
+    assert generate(decode.stub, ids, sampling(6), prefill_addr=prefill.addr).tokens == reference
 
 
 def test_only_mooncake_listens_beyond_loopback(plain_nodes):

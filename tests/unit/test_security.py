@@ -141,3 +141,18 @@ def test_loopback_and_tls_flags(tmp_path):
     tls = tls_from_args(p.parse_args(["--tls-cert", files[0], "--tls-key", files[1], "--tls-ca", files[2],
                                       "--tls-server-name", "pdpair-node"]))
     assert tls.cert == files[0] and tls.channel_options == [("grpc.ssl_target_name_override", "pdpair-node")]
+
+
+def test_plaintext_non_loopback_bind_warns(caplog, tmp_path):
+    from pdpair.tls import TlsFiles, warn_if_exposed
+
+    for name in ("c", "k", "a"):
+        (tmp_path / name).write_text("pem")
+    tls = TlsFiles(str(tmp_path / "c"), str(tmp_path / "k"), str(tmp_path / "a"))
+    with caplog.at_level("WARNING", logger="pdpair.tls"):
+        warn_if_exposed("127.0.0.1", None, "prefill node gRPC server")
+        warn_if_exposed("0.0.0.0", tls, "prefill node gRPC server")
+        assert not caplog.records
+        warn_if_exposed("0.0.0.0", None, "prefill node gRPC server")
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and "without TLS" in record.getMessage()

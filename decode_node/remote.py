@@ -62,9 +62,10 @@ class RemotePrefill:
         self.rt = rt
         self.prealloc = PreallocManager()
         self.transfers = TransferManager()
-        self.peers = PrefillPeers(rt.layout)
+        self.peers = PrefillPeers(rt.layout, tls=rt.cfg.tls)
         rt.thread.add_hook(lambda: self.prealloc.poll(rt.engine.scheduler.preallocate))
         rt.add_abort_hook(self.prealloc.remove)
+        rt.on_shutdown.append(self.peers.close)
 
     async def run(self, req: Request, sampling: pb.SamplingParams, addr: str) -> pb.PrefillResult:
         """Returns once the prompt's pages landed and the request is running (first token pending as an event)."""
@@ -103,7 +104,7 @@ class RemotePrefill:
                 code = err.code()
                 if code == Code.FAILED_PRECONDITION and attempt == 0:
                     # the prefill node no longer knows us (it restarted): handshake again, once
-                    self.peers.forget(addr)
+                    await self.peers.forget(addr)
                     peer = await self._peer(addr)
                     continue
                 raise RpcError(code, f"prefill on {addr}: {err.details()}", _side_of(err)) from None

@@ -61,6 +61,7 @@ class NodeRuntime:
         self.thread: EngineThread | None = None
         self._integrity_ok = True
         self._abort_hooks: list = []
+        self.on_shutdown: list = []  # async callables the server awaits after it stopped serving
         self._stage_fn = lambda: {}
         self._observed_at = 0.0
         self._snapshot = pb.NodeStats(role=cfg.role)

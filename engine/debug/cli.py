@@ -14,10 +14,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pdpair-compare",
         description="Compare two tensor dumps (--dump-dir of prefill-node/decode-node, PDPAIR_DUMP_DIR of the "
-                    "engine) tensor by tensor. Each DIR is one run directory or a directory of runs (e.g. the "
-                    "prefill and the decode node of one disaggregated run), read together.")
-    p.add_argument("--baseline", required=True, metavar="DIR", help="the reference dump (e.g. colocated)")
-    p.add_argument("--target", required=True, metavar="DIR", help="the dump under test (e.g. disaggregated)")
+                    "engine) tensor by tensor. Each DIR is one run directory or a directory of runs; the runs given "
+                    "for one side are read together (e.g. the prefill and the decode node of one "
+                    "disaggregated run).")
+    p.add_argument("--baseline", required=True, nargs="+", metavar="DIR",
+                   help="the reference dump (e.g. colocated)")
+    p.add_argument("--target", required=True, nargs="+", metavar="DIR",
+                   help="the dump under test (e.g. disaggregated: the prefill node's and the decode node's)")
     p.add_argument("--token-aligner", default="concat_steps", choices=ALIGNERS,
                    help="concat_steps (default): per request, rows of every step and node concatenated in token "
                         "order, padding dropped, so chunked or split runs compare with one-shot ones; none: "
@@ -37,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        base = align(read_runs(args.baseline), args.token_aligner, args.filter, args.requests)
-        target = align(read_runs(args.target), args.token_aligner, args.filter, args.requests)
+        base = align(read_runs(*args.baseline), args.token_aligner, args.filter, args.requests)
+        target = align(read_runs(*args.target), args.token_aligner, args.filter, args.requests)
         report = compare(base, target, args.atol, args.rtol)
     except (OSError, ValueError) as exc:
         print(f"pdpair-compare: {exc}", file=sys.stderr)

@@ -40,6 +40,12 @@ class Report:
 
     @property
     def first_failure(self) -> TensorResult | None:
+        """The earliest divergence: among failed tensors the lowest token position, then forward order (a
+        corrupted K/V page shows first in attention, not in the tokens sampled after it); else the first
+        shape mismatch or missing tensor."""
+        failed = [r for r in self.results if r.status == FAILED]
+        if failed:
+            return min(failed, key=lambda r: (r.first_token, forward_order(r.name)))
         return next((r for r in self.results if r.status != PASSED), None)
 
     def summary(self) -> str:

@@ -16,6 +16,7 @@ Other code (e.g. DP-attention gathers) adds tensors with `dump(name, tensor, lay
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -89,6 +90,7 @@ class Dumper:
         except OSError as exc:
             raise DumpDirError(f"tensor dump directory {run_dir} is not writable: {exc}") from None
         dumper = cls(config, writer, kv_pool)
+        atexit.register(writer.close)  # a daemon stopping normally writes what is queued
         if model is not None:
             dumper.hook(model)
         logger.info("dumping tensors matching %r to %s", config.filter or ".*", run_dir)

@@ -130,12 +130,16 @@ def read_run(path: Path) -> Run:
     return Run(path, manifest, records)
 
 
-def read_runs(path: str | os.PathLike) -> list[Run]:
-    """A run directory (it holds manifest.json) or a directory of run directories (e.g. one per node)."""
-    root = Path(path)
-    if (root / MANIFEST).exists():
-        return [read_run(root)]
-    subdirs = sorted(p for p in root.iterdir() if (p / MANIFEST).exists()) if root.is_dir() else []
-    if not subdirs:
-        raise FileNotFoundError(f"no tensor dump at {root}: no {MANIFEST} in it or in its subdirectories")
-    return [read_run(p) for p in subdirs]
+def read_runs(*paths: str | os.PathLike) -> list[Run]:
+    """Each path: a run directory (it holds manifest.json) or a directory of run directories (one per node)."""
+    runs = []
+    for path in paths:
+        root = Path(path)
+        if (root / MANIFEST).exists():
+            runs.append(read_run(root))
+            continue
+        subdirs = sorted(p for p in root.iterdir() if (p / MANIFEST).exists()) if root.is_dir() else []
+        if not subdirs:
+            raise FileNotFoundError(f"no tensor dump at {root}: no {MANIFEST} in it or in its subdirectories")
+        runs.extend(read_run(p) for p in subdirs)
+    return runs

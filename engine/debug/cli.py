@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concat_steps (default): per request, rows of every step and node concatenated in token "
                         "order, padding dropped, so chunked or split runs compare with one-shot ones; none: "
                         "compare file by file, step and rank as dumped")
-    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default: 1e-4)")
+    p.add_argument("--atol", type=float, default=1e-3,
+                   help="absolute tolerance (default: 1e-3; fp32 colocated vs disaggregated SmolLM2 differs by "
+                        "at most ~1e-3 in the last layer's residual, from chunked summation order)")
     p.add_argument("--rtol", type=float, default=1e-3,
                    help="relative tolerance; an element passes when |target - baseline| <= atol + rtol * "
                         "|baseline| (default: 1e-3)")

@@ -83,7 +83,7 @@ def _line(r: TensorResult) -> str:
     return out
 
 
-def compare(baseline: Table, target: Table, atol: float = 1e-4, rtol: float = 1e-3) -> Report:
+def compare(baseline: Table, target: Table, atol: float = 1e-3, rtol: float = 1e-3) -> Report:
     if atol < 0 or rtol < 0:
         raise ValueError(f"tolerances must be non-negative, got atol={atol} rtol={rtol}")
     results = []

@@ -74,6 +74,7 @@ class Dumper:
         self._record: StepRecord | None = None  # the step being dumped, None when this step is skipped
         self._tensors: dict[str, str] = {}
         self._handles: list = []
+        self._closed = False
 
     @classmethod
     def start(cls, config: DumpConfig, model: torch.nn.Module | None = None, kv_pool=None,
@@ -123,7 +124,7 @@ class Dumper:
     def begin(self, rec: StepRecord) -> None:
         """Start a step (numbered by the caller); tensors dumped until `end` belong to it."""
         self.step = rec.step
-        ok = self.config.wants_step(rec.step) and not self.writer.failed
+        ok = self.config.wants_step(rec.step) and not self.writer.failed and not self._closed
         self._record = rec if ok else None
         self._tensors = {}
 
@@ -159,6 +160,8 @@ class Dumper:
         self.end()
 
     def close(self) -> None:
+        """Unhook the model and write what is queued; later steps dump nothing."""
+        self._closed = True
         for h in self._handles:
             h.remove()
         self._handles.clear()

@@ -45,6 +45,9 @@ def test_steps_and_names_are_filtered_and_files_load_with_weights_only(tmp_path)
             dumper.dump(name, torch.full((1, 3), float(step)), "logits" if name == "c" else "token")
         dumper.end()
     dumper.close()
+    dumper.begin(record(2, ["r"], [3], [1]))  # after close: nothing more is written
+    dumper.dump("a", torch.zeros(1, 3))
+    dumper.end()
     (run,) = read_runs(tmp_path)
     assert run.manifest.run_name == "run" and run.manifest.filter == r"^(a|c)$"
     assert [(r.step, r.tensors) for r in run.records] == [(s, {"a": "token", "c": "logits"}) for s in (1, 2)]

@@ -16,6 +16,7 @@ from pdpair.decode_node.peers import PrefillPeers
 from pdpair.decode_node.prealloc import PreallocManager
 from pdpair.decode_node.transfers import TransferManager, nothing_sent
 from pdpair.engine import Request
+from pdpair.engine.debug.fault import corrupt_transferred
 from pdpair.node.runtime import NodeRuntime
 from pdpair.node.status import RpcError, failure_side
 from pdpair.proto import pdpair_pb2 as pb
@@ -84,6 +85,7 @@ class RemotePrefill:
         finally:
             self.transfers.end(req.rid)
         self._count(result.transfer)
+        corrupt_transferred(self.rt.engine.pools, items)  # test-only fault hook; a no-op unless its env is set
         try:
             await self.rt.thread.call(lambda e: e.scheduler.activate(req.rid, result.first_token))
         except ValueError as exc:  # a first token outside the vocabulary

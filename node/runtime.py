@@ -36,7 +36,7 @@ def load_engine(cfg: NodeConfig) -> Any:
     return Engine.from_model(cfg.model, device=cfg.device, dtype=cfg.dtype, page_size=cfg.page_size,
                              max_pages=cfg.max_pages, chunk_size=cfg.chunk_size,
                              attention_backend=cfg.attention_backend, disable_cuda_graph=cfg.disable_cuda_graph,
-                             **extra)
+                             dump=cfg.dump, **extra)
 
 
 class NodeRuntime:

@@ -165,7 +165,5 @@ def config_from_args(role: str, args: argparse.Namespace) -> NodeConfig:
         rdma_devices=args.rdma_devices, transfer_threads=args.transfer_threads, metrics_port=args.metrics_port,
         log_level=args.log_level, max_queue=args.max_queue, drain_timeout=args.drain_timeout,
         quarantine_seconds=hold, tls=tls_from_args(args),
-        node_id=f"{role}-{advertise}-{os.getpid()}-{uuid.uuid4().hex[:8]}", **extra,
-        quarantine_seconds=hold,
         node_id=f"{role}-{advertise}-{os.getpid()}-{uuid.uuid4().hex[:8]}", dump=dump, **extra,
     )

@@ -141,7 +141,7 @@ def decode_request(body: bytes, kind: type[Req]) -> Req:
         req = msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
         match = _PATH.search(str(exc))
-        param = match.group(1) if match else None
+        param = match.group(1).replace("[...]", "") if match else None  # a dict value: name the dict
         raise ApiError(400, f"invalid request: {exc}", param=param or None, code="invalid_value") from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"invalid JSON body: {exc}", code="invalid_json") from None

@@ -7,6 +7,8 @@ without it. Nothing is retried after the first token: by then the client may hav
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -37,6 +39,14 @@ class Stream:
     @property
     def nodes(self) -> list[NodeClient]:
         return [n for n in (self.pair.decode, self.pair.prefill) if n is not None]
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Read to the end after the finish chunk, so that the node sees a completed call (a cancelled one
+        counts as aborted there)."""
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while await self.call.read() is not grpc.aio.EOF:
+                    pass
 
     def release(self) -> None:
         """Cancel the call if still open and give back the per-node in-flight counts (idempotent)."""

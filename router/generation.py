@@ -73,6 +73,7 @@ async def generate(
             last = now
             if chunk.finish_reason:
                 finish = chunk.finish_reason
+                await stream.drain()
                 break
             if stop.stopped:  # the node enforces stop strings too; should it run on, the call is cancelled
                 finish = "stop"

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import tokenizers
-from pdpair.chat_template import TemplateError, compile_template, render_chat
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.router.errors import ApiError
+
+from pdpair.chat_template import TemplateError, compile_template, render_chat
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import tokenizers
+
 from pdpair.chat_template import render_chat
 
 # end-of-turn markers that chat templates close an assistant message with

@@ -3,6 +3,7 @@ responsive event loop while a huge prompt is tokenized, timeouts, and a supervis
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -155,3 +156,40 @@ def test_generation_tag_template_serves_and_broken_template_exits_nonzero():
             time.sleep(0.05)
         assert h.app[STATE].fatal is not None
     assert proc.returncode == 1 and "router startup failed" in proc.stderr, proc.stderr[-2000:]
+
+
+class _SlowEndDecodeNode(FakeDecodeNode):
+    """Like a real node, it still has work to do after the finish chunk (a cancel there counts as aborted)."""
+
+    async def Generate(self, request, context):
+        async for chunk in super().Generate(request, context):
+            yield chunk
+        try:
+            await asyncio.sleep(0.1)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+def test_counters_under_concurrency_and_finished_calls_are_not_cancelled():
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = 12
+    decode = _SlowEndDecodeNode(script=_script, info=model_info(), chunk_delay_s=0.02)
+    with RouterHarness([decode]) as h:
+        h.wait_ready()
+        with ThreadPoolExecutor(n) as pool:
+            statuses = list(pool.map(lambda _: _post(h.router_url + "/v1/chat/completions", CHAT)[0], range(n)))
+        assert statuses == [200] * n
+        time.sleep(0.2)
+        assert not decode.cancelled.is_set()  # a node counts a cancelled call as aborted
+        with urllib.request.urlopen(h.router_url + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line and not line.startswith("#")}
+    assert values['pdpair_router_requests_total{endpoint="/v1/chat/completions",status="200"}'] == n
+    assert values["pdpair_router_completion_tokens_total"] == 2 * n
+    assert values["pdpair_router_inflight_requests"] == 0
+    errors = {k: v for k, v in values.items() if k.startswith("pdpair_router_errors_total")}
+    startup = values.get('pdpair_router_requests_total{endpoint="/health",status="503"}', 0)
+    assert errors == ({'pdpair_router_errors_total{code="503"}': startup} if startup else {})  # /health before ready

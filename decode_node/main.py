@@ -26,9 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _make_servicer(rt):
     from pdpair.decode_node.servicer import DecodeServicer
-    from pdpair.proto import pdpair_pb2_grpc as pb_grpc
 
-    return DecodeServicer(rt), pb_grpc.add_DecodeNodeServicer_to_server, "pdpair.v1.DecodeNode"
+    return DecodeServicer(rt), "DecodeNode"
 
 
 def main(argv: list[str] | None = None) -> int:

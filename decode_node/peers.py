@@ -28,6 +28,7 @@ class PrefillPeers:
     def __init__(self, local: MemoryLayout, handshake_timeout: float = 30.0) -> None:
         self.local = local
         self._peers: dict[str, Peer] = {}
+        self._stale: list[grpc.aio.Channel] = []  # channels of forgotten peers: calls may still run on them
         self._locks: dict[str, asyncio.Lock] = {}
         self._timeout = handshake_timeout
 
@@ -61,12 +62,16 @@ class PrefillPeers:
         logger.info("paired with prefill node %s at %s (session %s)", remote.node_id, addr, remote.session_id)
         return Peer(addr, channel, stub, remote)
 
-    async def drop(self, addr: str) -> None:
-        """Forget a peer (it restarted or failed): the next request handshakes again."""
+    def forget(self, addr: str) -> None:
+        """Drop the cached Handshake (the peer restarted): the next request handshakes again. The channel
+        stays open until shutdown, since closing a channel cancels every call still running on it."""
         peer = self._peers.pop(addr, None)
         if peer is not None:
-            await peer.channel.close()
+            self._stale.append(peer.channel)
 
     async def close(self) -> None:
         for addr in list(self._peers):
-            await self.drop(addr)
+            self.forget(addr)
+        for channel in self._stale:
+            await channel.close()
+        self._stale.clear()

@@ -86,7 +86,7 @@ def test_inflight_ignores_batches_dropped_by_cancel():
         m.open("r")
         f = asyncio.get_running_loop().create_future()
         m.add("r", f, items=3)
-        f.set_result(TransferResult(False, 0, 0, 0, 0.0, "cancelled with 1 batches unsent"))
+        f.set_result(TransferResult(False, 0, 0, 0, 0.0, "cancelled with 1 batches unsent", cancelled=True))
         tr = await m.wait("r")
         assert tr.error is None and tr.tally.items == 0
 

@@ -8,7 +8,6 @@ import signal
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from pdpair.router.local_cluster import LocalCluster, free_port
@@ -18,14 +17,6 @@ from tests.e2e._nodes import DEFAULT_ARGS
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 N = 16
 MODEL = "smollm2-135m"
-
-
-def _decode_node_attributes_failures() -> bool:
-    """The failover needs the decode node to name the failing side (trailing metadata)."""
-    import pdpair.decode_node
-
-    src = Path(pdpair.decode_node.__file__).parent
-    return any("FAILURE_METADATA_KEY" in p.read_text() for p in src.glob("*.py"))
 
 
 def _post(url: str, i: int) -> int:
@@ -55,8 +46,6 @@ def _metric(url: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
-@pytest.mark.skipif(not _decode_node_attributes_failures(),
-                    reason="the decode node does not send the pdpair-failure trailing metadata yet")
 def test_dead_prefill_node_behind_the_router():
     never_started = f"127.0.0.1:{free_port()}"
     # --health-interval 1.0 restores the router's default poll (LocalCluster polls faster)

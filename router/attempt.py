@@ -25,6 +25,7 @@ from pdpair.router.pool import NodePool, Pair
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 2  # the first try and one failover
+_DRAINS: set[asyncio.Task] = set()  # streams read to their end in the background (referenced until done)
 
 
 @dataclass(eq=False)
@@ -40,13 +41,22 @@ class Stream:
     def nodes(self) -> list[NodeClient]:
         return [n for n in (self.pair.decode, self.pair.prefill) if n is not None]
 
-    async def drain(self, timeout_s: float = 5.0) -> None:
-        """Read to the end after the finish chunk, so that the node sees a completed call (a cancelled one
-        counts as aborted there)."""
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                while await self.call.read() is not grpc.aio.EOF:
-                    pass
+    def release_after_end(self, timeout_s: float = 5.0) -> None:
+        """After the finish chunk: read the call to its end in the background, then release, so that the node
+        sees a completed call (it counts a cancelled one as aborted) and the client is not kept waiting."""
+
+        async def drain() -> None:
+            try:
+                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.TimeoutError):
+                    async with asyncio.timeout(timeout_s):
+                        while await self.call.read() is not grpc.aio.EOF:
+                            pass
+            finally:
+                self.release()
+
+        task = asyncio.get_running_loop().create_task(drain())
+        _DRAINS.add(task)
+        task.add_done_callback(_DRAINS.discard)
 
     def release(self) -> None:
         """Cancel the call if still open and give back the per-node in-flight counts (idempotent)."""

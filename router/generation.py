@@ -52,6 +52,7 @@ async def generate(
     text = ""
     decode_addr = "-"
     stream: Stream | None = None
+    node_finished = False  # the node ended the request itself (not the router's stop-string check)
     try:
         stream = await open_stream(job, pool, metrics, deadline)
         decode_addr = stream.pair.decode.addr
@@ -72,8 +73,7 @@ async def generate(
                 metrics.observe_tokens(now - last, len(chunk.token_ids))
             last = now
             if chunk.finish_reason:
-                finish = chunk.finish_reason
-                await stream.drain()
+                finish, node_finished = chunk.finish_reason, True
                 break
             if stop.stopped:  # the node enforces stop strings too; should it run on, the call is cancelled
                 finish = "stop"
@@ -87,7 +87,9 @@ async def generate(
                 raise from_rpc_error(exc, decode_addr, job.rid) from None
             chunk = None if chunk is grpc.aio.EOF else chunk
     finally:
-        if stream is not None:
+        if stream is not None and node_finished:
+            stream.release_after_end()
+        elif stream is not None:
             stream.release()
         metrics.inflight.dec()
         metrics.completion_tokens.inc(produced)

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deadline of the Stats and ModelInfo calls (default: %(default)s)")
     p.add_argument("--request-timeout", type=float, default=_DEFAULTS.request_timeout_s, metavar="SECONDS",
                    help="deadline of one generation from the router's first call to the last token, a failover "
-                   "retry included; 504 when exceeded before the first token (default: %(default)s)")
+                   "retry included; 504 when exceeded before the first token; 0 = none (default: %(default)s)")
     p.add_argument("--max-body-bytes", type=int, default=_DEFAULTS.max_body_bytes, metavar="BYTES",
                    help="largest accepted HTTP request body; larger ones are answered 413 (default: %(default)s)")
     p.add_argument("--shutdown-timeout", type=float, default=_DEFAULTS.shutdown_timeout_s, metavar="SECONDS",
@@ -67,7 +67,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         policy=args.policy,
         poll_interval_s=args.health_interval,
         rpc_timeout_s=args.rpc_timeout,
-        request_timeout_s=args.request_timeout,
+        request_timeout_s=args.request_timeout or None,
         max_body_bytes=args.max_body_bytes,
         shutdown_timeout_s=args.shutdown_timeout,
         dns_refresh_s=args.dns_refresh,

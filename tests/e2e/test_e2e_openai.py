@@ -109,6 +109,8 @@ def test_node_metrics_count_the_requests(cluster):
     assert _value(prefill, "pdpair_transfer_bytes_total") > 0
     assert _value(prefill, "pdpair_transfer_batches_total") >= 1
     assert 'pdpair_pool_items{kind="kv",role="decode",state="free"}' in decode
+    # every request of this module finished: none may count as aborted (the router reads calls to their end)
+    assert "pdpair_requests_aborted_total{" not in decode or _value(decode, "pdpair_requests_aborted_total") == 0
 
 
 def _value(text: str, name: str) -> float:

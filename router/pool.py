@@ -65,8 +65,7 @@ class NodePool:
     def pick(self, avoid: Collection[NodeClient] = ()) -> Pair:
         """A (decode, prefill) pair of healthy nodes not in `avoid`, by policy; ApiError(503) when none exists
         (the client sees no addresses; the log has them)."""
-        decode = [n for n in self.decode if n.healthy and n not in avoid]
-        prefill = [n for n in self.prefill if n.healthy and n not in avoid]
+        decode, prefill = self._candidates(avoid)
         if not decode or (not self.colocated and not prefill):
             down = ", ".join(f"{n.role} {n.addr} ({n.last_error})" for n in self.nodes if not n.healthy)
             logger.warning("no healthy prefill/decode pair (avoiding %d): %s", len(avoid), down or "-")
@@ -76,13 +75,14 @@ class NodePool:
             prefill=None if self.colocated else self._prefill_policy.pick(prefill),
         )
 
+    def _candidates(self, avoid: Collection[NodeClient]) -> tuple[list[NodeClient], list[NodeClient]]:
+        return ([n for n in self.decode if n.healthy and n not in avoid],
+                [n for n in self.prefill if n.healthy and n not in avoid])
+
     def can_avoid(self, node: NodeClient) -> bool:
-        """Whether a healthy pair without `node` exists."""
-        try:
-            self.pick(avoid=(node,))
-        except ApiError:
-            return False
-        return True
+        """Whether a healthy pair without `node` exists (the policies' state is left alone)."""
+        decode, prefill = self._candidates((node,))
+        return bool(decode) and (self.colocated or bool(prefill))
 
     def eject(self, node: NodeClient, reason: str) -> None:
         """Passive ejection: `node` gets no new work until a Stats poll finds it answering and not draining;

@@ -16,6 +16,7 @@ from pdpair.decode_node.peers import PrefillPeers
 from pdpair.decode_node.prealloc import PreallocManager
 from pdpair.decode_node.transfers import TransferManager, nothing_sent
 from pdpair.engine import Request
+from pdpair.engine.debug.fault import corrupt_transferred
 from pdpair.node.runtime import NodeRuntime
 from pdpair.node.status import RpcError, failure_side
 from pdpair.proto import pdpair_pb2 as pb
@@ -62,9 +63,10 @@ class RemotePrefill:
         self.rt = rt
         self.prealloc = PreallocManager()
         self.transfers = TransferManager()
-        self.peers = PrefillPeers(rt.layout)
+        self.peers = PrefillPeers(rt.layout, tls=rt.cfg.tls)
         rt.thread.add_hook(lambda: self.prealloc.poll(rt.engine.scheduler.preallocate))
         rt.add_abort_hook(self.prealloc.remove)
+        rt.on_shutdown.append(self.peers.close)
 
     async def run(self, req: Request, sampling: pb.SamplingParams, addr: str) -> pb.PrefillResult:
         """Returns once the prompt's pages landed and the request is running (first token pending as an event)."""
@@ -83,6 +85,7 @@ class RemotePrefill:
         finally:
             self.transfers.end(req.rid)
         self._count(result.transfer)
+        corrupt_transferred(self.rt.engine.pools, items)  # test-only fault hook; a no-op unless its env is set
         try:
             await self.rt.thread.call(lambda e: e.scheduler.activate(req.rid, result.first_token))
         except ValueError as exc:  # a first token outside the vocabulary
@@ -103,7 +106,7 @@ class RemotePrefill:
                 code = err.code()
                 if code == Code.FAILED_PRECONDITION and attempt == 0:
                     # the prefill node no longer knows us (it restarted): handshake again, once
-                    self.peers.forget(addr)
+                    await self.peers.forget(addr)
                     peer = await self._peer(addr)
                     continue
                 raise RpcError(code, f"prefill on {addr}: {err.details()}", _side_of(err)) from None

@@ -8,6 +8,7 @@ import logging
 import grpc
 from pdpair.decode_node.remote import RemotePrefill
 from pdpair.decode_node.running import RunningManager
+from pdpair.decode_node.trust import PrefillTrust, UntrustedPrefill
 from pdpair.engine import Request
 from pdpair.node.admission import Admission, QueueFull
 from pdpair.node.convert import check_prompt, sampling_from_proto
@@ -27,6 +28,7 @@ class DecodeServicer(pb_grpc.DecodeNodeServicer):
         self.admission = Admission(rt.cfg.max_queue)
         self.running = RunningManager(on_ttft=rt.metrics.ttft.observe, on_itl=rt.metrics.itl.observe)
         self.remote = RemotePrefill(rt)
+        self.trust = PrefillTrust(rt.cfg.prefill_allow, tls=rt.cfg.tls is not None)
         rt.set_stage_counts(lambda: {"prealloc_waiting": len(self.remote.prealloc),
                                      "transferring": len(self.remote.transfers),
                                      "inflight_transfers": len(self.remote.transfers)})
@@ -47,6 +49,11 @@ class DecodeServicer(pb_grpc.DecodeNodeServicer):
 
     async def Generate(self, request: pb.GenerateRequest, context) -> None:
         try:
+            if request.prefill_addr:  # before anything is dialled
+                try:
+                    await self.trust.check(request.prefill_addr)
+                except UntrustedPrefill as exc:
+                    raise RpcError(Code.INVALID_ARGUMENT, f"request {request.rid!r}: {exc}") from None
             sampling = self._admit(request)
         except RpcError as err:
             await abort_with(context, err)

@@ -36,7 +36,7 @@ def load_engine(cfg: NodeConfig) -> Any:
     return Engine.from_model(cfg.model, device=cfg.device, dtype=cfg.dtype, page_size=cfg.page_size,
                              max_pages=cfg.max_pages, chunk_size=cfg.chunk_size,
                              attention_backend=cfg.attention_backend, disable_cuda_graph=cfg.disable_cuda_graph,
-                             **extra)
+                             dump=cfg.dump, **extra)
 
 
 class NodeRuntime:
@@ -61,6 +61,7 @@ class NodeRuntime:
         self.thread: EngineThread | None = None
         self._integrity_ok = True
         self._abort_hooks: list = []
+        self.on_shutdown: list = []  # async callables the server awaits after it stopped serving
         self._stage_fn = lambda: {}
         self._observed_at = 0.0
         self._snapshot = pb.NodeStats(role=cfg.role)

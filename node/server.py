@@ -17,6 +17,8 @@ from pdpair.node.config import NodeConfig
 from pdpair.node.runtime import NodeRuntime, load_engine
 from pdpair.node.wire import add_service
 
+from pdpair.tls import add_port, warn_if_exposed
+
 logger = logging.getLogger(__name__)
 
 # builds (servicer, service name in pdpair.proto) for a runtime
@@ -74,20 +76,24 @@ async def _serve(cfg: NodeConfig, make_servicer: MakeServicer) -> int:
     service_name = add_service(server, servicer, service)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    warn_if_exposed(cfg.host, cfg.tls, f"{cfg.role} node gRPC server")
+    port = add_port(server, f"{cfg.host}:{cfg.port}", cfg.tls)
     if port == 0:
         raise OSError(f"cannot bind {cfg.host}:{cfg.port}")
     await server.start()
     await health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    logger.info("%s node serving on %s:%d (advertised %s:%d)", cfg.role, cfg.host, port, cfg.advertise_host, port)
+    logger.info("%s node serving on %s:%d (advertised %s:%d, %s)", cfg.role, cfg.host, port, cfg.advertise_host, port,
+                "mutual TLS" if cfg.tls else "plaintext")
     try:
         await stop.wait()
         if not fatal:
             logger.info("shutdown requested: draining")
             await _drain(rt, health, [service_name])
         await server.stop(grace=1.0)
+        for close in rt.on_shutdown:
+            await close()
     finally:
         await loop.run_in_executor(None, rt.close)
     logger.info("%s node stopped", cfg.role)

@@ -16,7 +16,7 @@ from pdpair.node.engine_thread import EngineFailure
 from pdpair.node.layout import layout_from_proto, layout_to_proto
 from pdpair.node.runtime import NodeRuntime
 from pdpair.node.status import RpcError, rpc_edge
-from pdpair.prefill_node.bootstrap import BootstrapManager, UnknownPeer
+from pdpair.prefill_node.bootstrap import BootstrapManager, PeerRefused, UnknownPeer, peer_claim
 from pdpair.prefill_node.inflight import InflightManager
 from pdpair.prefill_node.live import AbortedEarly, Live, LiveRequests, NotYours
 from pdpair.prefill_node.validate import expected_items, validate_registration
@@ -71,7 +71,9 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
         except ValueError as exc:
             raise RpcError(Code.INVALID_ARGUMENT, f"bad decode layout: {exc}") from None
         try:
-            local = self.bootstrap.handshake(remote)
+            local = self.bootstrap.handshake(remote, peer_claim(context))
+        except PeerRefused as exc:
+            raise RpcError(Code.PERMISSION_DENIED, str(exc)) from None
         except LayoutMismatch as exc:
             raise RpcError(Code.FAILED_PRECONDITION, str(exc)) from None
         except ValueError as exc:
@@ -79,11 +81,13 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
         return pb.HandshakeResponse(prefill_layout=layout_to_proto(local))
 
     # -- Prefill ---------------------------------------------------------------------------------
-    def _validate(self, request: pb.PrefillRequest) -> tuple[MemoryLayout, object, dict[str, np.ndarray]]:
+    def _validate(self, request: pb.PrefillRequest, context) -> tuple[MemoryLayout, object, dict[str, np.ndarray]]:
         try:
-            peer = self.bootstrap.peer(request.registration.decode_node_id)
+            peer = self.bootstrap.peer(request.registration.decode_node_id, peer_claim(context))
         except UnknownPeer as exc:
             raise RpcError(Code.FAILED_PRECONDITION, str(exc.args[0])) from None
+        except PeerRefused as exc:
+            raise RpcError(Code.PERMISSION_DENIED, str(exc)) from None
         info = self._info
         try:
             sampling = sampling_from_proto(request.sampling)
@@ -99,7 +103,7 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
     async def Prefill(self, request: pb.PrefillRequest, context) -> pb.PrefillResult:
         if self.rt.draining:
             raise RpcError(Code.UNAVAILABLE, "prefill node is draining", pb.PREFILL_DRAINING)
-        peer, sampling, dst = self._validate(request)
+        peer, sampling, dst = self._validate(request, context)
         rid = request.rid
         try:
             self.waiting.admit(rid)
@@ -132,10 +136,12 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
     async def Abort(self, request: pb.AbortRequest, context) -> pb.AbortResponse:
         """Returns once no write of the request can still land in the decode node's memory."""
         try:
-            self.bootstrap.peer(request.decode_node_id)
+            self.bootstrap.peer(request.decode_node_id, peer_claim(context))
             out = await self.live.abort(request.rid, request.decode_node_id)
         except UnknownPeer as exc:
             raise RpcError(Code.FAILED_PRECONDITION, str(exc.args[0])) from None
+        except PeerRefused as exc:
+            raise RpcError(Code.PERMISSION_DENIED, str(exc)) from None
         except NotYours:
             raise RpcError(Code.PERMISSION_DENIED,
                            f"request {request.rid!r} was not registered by {request.decode_node_id!r}") from None

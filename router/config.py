@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from pdpair.router.policy import POLICIES
 
+from pdpair.tls import TlsFiles
+
 
 def check_addr(addr: str) -> str:
     """Validate "host:port" (IPv6 as "[::1]:port"); return it unchanged."""
@@ -19,7 +21,7 @@ def check_addr(addr: str) -> str:
 class RouterConfig:
     decode: tuple[str, ...]
     prefill: tuple[str, ...] = ()  # empty: colocated, the decode nodes prefill locally
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = 8000
     policy: str = "round_robin"
     poll_interval_s: float = 1.0  # Stats polling (health and load)
@@ -29,6 +31,8 @@ class RouterConfig:
     tokenize_threads: int = 2  # the bounded pool that tokenizes and renders chat templates off the event loop
     shutdown_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may finish
     dns_refresh_s: float = 0.0  # > 0: resolve every node target (a headless Service) this often
+    api_keys: tuple[str, ...] = ()  # bearer keys /v1/* requires (none: open)
+    tls: TlsFiles | None = None  # mutual TLS on the channels to the nodes
 
     def __post_init__(self) -> None:
         if not self.decode:

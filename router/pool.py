@@ -16,6 +16,8 @@ from pdpair.router.errors import ApiError
 from pdpair.router.node_client import NodeClient
 from pdpair.router.policy import make_policy
 
+from pdpair.tls import TlsFiles
+
 logger = logging.getLogger(__name__)
 
 
@@ -35,14 +37,16 @@ class NodePool:
         poll_interval_s: float = 1.0,
         rpc_timeout_s: float = 2.0,
         dns_refresh_s: float = 0.0,
+        tls: TlsFiles | None = None,
     ):
         if not decode:
             raise ValueError("at least one decode node is needed")
         self._targets = {"decode": list(decode), "prefill": list(prefill)}
         self.dns_refresh_s = dns_refresh_s  # > 0: every target is a DNS name standing for all its addresses
         self._dns_at = float("-inf")
-        self.decode = [] if dns_refresh_s > 0 else [NodeClient(a, "decode") for a in decode]
-        self.prefill = [] if dns_refresh_s > 0 else [NodeClient(a, "prefill") for a in prefill]
+        self.tls = tls
+        self.decode = [] if dns_refresh_s > 0 else [NodeClient(a, "decode", tls) for a in decode]
+        self.prefill = [] if dns_refresh_s > 0 else [NodeClient(a, "prefill", tls) for a in prefill]
         self._retired: list[NodeClient] = []
         self._decode_policy = make_policy(policy)
         self._prefill_policy = make_policy(policy)
@@ -110,7 +114,7 @@ class NodePool:
                 self._retired.append(known[gone])
             for new in set(addrs) - set(known):
                 logger.info("%s node %s found in DNS", role, new)
-            setattr(self, role, [known.get(a) or NodeClient(a, role) for a in addrs])
+            setattr(self, role, [known.get(a) or NodeClient(a, role, self.tls) for a in addrs])
 
     async def _poll_loop(self) -> None:
         while True:

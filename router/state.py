@@ -28,6 +28,7 @@ class RouterState:
             poll_interval_s=config.poll_interval_s,
             rpc_timeout_s=config.rpc_timeout_s,
             dns_refresh_s=config.dns_refresh_s,
+            tls=config.tls,
         )
         self.metrics = RouterMetrics()
         # tokenizing and rendering chat templates (a multi-MB prompt takes seconds) stay off the event loop

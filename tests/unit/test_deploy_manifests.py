@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from pdpair.tls import is_loopback
+
 yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +79,7 @@ def test_deployments_use_real_flags_and_consistent_ports(overlay):
             cfg = module.config_from_args(ns)
             assert cfg.dns_refresh_s > 0  # node targets are headless Services
             ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-            assert ports["http"] == cfg.port
+            assert ports["http"] == cfg.port and not is_loopback(cfg.host)
             assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
             for target in cfg.prefill + cfg.decode:
                 host, port = target.rsplit(":", 1)
@@ -95,7 +97,9 @@ def test_deployments_use_real_flags_and_consistent_ports(overlay):
             assert svc["spec"]["clusterIP"] == "None"
             assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
             assert {p["targetPort"] for p in svc["spec"]["ports"]} <= set(ports)
+            assert not is_loopback(cfg.host)  # daemons bind loopback unless --host says otherwise
             parsed[name] = cfg
+    assert parsed["decode-node"].prefill_allow  # the decode node dials only the prefill Service's pods
     protocol = "rdma" if "gpu" in overlay else "tcp"
     for name in ("prefill-node", "decode-node"):
         assert parsed[name].transfer_protocol == protocol

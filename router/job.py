@@ -29,6 +29,19 @@ class GenerationJob:
         return ("chatcmpl-" if self.kind == "chat" else "cmpl-") + self.rid
 
 
+def _penalties(req: ChatCompletionRequest | CompletionRequest, card: ModelCard, sampling: pb.SamplingParams) -> None:
+    """Penalties and logit_bias onto the wire message (0 = off; repetition 1 = off)."""
+    sampling.presence_penalty = req.presence_penalty or 0.0
+    sampling.frequency_penalty = req.frequency_penalty or 0.0
+    sampling.repetition_penalty = req.repetition_penalty or 0.0
+    for key, value in (req.logit_bias or {}).items():
+        tid = int(key)  # digits only, checked at decoding
+        if card.vocab_size and tid >= card.vocab_size:
+            raise ApiError(400, f"logit_bias: token id {tid} out of range (vocab {card.vocab_size})",
+                           param="logit_bias")
+        sampling.logit_bias[tid] = value
+
+
 def build_job(req: ChatCompletionRequest | CompletionRequest, tok: RouterTokenizer, card: ModelCard) -> GenerationJob:
     """Validate the request against the served model and tokenize it; ApiError(400) on any defect."""
     if req.model != card.model_id:
@@ -77,6 +90,7 @@ def build_job(req: ChatCompletionRequest | CompletionRequest, tok: RouterTokeniz
     )
     if req.seed is not None:
         sampling.seed = req.seed
+    _penalties(req, card, sampling)
     return GenerationJob(
         rid=uuid.uuid4().hex,
         kind=kind,

@@ -13,6 +13,7 @@ from pdpair.router.app import build_app
 from pdpair.router.auth import ENV_VAR, collect_keys
 from pdpair.router.config import RouterConfig
 from pdpair.router.policy import POLICIES
+from pdpair.router.state import STATE
 
 from pdpair.tls import add_tls_args, is_loopback, tls_from_args
 
@@ -43,8 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often every node's Stats is polled, for health and load (default: %(default)s)")
     p.add_argument("--rpc-timeout", type=float, default=_DEFAULTS.rpc_timeout_s, metavar="SECONDS",
                    help="deadline of the Stats and ModelInfo calls (default: %(default)s)")
-    p.add_argument("--request-timeout", type=float, default=None, metavar="SECONDS",
-                   help="deadline of one generation, 504 when exceeded (default: none)")
+    p.add_argument("--request-timeout", type=float, default=_DEFAULTS.request_timeout_s, metavar="SECONDS",
+                   help="deadline of one generation from the router's first call to the last token, a failover "
+                   "retry included; 504 when exceeded before the first token; 0 = none (default: %(default)s)")
+    p.add_argument("--max-body-bytes", type=int, default=_DEFAULTS.max_body_bytes, metavar="BYTES",
+                   help="largest accepted HTTP request body; larger ones are answered 413 (default: %(default)s)")
     p.add_argument("--shutdown-timeout", type=float, default=_DEFAULTS.shutdown_timeout_s, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may finish (default: %(default)s)")
     p.add_argument("--dns-refresh", type=float, default=_DEFAULTS.dns_refresh_s, metavar="SECONDS",
@@ -73,7 +77,8 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         policy=args.policy,
         poll_interval_s=args.health_interval,
         rpc_timeout_s=args.rpc_timeout,
-        request_timeout_s=args.request_timeout,
+        request_timeout_s=args.request_timeout or None,
+        max_body_bytes=args.max_body_bytes,
         shutdown_timeout_s=args.shutdown_timeout,
         dns_refresh_s=args.dns_refresh,
         api_keys=collect_keys(args.api_key),
@@ -81,9 +86,13 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
     )
 
 
-async def serve(config: RouterConfig) -> None:
-    """Serve until SIGTERM/SIGINT, then let in-flight requests finish (bounded) and exit."""
-    runner = web.AppRunner(build_app(config), handler_cancellation=True, shutdown_timeout=config.shutdown_timeout_s,
+async def serve(config: RouterConfig) -> int:
+    """Serve until SIGTERM/SIGINT, then let in-flight requests finish (bounded); the exit status (1 when the
+    startup task failed)."""
+    app = build_app(config)
+    stop = asyncio.Event()
+    app[STATE].on_fatal = stop.set
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=config.shutdown_timeout_s,
                            access_log=None)
     await runner.setup()
     if not is_loopback(config.host):
@@ -98,13 +107,13 @@ async def serve(config: RouterConfig) -> None:
     mode = f"prefill {', '.join(config.prefill)}" if config.prefill else "colocated"
     logger.info("pdpair-router on http://%s:%d (decode %s; %s; policy %s)", config.host, config.port,
                 ", ".join(config.decode), mode, config.policy)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     logger.info("shutting down")
     await runner.cleanup()
+    return 1 if app[STATE].fatal is not None else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))  # usage + message on stderr, exit 2
-    asyncio.run(serve(config))
-    return 0
+    return asyncio.run(serve(config))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -66,21 +66,32 @@ class NodePool:
     def has_healthy_pair(self) -> bool:
         return any(n.healthy for n in self.decode) and (self.colocated or any(n.healthy for n in self.prefill))
 
-    def pick(self) -> Pair:
-        """A (decode, prefill) pair by policy; ApiError(503) when no healthy pair exists."""
-        decode = [n for n in self.decode if n.healthy]
-        prefill = [n for n in self.prefill if n.healthy]
+    def pick(self, avoid: Collection[NodeClient] = ()) -> Pair:
+        """A (decode, prefill) pair of healthy nodes not in `avoid`, by policy; ApiError(503) when none exists
+        (the client sees no addresses; the log has them)."""
+        decode, prefill = self._candidates(avoid)
         if not decode or (not self.colocated and not prefill):
             down = ", ".join(f"{n.role} {n.addr} ({n.last_error})" for n in self.nodes if not n.healthy)
-            raise ApiError(503, f"no healthy prefill/decode pair: {down}", code="no_healthy_pair")
+            logger.warning("no healthy prefill/decode pair (avoiding %d): %s", len(avoid), down or "-")
+            raise ApiError(503, "no healthy prefill/decode pair", code="no_healthy_pair")
         return Pair(
             decode=self._decode_policy.pick(decode),
             prefill=None if self.colocated else self._prefill_policy.pick(prefill),
         )
 
-    def report_unavailable(self, pair: Pair, reason: str) -> None:
-        """A call through `pair` failed with UNAVAILABLE: take the decode node out and re-poll both now."""
-        pair.decode.mark_unhealthy(reason)
+    def _candidates(self, avoid: Collection[NodeClient]) -> tuple[list[NodeClient], list[NodeClient]]:
+        return ([n for n in self.decode if n.healthy and n not in avoid],
+                [n for n in self.prefill if n.healthy and n not in avoid])
+
+    def can_avoid(self, node: NodeClient) -> bool:
+        """Whether a healthy pair without `node` exists (the policies' state is left alone)."""
+        decode, prefill = self._candidates((node,))
+        return bool(decode) and (self.colocated or bool(prefill))
+
+    def eject(self, node: NodeClient, reason: str) -> None:
+        """Passive ejection: `node` gets no new work until a Stats poll finds it answering and not draining;
+        the poll runs at once."""
+        node.mark_unhealthy(reason)
         self._wake.set()
 
     async def poll_once(self) -> None:

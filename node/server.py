@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from pdpair.node.config import NodeConfig
+from pdpair.node.rid_interceptor import RequestIdInterceptor
 from pdpair.node.runtime import NodeRuntime, load_engine
 
 logger = logging.getLogger(__name__)
@@ -28,10 +29,11 @@ GRPC_OPTIONS = [
 ]
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=max(getattr(logging, level), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pdpair").setLevel(getattr(logging, level))
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Text or JSON lines (`--log-format`), each with the request id of the gRPC call it belongs to."""
+    from pdpair.logfmt import setup_logging as setup
+
+    setup(level, fmt)
 
 
 async def _drain(rt: NodeRuntime, health: Any, service_names: list[str]) -> None:
@@ -55,7 +57,7 @@ async def _serve(cfg: NodeConfig, make_servicer: MakeServicer) -> None:
     rt.attach(loop)
     servicer, add_to_server, service_name = make_servicer(rt)
     rt.start()
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+    server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[RequestIdInterceptor()])
     add_to_server(servicer, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -80,7 +82,7 @@ async def _serve(cfg: NodeConfig, make_servicer: MakeServicer) -> None:
 
 def serve(cfg: NodeConfig, make_servicer: MakeServicer) -> int:
     """Run a node until SIGTERM/SIGINT; returns the process exit code."""
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     asyncio.run(_serve(cfg, make_servicer))
     return 0
 

@@ -9,6 +9,7 @@ import signal
 import sys
 
 from aiohttp import web
+from pdpair.logfmt import add_log_format_arg, setup_logging
 from pdpair.router.app import build_app
 from pdpair.router.config import RouterConfig
 from pdpair.router.policy import POLICIES
@@ -26,9 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
         "serve colocated (they prefill locally).",
     )
     p.add_argument("--prefill", nargs="+", action="extend", default=[], metavar="HOST:PORT",
-                   help="prefill node gRPC addresses (repeatable, or comma-separated); none: colocated on the decode nodes")
+                   help="prefill node gRPC addresses (repeatable, or comma-separated); dns:///NAME:PORT stands for "
+                   "every address NAME resolves to (a headless Service), re-resolved as pods come and go; none: "
+                   "colocated on the decode nodes")
     p.add_argument("--decode", nargs="+", action="extend", default=[], metavar="HOST:PORT", required=True,
-                   help="decode node gRPC addresses (repeatable, or comma-separated)")
+                   help="decode node gRPC addresses (repeatable, or comma-separated; dns:///NAME:PORT as for --prefill)")
     p.add_argument("--host", default=_DEFAULTS.host, help="HTTP listen address (default: %(default)s)")
     p.add_argument("--port", type=int, default=_DEFAULTS.port, help="HTTP listen port (default: %(default)s)")
     p.add_argument("--policy", choices=POLICIES, default=_DEFAULTS.policy,
@@ -43,10 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shutdown-timeout", type=float, default=_DEFAULTS.shutdown_timeout_s, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may finish (default: %(default)s)")
     p.add_argument("--dns-refresh", type=float, default=_DEFAULTS.dns_refresh_s, metavar="SECONDS",
-                   help="treat every node address as a DNS name standing for all the addresses it resolves to "
-                   "(a headless Kubernetes Service) and re-resolve it this often; 0 = off (default: %(default)s)")
+                   help="how often dns:/// targets are re-resolved (0: every 5 s); > 0 also treats every plain node "
+                   "address as a DNS name standing for all the addresses it resolves to (default: %(default)s)")
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="log level (default: %(default)s)")
+    add_log_format_arg(p)
     return p
 
 
@@ -91,10 +95,7 @@ async def serve(config: RouterConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # DEBUG applies to pdpair's own loggers only (grpc's are chatty at DEBUG)
-    logging.basicConfig(level=max(logging.getLevelName(args.log_level), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pdpair").setLevel(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     try:
         config = config_from_args(args)
     except ValueError as exc:

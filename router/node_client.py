@@ -6,6 +6,7 @@ import logging
 import time
 
 import grpc
+from pdpair.logfmt import bind_rid
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
 
@@ -76,6 +77,7 @@ class NodeClient:
 
     def generate(self, req: pb.GenerateRequest, timeout: float | None) -> grpc.aio.UnaryStreamCall:
         assert self.role == "decode", f"Generate is a decode-node call, {self.addr} is {self.role}"
+        bind_rid(req.rid)  # the calling request's task logs with this id from here on
         return self.stub.Generate(req, timeout=timeout)
 
     def load(self) -> int:

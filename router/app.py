@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 
 from aiohttp import web
+from pdpair.logfmt import bind_rid
 from pdpair.router import openai_api, sse
 from pdpair.router.config import RouterConfig
 from pdpair.router.errors import ApiError
@@ -27,6 +29,7 @@ def _error_response(err: ApiError) -> web.Response:
 @web.middleware
 async def _errors_and_metrics(request: web.Request, handler) -> web.StreamResponse:
     metrics = request.app[STATE].metrics
+    bind_rid(uuid.uuid4().hex)  # this request's id: its job's rid and every log line on its path carry it
     endpoint = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     try:
         resp = await handler(request)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from pdpair.logfmt import current_rid
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.router.errors import ApiError
 from pdpair.router.protocol import ChatCompletionRequest, CompletionRequest
@@ -78,7 +79,7 @@ def build_job(req: ChatCompletionRequest | CompletionRequest, tok: RouterTokeniz
     if req.seed is not None:
         sampling.seed = req.seed
     return GenerationJob(
-        rid=uuid.uuid4().hex,
+        rid=current_rid() or uuid.uuid4().hex,  # the HTTP middleware's id, for the logs
         kind=kind,
         prompt_ids=prompt_ids,
         sampling=sampling,

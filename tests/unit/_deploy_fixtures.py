@@ -40,7 +40,7 @@ def kubectl() -> str:
     pytest.skip(msg)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _render_text(overlay: str) -> str:
     out = subprocess.run([kubectl(), "kustomize", str(K8S / overlay)], capture_output=True, text=True)
     if out.returncode:

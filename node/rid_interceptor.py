@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import grpc
+
 from pdpair.logfmt import bind_rid
 
 

@@ -8,13 +8,14 @@ import time
 import uuid
 
 from aiohttp import web
-from pdpair.logfmt import bind_rid
 from pdpair.router import openai_api, sse
 from pdpair.router.config import RouterConfig
 from pdpair.router.errors import ApiError
 from pdpair.router.metrics import CONTENT_TYPE
 from pdpair.router.responses import ModelEntry, ModelList
 from pdpair.router.state import STATE, RouterState
+
+from pdpair.logfmt import bind_rid
 
 logger = logging.getLogger(__name__)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from pdpair.logfmt import current_rid
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.router.errors import ApiError
 from pdpair.router.protocol import ChatCompletionRequest, CompletionRequest
 from pdpair.router.tokenizer import ModelCard, RouterTokenizer
+
+from pdpair.logfmt import current_rid
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # the OpenAI default for /v1/completions
 

@@ -9,10 +9,11 @@ import signal
 import sys
 
 from aiohttp import web
-from pdpair.logfmt import add_log_format_arg, setup_logging
 from pdpair.router.app import build_app
 from pdpair.router.config import RouterConfig
 from pdpair.router.policy import POLICIES
+
+from pdpair.logfmt import add_log_format_arg, setup_logging
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,10 @@ import logging
 import time
 
 import grpc
-from pdpair.logfmt import bind_rid
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
+
+from pdpair.logfmt import bind_rid
 
 logger = logging.getLogger(__name__)
 

@@ -10,10 +10,11 @@ import logging
 
 import grpc
 import pytest
-from pdpair.logfmt import JsonFormatter, RequestIdFilter, bind_rid, setup_logging
 from pdpair.node.rid_interceptor import RequestIdInterceptor
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
+
+from pdpair.logfmt import JsonFormatter, RequestIdFilter, bind_rid, setup_logging
 
 log = logging.getLogger("pdpair.test.logfmt")
 

@@ -21,8 +21,8 @@ import statistics
 import time
 
 import numpy as np
-from pdpair.transfer import TransferPlan, build_plan
 from _report import Panel, Report, Series, add_out_arg, progress
+from pdpair.transfer import TransferPlan, build_plan
 from pdpair.transfer.loopback import LoopbackPeer
 
 LAYERS, KV_HEADS, HEAD_DIM, PAGE = 30, 3, 64, 16

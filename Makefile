@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo   start prefill-node + decode-node + router on loopback, send a chat request, print answer and transfer figures"
 	@echo "make test   set up (venv, packages, libibverbs1 when root) and run the whole CPU test suite"
-	@echo "make bench  run the CPU benchmarks in bench/ (engine, transfer, serving)"
+	@echo "make bench  run the CPU benchmarks in bench/ (engine, transfer, serving); tables and plots in bench/out/"
 	@echo "make proto  regenerate proto/pdpair_pb2*.py from proto/pdpair.proto"
 	@echo "make lint   ruff over the code"
 
@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) bench/engine.py
 	$(PY) bench/transfer.py
 	$(PY) bench/serving.py
+	@echo "tables (Markdown + JSON) and plots (PNG) are in bench/out/:"; ls -1 bench/out/*.md bench/out/*.png
 
 proto: $(STAMP)
 	$(PY) proto/generate.py

@@ -295,6 +295,25 @@ def bench_generate(model_dir: str | None, new_tokens: int = 128, prompt_len: int
     return out
 
 
+def write_report(res: dict, out_dir: Path) -> None:
+    """The ROWS table (bench/out/kernels.md/.json) and the decode-vs-context plot."""
+    report = Report("kernels", out_dir)
+    report.table(f"kernels: {res['device']}, torch {torch.__version__}", ["what", "value", "note"],
+                 [list(r) for r in ROWS], extra={"results": res})
+    by_ctx = res.get("decode_vs_context_gbs")
+    if by_ctx:
+        ctxs = list(by_ctx)
+        report.lines("kernels_decode_context", [
+            Panel("split-KV decode, batch 64, bf16", "context (tokens)", "GB/s of KV read",
+                  [Series("decode", ctxs, list(by_ctx.values())),
+                   Series("D2D copy ceiling", [ctxs[0], ctxs[-1]], [res["copy_gbs"]] * 2, "--")],
+                  logx=True, xticks=ctxs),
+            Panel("share of the copy ceiling", "context (tokens)", "%",
+                  [Series("decode", ctxs, [100 * g / res["copy_gbs"] for g in by_ctx.values()])],
+                  logx=True, xticks=ctxs)], f"decode attention kernel on {res['device']}")
+    report.done()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweep", action="store_true", help="try block sizes / warps / stages, report the best")
@@ -323,21 +342,7 @@ def main() -> None:
         torch.cuda.empty_cache()
         res["model"] = bench_model(args.model_dir)
         res["generate"] = bench_generate(args.model_dir)
-    report = Report("kernels", args.out_dir)
-    report.table(f"kernels: {res['device']}, torch {torch.__version__}", ["what", "value", "note"],
-                 [list(r) for r in ROWS], extra={"results": res})
-    by_ctx = res.get("decode_vs_context_gbs")
-    if by_ctx:
-        ctxs = list(by_ctx)
-        report.lines("kernels_decode_context", [
-            Panel("split-KV decode, batch 64, bf16", "context (tokens)", "GB/s of KV read",
-                  [Series("decode", ctxs, list(by_ctx.values())),
-                   Series("D2D copy ceiling", [ctxs[0], ctxs[-1]], [res["copy_gbs"]] * 2, "--")],
-                  logx=True, xticks=ctxs),
-            Panel("share of the copy ceiling", "context (tokens)", "%",
-                  [Series("decode", ctxs, [100 * g / res["copy_gbs"] for g in by_ctx.values()])],
-                  logx=True, xticks=ctxs)], f"decode attention kernel on {res['device']}")
-    report.done()
+    write_report(res, args.out_dir)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2, default=str))
 

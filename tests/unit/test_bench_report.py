@@ -65,3 +65,21 @@ def test_transfer_bench_smallest_run_writes_its_table_and_plot(tmp_path):
         assert r["GB/s"] > 0
     assert (tmp_path / "transfer.md").read_text().count("\n| ") == 18  # header, separator, 16 rows
     _png_size(tmp_path / "transfer_gbps.png")
+
+
+def test_kernels_report_plots_decode_bandwidth_against_context(tmp_path):
+    pytest.importorskip("triton")
+    import importlib.util
+
+    # bench/kernels.py by path (the repository also has a `kernels` package); measuring needs CUDA, reporting not
+    spec = importlib.util.spec_from_file_location("bench_kernels", ROOT / "bench" / "kernels.py")
+    bench_kernels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_kernels)
+
+    bench_kernels.ROWS[:] = [("decode B64 ctx512", "1000 GB/s", "default config")]
+    res = {"device": "test", "copy_gbs": 4000.0, "decode_vs_context_gbs": {512: 1000.0, 4096: 3000.0}}
+    bench_kernels.write_report(res, tmp_path)
+    doc = json.loads((tmp_path / "kernels.json").read_text())
+    assert doc["rows"] == [{"what": "decode B64 ctx512", "value": "1000 GB/s", "note": "default config"}]
+    assert doc["results"]["decode_vs_context_gbs"] == {"512": 1000.0, "4096": 3000.0}
+    _png_size(tmp_path / "kernels_decode_context.png")

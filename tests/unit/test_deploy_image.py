@@ -88,7 +88,9 @@ def test_images_run_as_a_non_root_user_without_a_healthcheck():
         users = [rest for word, rest in stages[name]["lines"] if word == "USER"]
         assert users, f"{name}: no USER"
         user = users[-1].split(":")[0]
-        assert user not in ("root", "0") and (not user.isdigit() or int(user) >= 1000), f"{name}: USER {user}"
+        assert user == "10001", f"{name}: USER {user} (the manifests' runAsUser and fsGroup)"
+        runs = " ".join(rest for word, rest in stages[name]["lines"] if word == "RUN")
+        assert "useradd --create-home --uid 10001 --gid 10001" in runs and "groupadd --gid 10001" in runs
         assert not any(word == "HEALTHCHECK" for word, _ in stages[name]["lines"]), name
 
 

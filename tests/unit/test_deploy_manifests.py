@@ -27,6 +27,7 @@ from tests.unit._deploy_fixtures import (
 )
 
 TLS_FLAGS = ("--tls-cert", "--tls-key", "--tls-ca")
+IMAGE_UID = 10001  # deploy/Dockerfile's user (test_deploy_image checks it there)
 EXPECTED_KINDS = {"ConfigMap": 1, "Deployment": 3, "Service": 3, "NetworkPolicy": 3, "PodDisruptionBudget": 3}
 
 
@@ -95,7 +96,8 @@ def test_args_parse_and_probes_ports_and_resources_match_the_daemons(overlay):
         assert {"cpu", "memory"} <= set(res["requests"]) and "memory" in res["limits"], f"{name}: {res}"
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
         cfg, _ = parsed[name]
-        assert "HEALTHCHECK" not in str(c)  # Kubernetes probes only
+        sec = pod_spec(dep)["securityContext"]
+        assert sec["runAsNonRoot"] is True and sec["runAsUser"] == IMAGE_UID, f"{name}: {sec}"
         if name == "pdpair-router":
             assert ports["http"] == cfg.port and cfg.host == "0.0.0.0"
             assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
@@ -150,6 +152,8 @@ def test_tls_overlay_mounts_the_secret_and_passes_its_files(overlay):
         dep = by_kind(docs, "Deployment")[name]
         (volume,) = [v for v in pod_spec(dep)["volumes"] if "secret" in v]
         assert volume["secret"]["secretName"] == "pdpair-tls" and not volume["secret"].get("items")
+        # the files belong to root and group fsGroup: the non-root daemon reads them through the group bit
+        assert pod_spec(dep)["securityContext"]["fsGroup"] == IMAGE_UID and volume["secret"]["defaultMode"] & 0o040
         (mount,) = [m for m in container(dep)["volumeMounts"] if m["name"] == volume["name"]]
         assert mount["readOnly"] is True
         files = {f: flag(args, f) for f in TLS_FLAGS}
@@ -163,3 +167,16 @@ def test_tls_overlay_mounts_the_secret_and_passes_its_files(overlay):
     assert key["valueFrom"]["secretKeyRef"]["name"] == "pdpair-api-keys"
     plain = render(overlay.removesuffix("-tls"))
     assert not any(a.startswith("--tls") for d in by_kind(plain, "Deployment").values() for a in container(d)["args"])
+
+
+def test_missing_kubectl_skips_for_a_developer_and_fails_as_root(monkeypatch, tmp_path):
+    from tests.unit import _deploy_fixtures as fx
+
+    monkeypatch.setattr(fx.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setattr(fx.shutil, "which", lambda name: None)
+    monkeypatch.setattr(fx.os, "geteuid", lambda: 1000)
+    with pytest.raises(pytest.skip.Exception, match="kubectl not found"):
+        fx.kubectl()
+    monkeypatch.setattr(fx.os, "geteuid", lambda: 0)
+    with pytest.raises(pytest.fail.Exception, match="kubectl not found"):
+        fx.kubectl()

@@ -21,6 +21,7 @@ class ModelRunner:
         self.req_to_token = req_to_token
         self.vocab_size = vocab_size
         self.graphs = None  # DecodeCudaGraphs when decode replays captured CUDA graphs
+        self.dumper = None  # a debug Dumper when tensor dumping is on (then graphs stay off)
 
     def run(self, mode: ForwardMode, reqs: list[Request], extend_lens: list[int]) -> list[int | None]:
         """Advance each request by its extend length; returns the sampled token of every request whose
@@ -46,9 +47,13 @@ class ModelRunner:
                 assert len(done) == len(reqs), f"decode rows without a sample: {len(reqs) - len(done)}"
                 logits = self.graphs.replay(batch)
             else:
+                if self.dumper is not None:
+                    self.dumper.begin_batch(batch, [r.rid for r in reqs], logits_rows)
                 self.backend.prepare(batch)
                 logits = self.model(batch.input_ids, batch.positions,
                                     ForwardContext(self.backend, batch, logits_rows))
+                if self.dumper is not None:
+                    self.dumper.end_batch(batch, logits)
             out: list[int | None] = [None] * len(reqs)
             if done:
                 picked = [reqs[i] for i in done]

@@ -9,6 +9,7 @@ import uuid
 
 from aiohttp import web
 from pdpair.router import openai_api, sse
+from pdpair.router.auth import api_key_middleware
 from pdpair.router.config import RouterConfig
 from pdpair.router.errors import ApiError
 from pdpair.router.metrics import CONTENT_TYPE
@@ -79,7 +80,8 @@ async def _on_cleanup(app: web.Application) -> None:
 
 
 def build_app(config: RouterConfig) -> web.Application:
-    app = web.Application(middlewares=[_errors_and_metrics], client_max_size=64 * 1024 * 1024)
+    middlewares = [_errors_and_metrics, *([api_key_middleware(config.api_keys)] if config.api_keys else [])]
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024 * 1024)
     app[STATE] = RouterState(config)
     app.router.add_post("/v1/chat/completions", openai_api.chat_completions)
     app.router.add_post("/v1/completions", openai_api.completions)

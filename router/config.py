@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pdpair.router.discovery import parse_target
 from pdpair.router.policy import POLICIES
 
+from pdpair.tls import TlsFiles
+
 
 def check_addr(addr: str) -> str:
     """Validate "host:port" (IPv6 as "[::1]:port") or "dns:///host:port"; return it unchanged."""
@@ -20,7 +22,7 @@ def check_addr(addr: str) -> str:
 class RouterConfig:
     decode: tuple[str, ...]
     prefill: tuple[str, ...] = ()  # empty: colocated, the decode nodes prefill locally
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = 8000
     policy: str = "round_robin"
     poll_interval_s: float = 1.0  # Stats polling (health and load)
@@ -28,6 +30,8 @@ class RouterConfig:
     request_timeout_s: float | None = None  # Generate deadline (None: none)
     shutdown_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may finish
     dns_refresh_s: float = 0.0  # > 0: resolve every node target (a headless Service) this often
+    api_keys: tuple[str, ...] = ()  # bearer keys /v1/* requires (none: open)
+    tls: TlsFiles | None = None  # mutual TLS on the channels to the nodes
 
     def __post_init__(self) -> None:
         if not self.decode:

@@ -10,10 +10,12 @@ import sys
 
 from aiohttp import web
 from pdpair.router.app import build_app
+from pdpair.router.auth import ENV_VAR, collect_keys
 from pdpair.router.config import RouterConfig
 from pdpair.router.policy import POLICIES
 
 from pdpair.logfmt import add_log_format_arg, setup_logging
+from pdpair.tls import add_tls_args, is_loopback, tls_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "colocated on the decode nodes")
     p.add_argument("--decode", nargs="+", action="extend", default=[], metavar="HOST:PORT", required=True,
                    help="decode node gRPC addresses (repeatable, or comma-separated; dns:///NAME:PORT as for --prefill)")
-    p.add_argument("--host", default=_DEFAULTS.host, help="HTTP listen address (default: %(default)s)")
+    p.add_argument("--host", default=_DEFAULTS.host,
+                   help="HTTP listen address (default: %(default)s, this machine only; 0.0.0.0 to serve others, "
+                   "with --api-key)")
     p.add_argument("--port", type=int, default=_DEFAULTS.port, help="HTTP listen port (default: %(default)s)")
     p.add_argument("--policy", choices=POLICIES, default=_DEFAULTS.policy,
                    help="pairing policy: round_robin, or least_loaded (fewest requests from the nodes' Stats, "
@@ -49,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dns-refresh", type=float, default=_DEFAULTS.dns_refresh_s, metavar="SECONDS",
                    help="how often dns:/// targets are re-resolved (0: every 5 s); > 0 also treats every plain node "
                    "address as a DNS name standing for all the addresses it resolves to (default: %(default)s)")
+    p.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                   help=f"require 'Authorization: Bearer KEY' on every /v1/* route, else 401 (repeatable, or "
+                   f"comma-separated; also ${ENV_VAR}, comma-separated); /health and /metrics stay open "
+                   f"(default: no key)")
+    add_tls_args(p)
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="log level (default: %(default)s)")
     add_log_format_arg(p)
@@ -71,6 +80,8 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         request_timeout_s=args.request_timeout,
         shutdown_timeout_s=args.shutdown_timeout,
         dns_refresh_s=args.dns_refresh,
+        api_keys=collect_keys(args.api_key),
+        tls=tls_from_args(args),
     )
 
 
@@ -79,6 +90,13 @@ async def serve(config: RouterConfig) -> None:
     runner = web.AppRunner(build_app(config), handler_cancellation=True, shutdown_timeout=config.shutdown_timeout_s,
                            access_log=None)
     await runner.setup()
+    if not is_loopback(config.host):
+        if config.tls is None:
+            logger.warning("pdpair-router binds %s while its links to the nodes are plaintext (no --tls-*)",
+                           config.host)
+        if not config.api_keys:
+            logger.warning("pdpair-router binds %s without an API key: anyone who reaches it may use it "
+                           "(--api-key or $%s)", config.host, ENV_VAR)
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
     mode = f"prefill {', '.join(config.prefill)}" if config.prefill else "colocated"

@@ -10,6 +10,7 @@ from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
 
 from pdpair.logfmt import bind_rid
+from pdpair.tls import TlsFiles, aio_channel
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +27,12 @@ SLOW_POLLS_LIMIT = 3
 class NodeClient:
     """One node: `role` is "prefill" or "decode"; `addr` is "host:port"."""
 
-    def __init__(self, addr: str, role: str):
+    def __init__(self, addr: str, role: str, tls: TlsFiles | None = None):
         if role not in ("prefill", "decode"):
             raise ValueError(f"role must be 'prefill' or 'decode', got {role!r}")
         self.addr = addr
         self.role = role
-        self.channel = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+        self.channel = aio_channel(addr, tls, _CHANNEL_OPTIONS)  # mutual TLS when tls is set
         stub_cls = pb_grpc.DecodeNodeStub if role == "decode" else pb_grpc.PrefillNodeStub
         self.stub = stub_cls(self.channel)
         self.healthy = False

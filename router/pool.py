@@ -16,6 +16,8 @@ from pdpair.router.errors import ApiError
 from pdpair.router.node_client import NodeClient
 from pdpair.router.policy import make_policy
 
+from pdpair.tls import TlsFiles
+
 logger = logging.getLogger(__name__)
 
 
@@ -35,6 +37,7 @@ class NodePool:
         poll_interval_s: float = 1.0,
         rpc_timeout_s: float = 2.0,
         dns_refresh_s: float = 0.0,
+        tls: TlsFiles | None = None,
         resolver: Resolver = getaddrinfo_resolver,
     ):
         if not decode:
@@ -46,8 +49,9 @@ class NodePool:
         dynamic = any(d.dynamic for d in self._discovery.values())
         self.dns_refresh_s = (dns_refresh_s or DEFAULT_DNS_REFRESH_S) if dynamic else 0.0
         self._dns_at = float("-inf")
-        self.decode = [NodeClient(a, "decode") for a in self._discovery["decode"].addresses()]
-        self.prefill = [NodeClient(a, "prefill") for a in self._discovery["prefill"].addresses()]
+        self.tls = tls
+        self.decode = [NodeClient(a, "decode", tls) for a in self._discovery["decode"].addresses()]
+        self.prefill = [NodeClient(a, "prefill", tls) for a in self._discovery["prefill"].addresses()]
         self._retired: list[NodeClient] = []
         self._decode_policy = make_policy(policy)
         self._prefill_policy = make_policy(policy)
@@ -104,7 +108,7 @@ class NodePool:
                 self._retired.append(known[gone])
             for new in set(addrs) - set(known):
                 logger.info("%s node %s found in DNS", role, new)
-            setattr(self, role, [known.get(a) or NodeClient(a, role) for a in addrs])
+            setattr(self, role, [known.get(a) or NodeClient(a, role, self.tls) for a in addrs])
 
     async def _poll_loop(self) -> None:
         while True:

@@ -26,6 +26,7 @@ class RouterState:
             poll_interval_s=config.poll_interval_s,
             rpc_timeout_s=config.rpc_timeout_s,
             dns_refresh_s=config.dns_refresh_s,
+            tls=config.tls,
         )
         self.metrics = RouterMetrics()
         self.tokenizer: RouterTokenizer | None = None

@@ -7,8 +7,11 @@ daemons' own argparse parsers and config builders, so a renamed flag or an inval
 
 from __future__ import annotations
 
+import functools
 import importlib
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +30,7 @@ from tests.unit._deploy_fixtures import (
 )
 
 TLS_FLAGS = ("--tls-cert", "--tls-key", "--tls-ca")
+TLS_MOUNT = "/etc/pdpair/tls"  # where components/tls mounts the Secret
 IMAGE_UID = 10001  # deploy/Dockerfile's user (test_deploy_image checks it there)
 EXPECTED_KINDS = {"ConfigMap": 1, "Deployment": 3, "Service": 3, "NetworkPolicy": 3, "PodDisruptionBudget": 3}
 
@@ -36,13 +40,16 @@ def _module(command: str):
 
 
 def _parse(command: str, args: list[str]):
-    """Parse with the daemon's parser. --tls-* flags that this build's parser lacks are set aside and returned."""
-    parser = _module(command).build_parser()
-    aside = []
-    if "--tls-cert" not in parser._option_string_actions:  # the TLS flags come with the security change
-        aside = [a for a in args if a.split("=")[0] in TLS_FLAGS]
-        args = [a for a in args if a not in aside]
-    return parser.parse_args(args), aside  # SystemExit on an unknown flag or a bad value
+    return _module(command).build_parser().parse_args(args)  # SystemExit on an unknown flag or a bad value
+
+
+@functools.cache
+def _secret_dir() -> str:
+    """Stands in for the mounted Secret: the config builders check that the three PEM files exist."""
+    d = Path(tempfile.mkdtemp(prefix="pdpair-tls-"))
+    for name in ("tls.crt", "tls.key", "ca.crt"):
+        (d / name).write_text("")
+    return str(d)
 
 
 def _parsed(docs: list[dict]) -> dict:
@@ -52,7 +59,7 @@ def _parsed(docs: list[dict]) -> dict:
     for name, dep in by_kind(docs, "Deployment").items():
         command = container(dep)["command"][0]
         args = expanded_args(dep, config)
-        ns, _ = _parse(command, args)
+        ns = _parse(command, [a.replace(TLS_MOUNT, _secret_dir()) for a in args])
         if command == "pdpair-router":
             out[name] = (_module(command).config_from_args(ns), args)
         else:
@@ -114,11 +121,15 @@ def test_args_parse_and_probes_ports_and_resources_match_the_daemons(overlay):
             assert ports["grpc"] == cfg.port and ports["metrics"] == cfg.metrics_port and cfg.host == "0.0.0.0"
             assert cfg.advertise_host == "10.1.2.3"  # the pod IP from the downward API
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                assert set(c[probe]) >= {"grpc"} and c[probe]["grpc"]["port"] == cfg.port, probe
+                if cfg.tls is None:  # the standard gRPC health service
+                    assert c[probe]["grpc"]["port"] == cfg.port, probe
+                else:  # the kubelet has no client certificate: a TCP connect to the gRPC port
+                    assert "grpc" not in c[probe] and c[probe]["tcpSocket"]["port"] in ("grpc", cfg.port), probe
             svc = services[name]
             assert svc["spec"]["clusterIP"] == "None"
             assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
             assert {p["targetPort"] for p in svc["spec"]["ports"]} <= set(ports)
+    assert parsed["decode-node"][0].prefill_allow  # the decode node dials only the prefill Service's pods
     protocol = "rdma" if "gpu" in overlay else "tcp"
     for name in ("prefill-node", "decode-node"):
         cfg = parsed[name][0]
@@ -148,7 +159,7 @@ def test_grace_period_covers_the_drain_and_the_mooncake_range_is_declared(overla
 @pytest.mark.parametrize("overlay", ["overlays/cpu-tcp-tls", "overlays/gpu-rdma-tls"])
 def test_tls_overlay_mounts_the_secret_and_passes_its_files(overlay):
     docs = render(overlay)
-    for name, (_, args) in _parsed(docs).items():
+    for name, (cfg, args) in _parsed(docs).items():
         dep = by_kind(docs, "Deployment")[name]
         (volume,) = [v for v in pod_spec(dep)["volumes"] if "secret" in v]
         assert volume["secret"]["secretName"] == "pdpair-tls" and not volume["secret"].get("items")
@@ -159,9 +170,8 @@ def test_tls_overlay_mounts_the_secret_and_passes_its_files(overlay):
         files = {f: flag(args, f) for f in TLS_FLAGS}
         assert files == {"--tls-cert": f"{mount['mountPath']}/tls.crt", "--tls-key": f"{mount['mountPath']}/tls.key",
                          "--tls-ca": f"{mount['mountPath']}/ca.crt"}, name
-        command = container(dep)["command"][0]
-        _, aside = _parse(command, args)
-        assert aside in ([], [f"{f}={files[f]}" for f in TLS_FLAGS])
+        assert mount["mountPath"] == TLS_MOUNT
+        assert cfg.tls is not None and cfg.tls.cert == f"{_secret_dir()}/tls.crt" and cfg.tls.server_name, name
     router = container(by_kind(docs, "Deployment")["pdpair-router"])
     (key,) = [e for e in router["env"] if e["name"] == "PDPAIR_API_KEY"]
     assert key["valueFrom"]["secretKeyRef"]["name"] == "pdpair-api-keys"

@@ -1,5 +1,5 @@
 """--log-format json and request ids: the formatter, the context variable across concurrent tasks, and the nodes'
-gRPC interceptor binding each call's `rid` (a real grpc.aio server, handlers in both streaming styles).
+gRPC edge (node/wire.py) binding each call's `rid` (a real grpc.aio server, handlers in both streaming styles).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import logging
 
 import grpc
 import pytest
-from pdpair.node.rid_interceptor import RequestIdInterceptor
+from pdpair.node.wire import add_service
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
 
@@ -99,10 +99,10 @@ class GenServicer(Servicer):
 
 
 @pytest.mark.parametrize("servicer", [Servicer, GenServicer])
-def test_interceptor_binds_each_calls_rid(capture, servicer):
+def test_node_grpc_edge_binds_each_calls_rid(capture, servicer):
     async def body():
-        server = grpc.aio.server(interceptors=[RequestIdInterceptor()])
-        pb_grpc.add_DecodeNodeServicer_to_server(servicer(), server)
+        server = grpc.aio.server()
+        add_service(server, servicer(), "DecodeNode")
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 
 from aiohttp import web
 from pdpair.router import openai_api, sse
@@ -14,6 +15,8 @@ from pdpair.router.errors import ApiError
 from pdpair.router.metrics import CONTENT_TYPE
 from pdpair.router.responses import ModelEntry, ModelList
 from pdpair.router.state import STATE, RouterState
+
+from pdpair.logfmt import bind_rid
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ def _http_message(exc: web.HTTPException, request: web.Request) -> str:
 @web.middleware
 async def _errors_and_metrics(request: web.Request, handler) -> web.StreamResponse:
     metrics = request.app[STATE].metrics
+    bind_rid(uuid.uuid4().hex)  # this request's id: its job's rid and every log line on its path carry it
     endpoint = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     try:
         resp = await handler(request)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pdpair.router.discovery import parse_target
 from pdpair.router.policy import POLICIES
 
 from pdpair.tls import TlsFiles
 
 
 def check_addr(addr: str) -> str:
-    """Validate "host:port" (IPv6 as "[::1]:port"); return it unchanged."""
-    host, sep, port = addr.rpartition(":")
+    """Validate "host:port" (IPv6 as "[::1]:port") or "dns:///host:port"; return it unchanged."""
+    host, sep, port = parse_target(addr).addr.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"node address must be HOST:PORT, got {addr!r}")
     return addr

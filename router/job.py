@@ -10,6 +10,8 @@ from pdpair.router.errors import ApiError
 from pdpair.router.protocol import ChatCompletionRequest, CompletionRequest
 from pdpair.router.tokenizer import ModelCard, RouterTokenizer
 
+from pdpair.logfmt import current_rid
+
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # the OpenAI default for /v1/completions
 
 
@@ -92,7 +94,7 @@ def build_job(req: ChatCompletionRequest | CompletionRequest, tok: RouterTokeniz
         sampling.seed = req.seed
     _penalties(req, card, sampling)
     return GenerationJob(
-        rid=uuid.uuid4().hex,
+        rid=current_rid() or uuid.uuid4().hex,  # the HTTP middleware's id, for the logs
         kind=kind,
         prompt_ids=prompt_ids,
         sampling=sampling,

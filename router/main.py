@@ -15,6 +15,7 @@ from pdpair.router.config import RouterConfig
 from pdpair.router.policy import POLICIES
 from pdpair.router.state import STATE
 
+from pdpair.logfmt import add_log_format_arg, setup_logging
 from pdpair.tls import add_tls_args, is_loopback, tls_from_args
 
 logger = logging.getLogger(__name__)
@@ -30,9 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         "serve colocated (they prefill locally).",
     )
     p.add_argument("--prefill", nargs="+", action="extend", default=[], metavar="HOST:PORT",
-                   help="prefill node gRPC addresses (repeatable, or comma-separated); none: colocated on the decode nodes")
+                   help="prefill node gRPC addresses (repeatable, or comma-separated); dns:///NAME:PORT stands for "
+                   "every address NAME resolves to (a headless Service), re-resolved as pods come and go; none: "
+                   "colocated on the decode nodes")
     p.add_argument("--decode", nargs="+", action="extend", default=[], metavar="HOST:PORT", required=True,
-                   help="decode node gRPC addresses (repeatable, or comma-separated)")
+                   help="decode node gRPC addresses (repeatable, or comma-separated; dns:///NAME:PORT as for --prefill)")
     p.add_argument("--host", default=_DEFAULTS.host,
                    help="HTTP listen address (default: %(default)s, this machine only; 0.0.0.0 to serve others, "
                    "with --api-key)")
@@ -52,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shutdown-timeout", type=float, default=_DEFAULTS.shutdown_timeout_s, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may finish (default: %(default)s)")
     p.add_argument("--dns-refresh", type=float, default=_DEFAULTS.dns_refresh_s, metavar="SECONDS",
-                   help="treat every node address as a DNS name standing for all the addresses it resolves to "
-                   "(a headless Kubernetes Service) and re-resolve it this often; 0 = off (default: %(default)s)")
+                   help="how often dns:/// targets are re-resolved (0: every 5 s); > 0 also treats every plain node "
+                   "address as a DNS name standing for all the addresses it resolves to (default: %(default)s)")
     p.add_argument("--api-key", action="append", default=[], metavar="KEY",
                    help=f"require 'Authorization: Bearer KEY' on every /v1/* route, else 401 (repeatable, or "
                    f"comma-separated; also ${ENV_VAR}, comma-separated); /health and /metrics stay open "
@@ -61,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tls_args(p)
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="log level (default: %(default)s)")
+    add_log_format_arg(p)
     return p
 
 
@@ -119,10 +123,7 @@ async def serve(config: RouterConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # DEBUG applies to pdpair's own loggers only (grpc's are chatty at DEBUG)
-    logging.basicConfig(level=max(logging.getLevelName(args.log_level), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pdpair").setLevel(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     try:
         config = config_from_args(args)
     except ValueError as exc:

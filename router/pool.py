@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 from pdpair.proto import pdpair_pb2 as pb
-from pdpair.router.discovery import resolve_all
+from pdpair.router.discovery import DEFAULT_DNS_REFRESH_S, Discovery, Resolver, getaddrinfo_resolver
 from pdpair.router.errors import ApiError
 from pdpair.router.node_client import NodeClient
 from pdpair.router.policy import make_policy
@@ -38,15 +38,20 @@ class NodePool:
         rpc_timeout_s: float = 2.0,
         dns_refresh_s: float = 0.0,
         tls: TlsFiles | None = None,
+        resolver: Resolver = getaddrinfo_resolver,
     ):
         if not decode:
             raise ValueError("at least one decode node is needed")
         self._targets = {"decode": list(decode), "prefill": list(prefill)}
-        self.dns_refresh_s = dns_refresh_s  # > 0: every target is a DNS name standing for all its addresses
+        # dns:/// targets, or every target when dns_refresh_s > 0, stand for all the addresses they resolve to
+        self._discovery = {role: Discovery(role, targets, all_dynamic=dns_refresh_s > 0, resolver=resolver)
+                           for role, targets in self._targets.items()}
+        dynamic = any(d.dynamic for d in self._discovery.values())
+        self.dns_refresh_s = (dns_refresh_s or DEFAULT_DNS_REFRESH_S) if dynamic else 0.0
         self._dns_at = float("-inf")
         self.tls = tls
-        self.decode = [] if dns_refresh_s > 0 else [NodeClient(a, "decode", tls) for a in decode]
-        self.prefill = [] if dns_refresh_s > 0 else [NodeClient(a, "prefill", tls) for a in prefill]
+        self.decode = [NodeClient(a, "decode", tls) for a in self._discovery["decode"].addresses()]
+        self.prefill = [NodeClient(a, "prefill", tls) for a in self._discovery["prefill"].addresses()]
         self._retired: list[NodeClient] = []
         self._decode_policy = make_policy(policy)
         self._prefill_policy = make_policy(policy)
@@ -107,7 +112,7 @@ class NodePool:
         """Add a client per newly resolved address; retire clients whose address went away."""
         for role in ("decode", "prefill"):
             current: list[NodeClient] = getattr(self, role)
-            addrs = await resolve_all(self._targets[role], [n.addr for n in current])
+            addrs = await self._discovery[role].refresh()
             known = {n.addr: n for n in current}
             for gone in set(known) - set(addrs):
                 logger.info("%s node %s left DNS", role, gone)

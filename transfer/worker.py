@@ -107,7 +107,7 @@ class TransferWorkers:
                     done.append(job)
         self._resolve(done)
         if dropped:
-            logger.debug("transfer %s: cancelled %d queued batches", rid, dropped)
+            logger.debug("transfer %s: cancelled %d queued batches", rid, dropped, extra={"rid": rid})
         return dropped
 
     def shutdown(self, wait: bool = True) -> None:
@@ -134,7 +134,7 @@ class TransferWorkers:
             try:
                 res = self.engine.write(job.target, batch)
             except Exception as err:  # a bug below must fail the request, not kill the worker
-                logger.exception("transfer %s: write raised", job.rid)
+                logger.exception("transfer %s: write raised", job.rid, extra={"rid": job.rid})
                 res = TransferResult(False, 0, 0, 1, 0.0, f"{type(err).__name__}: {err}")
             with self._lock:
                 job.running -= 1

@@ -34,7 +34,8 @@ class DecodeManager:
             if need <= self.resources.kv.num_free or len(self.reqs) == 1:
                 break
             victim = self.reqs.pop()
-            logger.debug("retracting %s: %d pages free, %d needed", victim.rid, self.resources.kv.num_free, need)
+            logger.debug("retracting %s: %d pages free, %d needed", victim.rid, self.resources.kv.num_free, need,
+                         extra={"rid": victim.rid})
             retracted.append(victim)
         batch = []
         for req in list(self.reqs):

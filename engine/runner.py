@@ -65,3 +65,6 @@ class ModelRunner:
         """One eager forward: fp32 logits of `logits_rows` (a multi-rank runner joins its collectives here)."""
         self.backend.prepare(batch)
         return self.model(batch.input_ids, batch.positions, ForwardContext(self.backend, batch, logits_rows))
+
+    def close(self) -> None:
+        """Release what the runner started (a multi-rank runner stops its rank processes)."""

@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import logging
 import queue
-import socket
 import time
 from collections.abc import Sequence
 
 import torch.multiprocessing as mp
+from pdpair.engine.distributed.processes import RankDied, RankProcesses
 from pdpair.engine.distributed.rank_loop import Abort, Closed, Events, Ready, Stop, Submit
-from pdpair.engine.distributed.rank_main import RankSpec, rank_main
+from pdpair.engine.distributed.rank_main import RankSpec
 from pdpair.engine.events import GenerateOutput, StepEvent
 from pdpair.engine.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
-
-
-class RankDied(RuntimeError):
-    """A rank process exited while the node needed it; every other rank has been stopped."""
-
-
-def free_init_method() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 class RankGroup:
@@ -37,24 +27,17 @@ class RankGroup:
         ctx = mp.get_context("spawn")
         self._outbox = ctx.Queue()
         self._inboxes = [ctx.Queue() for _ in range(topo.dp_size)]
-        self.procs = []
-        for r in range(topo.world_size):
-            t = topo.for_rank(r)
-            inbox = self._inboxes[t.dp_rank] if t.is_dp_leader else None
-            p = ctx.Process(target=rank_main, args=(r, spec, inbox, self._outbox), name=f"pdpair-rank{r}",
-                            daemon=True)
-            p.start()
-            self.procs.append(p)
+        self.ranks = RankProcesses(spec, list(range(topo.world_size)), dict(enumerate(self._inboxes)),
+                                   self._outbox)
+        self.procs = list(self.ranks.procs.values())
         self.load = [0] * topo.dp_size  # outstanding tokens per DP rank
         self.kv_pages = [0] * topo.dp_size
         self._owner: dict[str, tuple[int, int]] = {}  # rid -> (dp rank, tokens charged)
-        self._pending: list[tuple[int, StepEvent]] = []
         self.closed: list[Closed] = []
-        self._stopping = False
         ready, deadline = 0, time.monotonic() + start_timeout
         while ready < topo.dp_size:
             if time.monotonic() > deadline:
-                self._kill()
+                self.ranks.kill()
                 raise RankDied(f"ranks not ready after {start_timeout:.0f} s")
             msg = self._get(0.1)
             if isinstance(msg, Ready):
@@ -117,28 +100,19 @@ class RankGroup:
         try:
             msg = self._outbox.get(timeout=timeout) if timeout else self._outbox.get_nowait()
         except queue.Empty:
-            self.check_alive()
+            self.ranks.check_alive()
             return None
         if isinstance(msg, Closed):
             self.closed.append(msg)
         return msg
 
-    def check_alive(self) -> None:
-        for r, p in enumerate(self.procs):
-            if p.exitcode is not None and not self._stopping:
-                logger.error("rank %d exited with code %s: stopping every rank of this node", r, p.exitcode)
-                self._kill()
-                raise RankDied(f"rank {r} exited with code {p.exitcode}")
-
     def close(self, timeout: float = 30.0) -> list[int | None]:
         """Stop every rank (leaders agree on the step to stop at); returns the exit codes."""
-        if not self._stopping:
-            self._stopping = True
+        if not self.ranks.stopping:
+            self.ranks.stopping = True
             for q in self._inboxes:
                 q.put(Stop())
-            deadline = time.monotonic() + timeout
-            for p in self.procs:
-                p.join(max(0.0, deadline - time.monotonic()))
+            self.ranks.join(timeout)
             while True:  # keep the idle-cost figures the leaders sent on the way out
                 try:
                     msg = self._outbox.get_nowait()
@@ -146,19 +120,8 @@ class RankGroup:
                     break
                 if isinstance(msg, Closed):
                     self.closed.append(msg)
-        self._kill()
-        return [p.exitcode for p in self.procs]
-
-    def _kill(self) -> None:
-        self._stopping = True
-        for p in self.procs:
-            if p.is_alive():
-                p.terminate()
-        for p in self.procs:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-                p.join(5)
+        self.ranks.kill()
+        return self.ranks.exitcodes()
 
     def __enter__(self) -> RankGroup:
         return self

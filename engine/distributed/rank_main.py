@@ -35,9 +35,9 @@ class RankSpec:
     device: str = "cpu"  # "cuda": rank r uses cuda:r
     dtype: str | None = None
     page_size: int = 16
-    max_pages: int = 256  # per rank
+    max_pages: int | None = 256  # per rank (None: from free memory)
     chunk_size: int = 512
-    max_running_requests: int = 64
+    max_running_requests: int = 256
     attention_backend: str = "auto"
     seed: int = 0
     threads_per_rank: int = 1  # CPU intra-op threads of each rank process

@@ -50,6 +50,7 @@ class RankRunner(ModelRunner):
         self._leader = self.topo.leader_ranks[self.topo.dp_rank]
         self.idle_forwards = 0
         self.idle_seconds = 0.0
+        self.processes = None  # RankProcesses of the followers when this leader started them
 
     # ---- leader side --------------------------------------------------------------------------
     def forward(self, batch: ForwardBatch, logits_rows: torch.Tensor) -> torch.Tensor:
@@ -80,6 +81,14 @@ class RankRunner(ModelRunner):
 
     def stop_followers(self) -> None:
         self._send(None)
+
+    def close(self) -> None:
+        """Stop and reap the followers this leader started (after its last forward)."""
+        if self.processes is not None and not self.processes.stopping:
+            self.processes.stopping = True
+            self.stop_followers()
+            self.processes.join(10)
+            self.processes.kill()
 
     def _skip_until(self, slot: int) -> None:
         while self._cursor < slot:

@@ -11,7 +11,7 @@ import time
 import pytest
 from pdpair.engine import Engine, SamplingParams
 from pdpair.engine.distributed import RankDied, RankGroup, RankSpec, RankTopology
-from pdpair.engine.distributed.launcher import free_init_method
+from pdpair.engine.distributed.processes import free_init_method
 
 GREEDY = SamplingParams(max_new_tokens=8, temperature=0.0)
 TEXTS = [

@@ -8,7 +8,7 @@ import torch.multiprocessing as mp
 from pdpair.engine.distributed.dp_gather import DPGather
 from pdpair.engine.distributed.dp_plan import GatherMode, gather_info
 from pdpair.engine.distributed.groups import init_groups
-from pdpair.engine.distributed.launcher import free_init_method
+from pdpair.engine.distributed.processes import free_init_method
 from pdpair.engine.distributed.symm_mem import SymmetricBuffers
 from pdpair.engine.distributed.topology import RankTopology
 

@@ -54,6 +54,9 @@ class SymmetricBuffers:
             return torch.empty(rows, cols, dtype=dtype, device=device)
         from torch.distributed import _symmetric_memory as symm_mem
 
+        enable = getattr(symm_mem, "enable_symm_mem_for_group", None)  # needed before torch 2.8, then implied
+        if enable is not None:
+            enable(group.group_name)
         buf = symm_mem.empty(rows, cols, dtype=dtype, device=device)
         symm_mem.rendezvous(buf, group=group.group_name)
         logger.debug("symmetric buffer [%d, %d] %s registered on group %s", rows, cols, dtype, group.group_name)

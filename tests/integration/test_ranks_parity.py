@@ -9,6 +9,7 @@ import signal
 import time
 
 import pytest
+import torch
 from pdpair.engine import Engine, SamplingParams
 from pdpair.engine.distributed import RankDied, RankGroup, RankSpec, RankTopology
 from pdpair.engine.distributed.processes import free_init_method
@@ -86,3 +87,19 @@ def test_killed_rank_stops_the_group(reference, caplog):
         assert all(p.exitcode is not None for p in group.procs)
     finally:
         group.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize(("tp", "dp", "dp_attention"), [(2, 1, False), (2, 2, True)])
+def test_nccl_ranks_equal_one_gpu(tp, dp, dp_attention):
+    """NCCL on two GPUs (fp32, eager decode: ranks run without CUDA graphs so far) equals one GPU."""
+    engine = Engine.from_model(device="cuda", dtype="float32", max_pages=64)
+    prompts = [engine.tokenizer.encode(t) for t in TEXTS]
+    expected = [o.token_ids for o in engine.generate(prompts, GREEDY)]
+    del engine
+    spec = RankSpec(RankTopology(tp, dp, dp_attention), free_init_method(), device="cuda", dtype="float32",
+                    max_pages=64)
+    with RankGroup(spec) as group:
+        outs, _ = group.generate(prompts, GREEDY)
+    assert [o.token_ids for o in outs] == expected

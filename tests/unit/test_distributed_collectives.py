@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -20,26 +21,30 @@ def _rows(dp_rank: int, n: int) -> torch.Tensor:
     return torch.arange(n * HIDDEN, dtype=torch.float32).view(n, HIDDEN) + 100 * (dp_rank + 1)
 
 
-def _worker(rank: int, init: str, results) -> None:
+def _worker(rank: int, init: str, results, device: str = "cpu") -> None:
     torch.set_num_threads(1)
-    groups = init_groups(RankTopology(2, 2, True, rank), init, "cpu")
+    device = f"cuda:{rank}" if device == "cuda" else device
+    groups = init_groups(RankTopology(2, 2, True, rank), init, device)
+    dev = groups.device
     buffers = SymmetricBuffers()
     dp = DPGather(groups, buffers)
     out = {}
     for mode in GatherMode:
         dp.info = gather_info(REAL, rank, 1, mode)
-        x = _rows(rank, REAL[rank])
+        x = _rows(rank, REAL[rank]).to(dev)
         g = dp.gather(x)
-        out[mode.value] = (g.clone(), dp.scatter(g * 2))
+        out[mode.value] = (g.cpu(), dp.scatter(g * 2).cpu())
     # buffers are per group: one for tp, one for a second group, never the same storage
-    other = dist.new_group([0, 1], backend="gloo")
-    a = buffers.get(groups.tp, 8, HIDDEN, torch.float32, torch.device("cpu"))
-    b = buffers.get(other, 8, HIDDEN, torch.float32, torch.device("cpu"))
-    a2 = buffers.get(groups.tp, 4, HIDDEN, torch.float32, torch.device("cpu"))
+    other = dist.new_group([0, 1])
+    a = buffers.get(groups.tp, 8, HIDDEN, torch.float32, dev)
+    b = buffers.get(other, 8, HIDDEN, torch.float32, dev)
+    a2 = buffers.get(groups.tp, 4, HIDDEN, torch.float32, dev)
+    b.fill_(rank + 1)
+    dist.all_reduce(b, group=other)  # the buffer works with the collective of the group it was registered on
     out["buffers"] = (a.data_ptr() != b.data_ptr(), a2.data_ptr() == a.data_ptr(),
-                      buffers.owner(a) is groups.tp, buffers.owner(b) is other)
+                      buffers.owner(a) is groups.tp, buffers.owner(b) is other, bool((b == 3).all()))
     try:
-        buffers.get(None, 1, 1, torch.float32, torch.device("cpu"))
+        buffers.get(None, 1, 1, torch.float32, dev)
         out["needs_group"] = False
     except TypeError:
         out["needs_group"] = True
@@ -47,11 +52,11 @@ def _worker(rank: int, init: str, results) -> None:
     dist.destroy_process_group()
 
 
-def test_gather_and_scatter_in_both_modes_and_buffers_per_group():
+def _run_pair(device: str) -> None:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     init = free_init_method()
-    procs = [ctx.Process(target=_worker, args=(r, init, results)) for r in range(2)]
+    procs = [ctx.Process(target=_worker, args=(r, init, results, device)) for r in range(2)]
     for p in procs:
         p.start()
     got = dict(results.get(timeout=120) for _ in procs)
@@ -67,5 +72,16 @@ def test_gather_and_scatter_in_both_modes_and_buffers_per_group():
         g, scattered = out["offsets"]
         assert g.shape[0] == 4 and torch.equal(g, torch.cat([r0, r1]))
         assert torch.equal(scattered, 2 * (r0 if rank == 0 else r1))
-        assert out["buffers"] == (True, True, True, True)
+        assert out["buffers"] == (True, True, True, True, True)
         assert out["needs_group"]
+
+
+def test_gather_and_scatter_in_both_modes_and_buffers_per_group():
+    _run_pair("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_nccl_gather_and_symmetric_buffers_on_their_own_groups():
+    """NCCL: both gather modes, and symmetric-memory buffers rendezvoused per group (SEEDS.md §5)."""
+    _run_pair("cuda")

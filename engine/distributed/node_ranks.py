@@ -1,32 +1,44 @@
-"""A node daemon's ranks: rank 0 is the node process itself (its engine thread drives the scheduler and
-broadcasts each batch); ranks 1.. are spawned followers. A follower's death ends the node (exit code 1)."""
+"""A node daemon's ranks: rank 0 is the node process itself (its engine thread drives DP rank 0's scheduler
+and broadcasts each batch); ranks 1.. are spawned (attention-TP followers, and under DP attention the other
+DP leaders with their own schedulers). Any rank's death ends the node (exit code 1)."""
 
 from __future__ import annotations
 
 import logging
 
+import torch.multiprocessing as mp
+from pdpair.engine.distributed.dp_scheduler import DPScheduler
 from pdpair.engine.distributed.processes import RankProcesses, exit_node
+from pdpair.engine.distributed.rank_loop import Ready
 from pdpair.engine.distributed.rank_main import RankSpec, build_rank_engine
 
 logger = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 300.0
 
 
 def start_node_engine(spec: RankSpec):
     """The rank-0 `Engine` of a tensor-parallel node, its followers started and watched. Call it from a
     thread that outlives the node's serving (a follower dies with the thread that started it)."""
     topo = spec.topo
-    if topo.dp_size > 1:
-        raise ValueError(f"--dp-size {topo.dp_size}: DP attention runs in pdpair.engine.distributed.RankGroup; "
-                         "the node daemons serve tensor parallelism (--tp-size) only so far")
-    procs = RankProcesses(spec, list(range(1, topo.world_size)), {}, None)
+    ctx = mp.get_context("spawn")
+    inboxes = {d: ctx.Queue() for d in range(1, topo.dp_size)}
+    outbox = ctx.Queue() if topo.dp_size > 1 else None
+    procs = RankProcesses(spec, list(range(1, topo.world_size)), inboxes, outbox)
     try:
         engine, runner, _ = build_rank_engine(spec, 0)
+        for _ in range(topo.dp_size - 1):  # the other DP leaders have built their engines
+            msg = outbox.get(timeout=START_TIMEOUT_S)
+            assert isinstance(msg, Ready), f"expected Ready from a DP leader, got {msg!r}"
     except BaseException:
         procs.kill()
         raise
     runner.processes = procs
     procs.watch(lambda rank, code: exit_node(rank, code, procs))
-    logger.info("tensor-parallel node: rank 0 here, %d follower ranks started", topo.world_size - 1)
+    if topo.dp_size > 1:
+        engine.scheduler = DPScheduler(engine.scheduler, runner, inboxes, outbox, topo.dp_size)
+    logger.info("node ranks: tp %d, dp %d, attention-TP %d; rank 0 here, %d more started", topo.tp_size,
+                topo.dp_size, topo.attn_tp_size, topo.world_size - 1)
     return engine
 
 
@@ -35,6 +47,8 @@ def node_rank_spec(cfg) -> RankSpec:
     from pdpair.engine.distributed.processes import free_init_method
     from pdpair.engine.distributed.topology import RankTopology
 
+    if cfg.role == "prefill" and cfg.dp_size > 1:
+        raise ValueError("--dp-size > 1 is for decode nodes; a prefill node runs tensor parallelism only")
     if cfg.dump is not None or cfg.mem_fraction is not None:
         raise ValueError("--dump-dir and --mem-fraction are not supported with --tp-size > 1 yet (use --max-pages)")
     return RankSpec(RankTopology(cfg.tp_size, cfg.dp_size, cfg.enable_dp_attention), free_init_method(),

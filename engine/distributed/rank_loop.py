@@ -64,6 +64,7 @@ class RankLoop:
         self.inbox = inbox
         self.outbox = outbox
         self._stop = False
+        self.requests = 0  # submitted to this DP rank
 
     def run(self) -> None:
         while True:
@@ -80,8 +81,8 @@ class RankLoop:
                 self.outbox.put(Events(self.dp_rank, events))
         self.runner.stop_followers()
         self.outbox.put(Closed(self.dp_rank, self.runner.idle_forwards, self.runner.idle_seconds))
-        logger.info("DP rank %d stopped: %d idle forwards, %.3f s", self.dp_rank, self.runner.idle_forwards,
-                    self.runner.idle_seconds)
+        logger.info("DP rank %d stopped: %d requests, %d idle forwards, %.3f s", self.dp_rank, self.requests,
+                    self.runner.idle_forwards, self.runner.idle_seconds)
 
     def _drain(self, timeout: float | None) -> None:
         """Apply queued commands; with a timeout, wait that long for the first one."""
@@ -100,6 +101,7 @@ class RankLoop:
             if self.scheduler.abort(cmd.rid):
                 self.outbox.put(Events(self.dp_rank, [StepEvent(cmd.rid, [], "abort")]))
         elif isinstance(cmd, Submit):
+            self.requests += 1
             try:
                 self.scheduler.submit(Request(cmd.rid, list(cmd.input_ids), cmd.sampling))
             except ValueError as exc:

@@ -86,6 +86,8 @@ class RankRunner(ModelRunner):
         """Stop and reap the followers this leader started (after its last forward)."""
         if self.processes is not None and not self.processes.stopping:
             self.processes.stopping = True
+            if self.topo.dp_size > 1:
+                self.tick(True, False)  # the other DP leaders stop at this same iteration
             self.stop_followers()
             self.processes.join(10)
             self.processes.kill()

@@ -56,6 +56,11 @@ class NodeConfig:
         from pdpair.engine.distributed.topology import RankTopology
 
         RankTopology(self.tp_size, self.dp_size, self.enable_dp_attention)  # ValueError naming the sizes
+        if self.tp_size > 1 and self.role == "prefill":
+            raise ValueError(f"--tp-size {self.tp_size}: a prefill node runs one rank so far (sending every "
+                             "rank's KV heads is not wired yet)")
+        if self.tp_size > 1 and (self.dump is not None or self.mem_fraction is not None):
+            raise ValueError("--dump-dir and --mem-fraction are not supported with --tp-size > 1 yet (use --max-pages)")
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
         if self.page_size <= 0 or self.chunk_size <= 0:

@@ -47,10 +47,6 @@ def node_rank_spec(cfg) -> RankSpec:
     from pdpair.engine.distributed.processes import free_init_method
     from pdpair.engine.distributed.topology import RankTopology
 
-    if cfg.role == "prefill" and cfg.dp_size > 1:
-        raise ValueError("--dp-size > 1 is for decode nodes; a prefill node runs tensor parallelism only")
-    if cfg.dump is not None or cfg.mem_fraction is not None:
-        raise ValueError("--dump-dir and --mem-fraction are not supported with --tp-size > 1 yet (use --max-pages)")
     return RankSpec(RankTopology(cfg.tp_size, cfg.dp_size, cfg.enable_dp_attention), free_init_method(),
                     model=cfg.model, device=cfg.device, dtype=cfg.dtype, page_size=cfg.page_size,
                     max_pages=cfg.max_pages, chunk_size=cfg.chunk_size, attention_backend=cfg.attention_backend,

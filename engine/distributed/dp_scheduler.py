@@ -13,9 +13,9 @@ import logging
 import queue
 import time
 
-from pdpair.engine.distributed.rank_loop import IDLE_WAIT_S, Abort, Closed, Events, Ready, Submit
+from pdpair.engine.distributed.rank_loop import IDLE_WAIT_S, Abort, Closed, Events, RankStats, Ready, Submit
 from pdpair.engine.distributed.rank_runner import RankRunner
-from pdpair.engine.events import StepEvent
+from pdpair.engine.events import SchedulerStats, StepEvent
 from pdpair.engine.request import Request
 from pdpair.engine.scheduler import Scheduler
 
@@ -30,6 +30,7 @@ class DPScheduler:
         self.outbox = outbox
         self.load = [0] * dp_size  # outstanding tokens per DP rank
         self._cost: dict[str, tuple[int, int]] = {}  # rid -> (DP rank, tokens charged)
+        self._remote_stats: dict[int, SchedulerStats] = {}  # the latest each other DP leader reported
 
     def __getattr__(self, name: str):  # DP rank 0's scheduler for everything that is not routed
         return getattr(self.inner, name)
@@ -77,6 +78,19 @@ class DPScheduler:
                 self._settle(ev.rid)
         return events
 
+    def stats(self) -> SchedulerStats:
+        """Queues summed over every DP rank; the pool pages are DP rank 0's (see `rank_stats`)."""
+        total = self.inner.stats()
+        for s in self._remote_stats.values():
+            total = SchedulerStats(total.waiting + s.waiting, total.prefilling + s.prefilling,
+                                   total.running + s.running, total.held + s.held, total.prealloc + s.prealloc,
+                                   total.free_pages, total.total_pages)
+        return total
+
+    def rank_stats(self) -> list[tuple[int, SchedulerStats]]:
+        """(DP rank, its latest stats) for the other DP ranks, in rank order."""
+        return sorted(self._remote_stats.items())
+
     def _settle(self, rid: str) -> None:
         owner = self._cost.pop(rid, None)
         if owner is not None:
@@ -91,5 +105,7 @@ class DPScheduler:
                 return out
             if isinstance(msg, Events):
                 out.extend(msg.events)
+            elif isinstance(msg, RankStats):
+                self._remote_stats[msg.dp_rank] = msg.stats
             elif not isinstance(msg, Ready | Closed):
                 logger.warning("unexpected message from a DP rank: %r", msg)

@@ -37,6 +37,7 @@ def start_node_engine(spec: RankSpec):
     procs.watch(lambda rank, code: exit_node(rank, code, procs))
     if topo.dp_size > 1:
         engine.scheduler = DPScheduler(engine.scheduler, runner, inboxes, outbox, topo.dp_size)
+        engine.rank_stats = engine.scheduler.rank_stats
     logger.info("node ranks: tp %d, dp %d, attention-TP %d; rank 0 here, %d more started", topo.tp_size,
                 topo.dp_size, topo.attn_tp_size, topo.world_size - 1)
     return engine

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 from dataclasses import dataclass
 
 from pdpair.engine.distributed.rank_runner import RankRunner
-from pdpair.engine.events import StepEvent
+from pdpair.engine.events import SchedulerStats, StepEvent
 from pdpair.engine.request import Request
 from pdpair.engine.sampling import SamplingParams
 from pdpair.engine.scheduler import Scheduler
@@ -15,6 +16,7 @@ from pdpair.engine.scheduler import Scheduler
 logger = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.01  # how long leaders wait for commands when no DP rank has work
+STATS_EVERY_S = 0.1  # how often a leader reports its queues and pool
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,12 @@ class Events:
 
 
 @dataclass(frozen=True)
+class RankStats:
+    dp_rank: int
+    stats: SchedulerStats
+
+
+@dataclass(frozen=True)
 class Closed:
     dp_rank: int
     idle_forwards: int
@@ -65,6 +73,7 @@ class RankLoop:
         self.outbox = outbox
         self._stop = False
         self.requests = 0  # submitted to this DP rank
+        self._stats_at = 0.0
 
     def run(self) -> None:
         while True:
@@ -73,16 +82,24 @@ class RankLoop:
             if stop:
                 break
             if not work:
+                self._report()
                 self._drain(timeout=IDLE_WAIT_S)
                 continue
             events = self.scheduler.step()
             self.runner.end_step()
             if events:
                 self.outbox.put(Events(self.dp_rank, events))
+            self._report()
         self.runner.stop_followers()
         self.outbox.put(Closed(self.dp_rank, self.runner.idle_forwards, self.runner.idle_seconds))
         logger.info("DP rank %d stopped: %d requests, %d idle forwards, %.3f s", self.dp_rank, self.requests,
                     self.runner.idle_forwards, self.runner.idle_seconds)
+
+    def _report(self) -> None:
+        now = time.monotonic()
+        if now - self._stats_at >= STATS_EVERY_S:
+            self._stats_at = now
+            self.outbox.put(RankStats(self.dp_rank, self.scheduler.stats()))
 
     def _drain(self, timeout: float | None) -> None:
         """Apply queued commands; with a timeout, wait that long for the first one."""

@@ -81,6 +81,14 @@ def test_dp_attention_decode_node_colocated_and_disaggregated_equal_one_rank():
                                    PROMPTS))
         assert [g.tokens for g in disagg] == expected
         assert all(g.first.prefilled_remotely for g in disagg)
+        pools = [(p.kind, p.dp_rank) for p in node.stats().pools]
+        assert pools == [("kv", 0), ("kv", 1)]  # one pool per DP rank
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # every page back on both ranks but item 0 (padding rows)
+            if all(p.free == p.total - 1 for p in node.stats().pools):
+                break
+            time.sleep(0.2)
+        assert all(p.total == 320 and p.free == p.total - 1 for p in node.stats().pools), node.stats()
     finally:
         code = node.stop()
         prefill.stop()

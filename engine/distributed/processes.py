@@ -80,11 +80,11 @@ class RankProcesses:
         threading.Thread(target=run, name="rank-watchdog", daemon=True).start()
 
 
-def exit_node(rank: int, code: int | None, procs: RankProcesses) -> None:
+def exit_node(rank: int, code: int | None, procs: RankProcesses, why: str = "") -> None:
     """The node cannot run without every rank: log it, stop the others, exit non-zero now (a collective
     waiting on the dead rank would otherwise hold the engine thread)."""
-    logger.critical("rank %d exited with code %s: the node cannot continue; stopping its ranks and exiting", rank,
-                    code)
+    what = why or f"exited with code {code}"
+    logger.critical("rank %d %s: the node cannot continue; stopping its ranks and exiting", rank, what)
     procs.kill()
     logging.shutdown()
     os._exit(1)

@@ -128,6 +128,10 @@ class RankRunner(ModelRunner):
         try:
             return ModelRunner.forward(self, batch, logits_rows)
         except Exception as exc:
+            if self.processes is not None:  # the node's own rank: its peers wait in a collective for it
+                from pdpair.engine.distributed.processes import exit_node  # (processes imports this module)
+
+                exit_node(self.topo.rank, None, self.processes, f"failed a collective forward ({exc!r})")
             raise RankFailure(f"rank {self.topo.rank}: collective forward failed: {exc}") from exc
 
     # ---- follower side ------------------------------------------------------------------------

@@ -66,16 +66,22 @@ class RankProcesses:
     def exitcodes(self) -> list[int | None]:
         return [p.exitcode for p in self.procs.values()]
 
+    def first_dead(self, timeout: float) -> tuple[int, int | None] | None:
+        """(rank, exit code) of a rank that exited, waiting up to `timeout` for one; None if all live."""
+        by_sentinel = {p.sentinel: r for r, p in self.procs.items()}
+        ready = wait(list(by_sentinel), timeout)
+        if not ready:
+            return None
+        r = by_sentinel[ready[0]]
+        self.procs[r].join(1)
+        return r, self.procs[r].exitcode
+
     def watch(self, on_death: Callable[[int, int | None], None]) -> None:
         """A thread that calls on_death(rank, exitcode) when a rank exits unasked."""
         def run() -> None:
-            by_sentinel = {p.sentinel: r for r, p in self.procs.items()}
-            ready = wait(list(by_sentinel))
-            if self.stopping:
-                return
-            r = by_sentinel[ready[0]]
-            self.procs[r].join(1)  # reap it, so that its exit code is known
-            on_death(r, self.procs[r].exitcode)
+            dead = self.first_dead(None)
+            if not self.stopping and dead is not None:
+                on_death(*dead)
 
         threading.Thread(target=run, name="rank-watchdog", daemon=True).start()
 

@@ -131,6 +131,9 @@ class RankRunner(ModelRunner):
             if self.processes is not None:  # the node's own rank: its peers wait in a collective for it
                 from pdpair.engine.distributed.processes import exit_node  # (processes imports this module)
 
+                dead = self.processes.first_dead(2.0)  # most often a peer died: name it
+                if dead is not None:
+                    exit_node(*dead, self.processes)
                 exit_node(self.topo.rank, None, self.processes, f"failed a collective forward ({exc!r})")
             raise RankFailure(f"rank {self.topo.rank}: collective forward failed: {exc}") from exc
 

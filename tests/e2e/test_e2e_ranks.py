@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import psutil
 import pytest
 from pdpair.engine import Engine, SamplingParams
@@ -38,13 +39,20 @@ def concurrent_generate(node) -> list[list[int]]:
 
 @pytest.mark.slow
 def test_tp2_decode_node_equals_one_rank_then_dies_with_a_killed_rank():
-    node = start_node("decode", "--tp-size", "2")
+    log_dir = Path(tempfile.mkdtemp(prefix="pdpair-ranks-"))
+    prefill = start_node("prefill", log_dir=log_dir)
+    node = start_node("decode", "--tp-size", "2", log_dir=log_dir)
     try:
         expected = expected_tokens()
-        wait_healthy([node])
+        wait_healthy([prefill, node])
         followers = psutil.Process(node.proc.pid).children()
         assert len(followers) >= 1
         assert concurrent_generate(node) == expected
+        # rank 0 holds 2 of the 3 KV heads: a one-rank prefill node cannot fill its pages
+        with pytest.raises(grpc.RpcError) as refused:
+            generate(node.stub, PROMPTS[0], sampling(8), prefill_addr=prefill.addr)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.value.details()
+        assert "kvh2" in refused.value.details() and "kvh3" in refused.value.details(), refused.value.details()
         pool = ThreadPoolExecutor(2)
         streams = [pool.submit(generate, node.stub, p, sampling(400, ignore_eos=True)) for p in PROMPTS[:2]]
         time.sleep(1.0)
@@ -61,6 +69,7 @@ def test_tp2_decode_node_equals_one_rank_then_dies_with_a_killed_rank():
         assert not alive
     finally:
         node.stop()
+        prefill.stop()
 
 
 @pytest.mark.slow

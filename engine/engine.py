@@ -107,6 +107,11 @@ class Engine:
                               dump=dump if dump is not None else DumpConfig.from_env())
         return cls(loaded, config)
 
+    def rank_stats(self) -> list:
+        """[(DP rank, SchedulerStats)] of the node's other DP-attention ranks; none for one rank (a
+        DP-attention node replaces this with its DPScheduler's)."""
+        return []
+
     def generate(self, prompts: Sequence[Sequence[int]],
                  sampling: SamplingParams | Sequence[SamplingParams] | None = None) -> list[GenerateOutput]:
         """Run `prompts` to completion (drives the scheduler; use one or the other on an engine)."""

@@ -49,9 +49,7 @@ class ModelRunner:
             else:
                 if self.dumper is not None:
                     self.dumper.begin_batch(batch, [r.rid for r in reqs], logits_rows)
-                self.backend.prepare(batch)
-                logits = self.model(batch.input_ids, batch.positions,
-                                    ForwardContext(self.backend, batch, logits_rows))
+                logits = self.forward(batch, logits_rows)
                 if self.dumper is not None:
                     self.dumper.end_batch(batch, logits)
             out: list[int | None] = [None] * len(reqs)
@@ -63,3 +61,11 @@ class ModelRunner:
                 for i, tok in zip(done, sample(logits, sb).tolist(), strict=True):
                     out[i] = tok
         return out
+
+    def forward(self, batch: ForwardBatch, logits_rows: torch.Tensor) -> torch.Tensor:
+        """One eager forward: fp32 logits of `logits_rows` (a multi-rank runner joins its collectives here)."""
+        self.backend.prepare(batch)
+        return self.model(batch.input_ids, batch.positions, ForwardContext(self.backend, batch, logits_rows))
+
+    def close(self) -> None:
+        """Release what the runner started (a multi-rank runner stops its rank processes)."""

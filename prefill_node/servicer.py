@@ -93,6 +93,7 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
             sampling = sampling_from_proto(request.sampling, info.vocab_size)
             check_prompt(list(request.token_ids), info.vocab_size, info.context_length)
             expected = expected_items(self.rt.engine.pools.kinds, len(request.token_ids), info.page_size)
+            peer = peer.for_dp_rank(request.registration.dp_rank)  # the destination DP rank's region set
             num_items = {r.kind: r.num_items for r in peer.regions}
             dst = validate_registration(((p.kind, p.ids) for p in request.registration.pools), num_items, expected)
         except ValueError as exc:

@@ -68,7 +68,7 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
         try:
             sampling = sampling_from_proto(request.sampling)
             check_prompt(list(request.token_ids), info.vocab_size, info.context_length)
-            expected = expected_items(self.rt.engine.pools.kinds, len(request.token_ids), info.page_size)
+            expected = expected_items(self.rt.engine.pools.windows(), len(request.token_ids), info.page_size)
             num_items = {r.kind: r.num_items for r in peer.regions}
             dst = validate_registration(((p.kind, p.ids) for p in request.registration.pools), num_items, expected)
         except ValueError as exc:
@@ -145,7 +145,7 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
             t_first = t_first or time.perf_counter()
             pairs = {}
             for kind, src in ev.kind_pages.items():
-                lo, n = ev.page_start, len(src)
+                lo, n = ev.kind_starts[kind], len(src)
                 assert lo + n <= len(dst[kind]), f"{kind}: pages [{lo}, {lo + n}) past {len(dst[kind])} registered"
                 pairs[kind] = (np.asarray(src), dst[kind][lo:lo + n])
                 sent[kind] = lo + n

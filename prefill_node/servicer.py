@@ -152,7 +152,7 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
             plan = build_plan(self.rt.layout, peer, pairs)
             if len(plan):
                 cf = self.rt.workers.submit(rid, peer.session_id, plan)
-                self.inflight.add(rid, asyncio.wrap_future(cf), plan.num_items)
+                self.inflight.add(rid, asyncio.wrap_future(cf), plan.num_items, plan.kind_totals)
             error = self.inflight.failed(rid)
             if error is not None:
                 raise RpcError(Code.ABORTED, f"request {rid!r}: page transfer failed: {error}")

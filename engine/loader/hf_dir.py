@@ -75,12 +75,13 @@ def _gemma3(cfg: dict[str, Any], num_layers: int) -> dict[str, Any]:
         SLIDING_ATTENTION if (i + 1) % pattern else FULL_ATTENTION for i in range(num_layers)]
     params = cfg.get("rope_parameters") or {}
     local = (params.get(SLIDING_ATTENTION) or {}).get("rope_theta", cfg.get("rope_local_base_freq", 10000.0))
-    softcap = {k: float(cfg[k]) if cfg.get(k) is not None else None
-               for k in ("final_logit_softcapping", "attn_logit_softcapping")}
+    final_cap = cfg.get("final_logit_softcapping")
     return dict(layer_types=tuple(types), sliding_window=int(cfg.get("sliding_window", 4096)),
                 rope_local_theta=float(local), hidden_act=str(cfg.get("hidden_activation", "gelu_pytorch_tanh")),
                 norm_plus_one=True, sandwich_norm=True, embed_scale=True,
-                query_pre_attn_scalar=float(cfg.get("query_pre_attn_scalar", 256)), **softcap)
+                query_pre_attn_scalar=float(cfg.get("query_pre_attn_scalar", 256)),
+                # attn_logit_softcapping is read but not applied by transformers' Gemma 3 (the oracle): same here
+                final_logit_softcapping=float(final_cap) if final_cap is not None else None)
 
 
 def hf_model_config(cfg: dict[str, Any], eos_token_ids: tuple[int, ...]) -> ModelConfig:

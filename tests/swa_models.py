@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 FAMILIES = ("qwen3", "gemma3")
+VOCAB = 512  # the tokenizer has more ids; a small vocabulary keeps the logits cheap
 LAYER_TYPES = ["sliding_attention", "full_attention", "sliding_attention"]
 
 
@@ -20,7 +21,7 @@ def save_tiny_swa(family: str, window: int, path: Path, max_positions: int = 512
     from pdpair.engine.loader.gguf_tokenizer import gguf_tokenizer
 
     tok = gguf_tokenizer(GGUFFile(embedded_gguf_path()))
-    common = dict(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=max_positions,
                   rms_norm_eps=1e-5, initializer_range=0.3, bos_token_id=1, eos_token_id=2, sliding_window=window,
                   layer_types=LAYER_TYPES)

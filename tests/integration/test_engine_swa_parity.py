@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.swa_models import FAMILIES, save_tiny_swa
+from tests.swa_models import FAMILIES, VOCAB, save_tiny_swa
 
 pytestmark = pytest.mark.timeout(300)
 transformers = pytest.importorskip("transformers", reason="transformers is a test dependency: pip install -e .[test]")
@@ -19,7 +19,7 @@ WINDOWS = (7, 8)  # not page-aligned, page-aligned
 
 def _prompts(window: int) -> list[list[int]]:
     lens = (5, window, window + 1, 4 * PAGE, 29)  # shorter, equal, one past, a page multiple, several chunks
-    return [[(97 + 131 * i + 7 * n) % 40000 + 3 for i in range(n)] for n in lens]
+    return [[(97 + 131 * i + 7 * n) % (VOCAB - 3) + 3 for i in range(n)] for n in lens]
 
 
 @pytest.fixture(scope="module", params=[(f, w) for f in FAMILIES for w in WINDOWS], ids=lambda p: f"{p[0]}-w{p[1]}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pdpair.decode_node.trust import allow_spec
 from pdpair.node.config import add_common_args
 from pdpair.node.server import run_cli
 
@@ -21,14 +22,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "requests without a prefill node are always prefilled here)")
     parser.add_argument("--prealloc-timeout", type=float, default=60.0,
                         help="seconds a request may wait for free pages before RESOURCE_EXHAUSTED (default: 60)")
+    parser.add_argument("--prefill-allow", type=allow_spec, default="", metavar="LIST",
+                        help="prefill nodes this node may dial for a request's prefill address: comma-separated "
+                             "IP addresses, CIDRs or host names, each optionally with :PORT (a name allows every "
+                             "address it resolves to); any other prefill address is INVALID_ARGUMENT (default: "
+                             "loopback only; with --tls-* every server whose certificate the CA signed)")
     return parser
 
 
 def _make_servicer(rt):
     from pdpair.decode_node.servicer import DecodeServicer
-    from pdpair.proto import pdpair_pb2_grpc as pb_grpc
 
-    return DecodeServicer(rt), pb_grpc.add_DecodeNodeServicer_to_server, "pdpair.v1.DecodeNode"
+    return DecodeServicer(rt), "DecodeNode"
 
 
 def main(argv: list[str] | None = None) -> int:

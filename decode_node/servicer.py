@@ -8,12 +8,13 @@ import logging
 import grpc
 from pdpair.decode_node.remote import RemotePrefill
 from pdpair.decode_node.running import RunningManager
+from pdpair.decode_node.trust import PrefillTrust, UntrustedPrefill
 from pdpair.engine import Request
 from pdpair.node.admission import Admission, QueueFull
 from pdpair.node.convert import check_prompt, sampling_from_proto
 from pdpair.node.engine_thread import EngineFailure
 from pdpair.node.runtime import NodeRuntime
-from pdpair.node.status import RpcError
+from pdpair.node.status import RpcError, abort_with
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
 
@@ -27,6 +28,7 @@ class DecodeServicer(pb_grpc.DecodeNodeServicer):
         self.admission = Admission(rt.cfg.max_queue)
         self.running = RunningManager(on_ttft=rt.metrics.ttft.observe, on_itl=rt.metrics.itl.observe)
         self.remote = RemotePrefill(rt)
+        self.trust = PrefillTrust(rt.cfg.prefill_allow, tls=rt.cfg.tls is not None)
         rt.set_stage_counts(lambda: {"prealloc_waiting": len(self.remote.prealloc),
                                      "transferring": len(self.remote.transfers),
                                      "inflight_transfers": len(self.remote.transfers)})
@@ -34,34 +36,41 @@ class DecodeServicer(pb_grpc.DecodeNodeServicer):
 
     def _admit(self, request: pb.GenerateRequest):
         if self.rt.draining:
-            raise RpcError(Code.UNAVAILABLE, "decode node is draining")
+            raise RpcError(Code.UNAVAILABLE, "decode node is draining", pb.DECODE_DRAINING)
         try:
-            sampling = sampling_from_proto(request.sampling)
+            sampling = sampling_from_proto(request.sampling, self._info.vocab_size)
             check_prompt(list(request.token_ids), self._info.vocab_size, self._info.context_length)
             self.admission.admit(request.rid)
         except QueueFull as exc:
-            raise RpcError(Code.RESOURCE_EXHAUSTED, str(exc)) from None
+            raise RpcError(Code.RESOURCE_EXHAUSTED, str(exc), pb.DECODE_OVERLOADED) from None
         except ValueError as exc:
             raise RpcError(Code.INVALID_ARGUMENT, f"request {request.rid!r}: {exc}") from None
         return sampling
 
     async def Generate(self, request: pb.GenerateRequest, context) -> None:
         try:
+            if request.prefill_addr:  # before anything is dialled
+                try:
+                    await self.trust.check(request.prefill_addr)
+                except UntrustedPrefill as exc:
+                    raise RpcError(Code.INVALID_ARGUMENT, f"request {request.rid!r}: {exc}") from None
             sampling = self._admit(request)
         except RpcError as err:
-            await context.abort(err.code, err.message)
+            await abort_with(context, err)
         rid = request.rid
         self.rt.inflight += 1
         self.rt.counters.requests_total += 1
         self.rt.metrics.requests.inc()
+        done = [False]  # the finish chunk was written: a cancel after it is no abort
         try:
-            await self._generate(request, sampling, context)
+            await self._generate(request, sampling, context, done)
         except RpcError as err:
             self._count_abort()
             logger.debug("generate %s -> %s", rid, err)
-            await context.abort(err.code, err.message)
+            await abort_with(context, err)
         except asyncio.CancelledError:
-            self._count_abort()
+            if not done[0]:
+                self._count_abort()
             logger.debug("generate %s cancelled", rid)
             raise
         finally:
@@ -72,7 +81,7 @@ class DecodeServicer(pb_grpc.DecodeNodeServicer):
         self.rt.counters.requests_aborted += 1
         self.rt.metrics.aborted.inc()
 
-    async def _generate(self, request: pb.GenerateRequest, sampling, context) -> None:
+    async def _generate(self, request: pb.GenerateRequest, sampling, context, done: list[bool]) -> None:
         rid, thread = request.rid, self.rt.thread
         req = Request(rid=rid, input_ids=list(request.token_ids), sampling=sampling)
         remote = bool(request.prefill_addr) and len(req.input_ids) >= self.rt.cfg.local_prefill_below
@@ -100,7 +109,9 @@ class DecodeServicer(pb_grpc.DecodeNodeServicer):
             while not finished:
                 tokens, reason = await self._next_tokens(rid, stream)
                 if echo is not None:
-                    assert tokens and tokens[0] == echo, f"first event {tokens[:1]} != first token {echo}"
+                    if not tokens or tokens[0] != echo:
+                        raise RpcError(Code.INTERNAL, f"request {rid!r}: first event {tokens[:1]} != first "
+                                                      f"token {echo}")
                     tokens, echo = tokens[1:], None
                 finished = reason is not None
                 if not tokens and not finished:
@@ -111,12 +122,13 @@ class DecodeServicer(pb_grpc.DecodeNodeServicer):
                     chunk.ttft_seconds = info.ttft or 0.0
                 chunk.token_ids.extend(tokens)
                 chunk.finish_reason = reason or ""
+                done[0] = finished
                 await context.write(chunk)
         finally:
             thread.close_stream(rid)
             self.running.finish(rid)
             if not finished:
-                await thread.call(lambda e: e.scheduler.abort(rid))
+                await thread.call(lambda e: self.rt.abort_request(e, rid))
 
     async def _next_tokens(self, rid: str, stream: asyncio.Queue) -> tuple[list[int], str | None]:
         """Every token the engine has reported for rid so far (at least one event); the finish reason if done."""
@@ -130,6 +142,8 @@ class DecodeServicer(pb_grpc.DecodeNodeServicer):
                 raise RpcError(Code.INTERNAL, f"request {rid!r}: engine failure: {ev.error}")
             tokens.extend(ev.new_token_ids)
             reason = ev.finish_reason or reason
+        if reason == "error":
+            raise RpcError(Code.INTERNAL, f"request {rid!r}: its forward failed on the decode node")
         if reason == "abort":
             raise RpcError(Code.ABORTED, f"request {rid!r} was aborted by the engine")
         return tokens, reason

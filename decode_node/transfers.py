@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+from pdpair.proto import pdpair_pb2 as pb
 
 # Answers after which no write of the request can have started: its pages may be freed at once.
 # Any other ending (aborted, cancelled, timed out, peer gone) may leave a write landing later.
@@ -26,9 +27,10 @@ class Transfer:
         return sum(len(v) for v in self.items.values())
 
 
-def must_quarantine(code: grpc.StatusCode | None) -> bool:
-    """After a failed or cancelled Prefill call: may a write into our pages still land?"""
-    return code not in NOTHING_SENT
+def nothing_sent(code: grpc.StatusCode, side: int = pb.FAILURE_UNSPECIFIED) -> bool:
+    """After a failed Prefill call: did the prefill node refuse it before any write could start?
+    (A draining node refuses new work up front.) Otherwise only the node's Abort can tell."""
+    return code in NOTHING_SENT or side == pb.PREFILL_DRAINING
 
 
 class TransferManager:

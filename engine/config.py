@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+from pdpair.engine.debug.config import DumpConfig
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class EngineConfig:
     attention_backend: str = "torch"
     seed: int = 0
     disable_cuda_graph: bool = False  # CUDA graphs for decode (CUDA devices with a backend that supports them)
+    dump: DumpConfig | None = None  # tensor dumps for pdpair-compare (off: None); dumping runs decode eagerly
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

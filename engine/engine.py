@@ -10,6 +10,7 @@ import torch
 from pdpair.engine.attention import create_backend
 from pdpair.engine.config import (
     DEFAULT_MEM_FRACTION,
+    DumpConfig,
     EngineConfig,
     dtype_name,
     resolve_backend,
@@ -49,7 +50,11 @@ class Engine:
                                  config.device, mc.attn_scale, layer_pools, mc.attn_logit_softcapping)
         windows = {p.kind: p.window for p in pools if p.window is not None}
         self.runner = ModelRunner(self.model, backend, self.req_to_token, mc.vocab_size, windows)
-        if config.device.startswith("cuda") and not config.disable_cuda_graph and backend.supports_cuda_graph:
+        if config.dump is not None:
+            from pdpair.engine.debug import Dumper
+
+            self.runner.dumper = Dumper.start(config.dump, self.model, kv, loaded.model_id)
+        elif config.device.startswith("cuda") and not config.disable_cuda_graph and backend.supports_cuda_graph:
             from pdpair.engine.cuda_graph import DecodeCudaGraphs
 
             self.runner.graphs = DecodeCudaGraphs.for_runner(self.runner, self.req_to_token,
@@ -88,7 +93,7 @@ class Engine:
                    dtype: str | torch.dtype | None = None, page_size: int = 16, max_pages: int | None = None,
                    chunk_size: int = 512, attention_backend: str = "auto", max_running_requests: int = 256,
                    seed: int = 0, mem_fraction: float = DEFAULT_MEM_FRACTION,
-                   disable_cuda_graph: bool = False) -> Engine:
+                   disable_cuda_graph: bool = False, dump: DumpConfig | None = None) -> Engine:
         """Load a model (the embedded SmolLM2, a Hugging Face directory or a .gguf path) and build the runtime."""
         from pdpair.engine.loader import load_model
 
@@ -96,15 +101,15 @@ class Engine:
         return cls.from_loaded(loaded, device=device, page_size=page_size, max_pages=max_pages,
                                chunk_size=chunk_size, attention_backend=attention_backend,
                                max_running_requests=max_running_requests, seed=seed, mem_fraction=mem_fraction,
-                               disable_cuda_graph=disable_cuda_graph)
+                               disable_cuda_graph=disable_cuda_graph, dump=dump)
 
     @classmethod
     def from_loaded(cls, loaded, device: str = "cpu", page_size: int = 16, max_pages: int | None = None,
                     chunk_size: int = 512, attention_backend: str = "auto", max_running_requests: int = 256,
                     seed: int = 0, mem_fraction: float = DEFAULT_MEM_FRACTION,
-                    disable_cuda_graph: bool = False) -> Engine:
+                    disable_cuda_graph: bool = False, dump: DumpConfig | None = None) -> Engine:
         """Build the runtime around an already loaded model (`LoadedModel`-like: config, model, tokenizer,
-        model_id, weights_digest); the dtype is the model's."""
+        model_id, weights_digest); the dtype is the model's. `dump` None: `PDPAIR_DUMP_DIR` decides."""
         mc = loaded.config
         dtype = next(loaded.model.parameters()).dtype
         if max_pages is None:
@@ -114,7 +119,8 @@ class Engine:
                               max_pages=max_pages, chunk_size=chunk_size,
                               max_running_requests=max_running_requests,
                               attention_backend=resolve_backend(attention_backend, device), seed=seed,
-                              disable_cuda_graph=disable_cuda_graph)
+                              disable_cuda_graph=disable_cuda_graph,
+                              dump=dump if dump is not None else DumpConfig.from_env())
         return cls(loaded, config)
 
     def generate(self, prompts: Sequence[Sequence[int]],
@@ -130,6 +136,7 @@ class Engine:
         reqs = [Request(f"gen-{next(self._ids)}", list(ids), sp) for ids, sp in zip(prompts, params, strict=True)]
         for req in reqs:  # check everything before queueing anything
             self.scheduler.validator.check(req)
+            req.sampling.check_vocab(self.runner.vocab_size)
         for req in reqs:
             self.scheduler.submit(req)
         index = {r.rid: i for i, r in enumerate(reqs)}

@@ -9,7 +9,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class StepEvent:
-    """New tokens of one request in one step; `finish_reason` is "stop" | "length" | "abort" once done."""
+    """New tokens of one request in one step; `finish_reason` is "stop" | "length" | "abort" | "error" once done
+    ("error": the request's forward raised; the rest of its batch went on)."""
 
     rid: str
     new_token_ids: list[int]

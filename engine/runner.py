@@ -22,6 +22,7 @@ class ModelRunner:
         self.req_to_token = req_to_token
         self.vocab_size = vocab_size
         self.graphs = None  # DecodeCudaGraphs when decode replays captured CUDA graphs
+        self.dumper = None  # a debug Dumper when tensor dumping is on (then graphs stay off)
 
     def run(self, mode: ForwardMode, reqs: list[Request], extend_lens: list[int]) -> list[int | None]:
         """Advance each request by its extend length; returns the sampled token of every request whose
@@ -49,14 +50,19 @@ class ModelRunner:
                 assert len(done) == len(reqs), f"decode rows without a sample: {len(reqs) - len(done)}"
                 logits = self.graphs.replay(batch)
             else:
+                if self.dumper is not None:
+                    self.dumper.begin_batch(batch, [r.rid for r in reqs], logits_rows)
                 self.backend.prepare(batch)
                 logits = self.model(batch.input_ids, batch.positions,
                                     ForwardContext(self.backend, batch, logits_rows))
+                if self.dumper is not None:
+                    self.dumper.end_batch(batch, logits)
             out: list[int | None] = [None] * len(reqs)
             if done:
                 picked = [reqs[i] for i in done]
                 sb = SamplingBatch.build([r.sampling for r in picked], [r.seed for r in picked],
-                                         [r.seq_len for r in picked], self.vocab_size, logits.device)
+                                         [r.seq_len for r in picked], self.vocab_size, logits.device,
+                                         [r.input_ids for r in picked], [r.output_ids for r in picked])
                 for i, tok in zip(done, sample(logits, sb).tolist(), strict=True):
                     out[i] = tok
         return out

@@ -7,6 +7,13 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pdpair.logfmt import add_log_format_arg
+from pdpair.tls import TlsFiles, add_tls_args, tls_from_args
+
+if TYPE_CHECKING:
+    from pdpair.engine.debug.config import DumpConfig
 
 ROLES = ("prefill", "decode")
 DEFAULT_MODEL = "smollm2-135m"
@@ -16,7 +23,7 @@ DEFAULT_MODEL = "smollm2-135m"
 class NodeConfig:
     role: str
     model: str = DEFAULT_MODEL
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = 0
     advertise_host: str = "127.0.0.1"
     device: str = "cpu"
@@ -32,6 +39,7 @@ class NodeConfig:
     transfer_threads: int = 2
     metrics_port: int | None = None
     log_level: str = "INFO"
+    log_format: str = "text"  # or json (pdpair.logfmt)
     max_queue: int = 256
     drain_timeout: float = 30.0
     quarantine_seconds: float = 70.0
@@ -39,6 +47,9 @@ class NodeConfig:
     prealloc_timeout: float = 60.0
     prefill_timeout: float = 600.0
     node_id: str = ""
+    tls: TlsFiles | None = None  # mutual TLS on the gRPC server and on the channels this node opens
+    prefill_allow: str = ""  # decode: prefill nodes it may dial (see decode_node/trust.py); "" = loopback only
+    dump: DumpConfig | None = None  # --dump-dir: tensor dumps for pdpair-compare
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -68,7 +79,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     d = NodeConfig(role="decode")
     parser.add_argument("--model", default=d.model,
                         help="model name (default: the embedded SmolLM2-135M), a Hugging Face directory or a .gguf path")
-    parser.add_argument("--host", default=d.host, help=f"interface the gRPC server binds (default: {d.host})")
+    parser.add_argument("--host", default=d.host,
+                        help=f"interface the gRPC and metrics servers bind (default: {d.host}, this machine only; "
+                             "0.0.0.0 or the pod IP to serve other hosts, with mutual TLS or a NetworkPolicy)")
     parser.add_argument("--port", type=int, default=d.port, help="gRPC port (default: 0, pick a free one and log it)")
     parser.add_argument("--advertise-host", default=None,
                         help="address peers use to reach this node, also for Mooncake (default: the host name's "
@@ -96,6 +109,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="serve Prometheus metrics on this port (default: off)")
     parser.add_argument("--log-level", default=d.log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="log level (default: INFO)")
+    add_log_format_arg(parser)
     parser.add_argument("--max-queue", type=int, default=d.max_queue,
                         help="requests admitted at once before answering RESOURCE_EXHAUSTED (default: 256)")
     parser.add_argument("--drain-timeout", type=float, default=d.drain_timeout,
@@ -103,6 +117,17 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quarantine-seconds", type=float, default=None,
                         help="hold the pages of a failed transfer this long before reuse (default: twice "
                              "MC_TRANSFER_TIMEOUT plus 10 s; a failed write may still land until then)")
+    add_tls_args(parser)
+    dump = parser.add_argument_group("tensor dumps (debugging; compare two runs with pdpair-compare)")
+    dump.add_argument("--dump-dir", default=None, metavar="DIR",
+                      help="write named forward tensors and batch metadata to DIR/<run name>/ (default: off; "
+                           "decode runs without CUDA graphs while on)")
+    dump.add_argument("--dump-filter", default="", metavar="REGEX",
+                      help="only tensor names matching, e.g. '^(embed|layers\\.[01]\\.|logits)' (default: all)")
+    dump.add_argument("--dump-steps", default="", metavar="SPEC",
+                      help="forward steps to dump, counted from 0: e.g. '0-9,20,40-' (default: all)")
+    dump.add_argument("--dump-name", default=None, metavar="NAME",
+                      help="run directory name under --dump-dir (default: <role>-<pid>)")
 
 
 def _advertise(host: str, advertise: str | None) -> str:
@@ -127,7 +152,13 @@ def config_from_args(role: str, args: argparse.Namespace) -> NodeConfig:
         hold = default_hold_seconds(transfer_timeout_s())
     extra = {}
     if role == "decode":
-        extra = {"local_prefill_below": args.local_prefill_below, "prealloc_timeout": args.prealloc_timeout}
+        extra = {"local_prefill_below": args.local_prefill_below, "prealloc_timeout": args.prealloc_timeout,
+                 "prefill_allow": args.prefill_allow}
+    from pdpair.engine.debug import DumpConfig, check_writable
+
+    dump = DumpConfig.build(args.dump_dir, role, args.dump_filter, args.dump_steps, args.dump_name)
+    if dump is not None:
+        check_writable(dump)  # a clear usage error now rather than a failed engine start
     return NodeConfig(
         role=role, model=args.model, host=args.host, port=args.port, advertise_host=advertise,
         device=args.device, dtype=args.dtype, page_size=args.page_size, max_pages=args.max_pages,
@@ -135,7 +166,7 @@ def config_from_args(role: str, args: argparse.Namespace) -> NodeConfig:
         attention_backend=args.attention_backend, disable_cuda_graph=args.disable_cuda_graph,
         transfer_protocol=args.transfer_protocol,
         rdma_devices=args.rdma_devices, transfer_threads=args.transfer_threads, metrics_port=args.metrics_port,
-        log_level=args.log_level, max_queue=args.max_queue, drain_timeout=args.drain_timeout,
-        quarantine_seconds=hold,
-        node_id=f"{role}-{advertise}-{os.getpid()}-{uuid.uuid4().hex[:8]}", **extra,
+        log_level=args.log_level, log_format=args.log_format, max_queue=args.max_queue,
+        drain_timeout=args.drain_timeout, quarantine_seconds=hold, tls=tls_from_args(args),
+        node_id=f"{role}-{advertise}-{os.getpid()}-{uuid.uuid4().hex[:8]}", dump=dump, **extra,
     )

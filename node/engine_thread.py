@@ -4,6 +4,11 @@ The asyncio side talks to it only through `call(fn)` (fn runs on the engine thre
 as an asyncio future) and per-request event queues (`open_stream(rid)`): every event a step returns for
 that request is put on its queue with `loop.call_soon_threadsafe`. Tick hooks (quarantine release,
 preallocation retries, metrics) run on the engine thread once per loop iteration.
+
+A forward that raises fails only its own requests (the scheduler isolates them). A step that raises
+outside any forward leaves the requests' state unknown: every open stream gets an EngineFailure, and after
+`max_failures` such steps in a row the thread stops stepping and calls `on_fatal` (the node then reports
+NOT_SERVING and exits non-zero) instead of failing every new request forever.
 """
 
 from __future__ import annotations
@@ -29,8 +34,13 @@ class EngineFailure:
 
 
 class EngineThread:
-    def __init__(self, engine: Any, loop: asyncio.AbstractEventLoop, idle_wait: float = 0.01) -> None:
+    def __init__(self, engine: Any, loop: asyncio.AbstractEventLoop, idle_wait: float = 0.01,
+                 max_failures: int = 3, on_fatal: Callable[[BaseException], None] | None = None) -> None:
         self.engine = engine
+        self.max_failures = max_failures
+        self.on_fatal = on_fatal
+        self.failures = 0  # consecutive steps that raised
+        self.fatal: BaseException | None = None
         self._loop = loop
         self._idle_wait = idle_wait
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
@@ -96,6 +106,21 @@ class EngineThread:
         for q in self._streams.values():
             q.put_nowait(EngineFailure(error))
 
+    def _step_failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        if self.failures == 1:
+            logger.exception("engine step failed")
+        else:
+            logger.error("engine step failed again (%d in a row): %s", self.failures, exc)
+        self._loop.call_soon_threadsafe(self._fail_all, exc)
+        if self.failures >= self.max_failures and self.fatal is None:
+            self.fatal = exc
+            logger.critical("engine failed %d steps in a row: no more steps", self.failures)
+            if self.on_fatal is not None:
+                self._loop.call_soon_threadsafe(self.on_fatal, exc)
+        else:
+            self._stop.wait(min(1.0, 0.05 * 2 ** self.failures))  # back off instead of spinning
+
     def _run_command(self, item: tuple) -> None:
         fn, fut = item
         try:
@@ -125,15 +150,15 @@ class EngineThread:
                     hook()
                 except Exception:
                     logger.exception("engine-thread hook failed")
-            busy = sched.has_work()
+            busy = self.fatal is None and sched.has_work()
             if busy:
                 try:
                     events = sched.step()
                 except Exception as exc:
-                    logger.exception("engine step failed")
-                    self._loop.call_soon_threadsafe(self._fail_all, exc)
+                    self._step_failed(exc)
                     busy = False
                     continue
+                self.failures = 0
                 self.steps += 1
                 if events:
                     self._loop.call_soon_threadsafe(self._deliver, list(events))

@@ -36,7 +36,7 @@ def load_engine(cfg: NodeConfig) -> Any:
     return Engine.from_model(cfg.model, device=cfg.device, dtype=cfg.dtype, page_size=cfg.page_size,
                              max_pages=cfg.max_pages, chunk_size=cfg.chunk_size,
                              attention_backend=cfg.attention_backend, disable_cuda_graph=cfg.disable_cuda_graph,
-                             **extra)
+                             dump=cfg.dump, **extra)
 
 
 class NodeRuntime:
@@ -60,6 +60,8 @@ class NodeRuntime:
         self.quarantine = Quarantine(cfg.quarantine_seconds, release=self._release_quarantined)
         self.thread: EngineThread | None = None
         self._integrity_ok = True
+        self._abort_hooks: list = []
+        self.on_shutdown: list = []  # async callables the server awaits after it stopped serving
         self._stage_fn = lambda: {}
         self._observed_at = 0.0
         self._snapshot = pb.NodeStats(role=cfg.role)
@@ -67,9 +69,10 @@ class NodeRuntime:
                     engine.model_id, {r.kind: r.num_items for r in self.layout.regions}, self.transfer.session_id)
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def attach(self, loop: asyncio.AbstractEventLoop) -> EngineThread:
-        """Create the engine thread for the serving loop; servicers add their hooks before start()."""
-        self.thread = EngineThread(self.engine, loop)
+    def attach(self, loop: asyncio.AbstractEventLoop, on_fatal=None) -> EngineThread:
+        """Create the engine thread for the serving loop; servicers add their hooks before start().
+        on_fatal(exc) runs on the loop when the engine has failed too many steps in a row."""
+        self.thread = EngineThread(self.engine, loop, on_fatal=on_fatal)
         self.thread.add_hook(self.quarantine.poll)
         self.thread.add_hook(self._observe)
         return self.thread
@@ -92,6 +95,27 @@ class NodeRuntime:
     # -- engine-thread helpers -----------------------------------------------------------------
     def _release_quarantined(self, kind: str, ids: np.ndarray) -> None:
         self.engine.pools.allocator(kind).free(np.asarray(ids, dtype=np.int32))
+
+    def add_abort_hook(self, hook) -> None:
+        """hook(rid) -> bool runs first in abort_request: a stage outside the scheduler (e.g. waiting for
+        preallocation) that forgets rid and answers whether it held it."""
+        self._abort_hooks.append(hook)
+
+    def abort_request(self, engine: Any, rid: str, hold: bool = False) -> bool:
+        """Engine thread: the one way a request ends early, from whatever stage it is in. Frees what it
+        holds, or quarantines it (`hold`) when a failed write may still land in it. False if unknown.
+
+        Commands run in the order they were queued, so an abort queued after the call that created a stage
+        (submit, preallocation) always finds it."""
+        if any(hook(rid) for hook in self._abort_hooks):
+            return True
+        if not hold:
+            return engine.scheduler.abort(rid)
+        try:
+            self.hold(engine.scheduler.detach(rid))
+        except KeyError:
+            return False
+        return True
 
     def hold(self, items: dict[str, np.ndarray]) -> None:
         """Quarantine items (engine thread): a failed transfer may still write into them."""

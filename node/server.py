@@ -15,11 +15,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from pdpair.node.config import NodeConfig
 from pdpair.node.runtime import NodeRuntime, load_engine
+from pdpair.node.wire import add_service
+
+from pdpair.tls import add_port, warn_if_exposed
 
 logger = logging.getLogger(__name__)
 
-# builds (servicer, add_servicer_to_server, full service name) for a runtime
-MakeServicer = Callable[[NodeRuntime], tuple[Any, Callable, str]]
+# builds (servicer, service name in pdpair.proto) for a runtime
+MakeServicer = Callable[[NodeRuntime], tuple[Any, str]]
 
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 64 << 20),
@@ -28,17 +31,22 @@ GRPC_OPTIONS = [
 ]
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=max(getattr(logging, level), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pdpair").setLevel(getattr(logging, level))
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Text or JSON lines (`--log-format`), each with the request id of the gRPC call it belongs to."""
+    from pdpair.logfmt import setup_logging as setup
+
+    setup(level, fmt)
+
+
+async def _set_health(health: Any, service_names: list[str], status: int) -> None:
+    for name in ["", *service_names]:
+        await health.set(name, status)
 
 
 async def _drain(rt: NodeRuntime, health: Any, service_names: list[str]) -> None:
     """Stop admitting (health NOT_SERVING, new calls UNAVAILABLE), wait for in-flight calls, bounded."""
     rt.draining = True
-    for name in ["", *service_names]:
-        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await _set_health(health, service_names, health_pb2.HealthCheckResponse.NOT_SERVING)
     deadline = time.monotonic() + rt.cfg.drain_timeout
     while rt.inflight > 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
@@ -48,41 +56,55 @@ async def _drain(rt: NodeRuntime, health: Any, service_names: list[str]) -> None
         logger.info("drained")
 
 
-async def _serve(cfg: NodeConfig, make_servicer: MakeServicer) -> None:
+async def _serve(cfg: NodeConfig, make_servicer: MakeServicer) -> int:
     loop = asyncio.get_running_loop()
     engine = await loop.run_in_executor(None, load_engine, cfg)
     rt = NodeRuntime(cfg, engine)
-    rt.attach(loop)
-    servicer, add_to_server, service_name = make_servicer(rt)
+    stop = asyncio.Event()
+    fatal: list[BaseException] = []
+
+    def on_fatal(exc: BaseException) -> None:  # the engine cannot step any more: stop serving, exit non-zero
+        logger.critical("engine failed repeatedly (%r): reporting NOT_SERVING and exiting", exc)
+        fatal.append(exc)
+        rt.draining = True
+        loop.create_task(_set_health(health, [service_name], health_pb2.HealthCheckResponse.NOT_SERVING))
+        stop.set()
+
+    rt.attach(loop, on_fatal=on_fatal)
+    servicer, service = make_servicer(rt)
     rt.start()
     server = grpc.aio.server(options=GRPC_OPTIONS)
-    add_to_server(servicer, server)
+    service_name = add_service(server, servicer, service)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    warn_if_exposed(cfg.host, cfg.tls, f"{cfg.role} node gRPC server")
+    port = add_port(server, f"{cfg.host}:{cfg.port}", cfg.tls)
     if port == 0:
         raise OSError(f"cannot bind {cfg.host}:{cfg.port}")
     await server.start()
     await health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
-    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    logger.info("%s node serving on %s:%d (advertised %s:%d)", cfg.role, cfg.host, port, cfg.advertise_host, port)
+    logger.info("%s node serving on %s:%d (advertised %s:%d, %s)", cfg.role, cfg.host, port, cfg.advertise_host, port,
+                "mutual TLS" if cfg.tls else "plaintext")
     try:
         await stop.wait()
-        logger.info("shutdown requested: draining")
-        await _drain(rt, health, [service_name])
+        if not fatal:
+            logger.info("shutdown requested: draining")
+            await _drain(rt, health, [service_name])
         await server.stop(grace=1.0)
+        for close in rt.on_shutdown:
+            await close()
     finally:
         await loop.run_in_executor(None, rt.close)
     logger.info("%s node stopped", cfg.role)
+    return 1 if fatal else 0
 
 
 def serve(cfg: NodeConfig, make_servicer: MakeServicer) -> int:
     """Run a node until SIGTERM/SIGINT; returns the process exit code."""
-    setup_logging(cfg.log_level)
-    asyncio.run(_serve(cfg, make_servicer))
-    return 0
+    setup_logging(cfg.log_level, cfg.log_format)
+    return asyncio.run(_serve(cfg, make_servicer))
 
 
 def run_cli(role: str, parser: argparse.ArgumentParser, make_servicer: MakeServicer,

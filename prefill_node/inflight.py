@@ -10,11 +10,6 @@ from typing import Any
 from pdpair.node.tally import TransferTally
 
 
-def dropped_by_cancel(res: Any) -> bool:
-    """A plan that TransferWorkers.cancel dropped before any of its batches ran: nothing moved, nothing failed."""
-    return not res.ok and res.batches == 0 and res.nbytes == 0 and (res.error or "").startswith("cancelled")
-
-
 @dataclass(eq=False)
 class RequestTransfers:
     rid: str
@@ -54,11 +49,11 @@ class InflightManager:
             rt.error = rt.error or f"transfer raised {exc!r}"
             return
         res = fut.result()
-        if dropped_by_cancel(res):
+        if res.batches == 0 and res.cancelled:  # dropped by TransferWorkers.cancel before any batch ran
             return
         if self._on_result is not None:
             self._on_result(res)
-        if not res.ok:
+        if res.needs_quarantine:  # a write failed: it may still land
             rt.error = rt.error or (res.error or "transfer failed")
             return
         rt.tally.add(items=items, nbytes=res.nbytes, entries=res.entries, batches=res.batches,

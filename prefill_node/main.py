@@ -20,9 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _make_servicer(rt):
     from pdpair.prefill_node.servicer import PrefillServicer
-    from pdpair.proto import pdpair_pb2_grpc as pb_grpc
 
-    return PrefillServicer(rt), pb_grpc.add_PrefillNodeServicer_to_server, "pdpair.v1.PrefillNode"
+    return PrefillServicer(rt), "PrefillNode"
 
 
 def main(argv: list[str] | None = None) -> int:

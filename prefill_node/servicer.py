@@ -16,8 +16,9 @@ from pdpair.node.engine_thread import EngineFailure
 from pdpair.node.layout import layout_from_proto, layout_to_proto
 from pdpair.node.runtime import NodeRuntime
 from pdpair.node.status import RpcError, rpc_edge
-from pdpair.prefill_node.bootstrap import BootstrapManager, UnknownPeer
+from pdpair.prefill_node.bootstrap import BootstrapManager, PeerRefused, UnknownPeer, peer_claim
 from pdpair.prefill_node.inflight import InflightManager
+from pdpair.prefill_node.live import AbortedEarly, Live, LiveRequests, NotYours
 from pdpair.prefill_node.validate import expected_items, validate_registration
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
@@ -27,19 +28,38 @@ logger = logging.getLogger(__name__)
 Code = grpc.StatusCode
 
 
+async def _until_done(live: Live):
+    """Await the request's task. Cancelled (the decode node went away): cancel the task once and still wait
+    for it, so the call ends only after its cleanup (no write in flight, items freed or quarantined)."""
+    try:
+        return await asyncio.shield(live.task)
+    except asyncio.CancelledError:
+        live.cancel()
+        while not live.task.done():
+            try:
+                await asyncio.shield(live.task)
+            except asyncio.CancelledError:
+                continue
+            except BaseException:
+                break
+        raise
+
+
 class PrefillServicer(pb_grpc.PrefillNodeServicer):
     def __init__(self, rt: NodeRuntime) -> None:
         self.rt = rt
         self.bootstrap = BootstrapManager(rt.layout)
         self.waiting = Admission(rt.cfg.max_queue)
         self.inflight = InflightManager(on_result=self._on_result)
+        self.live = LiveRequests()
         rt.set_stage_counts(lambda: {"transferring": self.inflight.num_transferring,
                                      "inflight_transfers": self.inflight.num_batches})
         self._info = rt.model_info()
 
     def _on_result(self, res) -> None:
-        self.rt.metrics.observe_batch(res.ok, res.nbytes, res.seconds)
-        if res.ok:
+        ok = not res.needs_quarantine  # a cancel that dropped unsent batches is no failure
+        self.rt.metrics.observe_batch(ok, res.nbytes, res.seconds)
+        if ok:
             self.rt.counters.transfer_bytes_total += res.nbytes
             self.rt.counters.transfer_batches_total += 1
 
@@ -51,7 +71,9 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
         except ValueError as exc:
             raise RpcError(Code.INVALID_ARGUMENT, f"bad decode layout: {exc}") from None
         try:
-            local = self.bootstrap.handshake(remote)
+            local = self.bootstrap.handshake(remote, peer_claim(context))
+        except PeerRefused as exc:
+            raise RpcError(Code.PERMISSION_DENIED, str(exc)) from None
         except LayoutMismatch as exc:
             raise RpcError(Code.FAILED_PRECONDITION, str(exc)) from None
         except ValueError as exc:
@@ -59,14 +81,16 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
         return pb.HandshakeResponse(prefill_layout=layout_to_proto(local))
 
     # -- Prefill ---------------------------------------------------------------------------------
-    def _validate(self, request: pb.PrefillRequest) -> tuple[MemoryLayout, object, dict[str, np.ndarray]]:
+    def _validate(self, request: pb.PrefillRequest, context) -> tuple[MemoryLayout, object, dict[str, np.ndarray]]:
         try:
-            peer = self.bootstrap.peer(request.registration.decode_node_id)
+            peer = self.bootstrap.peer(request.registration.decode_node_id, peer_claim(context))
         except UnknownPeer as exc:
             raise RpcError(Code.FAILED_PRECONDITION, str(exc.args[0])) from None
+        except PeerRefused as exc:
+            raise RpcError(Code.PERMISSION_DENIED, str(exc)) from None
         info = self._info
         try:
-            sampling = sampling_from_proto(request.sampling)
+            sampling = sampling_from_proto(request.sampling, info.vocab_size)
             check_prompt(list(request.token_ids), info.vocab_size, info.context_length)
             expected = expected_items(self.rt.engine.pools.windows(), len(request.token_ids), info.page_size)
             num_items = {r.kind: r.num_items for r in peer.regions}
@@ -78,32 +102,57 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
     @rpc_edge
     async def Prefill(self, request: pb.PrefillRequest, context) -> pb.PrefillResult:
         if self.rt.draining:
-            raise RpcError(Code.UNAVAILABLE, "prefill node is draining")
-        peer, sampling, dst = self._validate(request)
+            raise RpcError(Code.UNAVAILABLE, "prefill node is draining", pb.PREFILL_DRAINING)
+        peer, sampling, dst = self._validate(request, context)
         rid = request.rid
         try:
             self.waiting.admit(rid)
         except QueueFull as exc:
-            raise RpcError(Code.RESOURCE_EXHAUSTED, str(exc)) from None
+            raise RpcError(Code.RESOURCE_EXHAUSTED, str(exc), pb.PREFILL_OVERLOADED) from None
         except ValueError as exc:
             raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from None
+        try:
+            live = self.live.open(rid, peer.node_id)
+        except AbortedEarly:
+            self.waiting.done(rid)
+            raise RpcError(Code.CANCELLED, f"request {rid!r} was aborted before it arrived") from None
         self.rt.inflight += 1
         self.rt.counters.requests_total += 1
         self.rt.metrics.requests.inc()
+        ok = False
         try:
-            return await self._prefill(rid, list(request.token_ids), sampling, peer, dst)
-        except (RpcError, asyncio.CancelledError):
-            self.rt.counters.requests_aborted += 1
-            self.rt.metrics.aborted.inc()
-            raise
+            live.task = asyncio.ensure_future(self._prefill(live, list(request.token_ids), sampling, peer, dst))
+            result = await _until_done(live)
+            ok = True
+            return result
         finally:
+            if not ok:
+                self.rt.counters.requests_aborted += 1
+                self.rt.metrics.aborted.inc()
             self.waiting.done(rid)
             self.rt.inflight -= 1
 
-    async def _prefill(self, rid: str, ids: list[int], sampling, peer: MemoryLayout,
+    @rpc_edge
+    async def Abort(self, request: pb.AbortRequest, context) -> pb.AbortResponse:
+        """Returns once no write of the request can still land in the decode node's memory."""
+        try:
+            self.bootstrap.peer(request.decode_node_id, peer_claim(context))
+            out = await self.live.abort(request.rid, request.decode_node_id)
+        except UnknownPeer as exc:
+            raise RpcError(Code.FAILED_PRECONDITION, str(exc.args[0])) from None
+        except PeerRefused as exc:
+            raise RpcError(Code.PERMISSION_DENIED, str(exc)) from None
+        except NotYours:
+            raise RpcError(Code.PERMISSION_DENIED,
+                           f"request {request.rid!r} was not registered by {request.decode_node_id!r}") from None
+        logger.debug("abort %s: found=%s transfer_failed=%s", request.rid, out.found, out.transfer_failed)
+        return pb.AbortResponse(found=out.found, writes_drained=True, transfer_failed=out.transfer_failed)
+
+    async def _prefill(self, live: Live, ids: list[int], sampling, peer: MemoryLayout,
                        dst: dict[str, np.ndarray]) -> pb.PrefillResult:
+        """The request's one task: prefill, stream pages, and on any ending free or quarantine its items."""
         t0 = time.perf_counter()
-        thread = self.rt.thread
+        rid, thread = live.rid, self.rt.thread
         req = Request(rid=rid, input_ids=ids, sampling=sampling)
         stream = thread.open_stream(rid)
         self.inflight.open(rid)
@@ -115,7 +164,8 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
             first_token, t_first_chunk = await self._stream_chunks(rid, stream, peer, dst)
             tr = await self.inflight.wait(rid)
             if tr.error is not None:
-                raise RpcError(Code.ABORTED, f"request {rid!r}: page transfer failed: {tr.error}")
+                raise RpcError(Code.ABORTED, f"request {rid!r}: page transfer failed: {tr.error}",
+                               pb.TRANSFER_FAILED)
             await thread.call(lambda e: e.scheduler.release(rid))
             t_end = time.perf_counter()
             logger.debug("prefill %s: %d tokens, %d items, %d batches, %.3fs", rid, len(ids), tr.tally.items,
@@ -123,11 +173,13 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
             return pb.PrefillResult(rid=rid, first_token=first_token, queue_seconds=t_first_chunk - t0,
                                     prefill_seconds=t_end - t0, transfer=tr.tally.to_proto())
         except BaseException:
-            await self._cleanup(rid)
+            live.cleaning = True
+            await self._cleanup(live)
             raise
         finally:
             thread.close_stream(rid)
             self.inflight.close(rid)
+            self.live.close(live)
 
     async def _stream_chunks(self, rid: str, stream: asyncio.Queue, peer: MemoryLayout,
                              dst: dict[str, np.ndarray]) -> tuple[int, float]:
@@ -137,8 +189,10 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
         while True:
             ev = await stream.get()
             if isinstance(ev, EngineFailure):
-                raise RpcError(Code.INTERNAL, f"request {rid!r}: engine failure: {ev.error}")
+                raise RpcError(Code.INTERNAL, f"request {rid!r}: engine failure: {ev.error}", pb.PREFILL_FAILED)
             if not isinstance(ev, ChunkEvent):
+                if ev.finish_reason == "error":
+                    raise RpcError(Code.INTERNAL, f"request {rid!r}: the prefill forward failed", pb.PREFILL_FAILED)
                 if ev.finish_reason is not None:
                     raise RpcError(Code.ABORTED, f"request {rid!r} ended during prefill ({ev.finish_reason})")
                 continue
@@ -146,7 +200,9 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
             pairs = {}
             for kind, src in ev.kind_pages.items():
                 lo, n = ev.kind_starts[kind], len(src)
-                assert lo + n <= len(dst[kind]), f"{kind}: pages [{lo}, {lo + n}) past {len(dst[kind])} registered"
+                if lo + n > len(dst[kind]):
+                    raise RpcError(Code.INTERNAL, f"request {rid!r}: {kind} pages [{lo}, {lo + n}) past the "
+                                                  f"{len(dst[kind])} registered")
                 pairs[kind] = (np.asarray(src), dst[kind][lo:lo + n])
                 sent[kind] = lo + n
             plan = build_plan(self.rt.layout, peer, pairs)
@@ -155,30 +211,23 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
                 self.inflight.add(rid, asyncio.wrap_future(cf), plan.num_items, plan.kind_totals)
             error = self.inflight.failed(rid)
             if error is not None:
-                raise RpcError(Code.ABORTED, f"request {rid!r}: page transfer failed: {error}")
+                raise RpcError(Code.ABORTED, f"request {rid!r}: page transfer failed: {error}", pb.TRANSFER_FAILED)
             if ev.is_last:
-                for kind, n in sent.items():
-                    assert n == len(dst[kind]), f"{kind}: sent {n} pages, {len(dst[kind])} registered"
-                assert ev.first_token is not None, "last chunk without a first token"
+                short = {k: (n, len(dst[k])) for k, n in sent.items() if n != len(dst[k])}
+                if short or ev.first_token is None:
+                    raise RpcError(Code.INTERNAL, f"request {rid!r}: last chunk sent {short or 'no first token'}")
                 return int(ev.first_token), t_first
 
-    async def _cleanup(self, rid: str) -> None:
+    async def _cleanup(self, live: Live) -> None:
         """Cancelled or failed: drop batches not yet started and let started ones end (a completed worker
         future means nothing of it moves any more). Then free the pages, or quarantine them when a write
         failed (it may still land)."""
+        rid = live.rid
         self.rt.workers.cancel(rid)
         tr = await self.inflight.wait(rid)
-        if tr.error is not None:
-            await self.rt.thread.call(lambda e: self._detach_and_hold(e, rid))
-        else:
-            await self.rt.thread.call(lambda e: e.scheduler.abort(rid))
+        live.transfer_failed = tr.error is not None
+        await self.rt.thread.call(lambda e: self.rt.abort_request(e, rid, hold=live.transfer_failed))
         logger.debug("prefill %s aborted (transfer error: %s)", rid, tr.error)
-
-    def _detach_and_hold(self, engine, rid: str) -> None:
-        try:
-            self.rt.hold(engine.scheduler.detach(rid))
-        except KeyError:
-            pass
 
     # -- ModelInfo / Stats -----------------------------------------------------------------------
     async def ModelInfo(self, request, context) -> pb.ModelInfoResponse:

@@ -9,6 +9,9 @@ import grpc
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
 
+from pdpair.logfmt import bind_rid
+from pdpair.tls import TlsFiles, aio_channel
+
 logger = logging.getLogger(__name__)
 
 _CHANNEL_OPTIONS = [
@@ -24,12 +27,12 @@ SLOW_POLLS_LIMIT = 3
 class NodeClient:
     """One node: `role` is "prefill" or "decode"; `addr` is "host:port"."""
 
-    def __init__(self, addr: str, role: str):
+    def __init__(self, addr: str, role: str, tls: TlsFiles | None = None):
         if role not in ("prefill", "decode"):
             raise ValueError(f"role must be 'prefill' or 'decode', got {role!r}")
         self.addr = addr
         self.role = role
-        self.channel = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+        self.channel = aio_channel(addr, tls, _CHANNEL_OPTIONS)  # mutual TLS when tls is set
         stub_cls = pb_grpc.DecodeNodeStub if role == "decode" else pb_grpc.PrefillNodeStub
         self.stub = stub_cls(self.channel)
         self.healthy = False
@@ -76,6 +79,7 @@ class NodeClient:
 
     def generate(self, req: pb.GenerateRequest, timeout: float | None) -> grpc.aio.UnaryStreamCall:
         assert self.role == "decode", f"Generate is a decode-node call, {self.addr} is {self.role}"
+        bind_rid(req.rid)  # the calling request's task logs with this id from here on
         return self.stub.Generate(req, timeout=timeout)
 
     def load(self) -> int:

@@ -4,6 +4,10 @@ P2P handshake, no metadata server. The measured behaviour it relies on is in
 MOONCAKE.md: large batches break a peer, so plans are split; return codes never
 raise, so they become ``TransferResult``s; Mooncake does not check the source
 side over TCP, so it is checked here; ``MC_LOG_DIR`` aborts the process.
+
+Exposure: the engine (0.3.x) listens on every interface, unauthenticated, whatever host it is given
+(``MC_TCP_BIND_ADDRESS`` only picks the advertised address); ``MC_MIN_RPC_PORT``/``MC_MAX_RPC_PORT`` bound
+its ports (15000-17000 by default). Only a firewall or NetworkPolicy can keep other hosts off them.
 """
 
 from __future__ import annotations
@@ -89,6 +93,10 @@ class MooncakeEngine:
         self._regions: tuple[MemoryRegion, ...] = ()
         self._lock = threading.Lock()
         logger.info("transfer engine up: session %s over %s", self._session_id, protocol)
+        logger.log(logging.INFO if host in ("127.0.0.1", "localhost", "::1") else logging.WARNING,
+                   "the Mooncake transfer engine listens on every interface without authentication (ports "
+                   "%s-%s): keep them reachable from peer nodes only (firewall or NetworkPolicy)",
+                   os.environ.get("MC_MIN_RPC_PORT", "15000"), os.environ.get("MC_MAX_RPC_PORT", "17000"))
 
     @property
     def session_id(self) -> str:

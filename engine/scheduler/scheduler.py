@@ -7,10 +7,12 @@ import logging
 import numpy as np
 from pdpair.engine.batch import ForwardMode
 from pdpair.engine.events import ChunkEvent, SchedulerStats, StepEvent
+from pdpair.engine.faults import Faults, InjectedFault
 from pdpair.engine.request import ReqStatus, Request
 from pdpair.engine.runner import ModelRunner
 from pdpair.engine.scheduler.decode import DecodeManager
 from pdpair.engine.scheduler.handoff import chunk_items, destination_items
+from pdpair.engine.scheduler.isolate import Isolator
 from pdpair.engine.scheduler.prefill import PrefillManager
 from pdpair.engine.scheduler.resources import ResourceManager
 from pdpair.engine.scheduler.stop import StopChecker
@@ -38,6 +40,9 @@ class Scheduler:
         self.decode = DecodeManager(resources)
         self._reqs: dict[str, Request] = {}
         self._pending: list[StepEvent] = []  # produced between steps (activate)
+        self._activations: list[tuple[Request, int]] = []  # landed remote prefills waiting for decode room
+        self.faults = Faults.from_env()
+        self.isolator = Isolator(self.faults.poison_token)
         self._rng = np.random.default_rng(seed)
 
     # ---- submission ---------------------------------------------------------------------------
@@ -46,7 +51,8 @@ class Scheduler:
         self._register(req)
         req.prefill_only = prefill_only
         self.waiting.push(req)
-        logger.debug("submitted %s: %d prompt tokens, prefill_only=%s", req.rid, req.prompt_len, prefill_only)
+        logger.debug("submitted %s: %d prompt tokens, prefill_only=%s", req.rid, req.prompt_len, prefill_only,
+                     extra={"rid": req.rid})
 
     def _register(self, req: Request) -> None:
         if req.rid in self._reqs:
@@ -59,24 +65,30 @@ class Scheduler:
 
     # ---- stepping -----------------------------------------------------------------------------
     def has_work(self) -> bool:
-        return bool(self._pending or len(self.waiting) or len(self.prefill) or len(self.decode))
+        return bool(self._pending or self._activations or len(self.waiting) or len(self.prefill)
+                    or len(self.decode))
 
     def step(self) -> list[StepEvent | ChunkEvent]:
+        if self.faults.step_error:
+            raise InjectedFault("fault injection: scheduler step (PDPAIR_FAULT_STEP_ERROR)")
         events: list[StepEvent | ChunkEvent] = self._pending
         self._pending = []
+        self._activate_ready(events)
         self._admit()
         batch, retracted = self.decode.next_batch()
         for req in retracted:
             self._retract(req, events)
         if batch:
-            toks = self.runner.run(ForwardMode.DECODE, batch, [1] * len(batch))
-            for req, tok in zip(batch, toks, strict=True):
+            done, failed = self.isolator.run(lambda r, n: self.runner.run(ForwardMode.DECODE, r, n),
+                                             batch, [1] * len(batch))
+            self._fail(failed, events)
+            for req, _, tok in done:
                 self._on_token(req, tok, events)
         planned = self.prefill.next_batch()
         if planned is not None:
-            reqs, lens = planned
-            toks = self.runner.run(ForwardMode.EXTEND, reqs, lens)
-            for req, n, tok in zip(reqs, lens, toks, strict=True):
+            done, failed = self.isolator.run(lambda r, n: self.runner.run(ForwardMode.EXTEND, r, n), *planned)
+            self._fail(failed, events)
+            for req, n, tok in done:
                 if tok is None:
                     req.num_cached += n
                     if req.prefill_only:
@@ -86,8 +98,19 @@ class Scheduler:
                     self._on_token(req, tok, events)
         return events
 
+    def _fail(self, failed: list, events: list) -> None:
+        """Requests whose forward raises end with finish_reason "error"; the rest of the batch goes on."""
+        for f in failed:
+            self._unlink(f.req)
+            self._finish(f.req, "error")
+            events.append(StepEvent(f.req.rid, [], "error"))
+
+    def _num_prealloc(self) -> int:
+        return sum(1 for r in self._reqs.values() if r.status is ReqStatus.PREALLOC)
+
     def _admit(self) -> None:
-        resident = len(self.prefill) + len(self.decode)
+        # preallocated requests will decode soon too: they count against slots and the page reserve
+        resident = len(self.prefill) + len(self.decode) + self._num_prealloc()
         slots = self.max_running_requests - resident
         if slots <= 0 or not len(self.waiting):
             return
@@ -129,7 +152,7 @@ class Scheduler:
         req.status = ReqStatus.FINISHED
         req.finish_reason = reason
         del self._reqs[req.rid]
-        logger.debug("finished %s (%s): %d tokens", req.rid, reason, len(req.output_ids))
+        logger.debug("finished %s (%s): %d tokens", req.rid, reason, len(req.output_ids), extra={"rid": req.rid})
 
     # ---- cancellation and hand-over -----------------------------------------------------------
     def abort(self, rid: str) -> bool:
@@ -159,6 +182,7 @@ class Scheduler:
             self.resources.pools.allocator(kind).free(ids)
 
     def _unlink(self, req: Request) -> None:
+        self._activations = [(r, t) for r, t in self._activations if r is not req]
         if req.status is ReqStatus.WAITING:
             self.waiting.remove(req)
         elif req.status is ReqStatus.PREFILLING:
@@ -170,7 +194,7 @@ class Scheduler:
     def preallocate(self, req: Request) -> dict[str, np.ndarray] | None:
         """Reserve destination items for the prompt (request order); None when the pools cannot hold it now."""
         self._register(req)
-        reserve = len(self.prefill) + len(self.decode)
+        reserve = len(self.prefill) + len(self.decode) + self._num_prealloc()
         if reserve >= self.max_running_requests or not self.resources.acquire(req, req.prompt_len, reserve,
                                                                               window_from=req.prompt_len):
             del self._reqs[req.rid]
@@ -180,24 +204,34 @@ class Scheduler:
 
     def activate(self, rid: str, first_token: int) -> None:
         """The prompt's K/V is in the preallocated pages: join the running batch as if prefilled locally.
-        The next step() reports `first_token` in a StepEvent, like a local prefill would."""
+        A later step() reports `first_token` in a StepEvent, like a local prefill would. Joining waits
+        while the pool has no page of headroom per running request, so that landed remote prefills never
+        make the decode batch retract (evict) requests."""
         req = self._reqs.get(rid)
-        if req is None or req.status is not ReqStatus.PREALLOC:
+        if req is None or req.status is not ReqStatus.PREALLOC or any(r is req for r, _ in self._activations):
             raise KeyError(f"request {rid!r} is not preallocated")
         self.validator.check_token(first_token)
-        req.num_cached = req.prompt_len
-        req.output_ids.append(int(first_token))
-        reason = self.stop.finish_reason(req)
-        self._pending.append(StepEvent(rid, [int(first_token)], reason))
-        if reason is not None:
-            self._finish(req, reason)
-        else:
-            req.status = ReqStatus.RUNNING
-            self.decode.add(req)
+        self._activations.append((req, int(first_token)))
+
+    def _activate_ready(self, events: list) -> None:
+        while self._activations:
+            req, tok = self._activations[0]
+            if len(self.decode) and self.resources.min_free < len(self.decode) + 1:
+                return
+            self._activations.pop(0)
+            req.num_cached = req.prompt_len
+            req.output_ids.append(tok)
+            reason = self.stop.finish_reason(req)
+            events.append(StepEvent(req.rid, [tok], reason))
+            if reason is not None:
+                self._finish(req, reason)
+            else:
+                req.status = ReqStatus.RUNNING
+                self.decode.add(req)
 
     def stats(self) -> SchedulerStats:
         held = sum(1 for r in self._reqs.values() if r.status is ReqStatus.HELD)
-        prealloc = sum(1 for r in self._reqs.values() if r.status is ReqStatus.PREALLOC)
+        prealloc = self._num_prealloc()
         kv = self.resources.kv
         return SchedulerStats(len(self.waiting), len(self.prefill), len(self.decode), held, prealloc,
                               kv.num_free, kv.num_total)

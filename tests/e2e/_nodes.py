@@ -20,9 +20,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
 
+from pdpair.tls import TlsFiles, sync_channel
+
 MODULES = {"prefill": "pdpair.prefill_node.main", "decode": "pdpair.decode_node.main"}
 # small pools and chunks: many pages and several chunks per prompt, quick to allocate
-DEFAULT_ARGS = ("--page-size", "16", "--chunk-size", "64", "--max-pages", "320", "--quarantine-seconds", "2")
+DEFAULT_ARGS = ("--page-size", "16", "--chunk-size", "64", "--max-pages", "320")
 
 
 def free_port() -> int:
@@ -37,10 +39,11 @@ class Node:
     port: int
     proc: subprocess.Popen
     log: Path
+    tls: TlsFiles | None = None  # the node serves mutual TLS; the test's channel presents these files
     channel: grpc.Channel = field(init=False)
 
     def __post_init__(self) -> None:
-        self.channel = grpc.insecure_channel(self.addr)
+        self.channel = sync_channel(self.addr, self.tls)
 
     @property
     def addr(self) -> str:
@@ -77,15 +80,21 @@ class Node:
         return self.proc.returncode
 
 
-def start_node(role: str, *extra: str, log_dir: Path | None = None, port: int | None = None) -> Node:
+def tls_args(tls: TlsFiles | None) -> list[str]:
+    return [] if tls is None else ["--tls-cert", tls.cert, "--tls-key", tls.key, "--tls-ca", tls.ca]
+
+
+def start_node(role: str, *extra: str, log_dir: Path | None = None, port: int | None = None,
+               tls: TlsFiles | None = None, env: dict[str, str] | None = None) -> Node:
     port = port or free_port()
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="pdpair-e2e-"))
     log = log_dir / f"{role}-{port}.log"
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    cmd = [sys.executable, "-m", MODULES[role], "--host", "127.0.0.1", "--port", str(port), *DEFAULT_ARGS, *extra]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), **(env or {}))
+    cmd = [sys.executable, "-m", MODULES[role], "--host", "127.0.0.1", "--port", str(port), *DEFAULT_ARGS,
+           *tls_args(tls), *extra]
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-    return Node(role, port, proc, log)
+    return Node(role, port, proc, log, tls)
 
 
 def wait_healthy(nodes: list[Node], timeout: float = 240.0) -> None:
@@ -120,10 +129,10 @@ class Cluster:
 
 
 def start_cluster(prefill: bool = True, decode: bool = True, prefill_args: tuple[str, ...] = (),
-                  decode_args: tuple[str, ...] = ()) -> Cluster:
+                  decode_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Cluster:
     log_dir = Path(tempfile.mkdtemp(prefix="pdpair-e2e-"))
-    c = Cluster(start_node("prefill", *prefill_args, log_dir=log_dir) if prefill else None,
-                start_node("decode", *decode_args, log_dir=log_dir) if decode else None)
+    c = Cluster(start_node("prefill", *prefill_args, log_dir=log_dir, env=env) if prefill else None,
+                start_node("decode", *decode_args, log_dir=log_dir, env=env) if decode else None)
     try:
         wait_healthy(c.nodes)
     except BaseException:

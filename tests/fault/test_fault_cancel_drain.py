@@ -112,7 +112,8 @@ def test_pair_still_serves_correct_output(cluster):
 
 def test_prefill_node_restart_and_crash(cluster):
     """A restarted prefill node (new transfer session) is paired again transparently; one killed during a
-    prefill fails the request with UNAVAILABLE and the decode node gets its pages back (after quarantine)."""
+    prefill fails the request with UNAVAILABLE, and the decode node quarantines that request's pages (no
+    one can confirm its writes stopped) while every other page is free."""
     d = cluster.decode
     ids, sp = prompt(100, salt=4), sampling(6)
     reference = generate(d.stub, ids, sp).tokens
@@ -134,7 +135,10 @@ def test_prefill_node_restart_and_crash(cluster):
         with pytest.raises(grpc.RpcError) as info:
             list(call)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
-        wait_all_free(d)
+        pages = -(-len(req.token_ids) // 16)
+        _wait_for(lambda: d.stats().pools[0].quarantined == pages, f"{pages} pages in quarantine", 60)
+        kv = d.stats().pools[0]
+        assert kv.free + kv.quarantined == kv.total, kv
     finally:
         second.stop()
 

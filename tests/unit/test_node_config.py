@@ -31,7 +31,7 @@ def test_decode_flags_build_a_frozen_config():
 def test_prefill_defaults_and_advertise_host():
     cfg = config_from_args("prefill", prefill_parser().parse_args(["--advertise-host", "10.0.0.5"]))
     assert cfg.model == "smollm2-135m" and cfg.transfer_protocol == "tcp" and cfg.advertise_host == "10.0.0.5"
-    assert cfg.max_pages is None and cfg.metrics_port is None and cfg.host == "0.0.0.0"
+    assert cfg.max_pages is None and cfg.metrics_port is None and cfg.host == "127.0.0.1"  # loopback unless --host says otherwise
     assert cfg.quarantine_seconds > 30  # longer than Mooncake's default transfer timeout
 
 
@@ -56,9 +56,10 @@ def test_help_describes_every_flag(script):
     assert out.returncode == 0
     for flag in ("--model", "--host", "--port", "--advertise-host", "--device", "--dtype", "--page-size",
                  "--max-pages", "--mem-fraction", "--chunk-size", "--transfer-protocol", "--rdma-devices",
-                 "--metrics-port", "--log-level"):
+                 "--metrics-port", "--log-level", "--tls-cert", "--tls-key", "--tls-ca", "--tls-server-name"):
         assert flag in out.stdout, flag
     assert ("--local-prefill-below" in out.stdout) == script.startswith("pdpair.decode")
+    assert ("--prefill-allow" in out.stdout) == script.startswith("pdpair.decode")
 
 
 def test_sampling_zero_values_mean_off_and_round_trip():

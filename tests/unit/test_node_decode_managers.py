@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from pdpair.decode_node.prealloc import PreallocManager
 from pdpair.decode_node.running import RunningManager
-from pdpair.decode_node.transfers import TransferManager, must_quarantine
+from pdpair.decode_node.transfers import TransferManager, nothing_sent
+from pdpair.proto import pdpair_pb2 as pb
 
 
 class _Req:
@@ -65,11 +66,12 @@ def test_transfer_manager_and_quarantine_policy():
     # no write can have started after these answers: free at once
     for code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
                  grpc.StatusCode.FAILED_PRECONDITION):
-        assert not must_quarantine(code)
-    # a write may still land after these: quarantine
+        assert nothing_sent(code)
+    assert nothing_sent(grpc.StatusCode.UNAVAILABLE, pb.PREFILL_DRAINING)  # a draining node refuses up front
+    # a write may have started after these: only the prefill node's Abort can tell
     for code in (grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
-                 grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, None):
-        assert must_quarantine(code)
+                 grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
+        assert not nothing_sent(code)
 
 
 def test_running_manager_times_first_and_later_tokens():

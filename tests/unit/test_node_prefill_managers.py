@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 from pdpair.node.admission import Admission, QueueFull
-from pdpair.prefill_node.bootstrap import BootstrapManager, UnknownPeer
+from pdpair.prefill_node.bootstrap import BootstrapManager, PeerClaim, PeerRefused, UnknownPeer
 from pdpair.prefill_node.inflight import InflightManager
 from pdpair.transfer import LayoutMismatch, MemoryLayout, MemoryRegion, TransferResult
 
@@ -33,22 +33,26 @@ def test_admission_bounds_and_unique_ids():
         a.admit("")
 
 
+LOCAL = PeerClaim(None, "127.0.0.1")
+
+
 def test_bootstrap_pairs_compatible_peers_only():
     b = BootstrapManager(_layout("p", "127.0.0.1:2"))
     with pytest.raises(UnknownPeer):
         b.peer("d")
-    assert b.handshake(_layout(regions=(MemoryRegion("kv", 0, 1024, 99, "float32"),))).node_id == "p"
+    assert b.handshake(_layout(regions=(MemoryRegion("kv", 0, 1024, 99, "float32"),)), LOCAL).node_id == "p"
     assert b.peer("d").regions[0].num_items == 99  # item counts may differ between nodes
     with pytest.raises(LayoutMismatch) as info:
-        b.handshake(_layout("d2", page_size=32))
+        b.handshake(_layout("d2", page_size=32), LOCAL)
     assert info.value.field == "page_size"
     with pytest.raises(LayoutMismatch, match="dtype"):
-        b.handshake(_layout("d3", regions=(MemoryRegion("kv", 0, 1024, 9, "bfloat16"),)))
+        b.handshake(_layout("d3", regions=(MemoryRegion("kv", 0, 1024, 9, "bfloat16"),)), LOCAL)
     with pytest.raises(ValueError, match="no transfer session"):
-        b.handshake(_layout("d4", session=""))
+        b.handshake(_layout("d4", session=""), LOCAL)
     assert len(b) == 1
-    b.handshake(_layout(session="127.0.0.1:9"))  # a restarted decode node: the new session wins
-    assert b.peer("d").session_id == "127.0.0.1:9"
+    with pytest.raises(PeerRefused, match="new id"):  # a restarted decode node comes back under a new id
+        b.handshake(_layout(session="127.0.0.1:9"), LOCAL)
+    assert b.peer("d").session_id == "127.0.0.1:1"
 
 
 def test_inflight_tallies_results_and_reports_failures():
@@ -86,7 +90,7 @@ def test_inflight_ignores_batches_dropped_by_cancel():
         m.open("r")
         f = asyncio.get_running_loop().create_future()
         m.add("r", f, items=3)
-        f.set_result(TransferResult(False, 0, 0, 0, 0.0, "cancelled with 1 batches unsent"))
+        f.set_result(TransferResult(False, 0, 0, 0, 0.0, "cancelled with 1 batches unsent", cancelled=True))
         tr = await m.wait("r")
         assert tr.error is None and tr.tally.items == 0
 

@@ -1,0 +1,77 @@
+"""Registers a servicer's methods with a grpc.aio server, parsing requests at our edge: a malformed
+protobuf body answers INVALID_ARGUMENT naming the method (gRPC's own deserializer answers UNKNOWN). A request
+with a `rid` binds it for the log lines of its handler (pdpair.logfmt)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from typing import Any
+
+import grpc
+from google.protobuf import message as pb_message
+from google.protobuf.message_factory import GetMessageClass
+from pdpair.proto import pdpair_pb2 as pb
+
+from pdpair.logfmt import bind_rid
+
+logger = logging.getLogger(__name__)
+
+
+def _parser(method) -> Any:
+    cls = GetMessageClass(method.input_type)
+
+    def parse(raw: bytes):
+        msg = cls()
+        msg.ParseFromString(raw)
+        return msg
+
+    return parse
+
+
+def _unary(fn, parse, name: str):
+    @functools.wraps(fn)
+    async def handler(raw: bytes, context):
+        try:
+            request = parse(raw)
+        except pb_message.DecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: malformed request message: {exc}")
+        bind_rid(getattr(request, "rid", ""))
+        return await fn(request, context)
+
+    return handler
+
+
+def _stream(fn, parse, name: str):
+    @functools.wraps(fn)
+    async def handler(raw: bytes, context):
+        try:
+            request = parse(raw)
+        except pb_message.DecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: malformed request message: {exc}")
+        bind_rid(getattr(request, "rid", ""))
+        async for item in fn(request, context):
+            yield item
+
+    return handler
+
+
+def add_service(server: grpc.aio.Server, servicer: Any, service: str) -> str:
+    """Add every method of `service` (a service name in pdpair.proto) implemented by `servicer`; returns the
+    full service name (for the health service)."""
+    desc = pb.DESCRIPTOR.services_by_name[service]
+    handlers = {}
+    for m in desc.methods:
+        fn = getattr(servicer, m.name)
+        parse = _parser(m)
+        out = GetMessageClass(m.output_type).SerializeToString
+        if m.server_streaming:  # an async generator, or a coroutine writing with context.write
+            wrap = _stream if inspect.isasyncgenfunction(fn) else _unary
+            handlers[m.name] = grpc.unary_stream_rpc_method_handler(
+                wrap(fn, parse, m.name), request_deserializer=None, response_serializer=out)
+        else:
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(
+                _unary(fn, parse, m.name), request_deserializer=None, response_serializer=out)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(desc.full_name, handlers),))
+    return desc.full_name

@@ -133,7 +133,6 @@ def bench_swa_decode(bsz: int = 64, ctx: int = 32768, window: int = 4096) -> dic
     row(f"decode B{bsz} ctx{ctx} full attention", f"{full_ms * 1e3:8.1f} us")
     row(f"decode B{bsz} ctx{ctx} window {window} (swa)", f"{swa_ms * 1e3:8.1f} us",
         f"{swa_ms / full_ms:.3f} x full (window/ctx = {window / ctx:.3f}); vs masked full scan rel err {err:.1e}")
-    del kc, vc
     return {"full_ms": full_ms, "swa_ms": swa_ms, "ratio": swa_ms / full_ms, "rel_err": err}
 
 

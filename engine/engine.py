@@ -17,7 +17,7 @@ from pdpair.engine.config import (
     resolve_max_pages,
 )
 from pdpair.engine.events import GenerateOutput, StepEvent
-from pdpair.engine.memory import KVPool, PoolSet, ReqToTokenPool
+from pdpair.engine.memory import SWA_KIND, KVPool, PoolSet, ReqToTokenPool
 from pdpair.engine.request import Request
 from pdpair.engine.runner import ModelRunner
 from pdpair.engine.sampling import SamplingParams
@@ -41,14 +41,15 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.fingerprint = (f"{mc.arch}/L{mc.num_layers}/kvh{mc.num_kv_heads}/d{mc.head_dim}/"
                             f"{config.dtype}/p{config.page_size}/{loaded.weights_digest}")
-        kv = KVPool(config.max_pages, mc.num_layers, config.page_size, mc.num_kv_heads, mc.head_dim,
-                    config.torch_dtype, config.device)
-        self.pools = PoolSet([kv], config.page_size)
+        pools, layer_pools = self._build_pools(mc, config)
+        kv = pools[0]
+        self.pools = PoolSet(pools, config.page_size)
         self.req_to_token = ReqToTokenPool(config.max_running_requests, mc.context_length, config.page_size,
-                                           config.device)
+                                           config.device, self.pools.kinds)
         backend = create_backend(config.attention_backend, kv, mc.num_heads, mc.num_kv_heads, mc.head_dim,
-                                 config.device)
-        self.runner = ModelRunner(self.model, backend, self.req_to_token, mc.vocab_size)
+                                 config.device, mc.attn_scale, layer_pools, mc.attn_logit_softcapping)
+        windows = {p.kind: p.window for p in pools if p.window is not None}
+        self.runner = ModelRunner(self.model, backend, self.req_to_token, mc.vocab_size, windows)
         if config.dump is not None:
             from pdpair.engine.debug import Dumper
 
@@ -68,9 +69,24 @@ class Engine:
             StopChecker(sorted(eos), mc.context_length, decode),
             config.chunk_size, config.max_running_requests, config.seed)
         self._ids = itertools.count()
-        logger.info("engine %s: %d KV pages of %d tokens (%.1f MiB), backend %s, %s on %s", self.model_id,
-                    config.max_pages, config.page_size, kv.buffer.nbytes / 2**20, config.attention_backend,
-                    config.dtype, config.device)
+        logger.info("engine %s: pools %s of %d pages of %d tokens (%.1f MiB), backend %s, %s on %s", self.model_id,
+                    {p.kind: len(p.layer_ids) for p in pools}, config.max_pages, config.page_size,
+                    sum(p.buffer.nbytes for p in pools) / 2**20, config.attention_backend, config.dtype, config.device)
+
+    @staticmethod
+    def _build_pools(mc, config: EngineConfig) -> tuple[list[KVPool], list[tuple[KVPool, int]]]:
+        """The full-attention pool (first) and, for sliding-window layers, the `swa` pool; each model layer's
+        (pool, index in the pool)."""
+        shape = (config.page_size, mc.num_kv_heads, mc.head_dim, config.torch_dtype, config.device)
+        pools = [KVPool(config.max_pages, len(mc.full_layers), *shape, layer_ids=mc.full_layers)]
+        if mc.swa_layers:
+            pools.append(KVPool(config.max_pages, len(mc.swa_layers), *shape, kind=SWA_KIND,
+                                window=mc.sliding_window, layer_ids=mc.swa_layers))
+        layer_pools: list[tuple[KVPool, int]] = [None] * mc.num_layers  # type: ignore[list-item]
+        for pool in pools:
+            for i, layer in enumerate(pool.layer_ids):
+                layer_pools[layer] = (pool, i)
+        return pools, layer_pools
 
     @classmethod
     def from_model(cls, model: str | None = "smollm2-135m", device: str = "cpu",

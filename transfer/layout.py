@@ -16,6 +16,8 @@ class MemoryRegion(msgspec.Struct, frozen=True):
     num_items: int
     dtype: str
     dp_rank: int = 0  # the DP-attention rank whose pool this is (a layout has one region set per DP rank)
+    window: int = 0  # sliding-window pools: tokens a query sees (its own included); 0: none
+    layers: tuple[int, ...] = ()  # the model layers whose state an item holds (empty: not stated)
 
     def __post_init__(self) -> None:
         if self.dp_rank < 0:
@@ -100,7 +102,7 @@ def check_compatible(local: MemoryLayout, remote: MemoryLayout) -> None:
     """Raise ``LayoutMismatch`` naming the first field on which the layouts differ.
 
     Order: page_size, model_fingerprint, protocol, region kinds, then per region
-    item_bytes and dtype. Item counts may differ (pools are sized per node).
+    window, layers, item_bytes and dtype. Item counts may differ (pools are sized per node).
     """
     for field in ("page_size", "model_fingerprint", "protocol"):
         a, b = getattr(local, field), getattr(remote, field)
@@ -112,7 +114,9 @@ def check_compatible(local: MemoryLayout, remote: MemoryLayout) -> None:
     pairs = [(m, remote.region(m.kind)) for m in local.regions]
     pairs += [(local.region(t.kind), t) for t in remote.regions if t.dp_rank]
     for mine, theirs in pairs:
-        for field in ("item_bytes", "dtype"):
+        for field in ("window", "layers", "item_bytes", "dtype"):
             a, b = getattr(mine, field), getattr(theirs, field)
+            if field == "layers" and not (a and b):  # a layout that does not state its layers
+                continue
             if a != b:
                 raise LayoutMismatch(f"regions[{mine.kind}].{field}", a, b)

@@ -18,6 +18,7 @@ from pdpair.engine.config import (
 )
 from pdpair.engine.events import GenerateOutput, StepEvent
 from pdpair.engine.memory import KVPool, PoolSet, ReqToTokenPool
+from pdpair.engine.memory.mamba_pool import MambaPool
 from pdpair.engine.request import Request
 from pdpair.engine.runner import ModelRunner
 from pdpair.engine.sampling import SamplingParams
@@ -27,6 +28,11 @@ from pdpair.engine.scheduler.stop import StopChecker
 from pdpair.engine.scheduler.validate import RequestValidator
 
 logger = logging.getLogger(__name__)
+
+
+def kv_layers(mc) -> int:
+    """Layers with K/V in the paged pool: all of them, or a hybrid model's attention layers."""
+    return mc.num_layers if mc.hybrid is None else mc.num_layers - mc.hybrid.num_mamba_layers
 
 
 class Engine:
@@ -41,8 +47,13 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.fingerprint = (f"{mc.arch}/L{mc.num_layers}/kvh{mc.num_kv_heads}/d{mc.head_dim}/"
                             f"{config.dtype}/p{config.page_size}/{loaded.weights_digest}")
-        kv = KVPool(config.max_pages, mc.num_layers, config.page_size, mc.num_kv_heads, mc.head_dim,
+        kv = KVPool(config.max_pages, kv_layers(mc), config.page_size, mc.num_kv_heads, mc.head_dim,
                     config.torch_dtype, config.device)
+        self.mamba_pool = None
+        if mc.hybrid is not None:  # one recurrent-state slot per request-table row
+            self.mamba_pool = MambaPool.for_rows(config.max_running_requests, mc.hybrid, config.torch_dtype,
+                                                 config.device)
+            self.model.bind_state(self.mamba_pool)
         self.pools = PoolSet([kv], config.page_size)
         self.req_to_token = ReqToTokenPool(config.max_running_requests, mc.context_length, config.page_size,
                                            config.device)
@@ -53,7 +64,8 @@ class Engine:
             from pdpair.engine.debug import Dumper
 
             self.runner.dumper = Dumper.start(config.dump, self.model, kv, loaded.model_id)
-        elif config.device.startswith("cuda") and not config.disable_cuda_graph and backend.supports_cuda_graph:
+        elif (config.device.startswith("cuda") and not config.disable_cuda_graph and backend.supports_cuda_graph
+              and mc.hybrid is None):
             from pdpair.engine.cuda_graph import DecodeCudaGraphs
 
             self.runner.graphs = DecodeCudaGraphs.for_runner(self.runner, self.req_to_token,
@@ -97,7 +109,7 @@ class Engine:
         mc = loaded.config
         dtype = next(loaded.model.parameters()).dtype
         if max_pages is None:
-            page_bytes = KVPool.page_bytes(mc.num_layers, page_size, mc.num_kv_heads, mc.head_dim, dtype)
+            page_bytes = KVPool.page_bytes(kv_layers(mc), page_size, mc.num_kv_heads, mc.head_dim, dtype)
             max_pages = resolve_max_pages(device, page_bytes, mem_fraction)
         config = EngineConfig(device=device, dtype=dtype_name(dtype), page_size=page_size,
                               max_pages=max_pages, chunk_size=chunk_size,

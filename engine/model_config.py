@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pdpair.engine.hybrid_config import HybridConfig
+
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -51,6 +53,7 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # bias on q/k/v projections (Qwen2; Llama with attention_bias)
     o_proj_bias: bool = False  # bias on the output projection (Llama with attention_bias)
+    hybrid: HybridConfig | None = None  # mamba2 layers and family details of a hybrid model (Bamba, Granite 4.0-H)
     qk_norm: bool = False  # per-head RMSNorm on q and k before rope (Qwen3)
     eos_token_ids: tuple[int, ...] = ()
     bos_token_id: int | None = None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -13,6 +14,52 @@ import torch
 class ForwardMode(Enum):
     EXTEND = "extend"  # prefill chunks: new K/V attend to the cached prefix plus themselves, causally
     DECODE = "decode"  # one new token per request
+
+
+@dataclass
+class WindowView:
+    """A sliding-window pool's metadata: its own slots for the new K/V and, per row, the keys from the page of
+    the first key its first query can see (`kv_starts`, page-aligned) to the end of the prefix (EXTEND) or the
+    sequence (DECODE). Keys before a query's window in that span are masked by the attention."""
+
+    window: int
+    out_cache_loc: torch.Tensor  # int64 [T]
+    kv_indptr: torch.Tensor  # int32 [B + 1]
+    kv_indices: torch.Tensor  # int32 [sum kv lens]
+    kv_starts: torch.Tensor  # int32 [B], position of each row's first listed key
+    kv_starts_cpu: np.ndarray
+
+
+def _gather_rows(table: torch.Tensor, rows_t: torch.Tensor, starts: np.ndarray, lens: np.ndarray) -> torch.Tensor:
+    """Concatenated `table[row, start : start + len]` over the rows."""
+    device = table.device
+    width = int(lens.max()) if len(lens) else 0
+    if not width:
+        return torch.zeros(0, dtype=torch.int32, device=device)
+    cols = torch.from_numpy(starts).to(device)[:, None] + torch.arange(width, device=device)[None, :]
+    valid = torch.arange(width, device=device)[None, :] < torch.from_numpy(lens).to(device)[:, None]
+    cols = torch.where(valid, cols, 0).clamp(max=table.shape[1] - 1)
+    return table[rows_t[:, None], cols][valid]
+
+
+def window_view(mode: ForwardMode, table: torch.Tensor, window: int, page_size: int, rows_t: torch.Tensor,
+                prefix: np.ndarray, seq: np.ndarray, ext_t: torch.Tensor, positions_t: torch.Tensor) -> WindowView:
+    """The `WindowView` of one sliding-window pool (request table `table`) for a batch."""
+    first_query = seq - 1 if mode is ForwardMode.DECODE else prefix
+    starts = np.maximum(first_query - (window - 1), 0) // page_size * page_size
+    ends = seq if mode is ForwardMode.DECODE else prefix
+    lens = np.maximum(ends - starts, 0)
+    indptr = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(lens, out=indptr[1:])
+    device = table.device
+    return WindowView(
+        window=window,
+        out_cache_loc=table[torch.repeat_interleave(rows_t, ext_t), positions_t].long(),
+        kv_indptr=torch.from_numpy(indptr.astype(np.int32)).to(device),
+        kv_indices=_gather_rows(table, rows_t, starts, lens),
+        kv_starts=torch.from_numpy(starts.astype(np.int32)).to(device),
+        kv_starts_cpu=starts,
+    )
 
 
 @dataclass
@@ -36,6 +83,7 @@ class ForwardBatch:
     out_cache_loc: torch.Tensor  # int64 [T], slots where the new K/V go
     seq_lens_cpu: np.ndarray  # host copies for loop bounds and shapes
     extend_lens_cpu: np.ndarray
+    windows: dict[str, WindowView] = field(default_factory=dict)  # per sliding-window pool kind
 
     @property
     def batch_size(self) -> int:
@@ -51,8 +99,12 @@ class ForwardBatch:
 
     @classmethod
     def build(cls, mode: ForwardMode, rows: np.ndarray, prefix_lens: np.ndarray, extend_lens: np.ndarray,
-              input_ids: list[int], req_to_token: torch.Tensor) -> ForwardBatch:
-        """Metadata for requests in table `rows`, each extending `extend_lens` tokens after `prefix_lens`."""
+              input_ids: list[int], req_to_token: torch.Tensor,
+              windowed: Mapping[str, tuple[torch.Tensor, int, int]] | None = None) -> ForwardBatch:
+        """Metadata for requests in table `rows`, each extending `extend_lens` tokens after `prefix_lens`.
+
+        `windowed`: sliding-window pool kind -> (its request table, window, page size).
+        """
         device = req_to_token.device
         prefix = np.asarray(prefix_lens, dtype=np.int64)
         ext = np.asarray(extend_lens, dtype=np.int64)
@@ -78,6 +130,9 @@ class ForwardBatch:
             kv_indices = table[torch.arange(max_kv, device=device)[None, :] < kv_lens_t[:, None]]
         else:
             kv_indices = torch.zeros(0, dtype=torch.int32, device=device)
+        ext_t = torch.from_numpy(ext).to(device)
+        windows = {kind: window_view(mode, table, w, ps, rows_t, prefix, seq, ext_t, positions_t)
+                   for kind, (table, w, ps) in (windowed or {}).items()}
         return cls(
             mode=mode,
             input_ids=torch.tensor(input_ids, dtype=torch.long).to(device),
@@ -91,6 +146,7 @@ class ForwardBatch:
             out_cache_loc=out_cache_loc,
             seq_lens_cpu=seq,
             extend_lens_cpu=ext,
+            windows=windows,
         )
 
 

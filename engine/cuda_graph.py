@@ -3,7 +3,8 @@
 A decode batch of size b runs the graph of the smallest bucket >= b. Before replay the real rows are
 copied into the static buffers and the padding rows get a fill `seq_len` of 1 (request-table row 0, slot -1
 for their K/V store, which the store kernel skips); `kv_indptr`/`kv_indices` are rebuilt in place by the
-kv-index kernel. Replay computes the same kernels with the same split counts as eager decode of the
+kv-index kernel. A sliding-window pool gets its own static slots and window-clipped `kv_indices` (from the
+page of `seq_len - window` on), so a captured decode reads O(window) keys per sliding layer. Replay computes the same kernels with the same split counts as eager decode of the
 padded batch; only the real rows' logits are returned.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 from pdpair.engine.attention.base import AttentionBackend
-from pdpair.engine.batch import ForwardBatch, ForwardContext, ForwardMode
+from pdpair.engine.batch import ForwardBatch, ForwardContext, ForwardMode, WindowView
 from pdpair.kernels.attention import build_kv_indices, build_kv_indptr
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,9 @@ class DecodeCudaGraphs:
     """Captures `model(input_ids, positions, ctx)` for decode batches up to `max_batch_size` rows."""
 
     def __init__(self, model: torch.nn.Module, backend: AttentionBackend, req_to_token: torch.Tensor,
-                 max_batch_size: int, max_context: int, buckets: tuple[int, ...] = DEFAULT_BUCKETS) -> None:
+                 max_batch_size: int, max_context: int, buckets: tuple[int, ...] = DEFAULT_BUCKETS,
+                 windows: dict[str, tuple[torch.Tensor, int, int]] | None = None) -> None:
+        """`windows`: sliding-window pool kind -> (its request table, window, page size)."""
         self.model = model
         self.backend = backend
         self.table = req_to_token  # [rows, max_context] int32 token slots
@@ -46,6 +49,16 @@ class DecodeCudaGraphs:
         self.qo_indptr = torch.arange(n + 1, dtype=torch.int32, device=dev)
         self.logits_rows = torch.arange(n, dtype=torch.long, device=dev)
         self.max_context = max_context
+        self.windows = dict(windows or {})
+        self._win: dict[str, dict[str, torch.Tensor]] = {}
+        for kind, (_, window, ps) in self.windows.items():
+            span = min(max_context, window + ps)  # page-aligned start: at most window + page_size - 1 keys
+            self._win[kind] = dict(
+                out_cache_loc=torch.full((n,), -1, dtype=torch.long, device=dev),
+                kv_indptr=torch.zeros(n + 1, dtype=torch.int32, device=dev),
+                kv_indices=torch.zeros(n * span, dtype=torch.int32, device=dev),
+                kv_starts=torch.zeros(n, dtype=torch.int32, device=dev),
+                kv_lens=torch.ones(n, dtype=torch.int32, device=dev))
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._outputs: dict[int, torch.Tensor] = {}
         self._batches: dict[int, ForwardBatch] = {}
@@ -54,8 +67,9 @@ class DecodeCudaGraphs:
     @classmethod
     def for_runner(cls, runner, req_to_token, max_batch_size: int) -> DecodeCudaGraphs:
         """Capture graphs for a ModelRunner (its model and backend) over a ReqToTokenPool."""
+        windows = {k: (req_to_token.tables[k], w, req_to_token.page_size) for k, w in runner.windows.items()}
         graphs = cls(runner.model, runner.backend, req_to_token.table, min(max_batch_size, DEFAULT_BUCKETS[-1]),
-                     req_to_token.max_context)
+                     req_to_token.max_context, windows=windows)
         graphs.capture()
         return graphs
 
@@ -75,6 +89,9 @@ class DecodeCudaGraphs:
             extend_lens=self.ones[:bs], qo_indptr=self.qo_indptr[: bs + 1], kv_indptr=self.kv_indptr[: bs + 1],
             kv_indices=self.kv_indices, out_cache_loc=self.out_cache_loc[:bs],
             seq_lens_cpu=np.ones(bs, dtype=np.int64), extend_lens_cpu=np.ones(bs, dtype=np.int64),
+            windows={kind: WindowView(self.windows[kind][1], w["out_cache_loc"][:bs], w["kv_indptr"][: bs + 1],
+                                      w["kv_indices"], w["kv_starts"][:bs], np.zeros(bs, dtype=np.int64))
+                     for kind, w in self._win.items()},
         )
 
     def _fill(self, batch: ForwardBatch | None, padded: int) -> None:
@@ -95,6 +112,19 @@ class DecodeCudaGraphs:
         build_kv_indptr(self.seq_lens[:padded], out=self.kv_indptr)
         build_kv_indices(self.table, self.req_pool_indices[:padded], self.seq_lens[:padded], self.kv_indptr,
                          self.kv_indices)
+        for kind, w in self._win.items():
+            table, window, ps = self.windows[kind]
+            if bs:
+                w["out_cache_loc"][:bs].copy_(batch.windows[kind].out_cache_loc, non_blocking=True)
+            if padded > bs:
+                w["out_cache_loc"][bs:padded].fill_(-1)
+            seq = self.seq_lens[:padded]
+            starts = torch.div(torch.clamp(seq - window, min=0), ps, rounding_mode="floor") * ps
+            w["kv_starts"][:padded].copy_(starts)
+            w["kv_lens"][:padded].copy_(seq - starts)
+            build_kv_indptr(w["kv_lens"][:padded], out=w["kv_indptr"])
+            build_kv_indices(table, self.req_pool_indices[:padded], w["kv_lens"][:padded], w["kv_indptr"],
+                             w["kv_indices"], kv_starts=w["kv_starts"][:padded])
 
     @torch.inference_mode()
     def capture(self) -> None:

@@ -17,7 +17,7 @@ from pdpair.engine.config import (
     resolve_max_pages,
 )
 from pdpair.engine.events import GenerateOutput, StepEvent
-from pdpair.engine.memory import KVPool, PoolSet, ReqToTokenPool
+from pdpair.engine.memory import SWA_KIND, KVPool, PoolSet, ReqToTokenPool
 from pdpair.engine.memory.mamba_pool import MambaPool
 from pdpair.engine.request import Request
 from pdpair.engine.runner import ModelRunner
@@ -28,11 +28,6 @@ from pdpair.engine.scheduler.stop import StopChecker
 from pdpair.engine.scheduler.validate import RequestValidator
 
 logger = logging.getLogger(__name__)
-
-
-def kv_layers(mc) -> int:
-    """Layers with K/V in the paged pool: all of them, or a hybrid model's attention layers."""
-    return mc.num_layers if mc.hybrid is None else mc.num_layers - mc.hybrid.num_mamba_layers
 
 
 class Engine:
@@ -47,19 +42,20 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.fingerprint = (f"{mc.arch}/L{mc.num_layers}/kvh{mc.num_kv_heads}/d{mc.head_dim}/"
                             f"{config.dtype}/p{config.page_size}/{loaded.weights_digest}")
-        kv = KVPool(config.max_pages, kv_layers(mc), config.page_size, mc.num_kv_heads, mc.head_dim,
-                    config.torch_dtype, config.device)
+        pools, layer_pools = self._build_pools(mc, config)
+        kv = pools[0]
         self.mamba_pool = None
         if mc.hybrid is not None:  # one recurrent-state slot per request-table row
             self.mamba_pool = MambaPool.for_rows(config.max_running_requests, mc.hybrid, config.torch_dtype,
                                                  config.device)
             self.model.bind_state(self.mamba_pool)
-        self.pools = PoolSet([kv], config.page_size)
+        self.pools = PoolSet(pools, config.page_size)
         self.req_to_token = ReqToTokenPool(config.max_running_requests, mc.context_length, config.page_size,
-                                           config.device)
+                                           config.device, self.pools.kinds)
         backend = create_backend(config.attention_backend, kv, mc.num_heads, mc.num_kv_heads, mc.head_dim,
-                                 config.device)
-        self.runner = ModelRunner(self.model, backend, self.req_to_token, mc.vocab_size)
+                                 config.device, mc.attn_scale, layer_pools, mc.attn_logit_softcapping)
+        windows = {p.kind: p.window for p in pools if p.window is not None}
+        self.runner = ModelRunner(self.model, backend, self.req_to_token, mc.vocab_size, windows)
         if config.dump is not None:
             from pdpair.engine.debug import Dumper
 
@@ -80,9 +76,24 @@ class Engine:
             StopChecker(sorted(eos), mc.context_length, decode),
             config.chunk_size, config.max_running_requests, config.seed)
         self._ids = itertools.count()
-        logger.info("engine %s: %d KV pages of %d tokens (%.1f MiB), backend %s, %s on %s", self.model_id,
-                    config.max_pages, config.page_size, kv.buffer.nbytes / 2**20, config.attention_backend,
-                    config.dtype, config.device)
+        logger.info("engine %s: pools %s of %d pages of %d tokens (%.1f MiB), backend %s, %s on %s", self.model_id,
+                    {p.kind: len(p.layer_ids) for p in pools}, config.max_pages, config.page_size,
+                    sum(p.buffer.nbytes for p in pools) / 2**20, config.attention_backend, config.dtype, config.device)
+
+    @staticmethod
+    def _build_pools(mc, config: EngineConfig) -> tuple[list[KVPool], list[tuple[KVPool, int]]]:
+        """The full-attention pool (first) and, for sliding-window layers, the `swa` pool; each model layer's
+        (pool, index in the pool)."""
+        shape = (config.page_size, mc.num_kv_heads, mc.head_dim, config.torch_dtype, config.device)
+        pools = [KVPool(config.max_pages, len(mc.full_layers), *shape, layer_ids=mc.full_layers)]
+        if mc.swa_layers:
+            pools.append(KVPool(config.max_pages, len(mc.swa_layers), *shape, kind=SWA_KIND,
+                                window=mc.sliding_window, layer_ids=mc.swa_layers))
+        layer_pools: list[tuple[KVPool, int]] = [None] * mc.num_layers  # type: ignore[list-item]
+        for pool in pools:
+            for i, layer in enumerate(pool.layer_ids):
+                layer_pools[layer] = (pool, i)
+        return pools, layer_pools
 
     @classmethod
     def from_model(cls, model: str | None = "smollm2-135m", device: str = "cpu",
@@ -109,7 +120,7 @@ class Engine:
         mc = loaded.config
         dtype = next(loaded.model.parameters()).dtype
         if max_pages is None:
-            page_bytes = KVPool.page_bytes(kv_layers(mc), page_size, mc.num_kv_heads, mc.head_dim, dtype)
+            page_bytes = KVPool.page_bytes(len(mc.full_layers) + len(mc.swa_layers), page_size, mc.num_kv_heads, mc.head_dim, dtype)
             max_pages = resolve_max_pages(device, page_bytes, mem_fraction)
         config = EngineConfig(device=device, dtype=dtype_name(dtype), page_size=page_size,
                               max_pages=max_pages, chunk_size=chunk_size,

@@ -15,8 +15,9 @@ class ModelRunner:
     """Builds the batch metadata, calls the model under inference mode, samples; one host sync per call."""
 
     def __init__(self, model: torch.nn.Module, backend: AttentionBackend, req_to_token: ReqToTokenPool,
-                 vocab_size: int) -> None:
+                 vocab_size: int, windows: dict[str, int] | None = None) -> None:
         self.model = model
+        self.windows = dict(windows or {})  # sliding-window pool kind -> window
         self.backend = backend
         self.req_to_token = req_to_token
         self.vocab_size = vocab_size
@@ -33,7 +34,9 @@ class ModelRunner:
         else:
             ids = [t for r, n in zip(reqs, extend_lens, strict=True) for t in r.tokens(r.num_cached, r.num_cached + n)]
         rows = np.fromiter((r.row for r in reqs), dtype=np.int64, count=len(reqs))
-        batch = ForwardBatch.build(mode, rows, prefix, ext, ids, self.req_to_token.table)
+        ps = self.req_to_token.page_size
+        windowed = {k: (self.req_to_token.tables[k], w, ps) for k, w in self.windows.items()}
+        batch = ForwardBatch.build(mode, rows, prefix, ext, ids, self.req_to_token.table, windowed)
 
         done = [i for i, (r, n) in enumerate(zip(reqs, extend_lens, strict=True)) if r.num_cached + n == r.seq_len]
         if not done:

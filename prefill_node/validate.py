@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+from pdpair.transfer.pages import registered_pages
 
 
-def expected_items(kinds: Iterable[str], prompt_len: int, page_size: int) -> dict[str, int]:
-    """Destination items a prompt needs per pool kind (KV: one per page, the partial tail included)."""
+def expected_items(windows: Mapping[str, int | None], prompt_len: int, page_size: int) -> dict[str, int]:
+    """Destination items a prompt needs per pool kind (`windows`: kind -> sliding window or None): one per page
+    for a full-context kind (the partial tail included), the window tail's pages for a sliding-window kind."""
     out = {}
-    for kind in kinds:
-        if kind != "kv":
-            raise ValueError(f"pool kind {kind!r} is not supported by this node")
-        out[kind] = -(-prompt_len // page_size)
+    for kind, window in windows.items():
+        first, end = registered_pages(prompt_len, page_size, window)
+        out[kind] = end - first
     return out
 
 

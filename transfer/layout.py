@@ -15,6 +15,8 @@ class MemoryRegion(msgspec.Struct, frozen=True):
     item_bytes: int
     num_items: int
     dtype: str
+    window: int = 0  # sliding-window pools: tokens a query sees (its own included); 0: none
+    layers: tuple[int, ...] = ()  # the model layers whose state an item holds (empty: not stated)
 
     def __post_init__(self) -> None:
         if self.base_ptr < 0 or self.item_bytes < 1 or self.num_items < 0:
@@ -75,7 +77,7 @@ def check_compatible(local: MemoryLayout, remote: MemoryLayout) -> None:
     """Raise ``LayoutMismatch`` naming the first field on which the layouts differ.
 
     Order: page_size, model_fingerprint, protocol, region kinds, then per region
-    item_bytes and dtype. Item counts may differ (pools are sized per node).
+    window, layers, item_bytes and dtype. Item counts may differ (pools are sized per node).
     """
     for field in ("page_size", "model_fingerprint", "protocol"):
         a, b = getattr(local, field), getattr(remote, field)
@@ -85,7 +87,7 @@ def check_compatible(local: MemoryLayout, remote: MemoryLayout) -> None:
         raise LayoutMismatch("regions", sorted(local.kinds), sorted(remote.kinds))
     for mine in local.regions:
         theirs = remote.region(mine.kind)
-        for field in ("item_bytes", "dtype"):
+        for field in ("window", "layers", "item_bytes", "dtype"):
             a, b = getattr(mine, field), getattr(theirs, field)
             if a != b:
                 raise LayoutMismatch(f"regions[{mine.kind}].{field}", a, b)

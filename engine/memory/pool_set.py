@@ -1,17 +1,19 @@
-"""The node's pools keyed by kind ("kv" today; SWA, DSA index-K, mamba slots later) with their allocators."""
+"""The node's pools keyed by kind ("kv", "swa"; DSA index-K, mamba slots later) with their allocators."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
 from pdpair.engine.memory.allocator import PageAllocator
-from pdpair.engine.memory.kv_pool import Region
+from pdpair.engine.memory.kv_pool import FULL_KIND, Region
 
 
 class ItemPool(Protocol):
-    """What the pool set needs from a pool: a kind, an item count and its registrable region."""
+    """What the pool set needs from a pool: a kind, an item count, its registrable region and, for a pool of
+    sliding-window state, the window in tokens (None: the pool keeps a request's whole context)."""
 
     kind: str
+    window: int | None
 
     @property
     def num_items(self) -> int: ...
@@ -37,8 +39,15 @@ class PoolSet:
         return self._pools[kind]
 
     @property
-    def kv(self):  # the KV pool, which every model has
-        return self._pools["kv"]
+    def kv(self):  # the full-attention KV pool, which every model has
+        return self._pools[FULL_KIND]
+
+    def window(self, kind: str) -> int | None:
+        return self._pools[kind].window
+
+    def windows(self) -> dict[str, int | None]:
+        """Kind -> sliding window in tokens (None: the pool keeps the whole context), in pool order."""
+        return {k: p.window for k, p in self._pools.items()}
 
     def allocator(self, kind: str) -> PageAllocator:
         return self._allocators[kind]

@@ -2,8 +2,8 @@
 
 Every layer is pre-norm: x + m * mixer(norm(x)), then x + m * mlp(norm(x)), the mixer being a mamba2 layer or
 GQA attention (partial rope for Bamba, rope or none for Granite) and m Granite's residual multiplier (1 for
-Bamba). Attention layers use the KV pool under their index among attention layers; mamba layers their
-request's slot of the `mamba` pool (`bind_state`).
+Bamba). Attention layers keep K/V in the paged pool (the backend routes them by model layer id; only the
+attention layers are in it); mamba layers use their request's slot of the `mamba` pool (`bind_state`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pdpair.engine.memory.mamba_pool import MambaPool
 from pdpair.engine.model_config import ModelConfig
 from pdpair.engine.models.attention import Attention
 from pdpair.engine.models.hybrid_weights import hybrid_hf_names
-from pdpair.engine.models.layers import RMSNorm, RotaryEmbedding, SwiGLUMLP, apply_rope
+from pdpair.engine.models.layers import RMSNorm, RotaryEmbedding, GatedMLP, apply_rope
 from pdpair.engine.models.mamba2 import Mamba2Mixer, MambaStep
 from pdpair.engine.models.weights import load_hf_weights
 from torch import nn
@@ -61,10 +61,9 @@ class HybridLayer(nn.Module):
         if self.is_mamba:
             self.mamba = Mamba2Mixer(hc, h, eps, hc.mamba_layers.index(layer), dtype)
         else:
-            attn_index = hc.attention_layers(config.num_layers).index(layer)
-            self.self_attn = HybridAttention(config, hc, attn_index, dtype)
+            self.self_attn = HybridAttention(config, hc, layer, dtype)
         self.post_attention_layernorm = RMSNorm(h, eps, dtype)
-        self.mlp = SwiGLUMLP(h, config.intermediate_size, dtype)
+        self.mlp = GatedMLP(h, config.intermediate_size, dtype)
 
     def forward(self, x: torch.Tensor, rope: Any, ctx: Any, step: MambaStep | None) -> torch.Tensor:
         y = self.input_layernorm(x)

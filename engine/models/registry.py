@@ -11,6 +11,8 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "Gemma3ForCausalLM": "gemma3",
+    "Gemma3ForConditionalGeneration": "gemma3",  # the text part of a `gemma3` directory
 }
 # hybrid mamba2/attention families (ModelConfig.hybrid set), built as HybridCausalLM
 HYBRID_ARCHITECTURES: dict[str, str] = {

@@ -1,58 +1,99 @@
-"""Pages and request-table rows held by requests: acquire, grow, give back."""
+"""Pages and request-table rows held by requests, per pool kind: acquire, grow, trim, give back."""
 
 from __future__ import annotations
 
 import numpy as np
 from pdpair.engine.memory import PoolSet, ReqToTokenPool
 from pdpair.engine.request import Request
+from pdpair.transfer.pages import swa_window
 
 
 class ResourceManager:
-    """Every allocation a request makes goes through here, so freeing can never miss a pool."""
+    """Every allocation a request makes goes through here, so freeing can never miss a pool.
+
+    Every kind covers the same pages of context, except that a sliding-window kind holds only the pages a
+    future query can still see: from the page of position `q - window + 1`, q being the next query's position.
+    """
 
     def __init__(self, pools: PoolSet, req_to_token: ReqToTokenPool) -> None:
         self.pools = pools
         self.req_to_token = req_to_token
         self.page_size = pools.page_size
-        self.kv = pools.allocator("kv")
+        self.kv = pools.allocator(pools.kv.kind)  # the full-attention allocator
+        self.kinds = pools.kinds
+        self.windows = {k: pools.window(k) for k in self.kinds}
 
     def pages_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.page_size)
 
-    def can_acquire(self, num_tokens: int, reserve_pages: int) -> bool:
-        return (self.req_to_token.num_free > 0
-                and self.kv.num_free - self.pages_for(num_tokens) >= reserve_pages)
+    def first_live_page(self, kind: str, next_pos: int) -> int:
+        """First page of `kind` a query at position `next_pos` (or later) can see."""
+        window = self.windows[kind]
+        return 0 if window is None else swa_window(next_pos, window, self.page_size)[0]
 
-    def acquire(self, req: Request, num_tokens: int, reserve_pages: int) -> bool:
-        """Give a non-resident request a table row and the pages for its first `num_tokens` tokens."""
+    def _need(self, kind: str, num_tokens: int, next_pos: int) -> int:
+        return self.pages_for(num_tokens) - self.first_live_page(kind, next_pos) if num_tokens else 0
+
+    def can_acquire(self, num_tokens: int, reserve_pages: int, next_pos: int = 0) -> bool:
+        return self.req_to_token.num_free > 0 and all(
+            self.pools.allocator(k).num_free - self._need(k, num_tokens, next_pos) >= reserve_pages
+            for k in self.kinds)
+
+    def acquire(self, req: Request, num_tokens: int, reserve_pages: int, next_pos: int = 0) -> bool:
+        """Give a non-resident request a table row and the pages for its first `num_tokens` tokens that a query
+        at `next_pos` can see (0: all of them; a decode destination passes the prompt length)."""
         assert req.row is None and req.num_pages == 0, f"request {req.rid} already holds resources"
-        if not self.can_acquire(num_tokens, reserve_pages):
+        if not self.can_acquire(num_tokens, reserve_pages, next_pos):
             return False
         req.row = self.req_to_token.alloc()
+        for kind in self.kinds:
+            req.items_first[kind] = self.first_live_page(kind, next_pos) if num_tokens else 0
+            req.items[kind] = np.zeros(0, dtype=np.int32)
+        req.num_pages = 0
         assert self.grow(req, num_tokens), "pages vanished between check and allocation"
         return True
 
     def grow(self, req: Request, num_tokens: int) -> bool:
-        """Make sure the request's pages cover `num_tokens` tokens; False (nothing taken) if the pool is short."""
-        missing = self.pages_for(num_tokens) - req.num_pages
-        if missing <= 0:
+        """Make sure the request's pages cover `num_tokens` tokens; False (nothing taken) if a pool is short."""
+        end = self.pages_for(num_tokens)
+        if end <= req.num_pages:
             return True
-        pages = self.kv.alloc(missing)
-        if pages is None:
-            return False
-        self.req_to_token.assign_pages(req.row, req.num_pages, pages)
-        req.kv_pages = np.concatenate([req.kv_pages, pages]) if req.num_pages else pages
+        new = {}
+        for kind in self.kinds:
+            start = req.items_first[kind] + len(req.items[kind])
+            pages = self.pools.allocator(kind).alloc(max(end - start, 0))
+            if pages is None:
+                for k, ids in new.items():
+                    self.pools.allocator(k).free(ids)
+                return False
+            new[kind] = pages
+        for kind, pages in new.items():
+            start = req.items_first[kind] + len(req.items[kind])
+            self.req_to_token.assign_pages(req.row, start, pages, kind)
+            req.items[kind] = np.concatenate([req.items[kind], pages]) if len(req.items[kind]) else pages
+        req.num_pages = end
         return True
+
+    def trim(self, req: Request) -> None:
+        """Give back the sliding-window pages no query from `req.num_cached` on can see."""
+        for kind in self.kinds:
+            if self.windows[kind] is None or kind not in req.items:
+                continue
+            drop = min(self.first_live_page(kind, req.num_cached) - req.items_first[kind], len(req.items[kind]))
+            if drop > 0:
+                self.pools.allocator(kind).free(req.items[kind][:drop])
+                req.items[kind] = req.items[kind][drop:]
+                req.items_first[kind] += drop
 
     def take(self, req: Request) -> dict[str, np.ndarray]:
         """Detach everything the request holds and hand it to the caller."""
-        items = {"kv": req.kv_pages}
+        items = {k: req.items.get(k, np.zeros(0, dtype=np.int32)) for k in self.kinds}
         if req.row is not None:
             self.req_to_token.free(req.row)
         req.row = None
-        req.kv_pages = np.zeros(0, dtype=np.int32)
+        req.items, req.items_first, req.sent = {}, {}, {}
+        req.num_pages = 0
         req.num_cached = 0
-        req.pages_reported = 0
         return items
 
     def release(self, req: Request) -> None:

@@ -38,7 +38,7 @@ def ssd_chunk_scan_ref(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: to
     y = torch.einsum("cijh,cjhp->cihp", scores, xc)
     # each chunk's own contribution to the state at its end
     to_end = torch.exp(cum[:, -1:, :] - cum)  # [c, l, H]
-    chunk_states = torch.einsum("clhn,clh,clhp->chpn", Bc, to_end, xc)
+    chunk_states = torch.einsum("clhn,clhp->chpn", Bc * to_end[..., None], xc)
     state = (x.new_zeros(heads, hdim, nstate, dtype=torch.float32) if initial_state is None
              else initial_state.float())
     chunk_decay = torch.exp(cum[:, -1, :])  # [c, H]

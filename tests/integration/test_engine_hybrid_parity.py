@@ -101,3 +101,11 @@ def engine_loaded(engine):
 
     return SimpleNamespace(config=engine.model_config, model=engine.model, tokenizer=engine.tokenizer,
                            model_id=engine.model_id, weights_digest="test")
+
+
+def test_prefill_node_refuses_hybrid_models_until_state_transfers(engine):
+    from pdpair.node.runtime import check_role_supports_model
+
+    check_role_supports_model("decode", engine.model_config)  # colocated serving works
+    with pytest.raises(ValueError, match="prefill node"):
+        check_role_supports_model("prefill", engine.model_config)

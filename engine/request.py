@@ -30,7 +30,7 @@ class Request:
     prefill_only: bool = False
     num_cached: int = 0
     row: int | None = None  # request-table row while resident
-    num_pages: int = 0  # pages of context covered (the same for every pool kind)
+    num_pages: int = 0  # pages of context covered by the full-context kinds (sliding-window kinds: up to it)
     # per pool kind: the item ids held, in page order, the first one being page `items_first[kind]`
     # (a sliding-window kind gives back the pages behind its window, so its first page moves forward)
     items: dict[str, np.ndarray] = field(default_factory=dict)

@@ -28,8 +28,10 @@ class PrefillManager:
             if budget == 0:
                 break
             n = min(req.num_pending, budget)
-            if self.resources is not None:
+            if self.resources is not None:  # sliding-window pages: drop those behind, add this chunk's
                 self.resources.trim(req)
+                if not self.resources.grow(req, req.num_cached + n):
+                    continue
             reqs.append(req)
             lens.append(n)
             budget -= n

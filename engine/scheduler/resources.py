@@ -31,37 +31,48 @@ class ResourceManager:
         window = self.windows[kind]
         return 0 if window is None else swa_window(next_pos, window, self.page_size)[0]
 
-    def _need(self, kind: str, num_tokens: int, next_pos: int) -> int:
-        return self.pages_for(num_tokens) - self.first_live_page(kind, next_pos) if num_tokens else 0
+    def _need(self, kind: str, num_tokens: int, window_from: int | None) -> int:
+        if self.windows[kind] is None:
+            return self.pages_for(num_tokens)
+        if window_from is None:  # grown chunk by chunk
+            return 0
+        return self.pages_for(num_tokens) - self.first_live_page(kind, window_from) if num_tokens else 0
 
-    def can_acquire(self, num_tokens: int, reserve_pages: int, next_pos: int = 0) -> bool:
+    def can_acquire(self, num_tokens: int, reserve_pages: int, window_from: int | None = None) -> bool:
         return self.req_to_token.num_free > 0 and all(
-            self.pools.allocator(k).num_free - self._need(k, num_tokens, next_pos) >= reserve_pages
+            self.pools.allocator(k).num_free - self._need(k, num_tokens, window_from) >= reserve_pages
             for k in self.kinds)
 
-    def acquire(self, req: Request, num_tokens: int, reserve_pages: int, next_pos: int = 0) -> bool:
-        """Give a non-resident request a table row and the pages for its first `num_tokens` tokens that a query
-        at `next_pos` can see (0: all of them; a decode destination passes the prompt length)."""
+    def acquire(self, req: Request, num_tokens: int, reserve_pages: int, window_from: int | None = None) -> bool:
+        """Give a non-resident request a table row and the full-context pages for its first `num_tokens` tokens.
+
+        Sliding-window kinds: with `window_from` (a decode destination: the prompt length), the pages of those
+        tokens a query at `window_from` can see; without, none yet: `grow` adds them chunk by chunk.
+        """
         assert req.row is None and req.num_pages == 0, f"request {req.rid} already holds resources"
-        if not self.can_acquire(num_tokens, reserve_pages, next_pos):
+        if not self.can_acquire(num_tokens, reserve_pages, window_from):
             return False
         req.row = self.req_to_token.alloc()
         for kind in self.kinds:
-            req.items_first[kind] = self.first_live_page(kind, next_pos) if num_tokens else 0
+            live = window_from is not None and self.windows[kind] is not None and num_tokens
+            req.items_first[kind] = self.first_live_page(kind, window_from) if live else 0
             req.items[kind] = np.zeros(0, dtype=np.int32)
-        req.num_pages = 0
-        assert self.grow(req, num_tokens), "pages vanished between check and allocation"
+        full = [k for k in self.kinds if self.windows[k] is None or window_from is not None]
+        assert self.grow(req, num_tokens, full), "pages vanished between check and allocation"
         return True
 
-    def grow(self, req: Request, num_tokens: int) -> bool:
-        """Make sure the request's pages cover `num_tokens` tokens; False (nothing taken) if a pool is short."""
+    def grow(self, req: Request, num_tokens: int, kinds: list[str] | None = None) -> bool:
+        """Make sure the request's pages of `kinds` (default: all) cover `num_tokens` tokens; False (nothing
+        taken) if a pool is short. Sliding-window kinds start at their first live page."""
         end = self.pages_for(num_tokens)
-        if end <= req.num_pages:
-            return True
         new = {}
-        for kind in self.kinds:
+        for kind in kinds or self.kinds:
             start = req.items_first[kind] + len(req.items[kind])
-            pages = self.pools.allocator(kind).alloc(max(end - start, 0))
+            if self.windows[kind] is not None and not len(req.items[kind]):
+                start = req.items_first[kind] = max(start, self.first_live_page(kind, req.num_cached))
+            if end <= start:
+                continue
+            pages = self.pools.allocator(kind).alloc(end - start)
             if pages is None:
                 for k, ids in new.items():
                     self.pools.allocator(k).free(ids)
@@ -71,7 +82,7 @@ class ResourceManager:
             start = req.items_first[kind] + len(req.items[kind])
             self.req_to_token.assign_pages(req.row, start, pages, kind)
             req.items[kind] = np.concatenate([req.items[kind], pages]) if len(req.items[kind]) else pages
-        req.num_pages = end
+        req.num_pages = max(req.num_pages, end)
         return True
 
     def trim(self, req: Request) -> None:

@@ -195,7 +195,7 @@ class Scheduler:
         self._register(req)
         reserve = len(self.prefill) + len(self.decode) + self._num_prealloc()
         if reserve >= self.max_running_requests or not self.resources.acquire(req, req.prompt_len, reserve,
-                                                                              next_pos=req.prompt_len):
+                                                                              window_from=req.prompt_len):
             del self._reqs[req.rid]
             return None
         req.status = ReqStatus.PREALLOC

@@ -59,10 +59,11 @@ def _paged_logits(eng, seq: list[int], chunk: int) -> torch.Tensor:
     try:
         while req.num_cached < len(seq):
             held = set(req.items["swa"].tolist())
-            res.trim(req)
+            n = min(chunk, len(seq) - req.num_cached)
+            res.trim(req)  # what the prefill manager does before each chunk
+            assert res.grow(req, req.num_cached + n)
             gone = sorted(held - set(req.items["swa"].tolist()))
             swa.buffer[gone] = float("nan")
-            n = min(chunk, len(seq) - req.num_cached)
             windowed = {"swa": (eng.req_to_token.tables["swa"], swa.window, PAGE)}
             batch = ForwardBatch.build(ForwardMode.EXTEND, np.array([req.row]), np.array([req.num_cached]),
                                        np.array([n]), seq[req.num_cached : req.num_cached + n],
@@ -117,20 +118,23 @@ def test_swa_pool_usage_stays_bounded_past_several_windows(checkpoint):
     from pdpair.engine import Request, SamplingParams, StepEvent
 
     _, window, hf, path = checkpoint
-    eng = _engine(path, max_pages=64, chunk_size=8)
-    seq, n_new = _prompts(window)[1], 6 * window  # decodes past six windows
+    chunk = 8
+    eng = _engine(path, max_pages=64, chunk_size=chunk)
+    seq, n_new = list(range(40, 40 + 4 * window + 3)), 6 * window  # prefills and decodes past several windows
     eng.scheduler.submit(Request("long", seq, SamplingParams(max_new_tokens=n_new, temperature=0.0,
                                                              ignore_eos=True)))
     swa, kv = eng.pools.allocator("swa"), eng.pools.allocator("kv")
-    bound = (window - 1) // PAGE + 2  # pages over [q - window + 1, q] plus the page being filled
+    bound = (window - 1) // PAGE + 2  # decode: pages over [q - window + 1, q] plus the page being filled
+    prefill_bound = (window - 1 + chunk) // PAGE + 2  # prefill: the window behind a chunk plus the chunk
     tokens, usage = [], []
     while eng.scheduler.has_work():
         for ev in eng.scheduler.step():
             if isinstance(ev, StepEvent):
                 tokens += ev.new_token_ids
-        usage.append((swa.num_used, kv.num_used))
-    assert max(u for u, _ in usage) <= bound, usage
-    assert max(k for _, k in usage) == -(-(len(seq) + n_new - 1) // PAGE)  # the full-attention pool keeps it all
+        usage.append((swa.num_used, kv.num_used, len(tokens)))
+    assert max(u for u, _, t in usage if t <= 1) <= prefill_bound, usage  # t == 1: the last chunk's step
+    assert max(u for u, _, t in usage if t > 1) <= bound, usage
+    assert max(k for _, k, _ in usage) == -(-(len(seq) + n_new - 1) // PAGE)  # the full-attention pool keeps it all
     assert tokens == _hf_greedy(hf, seq, n_new)
     eng.pools.check_integrity()
     assert eng.pools.all_free()

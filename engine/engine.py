@@ -45,13 +45,13 @@ class Engine:
         pools, layer_pools = self._build_pools(mc, config)
         kv = pools[0]
         self.mamba_pool = None
-        if mc.hybrid is not None:  # one recurrent-state slot per request-table row
-            self.mamba_pool = MambaPool.for_rows(config.max_running_requests, mc.hybrid, config.torch_dtype,
-                                                 config.device)
+        if mc.hybrid is not None:  # one recurrent-state slot per resident request, allocated at admission
+            self.mamba_pool = MambaPool(config.max_running_requests, config.max_running_requests, mc.hybrid,
+                                        config.torch_dtype, config.device)
             self.model.bind_state(self.mamba_pool)
-        self.pools = PoolSet(pools, config.page_size)
+        self.pools = PoolSet(pools, config.page_size, [self.mamba_pool] if self.mamba_pool is not None else [])
         self.req_to_token = ReqToTokenPool(config.max_running_requests, mc.context_length, config.page_size,
-                                           config.device, self.pools.kinds)
+                                           config.device, self.pools.paged_kinds)
         backend = create_backend(config.attention_backend, kv, mc.num_heads, mc.num_kv_heads, mc.head_dim,
                                  config.device, mc.attn_scale, layer_pools, mc.attn_logit_softcapping)
         windows = {p.kind: p.window for p in pools if p.window is not None}

@@ -33,19 +33,11 @@ def load_engine(cfg: NodeConfig) -> Any:
     from pdpair.engine import Engine
 
     extra = {} if cfg.mem_fraction is None else {"mem_fraction": cfg.mem_fraction}
-    engine = Engine.from_model(cfg.model, device=cfg.device, dtype=cfg.dtype, page_size=cfg.page_size,
-                               max_pages=cfg.max_pages, chunk_size=cfg.chunk_size,
-                               attention_backend=cfg.attention_backend, disable_cuda_graph=cfg.disable_cuda_graph,
-                               dump=cfg.dump, **extra)
-    check_role_supports_model(cfg.role, engine.model_config)
-    return engine
+    return Engine.from_model(cfg.model, device=cfg.device, dtype=cfg.dtype, page_size=cfg.page_size,
+                             max_pages=cfg.max_pages, chunk_size=cfg.chunk_size,
+                             attention_backend=cfg.attention_backend, disable_cuda_graph=cfg.disable_cuda_graph,
+                             dump=cfg.dump, **extra)
 
-
-def check_role_supports_model(role: str, model_config: Any) -> None:
-    """Hybrid mamba2 models are served colocated (a decode node alone) until their state slots transfer."""
-    if role == "prefill" and model_config.hybrid is not None:
-        raise ValueError(f"{model_config.arch}: hybrid mamba2 models cannot be served by a prefill node yet (the "
-                         "mamba state transfer is not implemented); serve them colocated on a decode node")
 
 
 class NodeRuntime:

@@ -92,7 +92,8 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
         try:
             sampling = sampling_from_proto(request.sampling)
             check_prompt(list(request.token_ids), info.vocab_size, info.context_length)
-            expected = expected_items(self.rt.engine.pools.windows(), len(request.token_ids), info.page_size)
+            expected = expected_items(self.rt.engine.pools.windows(), len(request.token_ids), info.page_size,
+                                      self.rt.engine.pools.slot_kinds)
             num_items = {r.kind: r.num_items for r in peer.regions}
             dst = validate_registration(((p.kind, p.ids) for p in request.registration.pools), num_items, expected)
         except ValueError as exc:

@@ -8,13 +8,16 @@ import numpy as np
 from pdpair.transfer.pages import registered_pages
 
 
-def expected_items(windows: Mapping[str, int | None], prompt_len: int, page_size: int) -> dict[str, int]:
-    """Destination items a prompt needs per pool kind (`windows`: kind -> sliding window or None): one per page
-    for a full-context kind (the partial tail included), the window tail's pages for a sliding-window kind."""
+def expected_items(windows: Mapping[str, int | None], prompt_len: int, page_size: int,
+                   slot_kinds: Iterable[str] = ()) -> dict[str, int]:
+    """Destination items a prompt needs per pool kind (`windows`: paged kind -> sliding window or None): one per
+    page for a full-context kind (the partial tail included), the window tail's pages for a sliding-window kind,
+    exactly one for a slot kind (a request's mamba state)."""
     out = {}
     for kind, window in windows.items():
         first, end = registered_pages(prompt_len, page_size, window)
         out[kind] = end - first
+    out.update(dict.fromkeys(slot_kinds, 1))
     return out
 
 

@@ -45,14 +45,6 @@ class MambaPool:
             ssm_dtype).view(n, *config.ssm_state_shape)
         self.row_slots = torch.zeros(num_rows, dtype=torch.long, device=device)
 
-    @classmethod
-    def for_rows(cls, num_rows: int, config: HybridConfig, conv_dtype: torch.dtype,
-                 device: torch.device | str) -> MambaPool:
-        """A pool where request-table row r owns slot r + 1 for good (no allocation: colocated serving)."""
-        pool = cls(num_rows, num_rows, config, conv_dtype, device)
-        pool.row_slots.copy_(torch.arange(1, num_rows + 1, device=pool.row_slots.device))
-        return pool
-
     @staticmethod
     def slot_bytes(config: HybridConfig, conv_dtype: torch.dtype, ssm_dtype: torch.dtype = torch.float32) -> int:
         conv = _align(math.prod(config.conv_state_shape) * conv_dtype.itemsize)
@@ -67,8 +59,17 @@ class MambaPool:
         return self._item_bytes
 
     def region(self) -> Region:
-        dtype = f"{str(self.conv_dtype).removeprefix('torch.')}+{str(self.ssm_dtype).removeprefix('torch.')}"
-        return Region(self.kind, self.buffer.data_ptr(), self.item_bytes, self.num_items, dtype)
+        """Registrable region; its dtype names both parts' dtypes and shapes, so pairing nodes must agree on them."""
+        return Region(self.kind, self.buffer.data_ptr(), self.item_bytes, self.num_items, self.describe(),
+                      layers=self.config.mamba_layers)
+
+    def describe(self) -> str:
+        """E.g. `conv:bfloat16[3,192,3];ssm:float32[3,8,16,16]` (per item: every mamba layer's state)."""
+        def part(name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> str:
+            return f"{name}:{str(dtype).removeprefix('torch.')}[{','.join(map(str, shape))}]"
+
+        return (f"{part('conv', self.conv_dtype, self.config.conv_state_shape)};"
+                f"{part('ssm', self.ssm_dtype, self.config.ssm_state_shape)}")
 
     def bind(self, row: int, slot: int) -> None:
         """The request in table `row` owns `slot` from now on (its state starts from zero at position 0)."""

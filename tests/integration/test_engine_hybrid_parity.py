@@ -68,6 +68,8 @@ def test_chunked_prefill_logits_and_state_match_transformers(checkpoint, engine,
             _close(engine.mamba_pool.conv[slot, i], conv)  # the last d_conv - 1 conv inputs
             _close(engine.mamba_pool.ssm[slot, i], ssm)
     finally:
+        engine.pools.allocator("mamba").free([int(engine.mamba_pool.row_slots[row])])
+        engine.mamba_pool.unbind(row)
         engine.req_to_token.free(row)
         engine.pools.allocator("kv").free(engine.req_to_token.table[row, ::PAGE][: -(-length // PAGE)].numpy() // PAGE)
 
@@ -88,7 +90,7 @@ def test_greedy_generation_matches_transformers(checkpoint, engine):
             ref = hf.generate(torch.tensor([ids]), generation_config=gen)[0, len(ids):].tolist()
         assert list(out.token_ids) == ref, f"prompt of {len(ids)} tokens"
     eng.pools.check_integrity()
-    assert eng.pools.all_free()
+    assert eng.pools.all_free() and eng.pools.kinds == ("kv", "mamba")  # every page and state slot is back
 
 
 def _close(got: torch.Tensor, ref: torch.Tensor) -> None:
@@ -102,10 +104,3 @@ def engine_loaded(engine):
     return SimpleNamespace(config=engine.model_config, model=engine.model, tokenizer=engine.tokenizer,
                            model_id=engine.model_id, weights_digest="test")
 
-
-def test_prefill_node_refuses_hybrid_models_until_state_transfers(engine):
-    from pdpair.node.runtime import check_role_supports_model
-
-    check_role_supports_model("decode", engine.model_config)  # colocated serving works
-    with pytest.raises(ValueError, match="prefill node"):
-        check_role_supports_model("prefill", engine.model_config)

@@ -95,7 +95,8 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
             expected = expected_items(self.rt.engine.pools.windows(), len(request.token_ids), info.page_size,
                                       self.rt.engine.pools.slot_kinds)
             num_items = {r.kind: r.num_items for r in peer.regions}
-            dst = validate_registration(((p.kind, p.ids) for p in request.registration.pools), num_items, expected)
+            dst = validate_registration(((p.kind, p.ids) for p in request.registration.pools), num_items, expected,
+                                        dict.fromkeys(self.rt.engine.pools.slot_kinds, 1))
         except ValueError as exc:
             raise RpcError(Code.INVALID_ARGUMENT, f"request {request.rid!r}: {exc}") from None
         return peer, sampling, dst

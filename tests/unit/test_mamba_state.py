@@ -72,3 +72,28 @@ def test_conv_state_carries_across_calls():
     torch.testing.assert_close(torch.cat(outs), full)
     torch.testing.assert_close(st, state)
     torch.testing.assert_close(state, x[-3:].t())  # the last d_conv - 1 inputs
+
+
+def test_registration_needs_exactly_one_real_slot():
+    from pdpair.prefill_node.validate import expected_items, validate_registration
+
+    expected = expected_items({"kv": None}, 9, 4, ("mamba",))
+    assert expected == {"kv": 3, "mamba": 1}
+    num, first = {"kv": 10, "mamba": 5}, {"mamba": 1}
+    out = validate_registration([("kv", [1, 2, 3]), ("mamba", [4])], num, expected, first)
+    assert out["mamba"].tolist() == [4]
+    with pytest.raises(ValueError, match=r"mamba: id 0 out of range \[1, 5\)"):
+        validate_registration([("kv", [1, 2, 3]), ("mamba", [0])], num, expected, first)
+    with pytest.raises(ValueError, match="mamba: 2 ids registered"):
+        validate_registration([("kv", [1, 2, 3]), ("mamba", [1, 2])], num, expected, first)
+
+
+def test_slot_allocator_never_hands_out_the_dummy():
+    from pdpair.engine.memory import PageAllocator
+
+    alloc = PageAllocator(4, "mamba", reserved=1)
+    assert alloc.num_total == 3 and sorted(alloc.alloc(3).tolist()) == [1, 2, 3] and alloc.alloc(1) is None
+    alloc.free([1, 2, 3])
+    alloc.check_integrity()
+    with pytest.raises(AssertionError):
+        alloc.free([0])

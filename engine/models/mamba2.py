@@ -14,10 +14,13 @@ from pdpair.engine.memory.mamba_pool import MambaPool
 from pdpair.engine.models.layers import Linear
 from pdpair.kernels.mamba import (
     causal_conv1d_ref,
+    conv_update,
     conv_update_ref,
+    selective_state_update,
     selective_state_update_ref,
     ssd_chunk_scan_ref,
 )
+from pdpair.kernels.triton_utils import HAS_TRITON
 from torch import nn
 
 
@@ -91,7 +94,10 @@ class Mamba2Mixer(nn.Module):
         A = -torch.exp(self.A_log.float())
         w, b = self.conv1d.weight[:, 0], self.conv1d.bias
         conv, ssm = step.pool.conv[:, self.index], step.pool.ssm[:, self.index]
-        if step.decode:
+        if step.decode and x.is_cuda and HAS_TRITON:  # in place on the slots: no gather / scatter
+            xs, B, C = self._split(conv_update(xbc.contiguous(), conv, step.slots, w, b))
+            y = selective_state_update(ssm, step.slots, xs, dt, A, B, C, self.D)
+        elif step.decode:
             out, conv_new = conv_update_ref(xbc, conv[step.slots], w, b)
             conv[step.slots] = conv_new.to(conv.dtype)
             xs, B, C = self._split(out)

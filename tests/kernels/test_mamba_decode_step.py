@@ -1,0 +1,25 @@
+"""Mamba2 decode-step kernels (conv update, selective state update, in place on pool slots) under the Triton
+interpreter against their torch twins; rows write only their own slot of their own layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.kernels._attention_fixtures import interpreted
+from tests.kernels._mamba_cases import conv_update_case, state_update_case
+
+pytest.importorskip("triton", reason="triton is not installed")
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_state_update_matches_twin(dtype, groups):
+    assert interpreted(state_update_case, dtype, 3, 4, 8, 16, groups)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_update_matches_twin(dtype, bias):
+    assert interpreted(conv_update_case, dtype, 3, 40, 4, bias)

@@ -16,12 +16,18 @@ from pdpair.kernels.mamba import (
     causal_conv1d_ref,
     conv_update,
     conv_update_ref,
+    mamba_scan,
     selective_state_update,
     selective_state_update_ref,
     ssd_chunk_scan_ref,
 )
 from pdpair.kernels.triton_utils import HAS_TRITON
 from torch import nn
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    """The Triton kernels run on CUDA tensors when Triton is installed; the torch twins everywhere else."""
+    return x.is_cuda and HAS_TRITON
 
 
 @dataclass
@@ -34,6 +40,7 @@ class MambaStep:
     slots_cpu: list[int]
     fresh: list[bool]  # the row's first token is position 0: its state starts from zero
     bounds: list[tuple[int, int]]  # token range of each row in the batch
+    cu_seqlens: torch.Tensor  # int32 [B + 1] on the device: the same ranges
 
     @classmethod
     def build(cls, batch: ForwardBatch, pool: MambaPool) -> MambaStep:
@@ -44,7 +51,7 @@ class MambaStep:
         prefix = batch.seq_lens_cpu - ext
         ends = np.cumsum(ext)
         bounds = [(int(e - n), int(e)) for e, n in zip(ends, ext, strict=True)]
-        return cls(pool, batch.is_decode, slots, slots_cpu, [bool(p == 0) for p in prefix], bounds)
+        return cls(pool, batch.is_decode, slots, slots_cpu, [bool(p == 0) for p in prefix], bounds, batch.qo_indptr)
 
 
 class GatedRMSNorm(nn.Module):
@@ -94,7 +101,7 @@ class Mamba2Mixer(nn.Module):
         A = -torch.exp(self.A_log.float())
         w, b = self.conv1d.weight[:, 0], self.conv1d.bias
         conv, ssm = step.pool.conv[:, self.index], step.pool.ssm[:, self.index]
-        if step.decode and x.is_cuda and HAS_TRITON:  # in place on the slots: no gather / scatter
+        if step.decode and use_triton(x):  # in place on the slots: no gather / scatter
             xs, B, C = self._split(conv_update(xbc.contiguous(), conv, step.slots, w, b))
             y = selective_state_update(ssm, step.slots, xs, dt, A, B, C, self.D)
         elif step.decode:
@@ -104,14 +111,21 @@ class Mamba2Mixer(nn.Module):
             y, ssm_new = selective_state_update_ref(ssm[step.slots], xs, dt, A, B, C, self.D)
             ssm[step.slots] = ssm_new.to(ssm.dtype)
         else:
-            y = torch.empty(t, hc.n_heads, hc.head_dim, dtype=torch.float32, device=x.device)
+            outs = []
             for (s, e), slot, fresh in zip(step.bounds, step.slots_cpu, step.fresh, strict=True):
                 out, conv_new = causal_conv1d_ref(xbc[s:e], None if fresh else conv[slot], w, b)
                 conv[slot] = conv_new.to(conv.dtype)
-                xs, B, C = self._split(out)
-                y[s:e], final = ssd_chunk_scan_ref(xs, dt[s:e], A, B, C, self.D, hc.chunk_size,
-                                                   None if fresh else ssm[slot])
-                ssm[slot] = final.to(ssm.dtype)
+                outs.append(out)
+            xs, B, C = self._split(torch.cat(outs))
+            if use_triton(x):  # every segment in one launch, states read and written in their slots
+                fresh_t = torch.tensor(step.fresh, dtype=torch.int32, device=x.device)
+                y = mamba_scan(xs, dt, A, B, C, self.D, step.cu_seqlens, step.slots, fresh_t, ssm)
+            else:
+                y = torch.empty(t, hc.n_heads, hc.head_dim, dtype=torch.float32, device=x.device)
+                for (s, e), slot, fresh in zip(step.bounds, step.slots_cpu, step.fresh, strict=True):
+                    y[s:e], final = ssd_chunk_scan_ref(xs[s:e], dt[s:e], A, B[s:e], C[s:e], self.D, hc.chunk_size,
+                                                       None if fresh else ssm[slot])
+                    ssm[slot] = final.to(ssm.dtype)
         y = self.norm(y.view(t, hc.intermediate_size), gate, x.dtype)
         return self.out_proj(y)
 

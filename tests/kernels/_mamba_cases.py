@@ -50,3 +50,45 @@ def conv_update_case(dtype: torch.dtype, batch: int, channels: int, kernel: int,
     others[slots] = False
     ok = torch.allclose(out.float(), out_ref, rtol=tol, atol=tol) and torch.equal(state[slots].float(), new_ref.to(dtype).float())
     return bool(ok and torch.equal(pool[others], before[others]) and torch.equal(pool[:, :2], before[:, :2]))
+
+
+def scan_case(dtype: torch.dtype, lengths: list[int], heads: int, head_dim: int, d_state: int, groups: int,
+              device: str = "cpu") -> bool:
+    """Segments of a varlen batch, some continuing from their slot's state, some fresh (slot garbage ignored)."""
+    from pdpair.kernels.mamba import mamba_scan, mamba_scan_ref
+
+    g = torch.Generator(device=device).manual_seed(sum(lengths) + heads)
+    nseg, tokens = len(lengths), sum(lengths)
+    items = nseg + 2
+    pool = torch.randn(items, 2, heads, head_dim, d_state, generator=g, device=device)
+    slots = torch.randperm(items - 1, generator=g, device=device)[:nseg] + 1
+    fresh = torch.tensor([i % 2 == 0 for i in range(nseg)], device=device)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    x = torch.randn(tokens, heads, head_dim, generator=g, device=device).to(dtype)
+    dt = torch.rand(tokens, heads, generator=g, device=device) * 0.3
+    A = -torch.rand(heads, generator=g, device=device) - 0.1
+    B = torch.randn(tokens, groups, d_state, generator=g, device=device).to(dtype)
+    C = torch.randn(tokens, groups, d_state, generator=g, device=device).to(dtype)
+    D = torch.randn(heads, generator=g, device=device)
+    ref_pool = pool.clone()
+    y_ref = mamba_scan_ref(x, dt, A, B, C, D, cu, slots, fresh, ref_pool[:, 1])
+    y = mamba_scan(x, dt, A, B, C, D, cu, slots, fresh, pool[:, 1])
+    scale = max(1.0, y_ref.abs().max().item())
+    return bool(torch.allclose(y, y_ref, rtol=0, atol=2e-5 * scale)
+                and torch.allclose(pool, ref_pool, rtol=0, atol=2e-5 * max(1.0, ref_pool.abs().max().item())))
+
+
+def engine_kernels_case(model_dir: str) -> bool:
+    """The mixer's Triton path (forced on, interpreted on CPU) generates what its torch path generates."""
+    from pdpair.engine import Engine, SamplingParams
+    from pdpair.engine.models import mamba2
+
+    prompts = [[5, 6, 7], list(range(3, 20)), [9] * 11]
+    sp = SamplingParams(max_new_tokens=4, temperature=0.0, ignore_eos=True)
+    outs = []
+    for forced in (False, True):
+        mamba2.use_triton = (lambda x: True) if forced else (lambda x: False)
+        eng = Engine.from_model(model_dir, device="cpu", dtype="float32", page_size=4, max_pages=32,
+                                chunk_size=5, attention_backend="torch", max_running_requests=4)
+        outs.append([o.token_ids for o in eng.generate(prompts, sp)])
+    return outs[0] == outs[1]

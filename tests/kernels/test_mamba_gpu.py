@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels._mamba_cases import conv_update_case, state_update_case
+from tests.kernels._mamba_cases import conv_update_case, scan_case, state_update_case
 
 pytest.importorskip("triton", reason="triton is not installed")
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(300)]
@@ -38,3 +38,7 @@ def test_hybrid_engine_on_cuda_matches_cpu(tmp_path):
         outs[device] = [o.token_ids for o in eng.generate(prompts, sp)]
         assert eng.pools.all_free()
     assert outs["cuda"] == outs["cpu"]
+
+
+def test_prefill_scan_real_size():
+    assert scan_case(torch.float32, [1, 300, 77, 1024], 64, 64, 128, 8, device="cuda")

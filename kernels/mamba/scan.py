@@ -72,12 +72,12 @@ def mamba_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tens
     return y
 
 
-def mamba_scan_ref(x, dt, A, B, C, D, cu_seqlens, slots, fresh, state) -> torch.Tensor:
-    """Torch twin of `mamba_scan` through the SSD chunked form (one chunk per segment)."""
+def mamba_scan_ref(x, dt, A, B, C, D, cu_seqlens, slots, fresh, state, chunk_size: int = 256) -> torch.Tensor:
+    """Torch twin of `mamba_scan` through the SSD chunked form."""
     y = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     for i, slot in enumerate(slots.tolist()):
         s, e = int(cu_seqlens[i]), int(cu_seqlens[i + 1])
         init = None if bool(fresh[i]) else state[slot]
-        y[s:e], final = ssd_chunk_scan_ref(x[s:e], dt[s:e], A, B[s:e], C[s:e], D, max(e - s, 1), init)
+        y[s:e], final = ssd_chunk_scan_ref(x[s:e], dt[s:e], A, B[s:e], C[s:e], D, chunk_size, init)
         state[slot] = final.to(state.dtype)
     return y

@@ -100,6 +100,9 @@ def test_long_decode_keeps_swa_usage_bounded_then_all_free(cluster):
     finally:
         done.set()
         t.join()
+    pools = {p.kind: (p.items, p.bytes, p.entries) for p in out.first.transfer.pools}
+    print(f"swa e2e: prompt {len(ids)}, decoded {n_new}: moved (items, bytes, entries) {pools}; "
+          f"decode-node peak usage {peak} pages")
     assert len(out.tokens) == n_new and swa_total == 128
     assert 0 < peak["swa"] <= (WINDOW - 1) // PAGE + 2, peak  # the window, not the context
     assert peak["kv"] > (WINDOW - 1) // PAGE + 2  # the full-attention pool grows with the context

@@ -60,12 +60,12 @@ class Engine:
             from pdpair.engine.debug import Dumper
 
             self.runner.dumper = Dumper.start(config.dump, self.model, kv, loaded.model_id)
-        elif (config.device.startswith("cuda") and not config.disable_cuda_graph and backend.supports_cuda_graph
-              and mc.hybrid is None):
+        elif config.device.startswith("cuda") and not config.disable_cuda_graph and backend.supports_cuda_graph:
             from pdpair.engine.cuda_graph import DecodeCudaGraphs
 
+            rows = self.mamba_pool.row_slots if self.mamba_pool is not None else None
             self.runner.graphs = DecodeCudaGraphs.for_runner(self.runner, self.req_to_token,
-                                                             config.max_running_requests)
+                                                             config.max_running_requests, state_rows=rows)
         eos, decode = set(mc.eos_token_ids), None
         if self.tokenizer is not None:  # tiny test models come without one
             eos |= set(self.tokenizer.eos_token_ids)

@@ -44,6 +44,9 @@ class MambaStep:
 
     @classmethod
     def build(cls, batch: ForwardBatch, pool: MambaPool) -> MambaStep:
+        if batch.is_decode:  # no host sync: decode addresses the states through the device tensor only
+            slots = batch.state_slots if batch.state_slots is not None else pool.slots_of(batch.req_pool_indices)
+            return cls(pool, True, slots, [], [], [], batch.qo_indptr)
         slots = pool.slots_of(batch.req_pool_indices)
         slots_cpu = slots.tolist()
         assert all(s >= pool.reserved_items for s in slots_cpu), f"rows without a mamba slot: {slots_cpu}"

@@ -92,3 +92,41 @@ def engine_kernels_case(model_dir: str) -> bool:
                                 chunk_size=5, attention_backend="torch", max_running_requests=4)
         outs.append([o.token_ids for o in eng.generate(prompts, sp)])
     return outs[0] == outs[1]
+
+
+def graph_padding_case(model_dir: str) -> dict[str, bool]:
+    """Decode through the CUDA-graph runner's padded static batches, run eagerly (CPU, interpreted kernels):
+    3 rows padded to 4, the padding row on request-table row 0 (a live request's row) writing the dummy slot 0.
+    Tokens must equal plain eager decode; only slot 0 and the live slots change."""
+    from types import SimpleNamespace
+
+    from pdpair.engine import Engine, SamplingParams
+    from pdpair.engine.cuda_graph import DecodeCudaGraphs
+    from pdpair.engine.models import mamba2
+
+    from tests.kernels._attention_engine_fixtures import eager_logits
+
+    mamba2.use_triton = lambda x: True
+    prompts = [[5, 6, 7], list(range(3, 12)), [9] * 6]
+    sp = SamplingParams(max_new_tokens=4, temperature=0.0, ignore_eos=True)
+    make = lambda: Engine.from_model(model_dir, device="cpu", dtype="float32", page_size=4,  # noqa: E731
+                                     max_pages=32, attention_backend="triton", max_running_requests=8)
+    ref = [o.token_ids for o in make().generate(prompts, sp)]
+    eng = make()
+    pool = eng.mamba_pool
+    graphs = DecodeCudaGraphs(eng.runner.model, eng.runner.backend, eng.req_to_token.table, 8,
+                              eng.req_to_token.max_context, buckets=(4, 8), state_rows=pool.row_slots)
+    padded_rows = []
+
+    def replay(batch):
+        padded = graphs.padded_batch(batch)
+        padded_rows.append(padded.state_slots[batch.batch_size:].tolist())
+        return eager_logits(eng, padded)[: batch.batch_size]
+
+    eng.runner.graphs = SimpleNamespace(can_run=lambda b: b.is_decode, replay=replay)
+    pool.buffer[0].zero_()
+    got = [o.token_ids for o in eng.generate(prompts, sp)]
+    unused = pool.buffer[len(prompts) + 1 :]  # slots 1..3 went to the three requests
+    return {"tokens": got == ref, "padding_to_dummy": bool(padded_rows) and all(
+        r == [0] * len(r) and r for r in padded_rows),
+        "dummy_written": bool(pool.buffer[0].any()), "others_untouched": not bool(unused.any())}

@@ -38,3 +38,12 @@ def test_mixer_triton_path_matches_torch_path(tmp_path):
 
     save_hybrid("bamba", tmp_path)
     assert interpreted(engine_kernels_case, str(tmp_path))
+
+
+def test_graph_padding_rows_write_only_the_dummy_slot(tmp_path):
+    from tests.hybrid_models import save_hybrid
+    from tests.kernels._mamba_cases import graph_padding_case
+
+    save_hybrid("granite", tmp_path)
+    assert interpreted(graph_padding_case, str(tmp_path)) == {
+        "tokens": True, "padding_to_dummy": True, "dummy_written": True, "others_untouched": True}

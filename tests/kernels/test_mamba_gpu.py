@@ -22,21 +22,25 @@ def test_conv_update_real_size(dtype):
     assert conv_update_case(dtype, 64, 64 * 64 + 2 * 8 * 128, 4, True, device="cuda")
 
 
-def test_hybrid_engine_on_cuda_matches_cpu(tmp_path):
-    """A tiny Bamba on CUDA (Triton decode step on the pool slots) generates what the CPU engine generates."""
+@pytest.mark.parametrize("graphs", [False, True])
+def test_hybrid_engine_on_cuda_matches_cpu(tmp_path, graphs):
+    """A tiny Bamba on CUDA (Triton scan and decode step on the pool slots; triton attention; with and without
+    decode CUDA graphs, whose padding rows write the dummy slot) generates what the CPU engine generates."""
     from pdpair.engine import Engine, SamplingParams
 
     from tests.hybrid_models import save_hybrid
 
     save_hybrid("bamba", tmp_path)
-    prompts = [[5, 6, 7], list(range(3, 40)), [9] * 17]
+    prompts = [[5, 6, 7], list(range(3, 40)), [9] * 17]  # 3 rows: the graph of 4 pads one row
     sp = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True)
     outs = {}
     for device in ("cpu", "cuda"):
         eng = Engine.from_model(str(tmp_path), device=device, dtype="float32", page_size=4, max_pages=64,
-                                chunk_size=5, attention_backend="torch", max_running_requests=4)
+                                chunk_size=5, max_running_requests=8, disable_cuda_graph=not graphs)
         outs[device] = [o.token_ids for o in eng.generate(prompts, sp)]
         assert eng.pools.all_free()
+        if device == "cuda":
+            assert (eng.runner.graphs is not None and eng.runner.graphs.num_replays > 0) == graphs
     assert outs["cuda"] == outs["cpu"]
 
 

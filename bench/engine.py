@@ -3,7 +3,10 @@
 Prints one table: prefill tokens/s (512-token prompt), decode tokens/s at batch 1, 8 and 32, and
 Hugging Face transformers `generate` (batch 1, greedy, same prompt, dtype and thread count) measured in the
 same run. Batch-1 rows of both engines are measured in alternating rounds (median reported) so that load
-from other processes on a shared machine hits both alike.
+from other processes on a shared machine hits both alike. Writes bench/out/engine.md and .json, and
+engine.png: decode tokens/s against batch size, transformers' batch 1 beside it.
+
+    python bench/engine.py                                   # quick look: --steps 2 --rounds 1 --no-transformers
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import statistics
 import time
 
 import torch
+from _report import Panel, Report, Series, add_out_arg, progress
 from pdpair.engine import Engine, Request, SamplingParams
 
 TEXT = ("The history of computing is a story of abstraction layered on abstraction: relays gave way to "
@@ -84,7 +88,9 @@ def main() -> None:
     ap.add_argument("--decode-prompt", type=int, default=128, help="prompt length for decode rows")
     ap.add_argument("--page-size", type=int, default=16)
     ap.add_argument("--no-transformers", action="store_true")
+    add_out_arg(ap)
     args = ap.parse_args()
+    report = Report("engine", args.out_dir)
     torch.set_num_threads(args.threads)
 
     eng = Engine.from_model("smollm2-135m", device="cpu", dtype="float32", page_size=args.page_size,
@@ -98,29 +104,39 @@ def main() -> None:
         ref.decode(ids, 2)
 
     ours_b1, ref_b1 = [], []
+    bar = progress(total=args.rounds + 3, desc="engine", unit="measurement")
     for _ in range(args.rounds):
         ours_b1.append(bench_decode(eng, ids, 1, args.steps))
         if ref:
             ref_b1.append(ref.decode(ids, args.steps))
+        bar.update()
     decode = {1: statistics.median(ours_b1)}
     rows = [("pdpair prefill, 512-token prompt", bench_prefill(eng, long_ids, 3))]
+    bar.update()
     for b in (8, 32):
         decode[b] = bench_decode(eng, ids, b, args.steps)
+        bar.update()
+    bar.close()
     rows += [(f"pdpair decode, batch {b}", decode[b]) for b in (1, 8, 32)]
     if ref:
         rows.append(("transformers generate decode, batch 1", statistics.median(ref_b1)))
     eng.pools.check_integrity()
 
-    print(f"\nEngine benchmark: smollm2-135m fp32 on CPU, {args.threads} thread(s), decode prompt "
-          f"{args.decode_prompt} tokens, {args.steps} decode steps, page size {args.page_size}")
-    print(f"| {'row':<40} | {'tokens/s':>10} |")
-    print(f"|{'-' * 42}|{'-' * 12}|")
-    for name, tps in rows:
-        print(f"| {name:<40} | {tps:>10.1f} |")
+    title = (f"engine: smollm2-135m fp32 on CPU, {args.threads} thread(s), decode prompt {args.decode_prompt} "
+             f"tokens, {args.steps} decode steps, page size {args.page_size}")
+    notes = []
     if ref:
-        print(f"\nbatch-1 decode vs transformers: {decode[1] / statistics.median(ref_b1):.2f}x (goal >= 1.5x); "
-              f"rounds: ours {[round(x, 1) for x in ours_b1]}, transformers {[round(x, 1) for x in ref_b1]}")
-    print(f"batch-32 decode vs batch 1:      {decode[32] / decode[1]:.2f}x (goal >= 8x)")
+        notes.append(f"batch-1 decode vs transformers: {decode[1] / statistics.median(ref_b1):.2f}x (goal >= 1.5x); "
+                     f"rounds: ours {[round(x, 1) for x in ours_b1]}, transformers {[round(x, 1) for x in ref_b1]}")
+    notes.append(f"batch-32 decode vs batch 1: {decode[32] / decode[1]:.2f}x (goal >= 8x)")
+    report.table(title, ["row", "tokens/s"], [[name, round(tps, 1)] for name, tps in rows], notes,
+                 extra={"decode_tokens_per_s": decode, "transformers_b1": statistics.median(ref_b1) if ref else None})
+    series = [Series("pdpair decode", list(decode), list(decode.values()))]
+    if ref:
+        series.append(Series("transformers generate, batch 1", [1], [statistics.median(ref_b1)], "s"))
+    report.lines("engine", [Panel("decode throughput", "batch size", "tokens/s", series, logx=True,
+                                  xticks=list(decode))], "pdpair engine on CPU (SmolLM2-135M fp32)")
+    report.done()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
     tests/kernels/test_attention_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" || rc=1
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
-  python3 bench/kernels.py --sweep --json "$OUT/bench.json" ${MODEL_DIR:+--model-dir "$MODEL_DIR"} 2>&1 \
+  python3 bench/kernels.py --sweep --json "$OUT/bench.json" --out-dir "$OUT" ${MODEL_DIR:+--model-dir "$MODEL_DIR"} 2>&1 \
     | tee "$OUT/bench.log" || rc=1
 fi
 exit $rc

@@ -1,8 +1,10 @@
 """Attention kernel benchmark (GPU): copy ceiling, split-KV decode, extend vs SDPA, model decode tokens/s.
 
     python bench/kernels.py [--sweep] [--model-dir DIR] [--json OUT.json]
+    python bench/kernels.py --no-model --only decode --contexts 512 4096      # quick look
 
-Prints one table. Decode is reported in GB/s of KV read and as a fraction of a device-to-device copy's
+Prints one table and writes it to bench/out/kernels.md and .json, with kernels_decode_context.png (decode
+GB/s and % of the copy ceiling against context length). Decode is reported in GB/s of KV read and as a fraction of a device-to-device copy's
 bandwidth (bytes read + written) measured in the same run; extend in TFLOP/s of causal attention next to
 torch's scaled_dot_product_attention on the same shapes as contiguous tensors. Times are
 `triton.testing.do_bench` medians.
@@ -21,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ helpers when run from a checkout
 
+from _report import Panel, Report, Series, add_out_arg, progress
 from pdpair.kernels.attention import (
     decode_attention,
     decode_attention_ref,
@@ -130,8 +133,27 @@ def bench_swa_decode(bsz: int = 64, ctx: int = 32768, window: int = 4096) -> dic
     row(f"decode B{bsz} ctx{ctx} full attention", f"{full_ms * 1e3:8.1f} us")
     row(f"decode B{bsz} ctx{ctx} window {window} (swa)", f"{swa_ms * 1e3:8.1f} us",
         f"{swa_ms / full_ms:.3f} x full (window/ctx = {window / ctx:.3f}); vs masked full scan rel err {err:.1e}")
-    del kc, vc
     return {"full_ms": full_ms, "swa_ms": swa_ms, "ratio": swa_ms / full_ms, "rel_err": err}
+
+
+def bench_decode_contexts(ceiling: float, contexts: list[int], bsz: int = 64) -> dict[int, float]:
+    """Decode GB/s of KV read at each context length (default launch configuration, batch `bsz`)."""
+    from pdpair.kernels.attention import default_num_splits
+
+    heads, kv_heads, head_dim = 32, 8, 128
+    out = {}
+    for ctx in progress(contexts, desc="decode vs context", unit="ctx"):
+        q, kc, vc, kv_indptr, kv_indices = _decode_inputs(bsz, ctx, heads, kv_heads, head_dim)
+        ws = decode_workspace(bsz, heads, head_dim, default_num_splits(bsz, kv_heads), "cuda")
+        o = torch.empty_like(q)
+        ms = median_ms(lambda q=q, kc=kc, vc=vc, ip=kv_indptr, ix=kv_indices, o=o, ws=ws:
+                       decode_attention(q, kc, vc, ip, ix, o=o, workspace=ws))
+        out[ctx] = bsz * ctx * kv_heads * head_dim * 2 * 2 / ms / 1e6
+        row(f"decode B{bsz} ctx{ctx} {heads}q/{kv_heads}kv d{head_dim} bf16 p16", f"{out[ctx]:8.0f} GB/s",
+            f"{ms * 1e3:.1f} us, {100 * out[ctx] / ceiling:.0f}% of copy; default config")
+        del q, kc, vc, kv_indptr, kv_indices, ws, o
+        torch.cuda.empty_cache()
+    return out
 
 
 def bench_extend(sweep: bool) -> dict:
@@ -299,13 +321,35 @@ def bench_generate(model_dir: str | None, new_tokens: int = 128, prompt_len: int
     return out
 
 
+def write_report(res: dict, out_dir: Path) -> None:
+    """The ROWS table (bench/out/kernels.md/.json) and the decode-vs-context plot."""
+    report = Report("kernels", out_dir)
+    report.table(f"kernels: {res['device']}, torch {torch.__version__}", ["what", "value", "note"],
+                 [list(r) for r in ROWS], extra={"results": res})
+    by_ctx = res.get("decode_vs_context_gbs")
+    if by_ctx:
+        ctxs = list(by_ctx)
+        report.lines("kernels_decode_context", [
+            Panel("split-KV decode, batch 64, bf16", "context (tokens)", "GB/s of KV read",
+                  [Series("decode", ctxs, list(by_ctx.values())),
+                   Series("D2D copy ceiling", [ctxs[0], ctxs[-1]], [res["copy_gbs"]] * 2, "--")],
+                  logx=True, xticks=ctxs),
+            Panel("share of the copy ceiling", "context (tokens)", "%",
+                  [Series("decode", ctxs, [100 * g / res["copy_gbs"] for g in by_ctx.values()])],
+                  logx=True, xticks=ctxs)], f"decode attention kernel on {res['device']}")
+    report.done()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweep", action="store_true", help="try block sizes / warps / stages, report the best")
     ap.add_argument("--model-dir", help="HF directory for the model rows (default: seeded SmolLM2-135M shape)")
     ap.add_argument("--no-model", action="store_true", help="kernels only")
     ap.add_argument("--only", choices=("decode", "extend"), help="one kernel only (tuning runs)")
-    ap.add_argument("--json", help="write the numbers here")
+    ap.add_argument("--json", help="also write the numbers here (bench/out/kernels.json is always written)")
+    ap.add_argument("--contexts", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384],
+                    help="context lengths of the decode-vs-context rows and plot")
+    add_out_arg(ap)
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench/kernels.py needs a CUDA device")
@@ -315,6 +359,7 @@ def main() -> None:
     res["copy_gbs"] = bench_copy()
     if args.only in (None, "decode"):
         res["decode"] = bench_decode(res["copy_gbs"], args.sweep)
+        res["decode_vs_context_gbs"] = bench_decode_contexts(res["copy_gbs"], args.contexts)
         torch.cuda.empty_cache()
         res["swa_decode"] = bench_swa_decode()
         from bench.mamba_rows import bench_mamba
@@ -329,9 +374,7 @@ def main() -> None:
         torch.cuda.empty_cache()
         res["model"] = bench_model(args.model_dir)
         res["generate"] = bench_generate(args.model_dir)
-    print(f"\n| {'what':<48} | {'value':>14} | note |\n|{'-' * 50}|{'-' * 16}|------|")
-    for name, value, note in ROWS:
-        print(f"| {name:<48} | {value:>14} | {note} |")
+    write_report(res, args.out_dir)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2, default=str))
 

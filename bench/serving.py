@@ -3,10 +3,12 @@
 Starts a prefill node and a decode node on loopback (real Mooncake over TCP), then for every prompt
 length and concurrency sends the same requests to the decode node twice, interleaved wave by wave:
 colocated (Generate without a prefill node: the decode node prefills) and disaggregated (the prefill node
-prefills and writes each chunk's pages while it computes the next). Prints a table, writes a PNG.
+prefills and writes each chunk's pages while it computes the next). Prints a table and writes it to
+bench/out/serving.md and .json, with serving.png: TTFT, inter-token latency and tokens/s against prompt
+length, disaggregated vs colocated, one line per mode and concurrency.
 
     python bench/serving.py                      # 128/512/2048 tokens, concurrency 1 and 8
-    python bench/serving.py --lengths 128 --concurrency 1 --waves 1   # quick look
+    python bench/serving.py --lengths 128 --concurrency 1 --waves 1 --output-tokens 4   # quick look
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ import statistics
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
+from _report import Panel, Report, Series, add_out_arg, progress
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
 from pdpair.router.local_cluster import LocalCluster
-from tqdm import tqdm
 
 MODES = ("colocated", "disaggregated")
 
@@ -100,7 +101,7 @@ async def run(args) -> list[Cell]:
         cells = {(n, c, m): Cell(n, c, m) for n in args.lengths for c in args.concurrency for m in MODES}
         total = sum(c * args.waves * len(MODES) for c in args.concurrency) * len(args.lengths)
         salt = 1
-        with tqdm(total=total, unit="req", desc="serving") as bar:
+        with progress(total=total, unit="req", desc="serving") as bar:
             for n in args.lengths:
                 for conc in args.concurrency:
                     for _ in range(args.waves):
@@ -119,48 +120,42 @@ async def run(args) -> list[Cell]:
     return list(cells.values())
 
 
-def table(cells: list[Cell]) -> str:
-    head = ("| prompt | conc | mode | TTFT p50 ms | TTFT mean ms | ITL ms | out tok/s | pages/req | "
-            "batches/req | GB/s | TTFT disagg/coloc |")
-    lines = [head, "|" + "---|" * 11]
+COLUMNS = ["prompt", "conc", "mode", "TTFT p50 ms", "TTFT mean ms", "ITL ms", "out tok/s", "pages/req",
+           "batches/req", "GB/s", "TTFT disagg/coloc"]
+
+
+def table_rows(cells: list[Cell]) -> list[list]:
     by = {(c.length, c.concurrency, c.mode): c for c in cells}
+    rows = []
     for c in cells:
         t = c.samples[0].transfer
-        ratio = ""
+        ratio = "-"
         if c.mode == "disaggregated":
-            ratio = f"{c.ttft_mean_ms / by[(c.length, c.concurrency, 'colocated')].ttft_mean_ms:.3f}"
+            ratio = round(c.ttft_mean_ms / by[(c.length, c.concurrency, "colocated")].ttft_mean_ms, 3)
         gbps = statistics.fmean(s.transfer.bytes / s.transfer.seconds / 1e9 for s in c.samples
                                 if s.transfer.seconds > 0) if t.seconds else 0.0
-        lines.append(f"| {c.length} | {c.concurrency} | {c.mode} | {c.ttft_ms:.0f} | {c.ttft_mean_ms:.0f} | "
-                     f"{c.itl_ms:.1f} | {c.tokens_per_s:.1f} | {t.items if t.items else '-'} | "
-                     f"{t.batches if t.batches else '-'} | {f'{gbps:.2f}' if gbps else '-'} | {ratio} |")
-    return "\n".join(lines)
+        rows.append([c.length, c.concurrency, c.mode, round(c.ttft_ms), round(c.ttft_mean_ms), round(c.itl_ms, 1),
+                     round(c.tokens_per_s, 1), t.items or "-", t.batches or "-", round(gbps, 2) if gbps else "-",
+                     ratio])
+    return rows
 
 
-def plot(cells: list[Cell], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = sorted({(c.length, c.concurrency) for c in cells})
-    labels = [f"{n}\nx{k}" for n, k in groups]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    metrics = [("TTFT mean (ms)", "ttft_mean_ms"), ("inter-token latency (ms)", "itl_ms"),
-               ("output tokens/s", "tokens_per_s")]
-    by = {(c.length, c.concurrency, c.mode): c for c in cells}
-    for ax, (title, attr) in zip(axes, metrics, strict=True):
-        for i, mode in enumerate(MODES):
-            xs = [j + (i - 0.5) * 0.38 for j in range(len(groups))]
-            ax.bar(xs, [getattr(by[(n, k, mode)], attr) for n, k in groups], width=0.38, label=mode)
-        ax.set_xticks(range(len(groups)), labels)
-        ax.set_xlabel("prompt tokens, concurrency")
-        ax.set_title(title)
-    axes[0].legend()
-    fig.suptitle("pdpair serving: disaggregated vs colocated (CPU, SmolLM2-135M, Mooncake TCP loopback)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+def panels(cells: list[Cell]) -> list[Panel]:
+    """TTFT, ITL and tokens/s against prompt length: a line per (mode, concurrency)."""
+    metrics = [("TTFT (mean)", "ms", "ttft_mean_ms"), ("inter-token latency", "ms", "itl_ms"),
+               ("output tokens/s", "tokens/s", "tokens_per_s")]
+    lengths = sorted({c.length for c in cells})
+    out = []
+    for title, unit, attr in metrics:
+        series = []
+        for conc in sorted({c.concurrency for c in cells}):
+            for mode in MODES:
+                mine = sorted((c for c in cells if c.mode == mode and c.concurrency == conc), key=lambda c: c.length)
+                style = "-o" if mode == "disaggregated" else "--s"
+                series.append(Series(f"{mode} x{conc}", [c.length for c in mine], [getattr(c, attr) for c in mine],
+                                     style))
+        out.append(Panel(title, "prompt tokens", unit, series, logx=len(lengths) > 1, xticks=lengths))
+    return out
 
 
 def main() -> None:
@@ -173,15 +168,16 @@ def main() -> None:
     ap.add_argument("--page-size", type=int, default=16)
     ap.add_argument("--max-pages", type=int, default=1200, help="KV pool of each node, in pages")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per node (OMP_NUM_THREADS)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "serving.png")
+    add_out_arg(ap)
     args = ap.parse_args()
+    report = Report("serving", args.out_dir)
     cells = asyncio.run(run(args))
-    print(f"\nSmolLM2-135M fp32 on CPU, {args.threads} torch thread(s) per node, chunk {args.chunk_size}, "
-          f"page {args.page_size}, {args.output_tokens} output tokens, {args.waves} wave(s) per cell; "
-          f"TTFT/ITL measured at the decode node's gRPC stream")
-    print(table(cells))
-    plot(cells, args.out)
-    print(f"plot: {args.out}")
+    title = (f"serving: SmolLM2-135M fp32 on CPU, {args.threads} torch thread(s) per node, chunk {args.chunk_size}, "
+             f"page {args.page_size}, {args.output_tokens} output tokens, {args.waves} wave(s) per cell")
+    report.table(title, COLUMNS, table_rows(cells),
+                 notes=["TTFT and ITL are measured at the decode node's gRPC stream; GB/s is the KV transfer's."])
+    report.lines("serving", panels(cells), "pdpair serving: disaggregated vs colocated (CPU, Mooncake TCP loopback)")
+    report.done()
 
 
 if __name__ == "__main__":

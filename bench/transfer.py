@@ -8,7 +8,9 @@ same bytes as one Mooncake entry, (d) an in-process memcpy. Medians over repeats
 rows in a fresh random order each round; "% of (c)" is the median ratio against a
 (c) measured right beside the row, so that background load hits both alike.
 
-    python bench/transfer.py [--repeats 11] [--tokens 2048]
+    python bench/transfer.py [--repeats 11] [--tokens 2048]     # quick look: --repeats 1 --tokens 256
+
+Writes bench/out/transfer.md and .json (the table) and transfer_gbps.png (GB/s against fragmentation).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import statistics
 import time
 
 import numpy as np
+from _report import Panel, Report, Series, add_out_arg, progress
 from pdpair.transfer import TransferPlan, build_plan
 from pdpair.transfer.loopback import LoopbackPeer
 
@@ -55,7 +58,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--tokens", type=int, default=2048)
+    add_out_arg(ap)
     args = ap.parse_args()
+    report = Report("transfer", args.out_dir)
     load0 = os.getloadavg()[0]
     n_pages = -(-args.tokens // PAGE)
     pool = 2 * n_pages + 8  # room for 50% fragmentation gaps
@@ -118,7 +123,7 @@ def main() -> None:
             measure(i, check=True)
         times: list[list[float]] = [[] for _ in rows]
         ratios: list[list[float]] = [[] for _ in rows]  # (c) time / row time, (c) measured right beside it
-        for _ in range(args.repeats):
+        for _ in progress(range(args.repeats), desc="transfer rounds", unit="round"):
             for i in rng.permutation(len(rows)):  # a fresh order each round
                 c = ref_row[rows[i][0]]
                 if rng.random() < 0.5:
@@ -128,30 +133,44 @@ def main() -> None:
                 times[i].append(t)
                 ratios[i].append(tc / t)
 
-        print(
-            f"transfer: {args.tokens}-token request, {LAYERS} layers x {KV_HEADS} KV heads x head dim {HEAD_DIM}, "
-            f"page {PAGE}; {n_pages} pages; Mooncake TCP loopback between two processes; "
-            f"median of {args.repeats}; {os.cpu_count()} CPUs, load average {load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
-        )
-        print()
-        print("| dtype | method | fragmentation | entries | MiB | ms | GB/s | % of (c) |")
-        print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        title = (f"transfer: {args.tokens}-token request, {LAYERS} layers x {KV_HEADS} KV heads x head dim "
+                 f"{HEAD_DIM}, page {PAGE}; {n_pages} pages; Mooncake TCP loopback between two processes; "
+                 f"median of {args.repeats}")
         refs = set(ref_row.values())
+        table = []
         for i, ((k, label, frag, work), t, r) in enumerate(zip(rows, times, ratios, strict=True)):
             med = statistics.median(t)
             nbytes = work.nbytes if isinstance(work, TransferPlan) else work[0].nbytes
             entries = len(work) if isinstance(work, TransferPlan) else "-"
             frag_s = f"{frag:.0%}" if label[1] in "ab" else "-"
-            print(
-                f"| {k} | {label} | {frag_s} | {entries} | {nbytes / 2**20:.1f} | {med * 1e3:.1f} | "
-                f"{nbytes / med / 1e9:.2f} | {1 if i in refs else statistics.median(r):.0%} |"
-            )
-        print()
+            pct = 1 if i in refs else statistics.median(r)
+            table.append([k, label, frag_s, entries, round(nbytes / 2**20, 1), round(med * 1e3, 2),
+                          round(nbytes / med / 1e9, 3), f"{pct:.0%}"])
         floor = ", ".join(f"{rows[i][0]} {statistics.median(ratios[i]):.0%}" for i in refs)
-        print(f"(c) paired with itself the same way (the noise floor of the % column): {floor}")
+        cols = ["dtype", "method", "fragmentation", "entries", "MiB", "ms", "GB/s", "% of (c)"]
+        report.table(title, cols, table, notes=[
+            f"{os.cpu_count()} CPUs, load average {load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end.",
+            f"(c) paired with itself the same way (the noise floor of the % column): {floor}"])
+        report.lines("transfer_gbps", [_gbps_panel(table, k) for k in DTYPES],
+                     "KV transfer throughput against page fragmentation (Mooncake TCP loopback)")
+        report.done()
     finally:
         prefill.close()
         decode.close()
+
+
+def _gbps_panel(table: list[list], dtype: str) -> Panel:
+    """GB/s of (a) and (b) against fragmentation, (c) and (d) as flat reference lines."""
+    mine = [r for r in table if r[0] == dtype]
+    fracs = sorted({float(r[2].rstrip("%")) for r in mine if r[2] != "-"})
+    series = []
+    for method in ("(a) coalesced", "(b) page x layer"):
+        pts = sorted((float(r[2].rstrip("%")), r[6]) for r in mine if r[1] == method)
+        series.append(Series(method, [x for x, _ in pts], [y for _, y in pts]))
+    for method in ("(c) one entry", "(d) memcpy"):
+        (gbps,) = [r[6] for r in mine if r[1] == method]
+        series.append(Series(method, [fracs[0], fracs[-1]], [gbps, gbps], "--"))
+    return Panel(f"{dtype} KV", "pages that start a new run (%)", "GB/s", series, logy=True, xticks=fracs)
 
 
 def _check_landed(plan: TransferPlan, src: LoopbackPeer, dst: LoopbackPeer, kind: str) -> None:

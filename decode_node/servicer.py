@@ -38,7 +38,7 @@ class DecodeServicer(pb_grpc.DecodeNodeServicer):
         if self.rt.draining:
             raise RpcError(Code.UNAVAILABLE, "decode node is draining", pb.DECODE_DRAINING)
         try:
-            sampling = sampling_from_proto(request.sampling)
+            sampling = sampling_from_proto(request.sampling, self._info.vocab_size)
             check_prompt(list(request.token_ids), self._info.vocab_size, self._info.context_length)
             self.admission.admit(request.rid)
         except QueueFull as exc:

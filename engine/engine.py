@@ -143,6 +143,7 @@ class Engine:
         reqs = [Request(f"gen-{next(self._ids)}", list(ids), sp) for ids, sp in zip(prompts, params, strict=True)]
         for req in reqs:  # check everything before queueing anything
             self.scheduler.validator.check(req)
+            req.sampling.check_vocab(self.runner.vocab_size)
         for req in reqs:
             self.scheduler.submit(req)
         index = {r.rid: i for i, r in enumerate(reqs)}

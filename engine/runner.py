@@ -61,7 +61,8 @@ class ModelRunner:
             if done:
                 picked = [reqs[i] for i in done]
                 sb = SamplingBatch.build([r.sampling for r in picked], [r.seed for r in picked],
-                                         [r.seq_len for r in picked], self.vocab_size, logits.device)
+                                         [r.seq_len for r in picked], self.vocab_size, logits.device,
+                                         [r.input_ids for r in picked], [r.output_ids for r in picked])
                 for i, tok in zip(done, sample(logits, sb).tolist(), strict=True):
                     out[i] = tok
         return out

@@ -1,4 +1,4 @@
-"""Batched sampling: greedy, temperature, top-k, top-p, min-p with counter-based per-request noise.
+"""Batched sampling: penalties and logit_bias, greedy, temperature, top-k, top-p, min-p with counter-based noise.
 
 A sampled row draws exponential noise from a hash of (seed, position, token id), so its token depends
 only on its own logits, seed and position: never on which other requests share the batch, on the
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from pdpair.engine.penalties import PenaltyBatch
 from pdpair.engine.sampling import SamplingParams
 
 _M1 = 0xBF58476D1CE4E5B9 - (1 << 64)
@@ -27,6 +28,11 @@ def _splitmix64(z: torch.Tensor) -> torch.Tensor:
     z = (z ^ _lsr(z, 30)) * _M1
     z = (z ^ _lsr(z, 27)) * _M2
     return z ^ _lsr(z, 31)
+
+
+def seed_bits(seed: int) -> int:
+    """A uint64 seed as the int64 with the same bits (torch has no uint64 arithmetic)."""
+    return seed - (1 << 64) if seed >= 1 << 63 else seed
 
 
 def uniform_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -50,23 +56,33 @@ class SamplingBatch:
     all_greedy: bool
     need_top_k_top_p: bool
     need_min_p: bool
+    penalties: PenaltyBatch | None = None  # None: no request of the batch uses penalties or logit_bias
 
     @classmethod
     def build(cls, params: Sequence[SamplingParams], seeds: Sequence[int], positions: Sequence[int],
-              vocab: int, device: torch.device | str) -> SamplingBatch:
-        all_greedy = all(p.temperature == 0 for p in params)
+              vocab: int, device: torch.device | str, prompts: Sequence[Sequence[int]] | None = None,
+              outputs: Sequence[Sequence[int]] | None = None) -> SamplingBatch:
+        """`prompts`/`outputs` (each row's token ids) are read only when a row uses penalties."""
+        all_greedy = all(p.greedy for p in params)
         top_ks = [p.top_k if p.top_k > 0 else vocab for p in params]
+        penalties = None
+        if any(p.uses_penalties for p in params):
+            if prompts is None or outputs is None:
+                raise ValueError("penalties and logit_bias need each row's prompt and output token ids")
+            penalties = PenaltyBatch.build(params, prompts, outputs, vocab, device)
         return cls(
-            temperatures=torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device),
+            temperatures=torch.tensor([0.0 if p.greedy else p.temperature for p in params], dtype=torch.float32,
+                                      device=device),
             top_ks=torch.tensor(top_ks, dtype=torch.long, device=device),
             top_ps=torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
             min_ps=torch.tensor([p.min_p for p in params], dtype=torch.float32, device=device),
-            seeds=torch.tensor(seeds, dtype=torch.long, device=device),
+            seeds=torch.tensor([seed_bits(s) for s in seeds], dtype=torch.long, device=device),
             positions=torch.tensor(positions, dtype=torch.long, device=device),
             all_greedy=all_greedy,
             need_top_k_top_p=not all_greedy and any(
-                p.temperature > 0 and (k < vocab or p.top_p < 1) for p, k in zip(params, top_ks, strict=True)),
-            need_min_p=not all_greedy and any(p.temperature > 0 and p.min_p > 0 for p in params),
+                not p.greedy and (k < vocab or p.top_p < 1) for p, k in zip(params, top_ks, strict=True)),
+            need_min_p=not all_greedy and any(not p.greedy and p.min_p > 0 for p in params),
+            penalties=penalties,
         )
 
 
@@ -88,6 +104,8 @@ def filtered_probs(logits: torch.Tensor, sb: SamplingBatch) -> torch.Tensor:
 
 def sample(logits: torch.Tensor, sb: SamplingBatch) -> torch.Tensor:
     """Next token ids [B] int64 for fp32 logits [B, V]."""
+    if sb.penalties is not None:
+        logits = sb.penalties.apply(logits)
     greedy = logits.argmax(dim=-1)
     if sb.all_greedy:
         return greedy

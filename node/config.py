@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pdpair.logfmt import add_log_format_arg
 from pdpair.tls import TlsFiles, add_tls_args, tls_from_args
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class NodeConfig:
     transfer_threads: int = 2
     metrics_port: int | None = None
     log_level: str = "INFO"
+    log_format: str = "text"  # or json (pdpair.logfmt)
     max_queue: int = 256
     drain_timeout: float = 30.0
     quarantine_seconds: float = 70.0
@@ -107,6 +109,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="serve Prometheus metrics on this port (default: off)")
     parser.add_argument("--log-level", default=d.log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="log level (default: INFO)")
+    add_log_format_arg(parser)
     parser.add_argument("--max-queue", type=int, default=d.max_queue,
                         help="requests admitted at once before answering RESOURCE_EXHAUSTED (default: 256)")
     parser.add_argument("--drain-timeout", type=float, default=d.drain_timeout,
@@ -163,7 +166,7 @@ def config_from_args(role: str, args: argparse.Namespace) -> NodeConfig:
         attention_backend=args.attention_backend, disable_cuda_graph=args.disable_cuda_graph,
         transfer_protocol=args.transfer_protocol,
         rdma_devices=args.rdma_devices, transfer_threads=args.transfer_threads, metrics_port=args.metrics_port,
-        log_level=args.log_level, max_queue=args.max_queue, drain_timeout=args.drain_timeout,
-        quarantine_seconds=hold, tls=tls_from_args(args),
+        log_level=args.log_level, log_format=args.log_format, max_queue=args.max_queue,
+        drain_timeout=args.drain_timeout, quarantine_seconds=hold, tls=tls_from_args(args),
         node_id=f"{role}-{advertise}-{os.getpid()}-{uuid.uuid4().hex[:8]}", dump=dump, **extra,
     )

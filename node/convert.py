@@ -6,9 +6,10 @@ from pdpair.engine import SamplingParams
 from pdpair.proto import pdpair_pb2 as pb
 
 
-def sampling_from_proto(msg: pb.SamplingParams) -> SamplingParams:
-    """Zero values mean "off" on the wire; raises ValueError for knobs the engine rejects."""
-    return SamplingParams(
+def sampling_from_proto(msg: pb.SamplingParams, vocab_size: int | None = None) -> SamplingParams:
+    """Zero values mean "off" on the wire (repetition_penalty: 0 or 1); raises ValueError naming the knob the
+    engine rejects, including logit_bias token ids outside `vocab_size` when it is given."""
+    sp = SamplingParams(
         max_new_tokens=int(msg.max_new_tokens),
         temperature=float(msg.temperature),
         top_k=int(msg.top_k),
@@ -18,13 +19,22 @@ def sampling_from_proto(msg: pb.SamplingParams) -> SamplingParams:
         stop=tuple(msg.stop),
         stop_token_ids=tuple(int(t) for t in msg.stop_token_ids),
         ignore_eos=bool(msg.ignore_eos),
+        presence_penalty=float(msg.presence_penalty),
+        frequency_penalty=float(msg.frequency_penalty),
+        repetition_penalty=float(msg.repetition_penalty) if msg.repetition_penalty != 0 else 1.0,
+        logit_bias=tuple((int(k), float(v)) for k, v in msg.logit_bias.items()),
     )
+    if vocab_size is not None:
+        sp.check_vocab(vocab_size)
+    return sp
 
 
 def sampling_to_proto(sp: SamplingParams) -> pb.SamplingParams:
     msg = pb.SamplingParams(
         max_new_tokens=sp.max_new_tokens, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k,
         min_p=sp.min_p, stop=list(sp.stop), stop_token_ids=list(sp.stop_token_ids), ignore_eos=sp.ignore_eos,
+        presence_penalty=sp.presence_penalty, frequency_penalty=sp.frequency_penalty,
+        repetition_penalty=0.0 if sp.repetition_penalty == 1 else sp.repetition_penalty, logit_bias=dict(sp.logit_bias),
     )
     if sp.seed is not None:
         msg.seed = sp.seed

@@ -31,10 +31,11 @@ GRPC_OPTIONS = [
 ]
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=max(getattr(logging, level), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pdpair").setLevel(getattr(logging, level))
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Text or JSON lines (`--log-format`), each with the request id of the gRPC call it belongs to."""
+    from pdpair.logfmt import setup_logging as setup
+
+    setup(level, fmt)
 
 
 async def _set_health(health: Any, service_names: list[str], status: int) -> None:
@@ -102,7 +103,7 @@ async def _serve(cfg: NodeConfig, make_servicer: MakeServicer) -> int:
 
 def serve(cfg: NodeConfig, make_servicer: MakeServicer) -> int:
     """Run a node until SIGTERM/SIGINT; returns the process exit code."""
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     return asyncio.run(_serve(cfg, make_servicer))
 
 

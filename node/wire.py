@@ -1,5 +1,6 @@
 """Registers a servicer's methods with a grpc.aio server, parsing requests at our edge: a malformed
-protobuf body answers INVALID_ARGUMENT naming the method (gRPC's own deserializer answers UNKNOWN)."""
+protobuf body answers INVALID_ARGUMENT naming the method (gRPC's own deserializer answers UNKNOWN). A request
+with a `rid` binds it for the log lines of its handler (pdpair.logfmt)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import grpc
 from google.protobuf import message as pb_message
 from google.protobuf.message_factory import GetMessageClass
 from pdpair.proto import pdpair_pb2 as pb
+
+from pdpair.logfmt import bind_rid
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ def _unary(fn, parse, name: str):
             request = parse(raw)
         except pb_message.DecodeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: malformed request message: {exc}")
+        bind_rid(getattr(request, "rid", ""))
         return await fn(request, context)
 
     return handler
@@ -46,6 +50,7 @@ def _stream(fn, parse, name: str):
             request = parse(raw)
         except pb_message.DecodeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: malformed request message: {exc}")
+        bind_rid(getattr(request, "rid", ""))
         async for item in fn(request, context):
             yield item
 

@@ -90,7 +90,7 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
             raise RpcError(Code.PERMISSION_DENIED, str(exc)) from None
         info = self._info
         try:
-            sampling = sampling_from_proto(request.sampling)
+            sampling = sampling_from_proto(request.sampling, info.vocab_size)
             check_prompt(list(request.token_ids), info.vocab_size, info.context_length)
             expected = expected_items(self.rt.engine.pools.windows(), len(request.token_ids), info.page_size,
                                       self.rt.engine.pools.slot_kinds)

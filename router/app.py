@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 
 from aiohttp import web
 from pdpair.router import openai_api, sse
@@ -14,6 +15,8 @@ from pdpair.router.errors import ApiError
 from pdpair.router.metrics import CONTENT_TYPE
 from pdpair.router.responses import ModelEntry, ModelList
 from pdpair.router.state import STATE, RouterState
+
+from pdpair.logfmt import bind_rid
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +28,16 @@ def _error_response(err: ApiError) -> web.Response:
     return web.Response(status=err.status, body=err.to_json(), content_type="application/json")
 
 
+def _http_message(exc: web.HTTPException, request: web.Request) -> str:
+    if exc.status == 413:
+        return f"request body larger than the limit of {request.app[STATE].config.max_body_bytes} bytes"
+    return f"{exc.reason}: {request.method} {request.path}"
+
+
 @web.middleware
 async def _errors_and_metrics(request: web.Request, handler) -> web.StreamResponse:
     metrics = request.app[STATE].metrics
+    bind_rid(uuid.uuid4().hex)  # this request's id: its job's rid and every log line on its path carry it
     endpoint = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     try:
         resp = await handler(request)
@@ -36,11 +46,11 @@ async def _errors_and_metrics(request: web.Request, handler) -> web.StreamRespon
         raise
     except ApiError as err:
         resp = _error_response(err)
-    except web.HTTPException as exc:
-        resp = exc
-    except Exception as exc:  # answer in the OpenAI shape, keep serving
+    except web.HTTPException as exc:  # aiohttp's own (413 body too large, 404, 405): the OpenAI shape too
+        resp = _error_response(ApiError(exc.status, _http_message(exc, request))) if exc.status >= 400 else exc
+    except Exception:  # answer in the OpenAI shape, keep serving; the details go to the log only
         logger.exception("unhandled error on %s", request.path)
-        resp = _error_response(ApiError(500, f"internal error: {type(exc).__name__}: {exc}"))
+        resp = _error_response(ApiError(500, "internal error"))
     metrics.requests.labels(endpoint=endpoint, status=str(resp.status)).inc()
     if resp.status >= 400:
         metrics.errors.labels(code=str(resp.status)).inc()
@@ -77,7 +87,7 @@ async def _on_cleanup(app: web.Application) -> None:
 
 def build_app(config: RouterConfig) -> web.Application:
     middlewares = [_errors_and_metrics, *([api_key_middleware(config.api_keys)] if config.api_keys else [])]
-    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024 * 1024)
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[STATE] = RouterState(config)
     app.router.add_post("/v1/chat/completions", openai_api.chat_completions)
     app.router.add_post("/v1/completions", openai_api.completions)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pdpair.router.discovery import parse_target
 from pdpair.router.policy import POLICIES
 
 from pdpair.tls import TlsFiles
 
 
 def check_addr(addr: str) -> str:
-    """Validate "host:port" (IPv6 as "[::1]:port"); return it unchanged."""
-    host, sep, port = addr.rpartition(":")
+    """Validate "host:port" (IPv6 as "[::1]:port") or "dns:///host:port"; return it unchanged."""
+    host, sep, port = parse_target(addr).addr.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"node address must be HOST:PORT, got {addr!r}")
     return addr
@@ -26,7 +27,9 @@ class RouterConfig:
     policy: str = "round_robin"
     poll_interval_s: float = 1.0  # Stats polling (health and load)
     rpc_timeout_s: float = 2.0  # Stats and ModelInfo calls
-    request_timeout_s: float | None = None  # Generate deadline (None: none)
+    request_timeout_s: float | None = 300.0  # deadline of one generation, failover included (None: none)
+    max_body_bytes: int = 4 * 1024 * 1024  # larger request bodies are answered 413
+    tokenize_threads: int = 2  # the bounded pool that tokenizes and renders chat templates off the event loop
     shutdown_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may finish
     dns_refresh_s: float = 0.0  # > 0: resolve every node target (a headless Service) this often
     api_keys: tuple[str, ...] = ()  # bearer keys /v1/* requires (none: open)
@@ -49,3 +52,7 @@ class RouterConfig:
             raise ValueError("DNS refresh interval must be >= 0")
         if self.request_timeout_s is not None and self.request_timeout_s <= 0:
             raise ValueError("request timeout must be positive")
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"max body size must be at least 1024 bytes, got {self.max_body_bytes}")
+        if self.tokenize_threads < 1:
+            raise ValueError(f"tokenize threads must be >= 1, got {self.tokenize_threads}")

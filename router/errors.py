@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import grpc
 import msgspec
 
+logger = logging.getLogger(__name__)
+
+# host:port, [v6]:port: what a node's error details may carry and clients must not see
+_ADDRESS = re.compile(r"\[[0-9A-Fa-f:.]+\](:\d+)?|\b(?:\d{1,3}\.){3}\d{1,3}(:\d+)?|\b[\w.-]+:\d{2,5}\b")
+_GENERIC = {
+    429: "the serving nodes are overloaded; retry later",
+    503: "no node could serve the request now",
+    504: "the request timed out",
+}
 _GRPC_TO_HTTP = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.OUT_OF_RANGE: 400,
@@ -16,6 +28,7 @@ _GRPC_TO_HTTP = {
 _ERROR_TYPES = {
     400: "invalid_request_error",
     404: "not_found_error",
+    413: "invalid_request_error",
     429: "rate_limit_error",
     503: "service_unavailable_error",
     504: "timeout_error",
@@ -56,7 +69,20 @@ def http_status_for(code: grpc.StatusCode) -> int:
     return _GRPC_TO_HTTP.get(code, 500)
 
 
-def from_rpc_error(err: grpc.aio.AioRpcError, node: str) -> ApiError:
+def scrub(text: str) -> str:
+    """`text` with network addresses replaced by "<node>"."""
+    return _ADDRESS.sub("<node>", text)
+
+
+def from_rpc_error(err: grpc.aio.AioRpcError, node: str, rid: str) -> ApiError:
+    """The client's view of a failed node call: the request's own faults keep their details (addresses
+    scrubbed), node failures get a generic message with the request id; the details go to the log."""
     code = err.code()
+    status = http_status_for(code)
     details = err.details() or code.name
-    return ApiError(http_status_for(code), f"decode node {node}: {details}", code=code.name.lower())
+    logger.warning("rid=%s node %s: %s: %s", rid, node, code.name, details)
+    if status == 400:
+        message = scrub(details)
+    else:
+        message = f"{_GENERIC.get(status, 'the serving nodes failed the request')} (request id {rid})"
+    return ApiError(status, message, code=code.name.lower())

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
-from pdpair.proto import pdpair_pb2 as pb
+from pdpair.router.attempt import Stream, open_stream
 from pdpair.router.detokenizer import IncrementalDetokenizer
 from pdpair.router.errors import ApiError, from_rpc_error
 from pdpair.router.job import GenerationJob
@@ -38,43 +38,42 @@ async def generate(
     metrics: RouterMetrics,
     timeout_s: float | None = None,
 ) -> AsyncIterator[Delta]:
-    """Closing the iterator early (client gone) cancels the Generate call, which cancels it on both nodes."""
-    pair = pool.pick()
-    prefill_addr = pair.prefill.addr if pair.prefill is not None else ""
-    req = pb.GenerateRequest(rid=job.rid, token_ids=job.prompt_ids, sampling=job.sampling, prefill_addr=prefill_addr)
+    """Closing the iterator early (client gone) cancels the Generate call, which cancels it on both nodes.
+    `timeout_s` bounds the whole generation, a failover included."""
+    start = last = time.monotonic()
+    deadline = None if timeout_s is None else start + timeout_s
     detok = IncrementalDetokenizer(tok.tokenizer)
     stop = StopTrimmer(job.stops)
-    held = [n for n in (pair.decode, pair.prefill) if n is not None]
-    for node in held:
-        node.inflight += 1
     metrics.inflight.inc()
     metrics.prompt_tokens.inc(len(job.prompt_ids))
-    logger.debug("rid=%s decode=%s prefill=%s prompt=%d", job.rid, pair.decode.addr, prefill_addr or "-",
-                 len(job.prompt_ids))
-    start = last = time.monotonic()
     info: PdpairInfo | None = None
     finish = None
     produced = 0
     text = ""
-    call = pair.decode.generate(req, timeout_s)
+    decode_addr = "-"
+    stream: Stream | None = None
+    node_finished = False  # the node ended the request itself (not the router's stop-string check)
     try:
-        async for chunk in call:
+        stream = await open_stream(job, pool, metrics, deadline)
+        decode_addr = stream.pair.decode.addr
+        prefill_addr = stream.pair.prefill.addr if stream.pair.prefill is not None else None
+        chunk = stream.first
+        while chunk is not None:
             now = time.monotonic()
             produced += len(chunk.token_ids)
             text = stop.push(detok.push(chunk.token_ids))
-            if info is None:
-                info = pdpair_info(chunk, pair.decode.addr, prefill_addr or None)
+            first = info is None
+            if first:
+                info = pdpair_info(chunk, decode_addr, prefill_addr)
                 metrics.ttft.observe(now - start)
                 if chunk.prefilled_remotely:
                     metrics.remote_prefills.inc()
                     metrics.transfer_bytes.inc(chunk.transfer.bytes)
-                first = True
             else:
                 metrics.observe_tokens(now - last, len(chunk.token_ids))
-                first = False
             last = now
             if chunk.finish_reason:
-                finish = chunk.finish_reason
+                finish, node_finished = chunk.finish_reason, True
                 break
             if stop.stopped:  # the node enforces stop strings too; should it run on, the call is cancelled
                 finish = "stop"
@@ -82,22 +81,25 @@ async def generate(
             if text or first:
                 yield Delta(text, produced, info=info)
                 text = ""
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:
-            pool.report_unavailable(pair, f"Generate: {exc.details()}")
-        raise from_rpc_error(exc, pair.decode.addr) from None
+            try:
+                chunk = await stream.call.read()
+            except grpc.aio.AioRpcError as exc:  # after the first token: no failover, reported as it is
+                raise from_rpc_error(exc, decode_addr, job.rid) from None
+            chunk = None if chunk is grpc.aio.EOF else chunk
     finally:
-        if not call.done():
-            call.cancel()
-        for node in held:
-            node.inflight -= 1
+        if stream is not None and node_finished:
+            stream.release_after_end()
+        elif stream is not None:
+            stream.release()
         metrics.inflight.dec()
         metrics.completion_tokens.inc(produced)
     if finish is None:
-        raise ApiError(502, f"decode node {pair.decode.addr} ended the stream without a finish reason")
+        logger.warning("rid=%s decode node %s ended the stream without a finish reason", job.rid, decode_addr)
+        raise ApiError(502, f"the decode node ended the stream without a finish reason (request id {job.rid})")
     if finish == "abort":
-        raise ApiError(503, f"decode node {pair.decode.addr} aborted the request (draining or a failed transfer)",
-                       code="aborted")
+        logger.warning("rid=%s decode node %s aborted the request", job.rid, decode_addr)
+        raise ApiError(503, f"the request was aborted by the serving node (draining or a failed transfer; "
+                       f"request id {job.rid})", code="aborted")
     metrics.e2e.observe(time.monotonic() - start)
     text += stop.push(detok.flush())
     text += stop.flush()

@@ -10,6 +10,8 @@ from pdpair.router.errors import ApiError
 from pdpair.router.protocol import ChatCompletionRequest, CompletionRequest
 from pdpair.router.tokenizer import ModelCard, RouterTokenizer
 
+from pdpair.logfmt import current_rid
+
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # the OpenAI default for /v1/completions
 
 
@@ -27,6 +29,19 @@ class GenerationJob:
     @property
     def response_id(self) -> str:
         return ("chatcmpl-" if self.kind == "chat" else "cmpl-") + self.rid
+
+
+def _penalties(req: ChatCompletionRequest | CompletionRequest, card: ModelCard, sampling: pb.SamplingParams) -> None:
+    """Penalties and logit_bias onto the wire message (0 = off; repetition 1 = off)."""
+    sampling.presence_penalty = req.presence_penalty or 0.0
+    sampling.frequency_penalty = req.frequency_penalty or 0.0
+    sampling.repetition_penalty = req.repetition_penalty or 0.0
+    for key, value in (req.logit_bias or {}).items():
+        tid = int(key)  # digits only, checked at decoding
+        if card.vocab_size and tid >= card.vocab_size:
+            raise ApiError(400, f"logit_bias: token id {tid} out of range (vocab {card.vocab_size})",
+                           param="logit_bias")
+        sampling.logit_bias[tid] = value
 
 
 def build_job(req: ChatCompletionRequest | CompletionRequest, tok: RouterTokenizer, card: ModelCard) -> GenerationJob:
@@ -77,8 +92,9 @@ def build_job(req: ChatCompletionRequest | CompletionRequest, tok: RouterTokeniz
     )
     if req.seed is not None:
         sampling.seed = req.seed
+    _penalties(req, card, sampling)
     return GenerationJob(
-        rid=uuid.uuid4().hex,
+        rid=current_rid() or uuid.uuid4().hex,  # the HTTP middleware's id, for the logs
         kind=kind,
         prompt_ids=prompt_ids,
         sampling=sampling,

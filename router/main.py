@@ -13,7 +13,9 @@ from pdpair.router.app import build_app
 from pdpair.router.auth import ENV_VAR, collect_keys
 from pdpair.router.config import RouterConfig
 from pdpair.router.policy import POLICIES
+from pdpair.router.state import STATE
 
+from pdpair.logfmt import add_log_format_arg, setup_logging
 from pdpair.tls import add_tls_args, is_loopback, tls_from_args
 
 logger = logging.getLogger(__name__)
@@ -29,9 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         "serve colocated (they prefill locally).",
     )
     p.add_argument("--prefill", nargs="+", action="extend", default=[], metavar="HOST:PORT",
-                   help="prefill node gRPC addresses (repeatable, or comma-separated); none: colocated on the decode nodes")
+                   help="prefill node gRPC addresses (repeatable, or comma-separated); dns:///NAME:PORT stands for "
+                   "every address NAME resolves to (a headless Service), re-resolved as pods come and go; none: "
+                   "colocated on the decode nodes")
     p.add_argument("--decode", nargs="+", action="extend", default=[], metavar="HOST:PORT", required=True,
-                   help="decode node gRPC addresses (repeatable, or comma-separated)")
+                   help="decode node gRPC addresses (repeatable, or comma-separated; dns:///NAME:PORT as for --prefill)")
     p.add_argument("--host", default=_DEFAULTS.host,
                    help="HTTP listen address (default: %(default)s, this machine only; 0.0.0.0 to serve others, "
                    "with --api-key)")
@@ -43,13 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often every node's Stats is polled, for health and load (default: %(default)s)")
     p.add_argument("--rpc-timeout", type=float, default=_DEFAULTS.rpc_timeout_s, metavar="SECONDS",
                    help="deadline of the Stats and ModelInfo calls (default: %(default)s)")
-    p.add_argument("--request-timeout", type=float, default=None, metavar="SECONDS",
-                   help="deadline of one generation, 504 when exceeded (default: none)")
+    p.add_argument("--request-timeout", type=float, default=_DEFAULTS.request_timeout_s, metavar="SECONDS",
+                   help="deadline of one generation from the router's first call to the last token, a failover "
+                   "retry included; 504 when exceeded before the first token; 0 = none (default: %(default)s)")
+    p.add_argument("--max-body-bytes", type=int, default=_DEFAULTS.max_body_bytes, metavar="BYTES",
+                   help="largest accepted HTTP request body; larger ones are answered 413 (default: %(default)s)")
     p.add_argument("--shutdown-timeout", type=float, default=_DEFAULTS.shutdown_timeout_s, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may finish (default: %(default)s)")
     p.add_argument("--dns-refresh", type=float, default=_DEFAULTS.dns_refresh_s, metavar="SECONDS",
-                   help="treat every node address as a DNS name standing for all the addresses it resolves to "
-                   "(a headless Kubernetes Service) and re-resolve it this often; 0 = off (default: %(default)s)")
+                   help="how often dns:/// targets are re-resolved (0: every 5 s); > 0 also treats every plain node "
+                   "address as a DNS name standing for all the addresses it resolves to (default: %(default)s)")
     p.add_argument("--api-key", action="append", default=[], metavar="KEY",
                    help=f"require 'Authorization: Bearer KEY' on every /v1/* route, else 401 (repeatable, or "
                    f"comma-separated; also ${ENV_VAR}, comma-separated); /health and /metrics stay open "
@@ -57,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tls_args(p)
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="log level (default: %(default)s)")
+    add_log_format_arg(p)
     return p
 
 
@@ -73,7 +81,8 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         policy=args.policy,
         poll_interval_s=args.health_interval,
         rpc_timeout_s=args.rpc_timeout,
-        request_timeout_s=args.request_timeout,
+        request_timeout_s=args.request_timeout or None,
+        max_body_bytes=args.max_body_bytes,
         shutdown_timeout_s=args.shutdown_timeout,
         dns_refresh_s=args.dns_refresh,
         api_keys=collect_keys(args.api_key),
@@ -81,9 +90,13 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
     )
 
 
-async def serve(config: RouterConfig) -> None:
-    """Serve until SIGTERM/SIGINT, then let in-flight requests finish (bounded) and exit."""
-    runner = web.AppRunner(build_app(config), handler_cancellation=True, shutdown_timeout=config.shutdown_timeout_s,
+async def serve(config: RouterConfig) -> int:
+    """Serve until SIGTERM/SIGINT, then let in-flight requests finish (bounded); the exit status (1 when the
+    startup task failed)."""
+    app = build_app(config)
+    stop = asyncio.Event()
+    app[STATE].on_fatal = stop.set
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=config.shutdown_timeout_s,
                            access_log=None)
     await runner.setup()
     if not is_loopback(config.host):
@@ -98,28 +111,24 @@ async def serve(config: RouterConfig) -> None:
     mode = f"prefill {', '.join(config.prefill)}" if config.prefill else "colocated"
     logger.info("pdpair-router on http://%s:%d (decode %s; %s; policy %s)", config.host, config.port,
                 ", ".join(config.decode), mode, config.policy)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     logger.info("shutting down")
     await runner.cleanup()
+    return 1 if app[STATE].fatal is not None else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # DEBUG applies to pdpair's own loggers only (grpc's are chatty at DEBUG)
-    logging.basicConfig(level=max(logging.getLevelName(args.log_level), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pdpair").setLevel(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     try:
         config = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))  # usage + message on stderr, exit 2
-    asyncio.run(serve(config))
-    return 0
+    return asyncio.run(serve(config))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,10 @@ class RouterMetrics:
             "pdpair_router_remote_prefills", "Requests whose prompt was prefilled on a prefill node", registry=r
         )
         self.transfer_bytes = Counter("pdpair_router_transfer_bytes", "Bytes moved prefill → decode", registry=r)
+        self.failovers = Counter(
+            "pdpair_router_failovers", "Requests retried on another pair before their first token, by the side "
+            "blamed", ["side"], registry=r
+        )
         self.node_healthy = Gauge(
             "pdpair_router_node_healthy", "1 when the node answers Stats and is not draining", ["role", "node"], registry=r
         )

@@ -9,6 +9,7 @@ import grpc
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
 
+from pdpair.logfmt import bind_rid
 from pdpair.tls import TlsFiles, aio_channel
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class NodeClient:
 
     def generate(self, req: pb.GenerateRequest, timeout: float | None) -> grpc.aio.UnaryStreamCall:
         assert self.role == "decode", f"Generate is a decode-node call, {self.addr} is {self.role}"
+        bind_rid(req.rid)  # the calling request's task logs with this id from here on
         return self.stub.Generate(req, timeout=timeout)
 
     def load(self) -> int:

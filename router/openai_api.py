@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -40,7 +41,7 @@ async def _serve(request: web.Request, kind: type) -> web.StreamResponse:
     state = request.app[STATE]
     req = decode_request(await request.read(), kind)
     tok, card = state.require_model()
-    job = build_job(req, tok, card)
+    job = await asyncio.get_running_loop().run_in_executor(state.cpu_pool, build_job, req, tok, card)
     deltas = generate(job, state.pool, tok, state.metrics, state.config.request_timeout_s)
     try:
         if job.stream:

@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import grpc
 from pdpair.proto import pdpair_pb2 as pb
-from pdpair.router.discovery import resolve_all
+from pdpair.router.discovery import DEFAULT_DNS_REFRESH_S, Discovery, Resolver, getaddrinfo_resolver
 from pdpair.router.errors import ApiError
 from pdpair.router.node_client import NodeClient
 from pdpair.router.policy import make_policy
@@ -38,15 +38,20 @@ class NodePool:
         rpc_timeout_s: float = 2.0,
         dns_refresh_s: float = 0.0,
         tls: TlsFiles | None = None,
+        resolver: Resolver = getaddrinfo_resolver,
     ):
         if not decode:
             raise ValueError("at least one decode node is needed")
         self._targets = {"decode": list(decode), "prefill": list(prefill)}
-        self.dns_refresh_s = dns_refresh_s  # > 0: every target is a DNS name standing for all its addresses
+        # dns:/// targets, or every target when dns_refresh_s > 0, stand for all the addresses they resolve to
+        self._discovery = {role: Discovery(role, targets, all_dynamic=dns_refresh_s > 0, resolver=resolver)
+                           for role, targets in self._targets.items()}
+        dynamic = any(d.dynamic for d in self._discovery.values())
+        self.dns_refresh_s = (dns_refresh_s or DEFAULT_DNS_REFRESH_S) if dynamic else 0.0
         self._dns_at = float("-inf")
         self.tls = tls
-        self.decode = [] if dns_refresh_s > 0 else [NodeClient(a, "decode", tls) for a in decode]
-        self.prefill = [] if dns_refresh_s > 0 else [NodeClient(a, "prefill", tls) for a in prefill]
+        self.decode = [NodeClient(a, "decode", tls) for a in self._discovery["decode"].addresses()]
+        self.prefill = [NodeClient(a, "prefill", tls) for a in self._discovery["prefill"].addresses()]
         self._retired: list[NodeClient] = []
         self._decode_policy = make_policy(policy)
         self._prefill_policy = make_policy(policy)
@@ -66,21 +71,32 @@ class NodePool:
     def has_healthy_pair(self) -> bool:
         return any(n.healthy for n in self.decode) and (self.colocated or any(n.healthy for n in self.prefill))
 
-    def pick(self) -> Pair:
-        """A (decode, prefill) pair by policy; ApiError(503) when no healthy pair exists."""
-        decode = [n for n in self.decode if n.healthy]
-        prefill = [n for n in self.prefill if n.healthy]
+    def pick(self, avoid: Collection[NodeClient] = ()) -> Pair:
+        """A (decode, prefill) pair of healthy nodes not in `avoid`, by policy; ApiError(503) when none exists
+        (the client sees no addresses; the log has them)."""
+        decode, prefill = self._candidates(avoid)
         if not decode or (not self.colocated and not prefill):
             down = ", ".join(f"{n.role} {n.addr} ({n.last_error})" for n in self.nodes if not n.healthy)
-            raise ApiError(503, f"no healthy prefill/decode pair: {down}", code="no_healthy_pair")
+            logger.warning("no healthy prefill/decode pair (avoiding %d): %s", len(avoid), down or "-")
+            raise ApiError(503, "no healthy prefill/decode pair", code="no_healthy_pair")
         return Pair(
             decode=self._decode_policy.pick(decode),
             prefill=None if self.colocated else self._prefill_policy.pick(prefill),
         )
 
-    def report_unavailable(self, pair: Pair, reason: str) -> None:
-        """A call through `pair` failed with UNAVAILABLE: take the decode node out and re-poll both now."""
-        pair.decode.mark_unhealthy(reason)
+    def _candidates(self, avoid: Collection[NodeClient]) -> tuple[list[NodeClient], list[NodeClient]]:
+        return ([n for n in self.decode if n.healthy and n not in avoid],
+                [n for n in self.prefill if n.healthy and n not in avoid])
+
+    def can_avoid(self, node: NodeClient) -> bool:
+        """Whether a healthy pair without `node` exists (the policies' state is left alone)."""
+        decode, prefill = self._candidates((node,))
+        return bool(decode) and (self.colocated or bool(prefill))
+
+    def eject(self, node: NodeClient, reason: str) -> None:
+        """Passive ejection: `node` gets no new work until a Stats poll finds it answering and not draining;
+        the poll runs at once."""
+        node.mark_unhealthy(reason)
         self._wake.set()
 
     async def poll_once(self) -> None:
@@ -96,7 +112,7 @@ class NodePool:
         """Add a client per newly resolved address; retire clients whose address went away."""
         for role in ("decode", "prefill"):
             current: list[NodeClient] = getattr(self, role)
-            addrs = await resolve_all(self._targets[role], [n.addr for n in current])
+            addrs = await self._discovery[role].refresh()
             known = {n.addr: n for n in current}
             for gone in set(known) - set(addrs):
                 logger.info("%s node %s left DNS", role, gone)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from pdpair.router.errors import ApiError
@@ -11,7 +12,9 @@ from pdpair.router.errors import ApiError
 MaxTokens = Annotated[int, msgspec.Meta(ge=1)]
 Temperature = Annotated[float, msgspec.Meta(ge=0.0, le=2.0)]
 TopP = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
-Seed = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Seed = Annotated[int, msgspec.Meta(ge=0)]  # <= 2**64 - 1, checked after decoding (msgspec bounds are int64)
+Penalty = Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)]
+Bias = Annotated[float, msgspec.Meta(ge=-100.0, le=100.0)]
 TokenId = Annotated[int, msgspec.Meta(ge=0, lt=2**32)]
 
 
@@ -55,7 +58,18 @@ class _Common(msgspec.Struct, kw_only=True):
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: bool | int | None = None  # not supported: refused when asked for
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    repetition_penalty: Annotated[float, msgspec.Meta(gt=0.0)] | None = None  # vLLM extension; 1 = off
+    logit_bias: dict[str, Bias] | None = None  # token id (as a string) -> bias added to its logit
+    # declared so that they are refused (400 naming the field) instead of silently ignored
+    logprobs: bool | int | None = None
+    top_logprobs: int | None = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: Any = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -98,6 +112,24 @@ def _check_prompt(prompt: str | list) -> None:
                        param="prompt")
 
 
+def _refuse_unsupported(req: ChatCompletionRequest | CompletionRequest) -> None:
+    if req.n != 1:
+        raise ApiError(400, f"only n=1 is supported, got n={req.n}", param="n")
+    for name in ("logprobs", "top_logprobs", "tools", "tool_choice", "functions", "function_call"):
+        if getattr(req, name) not in (None, False, 0, [], {}, "none"):
+            raise ApiError(400, f"{name} is not supported", param=name, code="unsupported_parameter")
+    if req.response_format is not None and req.response_format != {"type": "text"}:
+        raise ApiError(400, 'response_format is not supported (only {"type": "text"})', param="response_format",
+                       code="unsupported_parameter")
+    if req.seed is not None and req.seed > 2**64 - 1:
+        raise ApiError(400, f"seed must be in [0, 2**64 - 1], got {req.seed}", param="seed")
+    if req.repetition_penalty is not None and not math.isfinite(req.repetition_penalty):
+        raise ApiError(400, "repetition_penalty must be finite", param="repetition_penalty")
+    for key in req.logit_bias or {}:
+        if not key.isdigit() or int(key) >= 2**32:
+            raise ApiError(400, f"logit_bias keys must be token ids, got {key!r}", param="logit_bias")
+
+
 Req = TypeVar("Req", ChatCompletionRequest, CompletionRequest)
 
 _PATH = re.compile(r"at `\$\.?([^`]*)`")
@@ -109,14 +141,13 @@ def decode_request(body: bytes, kind: type[Req]) -> Req:
         req = msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
         match = _PATH.search(str(exc))
-        param = match.group(1) if match else None
+        param = match.group(1).replace("[...]", "") if match else None  # a dict value: name the dict
         raise ApiError(400, f"invalid request: {exc}", param=param or None, code="invalid_value") from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"invalid JSON body: {exc}", code="invalid_json") from None
-    if req.n != 1:
-        raise ApiError(400, f"only n=1 is supported, got n={req.n}", param="n")
-    if req.logprobs not in (None, False, 0):
-        raise ApiError(400, "logprobs are not supported", param="logprobs")
+    except RecursionError:
+        raise ApiError(400, "invalid JSON body: nested too deeply", code="invalid_json") from None
+    _refuse_unsupported(req)
     if isinstance(req, ChatCompletionRequest):
         if not req.messages:
             raise ApiError(400, "messages must not be empty", param="messages")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 from pdpair.router.config import RouterConfig
@@ -29,9 +31,13 @@ class RouterState:
             tls=config.tls,
         )
         self.metrics = RouterMetrics()
+        # tokenizing and rendering chat templates (a multi-MB prompt takes seconds) stay off the event loop
+        self.cpu_pool = ThreadPoolExecutor(config.tokenize_threads, thread_name_prefix="pdpair-tokenize")
         self.tokenizer: RouterTokenizer | None = None
         self.card: ModelCard | None = None
         self._model_task: asyncio.Task | None = None
+        self.fatal: BaseException | None = None  # the startup task's failure: the process must exit non-zero
+        self.on_fatal: Callable[[], None] | None = None  # set by the server: stop serving
 
     def require_model(self) -> tuple[RouterTokenizer, ModelCard]:
         if self.tokenizer is None or self.card is None:
@@ -49,6 +55,17 @@ class RouterState:
     async def start(self) -> None:
         self.pool.start()
         self._model_task = asyncio.get_running_loop().create_task(self._load_model(), name="pdpair-model-info")
+        self._model_task.add_done_callback(self._supervise)
+
+    def _supervise(self, task: asyncio.Task) -> None:
+        """A failed startup task (e.g. a chat template that does not compile) stops the router."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self.fatal = task.exception()
+        logger.error("router startup failed, exiting: %s: %s", type(self.fatal).__name__, self.fatal,
+                     exc_info=self.fatal)
+        if self.on_fatal is not None:
+            self.on_fatal()
 
     async def stop(self) -> None:
         if self._model_task is not None and not self._model_task.done():
@@ -56,6 +73,7 @@ class RouterState:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._model_task
         await self.pool.close()
+        self.cpu_pool.shutdown(wait=False, cancel_futures=True)
 
 
 STATE = web.AppKey("pdpair_router_state", RouterState)

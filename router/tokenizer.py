@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 import tokenizers
-from jinja2.exceptions import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.router.errors import ApiError
 
-
-def _raise_exception(message: str) -> None:
-    raise TemplateError(message)
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(fmt)
-
-
-def _tojson(value, indent=None, ensure_ascii=False, sort_keys=False) -> str:
-    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
-
-
-def compile_chat_template(source: str):
-    """A sandboxed jinja2 template with the helpers Hugging Face chat templates expect."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
-    return env.from_string(source)
+from pdpair.chat_template import TemplateError, compile_template, render_chat
 
 
 @dataclass(frozen=True)
@@ -49,7 +26,9 @@ class ModelCard:
 class RouterTokenizer:
     def __init__(self, tokenizer: tokenizers.Tokenizer, chat_template: str, bos_token: str, eos_token: str):
         self.tokenizer = tokenizer
-        self._template = compile_chat_template(chat_template) if chat_template else None
+        self._template = chat_template
+        if chat_template:
+            compile_template(chat_template)  # a template that does not compile fails the router's startup
         self.bos_token = bos_token
         self.eos_token = eos_token
 
@@ -59,22 +38,18 @@ class RouterTokenizer:
         return cls(tok, info.chat_template, info.bos_token, info.eos_token)
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        # encode_batch releases the GIL while it works (encode does not): the event loop keeps running
+        return self.tokenizer.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def render_chat(self, messages: Sequence[dict]) -> str:
         """The prompt text for `messages` with the generation prompt appended."""
-        if self._template is None:
+        if not self._template:
             raise ApiError(400, "the served model has no chat template: use /v1/completions", param="messages")
         try:
-            return self._template.render(
-                messages=list(messages),
-                add_generation_prompt=True,
-                bos_token=self.bos_token,
-                eos_token=self.eos_token,
-            )
+            return render_chat(self._template, list(messages), bos_token=self.bos_token, eos_token=self.eos_token)
         except TemplateError as exc:
             raise ApiError(400, f"chat template rejected the messages: {exc}", param="messages") from None
 

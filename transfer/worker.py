@@ -107,7 +107,7 @@ class TransferWorkers:
                     done.append(job)
         self._resolve(done)
         if dropped:
-            logger.debug("transfer %s: cancelled %d queued batches", rid, dropped)
+            logger.debug("transfer %s: cancelled %d queued batches", rid, dropped, extra={"rid": rid})
         return dropped
 
     def shutdown(self, wait: bool = True) -> None:
@@ -134,7 +134,7 @@ class TransferWorkers:
             try:
                 res = self.engine.write(job.target, batch)
             except Exception as err:  # a bug below must fail the request, not kill the worker
-                logger.exception("transfer %s: write raised", job.rid)
+                logger.exception("transfer %s: write raised", job.rid, extra={"rid": job.rid})
                 res = TransferResult(False, 0, 0, 1, 0.0, f"{type(err).__name__}: {err}")
             with self._lock:
                 job.running -= 1
@@ -142,12 +142,26 @@ class TransferWorkers:
                 job.nbytes += res.nbytes
                 job.entries += res.entries
                 job.seconds += res.seconds
-                if not res.ok and job.error is None:
+                failed_now = not res.ok and job.error is None
+                if failed_now:
                     job.error = res.error
                     job.skipped = job.queued
-                settled = self._settle(job)
-            if settled:
-                self._resolve([job])
+                settled = [job] if self._settle(job) else []
+                if failed_now:  # the request failed: its other plans send nothing more (a cancel, not a failure)
+                    settled += self._stop_siblings(job)
+            self._resolve(settled)
+
+    def _stop_siblings(self, failed: _Job) -> list[_Job]:
+        """Under the lock: drop the unsent batches of the failed job's request; the jobs now settled."""
+        settled = []
+        for job in list(self._jobs.get(failed.rid, [])):
+            if job is failed or job.stopped:
+                continue
+            job.cancelled = True
+            job.skipped = job.queued
+            if self._settle(job):
+                settled.append(job)
+        return settled
 
     def _settle(self, job: _Job) -> bool:
         """Under the lock: mark ``job`` resolved when nothing of it can move any more."""

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import tokenizers
-from pdpair.engine.loader.chat_template import render_chat
+
+from pdpair.chat_template import render_chat
 
 # end-of-turn markers that chat templates close an assistant message with
 CHAT_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")

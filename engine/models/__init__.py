@@ -1,4 +1,4 @@
-from pdpair.engine.models.layers import RMSNorm, RotaryEmbedding, GatedMLP, rope_inv_freq
+from pdpair.engine.models.layers import GatedMLP, RMSNorm, RotaryEmbedding, rope_inv_freq
 from pdpair.engine.models.llama import CausalLM, DecoderLayer
 from pdpair.engine.models.registry import SUPPORTED_ARCHITECTURES, build_model, resolve_architecture
 

@@ -34,11 +34,12 @@ class DecodeManager:
             res.trim(req)
         while self.reqs:
             need = sum(1 for r in self.reqs if r.num_cached >= r.num_pages * ps)
-            free = min(res.pools.allocator(k).num_free for k in res.kinds)
+            free = res.min_free
             if need <= free or len(self.reqs) == 1:
                 break
             victim = self.reqs.pop()
-            logger.debug("retracting %s: %d pages free, %d needed", victim.rid, free, need)
+            logger.debug("retracting %s: %d pages free, %d needed", victim.rid, free, need,
+                         extra={"rid": victim.rid})
             retracted.append(victim)
         batch = []
         for req in list(self.reqs):

@@ -24,6 +24,11 @@ class ResourceManager:
         self.slot_kinds = pools.slot_kinds  # one item per request (mamba state), held from admission to the end
         self.windows = {k: pools.window(k) for k in self.kinds}
 
+    @property
+    def min_free(self) -> int:
+        """Free items of the scarcest pool (a decode step needs a page of every kind at a page boundary)."""
+        return min(self.pools.allocator(k).num_free for k in self.kinds)
+
     def pages_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.page_size)
 

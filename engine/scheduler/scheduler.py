@@ -51,7 +51,8 @@ class Scheduler:
         self._register(req)
         req.prefill_only = prefill_only
         self.waiting.push(req)
-        logger.debug("submitted %s: %d prompt tokens, prefill_only=%s", req.rid, req.prompt_len, prefill_only)
+        logger.debug("submitted %s: %d prompt tokens, prefill_only=%s", req.rid, req.prompt_len, prefill_only,
+                     extra={"rid": req.rid})
 
     def _register(self, req: Request) -> None:
         if req.rid in self._reqs:
@@ -151,7 +152,7 @@ class Scheduler:
         req.status = ReqStatus.FINISHED
         req.finish_reason = reason
         del self._reqs[req.rid]
-        logger.debug("finished %s (%s): %d tokens", req.rid, reason, len(req.output_ids))
+        logger.debug("finished %s (%s): %d tokens", req.rid, reason, len(req.output_ids), extra={"rid": req.rid})
 
     # ---- cancellation and hand-over -----------------------------------------------------------
     def abort(self, rid: str) -> bool:
@@ -215,7 +216,7 @@ class Scheduler:
     def _activate_ready(self, events: list) -> None:
         while self._activations:
             req, tok = self._activations[0]
-            if len(self.decode) and self.resources.kv.num_free < len(self.decode) + 1:
+            if len(self.decode) and self.resources.min_free < len(self.decode) + 1:
                 return
             self._activations.pop(0)
             req.num_cached = req.prompt_len

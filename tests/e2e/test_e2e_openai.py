@@ -109,6 +109,8 @@ def test_node_metrics_count_the_requests(cluster):
     assert _value(prefill, "pdpair_transfer_bytes_total") > 0
     assert _value(prefill, "pdpair_transfer_batches_total") >= 1
     assert 'pdpair_pool_items{kind="kv",role="decode",state="free"}' in decode
+    # every request of this module finished: none may count as aborted (the router reads calls to their end)
+    assert "pdpair_requests_aborted_total{" not in decode or _value(decode, "pdpair_requests_aborted_total") == 0
 
 
 def _value(text: str, name: str) -> float:
@@ -116,3 +118,22 @@ def _value(text: str, name: str) -> float:
         if line.startswith(name + "{") or line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in the metrics:\n{text[:2000]}")
+
+
+def test_penalties_logit_bias_and_u64_seed_over_real_nodes(cluster):
+    """The knobs reach both nodes (the prefill node samples the first token): disaggregated == colocated."""
+    c, colocated_url = cluster
+    knobs = {"presence_penalty": 0.5, "frequency_penalty": 1.0, "repetition_penalty": 1.5,
+             "logit_bias": {"30": -100}, "seed": 2**64 - 1}
+    prompt = "one one one one one one one one"
+    answers = [
+        _client(url).completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0.9,
+                                        extra_body=knobs).choices[0].text
+        for url in (c.router_url, colocated_url, c.router_url)
+    ]
+    assert answers[0] == answers[1] == answers[2] and answers[0]
+    plain = _client(c.router_url).completions.create(model=MODEL, prompt=prompt, max_tokens=12,
+                                                     temperature=0).choices[0].text
+    penalised = _client(c.router_url).completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0,
+                                                         frequency_penalty=2.0).choices[0].text
+    assert penalised != plain  # greedy output changes only through the penalty

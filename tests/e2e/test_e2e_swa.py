@@ -121,13 +121,13 @@ def test_handshake_refuses_another_window_or_layer_set(cluster, field, change):
 
     c, _ = cluster
     eng = Engine.from_model(c.model_dir, device="cpu", dtype="float32", page_size=PAGE, max_pages=8)
-    ours = engine_layout(eng, f"probe-{field}", "127.0.0.1:1", "tcp")
+    ours = engine_layout(eng, f"probe-{field}", "127.0.0.1:1", "tcp")  # node ids are bound: one per case
     regions = tuple(msgspec.structs.replace(r, **change) if r.kind == "swa" else r for r in ours.regions)
     stub = pb_grpc.PrefillNodeStub(grpc.insecure_channel(c.prefill.addr))
     ok = stub.Handshake(pb.HandshakeRequest(decode_layout=layout_to_proto(ours)), timeout=30)
     assert {r.kind: r.window for r in ok.prefill_layout.regions} == {"kv": 0, "swa": WINDOW}
     with pytest.raises(grpc.RpcError) as err:
         stub.Handshake(pb.HandshakeRequest(decode_layout=layout_to_proto(msgspec.structs.replace(
-            ours, node_id=f"probe2-{field}", regions=regions))), timeout=30)
+            ours, node_id=f"probe-{field}-2", regions=regions))), timeout=30)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert f"regions[swa].{field}" in err.value.details()

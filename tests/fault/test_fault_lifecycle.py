@@ -77,7 +77,7 @@ def test_draining_prefill_node_finishes_in_flight_requests(cluster):
     p2 = start_node("prefill")
     try:
         wait_healthy([p2])
-        jobs = [(prompt(6 * 64 + 5 * i, salt=30 + i), sampling(24, ignore_eos=True), p2.addr) for i in range(6)]
+        jobs = [(prompt(4 * 64 + 5 * i, salt=30 + i), sampling(24, ignore_eos=True), p2.addr) for i in range(6)]
         refs = _references(d, jobs)
         before = p2.stats().requests_total
         bg = Background(d.stub, jobs)

@@ -92,7 +92,7 @@ def test_json_round_trip(tok):
 
 
 def test_template_errors_are_value_errors(tok):
-    from pdpair.engine.loader.chat_template import render_chat
+    from pdpair.chat_template import render_chat
 
     with pytest.raises(ValueError, match="no roles"):
         render_chat("{{ raise_exception('no roles') }}", [])

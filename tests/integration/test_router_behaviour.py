@@ -91,7 +91,7 @@ def test_failure_after_the_first_token_is_reported_in_band():
         events = sse.parse_events(raw)
         assert status == 200 and events[-1] == b"[DONE]"
         err = json.loads(events[-2])["error"]
-        assert "scripted mid-stream failure" in err["message"] and err["type"] == "server_error"
+        assert "request id" in err["message"] and err["type"] == "server_error"
         status, raw = _post(h.router_url + "/v1/completions", BODY)  # non-stream: a plain 500
         assert status == 500 and "error" in json.loads(raw)
 
@@ -102,7 +102,7 @@ def test_unavailable_from_a_node_is_503_and_triggers_a_health_recheck():
     with RouterHarness([decode], poll_interval_s=30.0) as h:
         h.wait_ready()
         status, body = _post(h.router_url + "/v1/completions", BODY)
-        assert status == 503 and "overloaded" in json.loads(body)["error"]["message"]
+        assert status == 503 and "request id" in json.loads(body)["error"]["message"]
         decode.abort_with = None
         h.wait_ready()  # the failure triggered an immediate re-poll, which found the node answering
         assert _post(h.router_url + "/v1/completions", BODY)[0] == 200

@@ -178,7 +178,8 @@ def test_stop_string_is_trimmed():
 )
 def test_node_status_codes_map_to_http(code, status):
     script, _ = _answer_script()
-    decode = FakeDecodeNode(script=script, info=model_info(), abort_with=(code, "scripted failure"))
+    decode = FakeDecodeNode(script=script, info=model_info(),
+                            abort_with=(code, "scripted failure at prefill node 10.1.2.3:50051"))
     with RouterHarness([decode]) as h:
         h.wait_ready()
         for stream in (False, True):
@@ -186,7 +187,10 @@ def test_node_status_codes_map_to_http(code, status):
                 r = _client(h).chat.completions.create(model=MODEL_ID, messages=MESSAGES, stream=stream)
                 list(r) if stream else None
             assert info.value.status_code == status
-            assert "scripted failure" in info.value.response.json()["error"]["message"]
+            message = info.value.response.json()["error"]["message"]
+            assert "10.1.2.3" not in message and "50051" not in message and h.decode_addrs[0] not in message
+            # the request's own fault keeps its explanation; node failures say only what happened
+            assert ("scripted failure" in message) == (status == 400)
 
 
 def test_no_healthy_pair_is_503():

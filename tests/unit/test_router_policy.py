@@ -69,7 +69,7 @@ def test_pool_pairs_only_healthy_nodes_and_503_otherwise():
         pool.prefill[0].healthy = True
         pairs = [pool.pick() for _ in range(3)]
         assert all(p.decode.addr == "127.0.0.1:7002" and p.prefill.addr == "127.0.0.1:7101" for p in pairs)
-        pool.report_unavailable(pairs[0], "UNAVAILABLE")
+        pool.eject(pairs[0].decode, "UNAVAILABLE")
         assert not pool.decode[1].healthy and not pool.has_healthy_pair()
 
     _in_loop(body)

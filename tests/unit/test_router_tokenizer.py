@@ -41,3 +41,37 @@ def test_no_template_means_chat_is_refused():
     with pytest.raises(ApiError) as info:
         _tok("").render_chat(MSG)
     assert info.value.status == 400 and "/v1/completions" in info.value.message
+
+
+def test_generation_tag_and_tojson_separators_render_in_the_router():
+    tok = _tok("{% for m in messages %}{% generation %}{{ m | tojson(separators=(',', ':')) }}{% endgeneration %}"
+               "{% endfor %}")
+    assert tok.render_chat(MSG) == '{"role":"user","content":"hello"}'
+
+
+@pytest.mark.parametrize("template", [
+    "{{ messages[0]['content'] + 1 }}",  # TypeError
+    "{{ messages[5]['content'] }}{{ (messages | first)['x'].y.z }}",  # undefined lookups
+    "{{ 1 // 0 }}",  # ZeroDivisionError
+    "{{ messages | tojson(separators=1) }}",  # a bad filter argument
+    "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",  # RecursionError
+])
+def test_every_render_error_is_a_400(template):
+    with pytest.raises(ApiError) as info:
+        _tok(template).render_chat(MSG)
+    assert info.value.status == 400 and info.value.param == "messages"
+
+
+def test_a_template_that_does_not_compile_fails_construction():
+    from jinja2 import TemplateSyntaxError
+
+    with pytest.raises(TemplateSyntaxError):
+        _tok("{% for m in messages %}")
+
+
+def test_router_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, pdpair.router.app, pdpair.router.main; assert 'torch' not in sys.modules, 'torch loaded'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -164,3 +164,25 @@ def test_in_flight_failure_after_cancel_still_needs_quarantine():
     assert not res.ok and "call 0" in res.error
     assert not res.cancelled and res.needs_quarantine
     workers.shutdown()
+
+
+@pytest.mark.timeout(30)
+def test_a_failed_write_stops_the_requests_other_plans():
+    """Chunk plans of one request queue separately: once one write fails, the request's later plans send
+    nothing more (each frozen-peer write would cost a full transfer timeout) and report a cancel, not a
+    failure of their own; other requests are untouched."""
+    src, dst, src_l, dst_l = pools()
+    gate = threading.Event()
+    eng, peer = MemmoveEngine(gate=gate, fail_batches={0}), MemmoveEngine()
+    peer.register(list(dst_l.regions))
+    eng.register(list(src_l.regions))
+    workers = TransferWorkers(eng, num_threads=1, batch_entries=5)
+    first = workers.submit("r", peer.session_id, fragmented_plan(src_l, dst_l, n=5))
+    later = workers.submit("r", peer.session_id, fragmented_plan(src_l, dst_l, n=20))
+    other = workers.submit("o", peer.session_id, fragmented_plan(src_l, dst_l, n=5))
+    gate.set()  # every plan is queued before the first write runs (and fails)
+    a, b, c = (f.result(timeout=10) for f in (first, later, other))
+    assert a.needs_quarantine
+    assert b.cancelled and not b.needs_quarantine and b.batches == 0
+    assert c.ok
+    workers.shutdown()

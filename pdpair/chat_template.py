@@ -1,4 +1,7 @@
-"""Chat templates (jinja2, sandboxed), rendered the way Hugging Face's `apply_chat_template` does."""
+"""Chat templates (jinja2, sandboxed), rendered the way Hugging Face's `apply_chat_template` does.
+
+Torch-free: the engine's tokenizer and the router both render through this module.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,12 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 
 class TemplateError(ValueError):
-    """A chat template raised (`raise_exception`) or could not be rendered."""
+    """A chat template raised (`raise_exception`) or could not be compiled or rendered."""
+
+
+# what a template can raise while rendering user messages (a sandbox violation is a jinja2.TemplateError)
+_RENDER_ERRORS = (jinja2.TemplateError, TypeError, ValueError, LookupError, AttributeError, ArithmeticError,
+                  RecursionError)
 
 
 def _raise_exception(message: str) -> None:
@@ -44,6 +52,7 @@ class _GenerationTag(Extension):
 
 @lru_cache(maxsize=16)
 def compile_template(source: str) -> jinja2.Template:
+    """The compiled template (cached); jinja2.TemplateSyntaxError when `source` is not a valid template."""
     env = ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
     )
@@ -62,7 +71,8 @@ def render_chat(
     eos_token: str | None = None,
     **extra: Any,
 ) -> str:
-    """The prompt text for `messages`; TemplateError for malformed input or a template that raises."""
+    """The prompt text for `messages`; TemplateError for malformed input, an invalid template or any error
+    the template raises while rendering."""
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise TemplateError("messages must be a list of {'role': ..., 'content': ...} dicts")
     try:
@@ -75,5 +85,7 @@ def render_chat(
         )
     except TemplateError:
         raise
-    except jinja2.TemplateError as e:
-        raise TemplateError(f"chat template failed: {e}") from e
+    except RecursionError:
+        raise TemplateError("chat template failed: input nested too deeply") from None
+    except _RENDER_ERRORS as e:
+        raise TemplateError(f"chat template failed: {type(e).__name__}: {e}") from e

@@ -1,0 +1,85 @@
+"""A write that fails may still land: the decode node is frozen (SIGSTOP) while a prefill node writes into
+it, past Mooncake's 30 s transfer timeout, then resumed — the queued write lands after the prefill node
+gave up. At the default settings, both ends must quarantine exactly that request's pages (the prefill
+node's Abort reports the failed write), and the requests that follow, filling the rest of the decode
+pool at once, must produce exactly their colocated output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import grpc
+import pytest
+from pdpair.proto import pdpair_pb2 as pb
+
+from tests.e2e._client import generate, new_rid, prompt, sampling
+from tests.e2e._nodes import start_cluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+
+POOL = 150  # decode pages
+PAGE = 16
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = start_cluster(decode_args=("--max-pages", str(POOL)))
+    yield c
+    assert c.stop() == {"prefill": 0, "decode": 0}
+
+
+def _wait_for(cond, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_late_write_is_quarantined_and_never_reaches_a_later_request(cluster):
+    p, d = cluster.prefill, cluster.decode
+    follow = [(prompt(250 + 17 * i, salt=200 + i), sampling(10)) for i in range(4)]
+    refs = [generate(d.stub, ids, sp).tokens for ids, sp in follow]
+    victim = prompt(60 * PAGE, salt=199)
+    req = pb.GenerateRequest(rid=new_rid("late"), token_ids=victim, sampling=sampling(4), prefill_addr=p.addr)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["tokens"] = [t for ch in d.stub.Generate(req, timeout=300) for t in ch.token_ids]
+        except grpc.RpcError as err:
+            outcome["error"] = err
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    _wait_for(lambda: p.stats().prefilling > 0, "the prefill node to start (its first chunk's pages follow)")
+    os.kill(d.proc.pid, signal.SIGSTOP)
+    try:
+        _wait_for(lambda: p.stats().pools[0].quarantined > 0 or "tokens" in outcome,
+                  "the prefill node to give up on the write", 90)
+    finally:
+        os.kill(d.proc.pid, signal.SIGCONT)
+    t.join(120)
+    err = outcome.get("error")
+    assert err is not None and err.code() == grpc.StatusCode.ABORTED, outcome
+    pages = len(victim) // PAGE
+    _wait_for(lambda: d.stats().pools[0].quarantined == pages, f"{pages} decode pages in quarantine", 60)
+    kv = d.stats().pools[0]
+    assert kv.free + kv.quarantined == kv.total, kv
+
+    # the rest of the pool, all at once: no request may see the late write's bytes
+    got: list = [None] * len(follow)
+
+    def one(i: int) -> None:
+        ids, sp = follow[i]
+        got[i] = generate(d.stub, ids, sp, prefill_addr=p.addr).tokens
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(follow))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(300)
+    assert got == refs
+    assert d.stats().pools[0].quarantined == pages  # still held: the quarantine outlasts the transfer timeout

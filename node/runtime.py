@@ -39,7 +39,6 @@ def load_engine(cfg: NodeConfig) -> Any:
                              dump=cfg.dump, **extra)
 
 
-
 class NodeRuntime:
     """Built once per process; `attach()` and `start()` run on the event loop that serves gRPC."""
 

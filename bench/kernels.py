@@ -362,6 +362,10 @@ def main() -> None:
         res["decode_vs_context_gbs"] = bench_decode_contexts(res["copy_gbs"], args.contexts)
         torch.cuda.empty_cache()
         res["swa_decode"] = bench_swa_decode()
+        from bench.mamba_rows import bench_mamba
+
+        torch.cuda.empty_cache()
+        res["mamba"] = bench_mamba(res["copy_gbs"], row, median_ms)
     torch.cuda.empty_cache()
     if args.only in (None, "extend"):
         res["extend"] = bench_extend(args.sweep)

@@ -84,6 +84,9 @@ class ForwardBatch:
     seq_lens_cpu: np.ndarray  # host copies for loop bounds and shapes
     extend_lens_cpu: np.ndarray
     windows: dict[str, WindowView] = field(default_factory=dict)  # per sliding-window pool kind
+    # per row its mamba state slot (CUDA graphs: a static buffer, the dummy 0 for padding rows);
+    # None: hybrid models look it up from the row
+    state_slots: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

@@ -29,8 +29,10 @@ class DecodeCudaGraphs:
 
     def __init__(self, model: torch.nn.Module, backend: AttentionBackend, req_to_token: torch.Tensor,
                  max_batch_size: int, max_context: int, buckets: tuple[int, ...] = DEFAULT_BUCKETS,
-                 windows: dict[str, tuple[torch.Tensor, int, int]] | None = None) -> None:
-        """`windows`: sliding-window pool kind -> (its request table, window, page size)."""
+                 windows: dict[str, tuple[torch.Tensor, int, int]] | None = None,
+                 state_rows: torch.Tensor | None = None) -> None:
+        """`windows`: sliding-window pool kind -> (its request table, window, page size). `state_rows`: a hybrid
+        model's row -> mamba slot map; rows get their slot in a static buffer, padding rows the dummy slot 0."""
         self.model = model
         self.backend = backend
         self.table = req_to_token  # [rows, max_context] int32 token slots
@@ -48,6 +50,8 @@ class DecodeCudaGraphs:
         self.ones = torch.ones(n, dtype=torch.int32, device=dev)
         self.qo_indptr = torch.arange(n + 1, dtype=torch.int32, device=dev)
         self.logits_rows = torch.arange(n, dtype=torch.long, device=dev)
+        self.state_rows = state_rows
+        self.state_slots = torch.zeros(n, dtype=torch.long, device=dev) if state_rows is not None else None
         self.max_context = max_context
         self.windows = dict(windows or {})
         self._win: dict[str, dict[str, torch.Tensor]] = {}
@@ -65,11 +69,12 @@ class DecodeCudaGraphs:
         self.num_replays = 0
 
     @classmethod
-    def for_runner(cls, runner, req_to_token, max_batch_size: int) -> DecodeCudaGraphs:
+    def for_runner(cls, runner, req_to_token, max_batch_size: int,
+                   state_rows: torch.Tensor | None = None) -> DecodeCudaGraphs:
         """Capture graphs for a ModelRunner (its model and backend) over a ReqToTokenPool."""
         windows = {k: (req_to_token.tables[k], w, req_to_token.page_size) for k, w in runner.windows.items()}
         graphs = cls(runner.model, runner.backend, req_to_token.table, min(max_batch_size, DEFAULT_BUCKETS[-1]),
-                     req_to_token.max_context, windows=windows)
+                     req_to_token.max_context, windows=windows, state_rows=state_rows)
         graphs.capture()
         return graphs
 
@@ -92,6 +97,7 @@ class DecodeCudaGraphs:
             windows={kind: WindowView(self.windows[kind][1], w["out_cache_loc"][:bs], w["kv_indptr"][: bs + 1],
                                       w["kv_indices"], w["kv_starts"][:bs], np.zeros(bs, dtype=np.int64))
                      for kind, w in self._win.items()},
+            state_slots=self.state_slots[:bs] if self.state_slots is not None else None,
         )
 
     def _fill(self, batch: ForwardBatch | None, padded: int) -> None:
@@ -103,6 +109,10 @@ class DecodeCudaGraphs:
             self.req_pool_indices[:bs].copy_(batch.req_pool_indices, non_blocking=True)
             self.seq_lens[:bs].copy_(batch.seq_lens, non_blocking=True)
             self.out_cache_loc[:bs].copy_(batch.out_cache_loc, non_blocking=True)
+        if self.state_slots is not None:  # real rows: their slot; padding rows: the dummy slot 0
+            if bs:
+                self.state_slots[:bs].copy_(self.state_rows[batch.req_pool_indices])
+            self.state_slots[bs:padded].zero_()
         if padded > bs:
             self.input_ids[bs:padded].zero_()
             self.positions[bs:padded].zero_()

@@ -18,6 +18,7 @@ from pdpair.engine.config import (
 )
 from pdpair.engine.events import GenerateOutput, StepEvent
 from pdpair.engine.memory import SWA_KIND, KVPool, PoolSet, ReqToTokenPool
+from pdpair.engine.memory.mamba_pool import MambaPool
 from pdpair.engine.request import Request
 from pdpair.engine.runner import ModelRunner
 from pdpair.engine.sampling import SamplingParams
@@ -43,9 +44,14 @@ class Engine:
                             f"{config.dtype}/p{config.page_size}/{loaded.weights_digest}")
         pools, layer_pools = self._build_pools(mc, config)
         kv = pools[0]
-        self.pools = PoolSet(pools, config.page_size)
+        self.mamba_pool = None
+        if mc.hybrid is not None:  # one recurrent-state slot per resident request, allocated at admission
+            self.mamba_pool = MambaPool(config.max_running_requests, config.max_running_requests, mc.hybrid,
+                                        config.torch_dtype, config.device)
+            self.model.bind_state(self.mamba_pool)
+        self.pools = PoolSet(pools, config.page_size, [self.mamba_pool] if self.mamba_pool is not None else [])
         self.req_to_token = ReqToTokenPool(config.max_running_requests, mc.context_length, config.page_size,
-                                           config.device, self.pools.kinds)
+                                           config.device, self.pools.paged_kinds)
         backend = create_backend(config.attention_backend, kv, mc.num_heads, mc.num_kv_heads, mc.head_dim,
                                  config.device, mc.attn_scale, layer_pools, mc.attn_logit_softcapping)
         windows = {p.kind: p.window for p in pools if p.window is not None}
@@ -57,8 +63,9 @@ class Engine:
         elif config.device.startswith("cuda") and not config.disable_cuda_graph and backend.supports_cuda_graph:
             from pdpair.engine.cuda_graph import DecodeCudaGraphs
 
+            rows = self.mamba_pool.row_slots if self.mamba_pool is not None else None
             self.runner.graphs = DecodeCudaGraphs.for_runner(self.runner, self.req_to_token,
-                                                             config.max_running_requests)
+                                                             config.max_running_requests, state_rows=rows)
         eos, decode = set(mc.eos_token_ids), None
         if self.tokenizer is not None:  # tiny test models come without one
             eos |= set(self.tokenizer.eos_token_ids)
@@ -113,7 +120,7 @@ class Engine:
         mc = loaded.config
         dtype = next(loaded.model.parameters()).dtype
         if max_pages is None:
-            page_bytes = KVPool.page_bytes(mc.num_layers, page_size, mc.num_kv_heads, mc.head_dim, dtype)
+            page_bytes = KVPool.page_bytes(len(mc.full_layers) + len(mc.swa_layers), page_size, mc.num_kv_heads, mc.head_dim, dtype)
             max_pages = resolve_max_pages(device, page_bytes, mem_fraction)
         config = EngineConfig(device=device, dtype=dtype_name(dtype), page_size=page_size,
                               max_pages=max_pages, chunk_size=chunk_size,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pdpair.engine.hybrid_config import HybridConfig
+
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
@@ -54,6 +56,7 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # bias on q/k/v projections (Qwen2; Llama with attention_bias)
     o_proj_bias: bool = False  # bias on the output projection (Llama with attention_bias)
+    hybrid: HybridConfig | None = None  # mamba2 layers and family details of a hybrid model (Bamba, Granite 4.0-H)
     qk_norm: bool = False  # per-head RMSNorm on q and k before rope (Qwen3)
     eos_token_ids: tuple[int, ...] = ()
     bos_token_id: int | None = None
@@ -125,8 +128,9 @@ class ModelConfig:
 
     @property
     def full_layers(self) -> tuple[int, ...]:
-        """Layers attending over the whole context, in order."""
-        return tuple(i for i in range(self.num_layers) if not self.is_sliding(i))
+        """Layers attending over the whole context, in order (a hybrid model's mamba layers are not)."""
+        mamba = self.hybrid.mamba_layers if self.hybrid is not None else ()
+        return tuple(i for i in range(self.num_layers) if not self.is_sliding(i) and i not in mamba)
 
     @property
     def attn_scale(self) -> float:

@@ -92,10 +92,12 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
         try:
             sampling = sampling_from_proto(request.sampling, info.vocab_size)
             check_prompt(list(request.token_ids), info.vocab_size, info.context_length)
-            expected = expected_items(self.rt.engine.pools.windows(), len(request.token_ids), info.page_size)
+            expected = expected_items(self.rt.engine.pools.windows(), len(request.token_ids), info.page_size,
+                                      self.rt.engine.pools.slot_kinds)
             peer = peer.for_dp_rank(request.registration.dp_rank)  # the destination DP rank's region set
             num_items = {r.kind: r.num_items for r in peer.regions}
-            dst = validate_registration(((p.kind, p.ids) for p in request.registration.pools), num_items, expected)
+            dst = validate_registration(((p.kind, p.ids) for p in request.registration.pools), num_items, expected,
+                                        dict.fromkeys(self.rt.engine.pools.slot_kinds, 1))
         except ValueError as exc:
             raise RpcError(Code.INVALID_ARGUMENT, f"request {request.rid!r}: {exc}") from None
         return peer, sampling, dst

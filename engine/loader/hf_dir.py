@@ -90,9 +90,15 @@ def hf_model_config(cfg: dict[str, Any], eos_token_ids: tuple[int, ...]) -> Mode
     arch = resolve_architecture(archs[0])
     if cfg.get("mlp_bias"):
         raise ValueError("mlp_bias=True is not supported")
-    if float(cfg.get("partial_rotary_factor", 1.0)) != 1.0:
-        raise ValueError("partial rotary embeddings (partial_rotary_factor != 1) are not supported")
     heads = int(cfg["num_attention_heads"])
+    head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)
+    hybrid = {}
+    if arch in ("bamba", "granitemoehybrid"):  # mamba2 layers; partial rope handled there
+        from pdpair.engine.loader.hf_hybrid import hybrid_fields
+
+        hybrid = hybrid_fields(cfg, arch, int(cfg["num_hidden_layers"]), head_dim)
+    elif float(cfg.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise ValueError("partial rotary embeddings (partial_rotary_factor != 1) are not supported")
     num_layers = int(cfg["num_hidden_layers"])
     if arch == "gemma3":
         extra = _gemma3(cfg, num_layers)
@@ -110,8 +116,8 @@ def hf_model_config(cfg: dict[str, Any], eos_token_ids: tuple[int, ...]) -> Mode
         hidden_size=int(cfg["hidden_size"]),
         num_heads=heads,
         num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-        head_dim=int(cfg.get("head_dim") or cfg["hidden_size"] // heads),
-        intermediate_size=int(cfg["intermediate_size"]),
+        head_dim=head_dim,
+        intermediate_size=hybrid.pop("intermediate_size", int(cfg["intermediate_size"])),
         vocab_size=int(cfg["vocab_size"]),
         context_length=int(cfg.get("max_position_embeddings", 2048)),
         rope_theta=theta,
@@ -124,6 +130,7 @@ def hf_model_config(cfg: dict[str, Any], eos_token_ids: tuple[int, ...]) -> Mode
         eos_token_ids=eos_token_ids,
         bos_token_id=cfg.get("bos_token_id") if isinstance(cfg.get("bos_token_id"), int) else None,
         **extra,
+        **hybrid,
     )
 
 

@@ -1,4 +1,4 @@
-"""The node's pools keyed by kind ("kv", "swa"; DSA index-K, mamba slots later) with their allocators."""
+"""The node's pools keyed by kind: paged ("kv", "swa") and per-request slots ("mamba"), with their allocators."""
 
 from __future__ import annotations
 
@@ -21,19 +21,50 @@ class ItemPool(Protocol):
     def region(self) -> Region: ...
 
 
+class SlotPool(Protocol):
+    """A pool of one item per request (mamba state): ids from `reserved_items` on; `bind` maps a request-table
+    row to its item so that a forward batch finds it."""
+
+    kind: str
+    reserved_items: int
+
+    @property
+    def num_items(self) -> int: ...
+
+    def region(self) -> Region: ...
+
+    def bind(self, row: int, slot: int) -> None: ...
+
+    def unbind(self, row: int) -> None: ...
+
+
 class PoolSet:
     """Pools by kind, each with its own allocator; callers iterate kinds instead of naming pools."""
 
-    def __init__(self, pools: list[ItemPool], page_size: int) -> None:
+    def __init__(self, pools: list[ItemPool], page_size: int, slot_pools: list[SlotPool] = ()) -> None:
         assert pools, "a pool set needs at least one pool"
         self.page_size = page_size
-        self._pools = {p.kind: p for p in pools}
-        assert len(self._pools) == len(pools), f"duplicate pool kinds: {[p.kind for p in pools]}"
+        self._paged = tuple(p.kind for p in pools)
+        self._slots = tuple(p.kind for p in slot_pools)
+        self._pools = {p.kind: p for p in [*pools, *slot_pools]}
+        assert len(self._pools) == len(pools) + len(slot_pools), f"duplicate pool kinds: {list(self._pools)}"
         self._allocators = {p.kind: PageAllocator(p.num_items, p.kind) for p in pools}
+        self._allocators.update({p.kind: PageAllocator(p.num_items, p.kind, p.reserved_items) for p in slot_pools})
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return tuple(self._pools)
+        """Every kind: the paged ones, then the per-request slot ones."""
+        return (*self._paged, *self._slots)
+
+    @property
+    def paged_kinds(self) -> tuple[str, ...]:
+        """Kinds whose items are pages of context (kv, swa)."""
+        return self._paged
+
+    @property
+    def slot_kinds(self) -> tuple[str, ...]:
+        """Kinds holding one item per request whatever its length (mamba state)."""
+        return self._slots
 
     def pool(self, kind: str) -> ItemPool:
         return self._pools[kind]
@@ -46,8 +77,8 @@ class PoolSet:
         return self._pools[kind].window
 
     def windows(self) -> dict[str, int | None]:
-        """Kind -> sliding window in tokens (None: the pool keeps the whole context), in pool order."""
-        return {k: p.window for k, p in self._pools.items()}
+        """Paged kind -> sliding window in tokens (None: the pool keeps the whole context), in pool order."""
+        return {k: self._pools[k].window for k in self._paged}
 
     def allocator(self, kind: str) -> PageAllocator:
         return self._allocators[kind]

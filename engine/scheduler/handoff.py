@@ -1,5 +1,6 @@
 """Which items of each pool kind a prefill-only request hands over per chunk, and which a decode destination
-reserves: full-context kinds every page, sliding-window kinds only the window tail (SEEDS.md §2)."""
+reserves: full-context kinds every page, sliding-window kinds only the window tail, slot kinds (mamba state)
+their one slot, sent after the last chunk's forward (SEEDS.md §2)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def chunk_items(res: ResourceManager, req: Request, last: bool) -> tuple[dict[st
             first, end = registered_pages(seq, res.page_size, window)
             items[kind], starts[kind] = req.pages(kind, first, end).copy(), 0
             req.sent[kind] = end - first
+    for kind in res.slot_kinds:  # the state slot, once: this chunk's forward has run, the state is final
+        if last:
+            items[kind], starts[kind] = req.items[kind].copy(), 0
+            req.sent[kind] = 1
     return items, starts
 
 
@@ -41,4 +46,6 @@ def destination_items(res: ResourceManager, req: Request) -> dict[str, np.ndarra
     for kind in res.kinds:
         first, end = registered_pages(req.prompt_len, res.page_size, res.windows[kind])
         out[kind] = req.pages(kind, first, end).copy()
+    for kind in res.slot_kinds:
+        out[kind] = req.items[kind].copy()
     return out

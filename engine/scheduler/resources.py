@@ -20,7 +20,8 @@ class ResourceManager:
         self.req_to_token = req_to_token
         self.page_size = pools.page_size
         self.kv = pools.allocator(pools.kv.kind)  # the full-attention allocator
-        self.kinds = pools.kinds
+        self.kinds = pools.paged_kinds
+        self.slot_kinds = pools.slot_kinds  # one item per request (mamba state), held from admission to the end
         self.windows = {k: pools.window(k) for k in self.kinds}
 
     @property
@@ -46,7 +47,7 @@ class ResourceManager:
     def can_acquire(self, num_tokens: int, reserve_pages: int, window_from: int | None = None) -> bool:
         return self.req_to_token.num_free > 0 and all(
             self.pools.allocator(k).num_free - self._need(k, num_tokens, window_from) >= reserve_pages
-            for k in self.kinds)
+            for k in self.kinds) and all(self.pools.allocator(k).num_free > 0 for k in self.slot_kinds)
 
     def acquire(self, req: Request, num_tokens: int, reserve_pages: int, window_from: int | None = None) -> bool:
         """Give a non-resident request a table row and the full-context pages for its first `num_tokens` tokens.
@@ -64,6 +65,9 @@ class ResourceManager:
             req.items[kind] = np.zeros(0, dtype=np.int32)
         full = [k for k in self.kinds if self.windows[k] is None or window_from is not None]
         assert self.grow(req, num_tokens, full), "pages vanished between check and allocation"
+        for kind in self.slot_kinds:  # the request's state slot, found by forward batches through its row
+            req.items[kind], req.items_first[kind] = self.pools.allocator(kind).alloc(1), 0
+            self.pools.pool(kind).bind(req.row, int(req.items[kind][0]))
         return True
 
     def grow(self, req: Request, num_tokens: int, kinds: list[str] | None = None) -> bool:
@@ -103,8 +107,10 @@ class ResourceManager:
 
     def take(self, req: Request) -> dict[str, np.ndarray]:
         """Detach everything the request holds and hand it to the caller."""
-        items = {k: req.items.get(k, np.zeros(0, dtype=np.int32)) for k in self.kinds}
+        items = {k: req.items.get(k, np.zeros(0, dtype=np.int32)) for k in (*self.kinds, *self.slot_kinds)}
         if req.row is not None:
+            for kind in self.slot_kinds:
+                self.pools.pool(kind).unbind(req.row)
             self.req_to_token.free(req.row)
         req.row = None
         req.items, req.items_first, req.sent = {}, {}, {}

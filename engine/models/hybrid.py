@@ -18,7 +18,7 @@ from pdpair.engine.memory.mamba_pool import MambaPool
 from pdpair.engine.model_config import ModelConfig
 from pdpair.engine.models.attention import Attention
 from pdpair.engine.models.hybrid_weights import hybrid_hf_names
-from pdpair.engine.models.layers import RMSNorm, RotaryEmbedding, GatedMLP, apply_rope
+from pdpair.engine.models.layers import GatedMLP, RMSNorm, RotaryEmbedding, apply_rope
 from pdpair.engine.models.mamba2 import Mamba2Mixer, MambaStep
 from pdpair.engine.models.weights import load_hf_weights
 from torch import nn

@@ -7,7 +7,12 @@ import pytest
 import torch
 from pdpair.engine.hybrid_config import HybridConfig
 from pdpair.engine.memory.mamba_pool import MambaPool
-from pdpair.kernels.mamba import causal_conv1d_ref, conv_update_ref, selective_state_update_ref, ssd_chunk_scan_ref
+from pdpair.kernels.mamba import (
+    causal_conv1d_ref,
+    conv_update_ref,
+    selective_state_update_ref,
+    ssd_chunk_scan_ref,
+)
 
 HC = HybridConfig(mamba_layers=(0, 2, 3), n_heads=4, head_dim=8, n_groups=2, d_state=6, d_conv=4,
                   intermediate_size=32, chunk_size=8)

@@ -17,6 +17,7 @@ def save_tiny_swa(family: str, window: int, path: Path, max_positions: int = 512
     """Save a 3-layer model (sliding, full, sliding) with a window of `window` tokens; returns the HF model
     (fp32, eager attention). Norms and embeddings are randomised so that every piece matters to the logits."""
     import transformers
+
     from tests._tiny_tokenizer import checkpoint_tokenizer
 
     tok = checkpoint_tokenizer()

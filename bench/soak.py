@@ -75,9 +75,10 @@ def _rss(cluster: LocalCluster) -> dict[str, float]:
     return out
 
 
-def _stats(addr: str) -> pb.NodeStats:
+def _stats(name: str, addr: str) -> pb.NodeStats:
+    stub = pb_grpc.PrefillNodeStub if name.startswith("prefill") else pb_grpc.DecodeNodeStub
     with grpc.insecure_channel(addr) as ch:
-        return pb_grpc.DecodeNodeStub(ch).Stats(pb.StatsRequest(), timeout=10)
+        return stub(ch).Stats(pb.StatsRequest(), timeout=10)
 
 
 def _restart(cluster: LocalCluster, name: str) -> None:
@@ -134,14 +135,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     add_out_arg(ap)
     args = ap.parse_args()
-    report = Report("soak", args.out)
+    report = Report("soak", args.out_dir)
     with LocalCluster(prefill=2, decode=1, node_args=["--max-pages", "400"]) as cluster:
         rss_start = _rss(cluster)
         counts, restarted = asyncio.run(_traffic(cluster, args))
         rss_end = _rss(cluster)
         deadline = time.monotonic() + 100  # the quarantine (70 s by default) of the killed node's transfers
         while True:
-            stats = {name: _stats(d.addr) for name, d in cluster.daemons.items() if name != "router"}
+            stats = {name: _stats(name, d.addr) for name, d in cluster.daemons.items() if name != "router"}
             leaked = {n: sum(p.total - p.free - p.quarantined for p in s.pools) for n, s in stats.items()}
             held = {n: sum(p.quarantined for p in s.pools) for n, s in stats.items()}
             idle = all(s.waiting + s.prefilling + s.running + s.transferring == 0 for s in stats.values())

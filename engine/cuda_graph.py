@@ -128,6 +128,12 @@ class DecodeCudaGraphs:
         self.num_replays += 1
         return self._outputs[padded][: batch.batch_size]
 
+    def replay_bucket(self, padded: int) -> torch.Tensor:
+        """Replay bucket `padded`'s graph over whatever its static buffers hold now: the bare graph, no metadata
+        fill (benchmarks compare it with full steps)."""
+        self._graphs[padded].replay()
+        return self._outputs[padded]
+
     def padded_batch(self, batch: ForwardBatch) -> ForwardBatch:
         """The padded static batch a replay of `batch` runs (for comparing with an eager forward)."""
         padded = self.bucket(batch.batch_size)

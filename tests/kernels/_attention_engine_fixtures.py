@@ -42,13 +42,11 @@ def fill_kv_random(engine, gen_seed: int = 0) -> None:
     engine.runner.backend.kv_pool.buffer.normal_()
 
 
-def decode_batch(engine, lengths: list[int], seed: int = 0):
-    """A decode ForwardBatch of requests holding `lengths[i]` tokens each (the new one included).
+def hold_rows(engine, lengths: list[int]):
+    """Request-table rows holding `lengths[i]` tokens' pages each, from the engine's own allocators.
 
-    Pages and request-table rows come from the engine's own allocators; `release` gives them back.
+    Returns (rows, release); `release()` gives rows and pages back.
     """
-    from pdpair.engine.batch import ForwardBatch, ForwardMode
-
     page = engine.config.page_size
     alloc = engine.pools.allocator("kv")
     r2t = engine.req_to_token
@@ -60,16 +58,28 @@ def decode_batch(engine, lengths: list[int], seed: int = 0):
         r2t.assign_pages(row, 0, pages)
         rows.append(row)
         held.append(pages)
-    gen = np.random.default_rng(seed)
-    lens = np.asarray(lengths, dtype=np.int64)
-    ids = gen.integers(3, engine.model_config.vocab_size, len(lengths)).tolist()
-    batch = ForwardBatch.build(ForwardMode.DECODE, np.asarray(rows), lens - 1, np.ones_like(lens), ids, r2t.table)
 
     def release() -> None:
         for row, pages in zip(rows, held, strict=True):
             alloc.free(pages)
             r2t.free(row)
 
+    return np.asarray(rows), release
+
+
+def decode_batch(engine, lengths: list[int], seed: int = 0):
+    """A decode ForwardBatch of requests holding `lengths[i]` tokens each (the new one included).
+
+    Pages and request-table rows come from the engine's own allocators; `release` gives them back.
+    """
+    from pdpair.engine.batch import ForwardBatch, ForwardMode
+
+    rows, release = hold_rows(engine, lengths)
+    gen = np.random.default_rng(seed)
+    lens = np.asarray(lengths, dtype=np.int64)
+    ids = gen.integers(3, engine.model_config.vocab_size, len(lengths)).tolist()
+    batch = ForwardBatch.build(ForwardMode.DECODE, rows, lens - 1, np.ones_like(lens), ids,
+                               engine.req_to_token.table)
     return batch, release
 
 

@@ -1,0 +1,76 @@
+"""Fused-kernel cases (inputs, kernel, twin) shared by the interpreter tests and the GPU tests.
+
+Each case draws fresh random inputs, poisons nothing it does not compare, and returns the worst relative
+error of the kernel against its twin (the twin run on float64 copies of the inputs, except where noted) plus
+exact checks that need no tolerance.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tests.kernels._attention_fixtures import rel_err
+
+
+def add_rmsnorm_case(dtype, rows: int, cols: int, device: str = "cpu", seed: int = 0) -> dict:
+    from pdpair.kernels.fused import add_rmsnorm, add_rmsnorm_ref
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, cols, generator=gen).to(device=device, dtype=dtype)
+    res = (3 * torch.randn(rows, cols + 8, generator=gen)).to(device=device, dtype=dtype)[:, :cols]  # strided rows
+    w = (1 + 0.5 * torch.randn(cols, generator=gen)).to(device=device, dtype=dtype)
+    res_k, res_r = res.clone(), res.clone()
+    out = add_rmsnorm(x, res_k, w, 1e-5)
+    ref = add_rmsnorm_ref(x, res_r, w, 1e-5)
+    same_dtype = add_rmsnorm_ref(x.double(), res.double().clone(), w.double(), 1e-5)
+    plain = add_rmsnorm(None, res_k.clone(), w, 1e-5)  # no add: the norm of the residual as it is
+    return {"out": rel_err(out, ref), "out64": rel_err(out, same_dtype), "residual": rel_err(res_k, res_r),
+            "plain": rel_err(plain, add_rmsnorm_ref(None, res_r.clone(), w, 1e-5)),
+            "residual_exact": torch.equal(res_k, res_r)}
+
+
+def silu_mul_case(dtype, rows: int, cols: int, device: str = "cpu", seed: int = 0) -> dict:
+    from pdpair.kernels.fused import silu_and_mul, silu_and_mul_ref
+
+    gen = torch.Generator().manual_seed(seed)
+    gu = (2 * torch.randn(rows, 2 * cols, generator=gen)).to(device=device, dtype=dtype)
+    out = silu_and_mul(gu)
+    return {"out": rel_err(out, silu_and_mul_ref(gu)), "out64": rel_err(out, silu_and_mul_ref(gu.double())),
+            "shape": tuple(out.shape) == (rows, cols)}
+
+
+def qk_rope_store_case(dtype, tokens: int, heads: int, kv_heads: int, head_dim: int, qk_norm: bool,
+                       page_size: int = 16, device: str = "cpu", seed: int = 0) -> dict:
+    from pdpair.kernels.fused import qk_rope_store, qk_rope_store_ref
+
+    gen = torch.Generator().manual_seed(seed)
+    width = (heads + 2 * kv_heads) * head_dim
+    qkv = torch.randn(tokens, width + 16, generator=gen).to(device=device, dtype=dtype)[:, :width]  # strided rows
+    pos = torch.randint(0, 4096, (tokens,), generator=gen).float()
+    inv = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    freqs = pos[:, None] * inv[None, :]
+    cos, sin = freqs.cos().to(device=device, dtype=dtype), freqs.sin().to(device=device, dtype=dtype)
+    pages = -(-tokens // page_size) + 3
+    pool = torch.randn(pages, 2, 2, page_size, kv_heads, head_dim, generator=gen).to(device=device, dtype=dtype)
+    slots = torch.randperm(pages * page_size, generator=gen)[:tokens].to(device)
+    if tokens > 2:
+        slots[1] = -1  # a CUDA-graph padding row: computed, not stored
+    qw = kw = None
+    if qk_norm:
+        qw = (1 + 0.3 * torch.randn(head_dim, generator=gen)).to(device=device, dtype=dtype)
+        kw = (1 + 0.3 * torch.randn(head_dim, generator=gen)).to(device=device, dtype=dtype)
+    pool_k, pool_r, pool_64 = pool.clone(), pool.clone(), pool.double()
+    q, k, v = qk_rope_store(qkv, cos, sin, heads, kv_heads, pool_k[:, 1, 0], pool_k[:, 1, 1], slots, qw, kw, 1e-6)
+    qr, kr, vr = qk_rope_store_ref(qkv, cos, sin, heads, kv_heads, pool_r[:, 1, 0], pool_r[:, 1, 1], slots, qw, kw,
+                                   1e-6)
+    wide = (lambda w: None if w is None else w.double())
+    q6, k6, _ = qk_rope_store_ref(qkv.double(), cos.double(), sin.double(), heads, kv_heads, pool_64[:, 1, 0],
+                                  pool_64[:, 1, 1], slots, wide(qw), wide(kw), 1e-6)
+    untouched = torch.ones(pages * page_size, dtype=torch.bool)
+    untouched[slots[slots >= 0].cpu().long()] = False
+    flat = lambda p: p[:, 1].permute(0, 2, 1, 3, 4).reshape(pages * page_size, -1)  # noqa: E731  [slots, 2*kvh*d]
+    return {"q": rel_err(q, qr), "k": rel_err(k, kr), "q64": rel_err(q, q6), "k64": rel_err(k, k6),
+            "v_exact": torch.equal(v, vr),
+            "cache": rel_err(pool_k[:, 1].float(), pool_r[:, 1].float()),
+            "cache_others_untouched": torch.equal(flat(pool_k)[untouched.to(device)], flat(pool)[untouched.to(device)])
+            and torch.equal(pool_k[:, 0], pool[:, 0])}

@@ -1,0 +1,41 @@
+"""Fused kernels (add + RMSNorm, SiLU-and-mul, q/k norm + rope + K/V store) in the Triton interpreter against
+their torch twins."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.kernels._attention_fixtures import interpreted
+from tests.kernels._fused_cases import add_rmsnorm_case, qk_rope_store_case, silu_mul_case
+
+pytest.importorskip("triton", reason="triton is not installed")
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_add_rmsnorm_matches_twin(dtype):
+    r = interpreted(add_rmsnorm_case, dtype, 5, 96)  # 96: not a power of two, masked tail
+    assert r["residual_exact"], r
+    assert r["out"] < TOL[dtype] and r["plain"] < TOL[dtype], r
+    assert r["out64"] < 10 * TOL[dtype], r
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_silu_and_mul_matches_twin(dtype):
+    r = interpreted(silu_mul_case, dtype, 3, 1100)  # two column blocks, the second partial
+    assert r["shape"] and r["out"] < TOL[dtype] and r["out64"] < 10 * TOL[dtype], r
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_qk_rope_store_matches_twin(dtype, qk_norm):
+    r = interpreted(qk_rope_store_case, dtype, 7, 6, 2, 32, qk_norm, 4)  # 6 q heads: not a power of two
+    assert r["v_exact"] and r["cache_others_untouched"], r
+    # fp16: the twin rounds each rope product, the kernel once
+    assert max(r["q"], r["k"], r["cache"]) < 5 * TOL[dtype], r
+    assert max(r["q64"], r["k64"]) < 5 * TOL[dtype], r

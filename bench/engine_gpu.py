@@ -125,12 +125,11 @@ def prefill_flops(cfg: ModelConfig, model, rows: int, length: int) -> float:
 
 
 def set_fused(eng, on: bool) -> bool:
-    """Switch the fused kernels; False when this checkout has none."""
-    try:
-        from pdpair.engine.models.fused import set_fused_ops
-    except ImportError:
+    """Switch the fused kernels (graphs captured afterwards use the new setting); False when this checkout
+    has none."""
+    if not hasattr(type(eng.runner.backend), "fused_ops"):
         return False
-    set_fused_ops(eng.runner.model, on)
+    eng.runner.backend.fused_ops = on
     return True
 
 

@@ -48,6 +48,11 @@ class Engine:
                                            config.device)
         backend = create_backend(config.attention_backend, kv, mc.num_heads, mc.num_kv_heads, mc.head_dim,
                                  config.device)
+        if config.fused_ops and config.dump is None and config.device.startswith("cuda") \
+                and config.attention_backend == "triton":
+            from pdpair.engine.models.fused import FUSED_ARCHS
+
+            backend.fused_ops = mc.arch in FUSED_ARCHS
         self.runner = ModelRunner(self.model, backend, self.req_to_token, mc.vocab_size)
         if config.dump is not None:
             from pdpair.engine.debug import Dumper

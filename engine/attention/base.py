@@ -12,6 +12,10 @@ from pdpair.engine.memory.kv_pool import KVPool
 class AttentionBackend(ABC):
     """Stores each layer's new K/V into the paged cache and attends (cached prefix + new tokens, causal)."""
 
+    # True: the model runs its fused-kernel forward (engine/models/fused.py) and hands `forward` K/V it has already
+    # stored (`kv_stored=True`); only backends that accept that flag may set it
+    fused_ops: bool = False
+
     def __init__(self, kv_pool: KVPool, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
         assert num_heads % num_kv_heads == 0, f"{num_heads} heads not a multiple of {num_kv_heads} kv heads"
         self.kv_pool = kv_pool

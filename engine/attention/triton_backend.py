@@ -53,9 +53,11 @@ class TritonBackend(AttentionBackend):
             self._has_prefix = bool((batch.seq_lens_cpu > batch.extend_lens_cpu).any())
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
-                batch: ForwardBatch) -> torch.Tensor:
+                batch: ForwardBatch, kv_stored: bool = False) -> torch.Tensor:
+        """`kv_stored`: k/v are already in the cache (the fused prologue wrote them); skip the store."""
         k_cache, v_cache = self.kv_pool.k_layers[layer], self.kv_pool.v_layers[layer]
-        store_kv(k, v, k_cache, v_cache, batch.out_cache_loc)
+        if not kv_stored:
+            store_kv(k, v, k_cache, v_cache, batch.out_cache_loc)
         o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         if batch.is_decode:
             decode_attention(q, k_cache, v_cache, batch.kv_indptr, batch.kv_indices, o=o, sm_scale=self.scale,

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pdpair.engine.attention.base import AttentionBackend
 from pdpair.engine.model_config import ModelConfig
 from pdpair.engine.models.attention import Attention
 from pdpair.engine.models.layers import RMSNorm, RotaryEmbedding, SwiGLUMLP
@@ -54,6 +55,10 @@ class CausalLM(nn.Module):
             )
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: Any) -> torch.Tensor:
+        if isinstance(ctx.backend, AttentionBackend) and ctx.backend.fused_ops:
+            from pdpair.engine.models.fused import fused_forward
+
+            return fused_forward(self, input_ids, positions, ctx)
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary.cos_sin(positions, x.dtype)
         for layer in self.layers:

@@ -74,3 +74,49 @@ def qk_rope_store_case(dtype, tokens: int, heads: int, kv_heads: int, head_dim: 
             "cache": rel_err(pool_k[:, 1].float(), pool_r[:, 1].float()),
             "cache_others_untouched": torch.equal(flat(pool_k)[untouched.to(device)], flat(pool)[untouched.to(device)])
             and torch.equal(pool_k[:, 0], pool[:, 0])}
+
+
+def fused_engine_case(arch: str) -> dict:
+    """A tiny seeded model of `arch` through the engine on CPU with the (interpreted) triton backend, fused
+    kernels off and on: greedy tokens, one decode batch's logits, and how often the fused forward ran."""
+    from types import SimpleNamespace
+
+    import pdpair.engine.models.fused as fused_mod
+    from pdpair.engine import Engine, SamplingParams
+    from pdpair.engine.model_config import ModelConfig
+    from pdpair.engine.models import build_model
+
+    from tests.kernels._attention_engine_fixtures import decode_batch, eager_logits, fill_kv_random
+
+    cfg = ModelConfig(arch=arch, num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
+                      intermediate_size=128, vocab_size=256, context_length=512, qk_norm=arch == "qwen3",
+                      attention_bias=arch == "qwen2")
+    model = build_model(cfg, torch.float32, "cpu")
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            p.copy_(1 + 0.3 * noise if name.endswith("norm.weight") else 0.2 * noise)
+    loaded = SimpleNamespace(config=cfg, model=model, tokenizer=None, model_id=f"tiny-{arch}", weights_digest="t")
+    calls = []
+    real = fused_mod.fused_forward
+    fused_mod.fused_forward = lambda *a: calls.append(1) or real(*a)
+    prompts = [torch.randint(3, 256, (n,), generator=gen).tolist() for n in (1, 5, 11)]
+    tokens, logits = {}, {}
+    try:
+        for on in (False, True):
+            eng = Engine.from_loaded(loaded, device="cpu", page_size=4, max_pages=96, chunk_size=8,
+                                     attention_backend="triton", max_running_requests=8)
+            assert not eng.runner.backend.fused_ops  # the engine turns them on only on CUDA
+            eng.runner.backend.fused_ops = on
+            res = eng.generate(prompts, SamplingParams(max_new_tokens=4, temperature=0.0))
+            tokens[on] = [o.token_ids for o in res]
+            fill_kv_random(eng, 1)
+            batch, release = decode_batch(eng, [1, 9, 22], seed=2)
+            logits[on] = eager_logits(eng, batch)
+            release()
+            eng.pools.check_integrity()
+    finally:
+        fused_mod.fused_forward = real
+    return {"tokens_equal": tokens[False] == tokens[True], "tokens": tokens[True],
+            "rel_err": rel_err(logits[True], logits[False]), "fused_calls": len(calls)}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.kernels._attention_fixtures import interpreted
-from tests.kernels._fused_cases import add_rmsnorm_case, qk_rope_store_case, silu_mul_case
+from tests.kernels._fused_cases import add_rmsnorm_case, fused_engine_case, qk_rope_store_case, silu_mul_case
 
 pytest.importorskip("triton", reason="triton is not installed")
 
@@ -39,3 +39,13 @@ def test_qk_rope_store_matches_twin(dtype, qk_norm):
     # fp16: the twin rounds each rope product, the kernel once
     assert max(r["q"], r["k"], r["cache"]) < 5 * TOL[dtype], r
     assert max(r["q64"], r["k64"]) < 5 * TOL[dtype], r
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_fused_forward_matches_unfused_engine(arch):
+    """The model's fused forward (interpreted kernels, fp32, CPU) against its own unfused forward."""
+    r = interpreted(fused_engine_case, arch)
+    assert r["fused_calls"] > 0, r  # the fused path really ran (prefill chunks and decode steps)
+    assert r["tokens_equal"] and all(len(t) == 4 for t in r["tokens"]), r
+    assert r["rel_err"] < 1e-5, r

@@ -51,8 +51,11 @@ class ForwardBatch:
 
     @classmethod
     def build(cls, mode: ForwardMode, rows: np.ndarray, prefix_lens: np.ndarray, extend_lens: np.ndarray,
-              input_ids: list[int], req_to_token: torch.Tensor) -> ForwardBatch:
-        """Metadata for requests in table `rows`, each extending `extend_lens` tokens after `prefix_lens`."""
+              input_ids: list[int], req_to_token: torch.Tensor, with_kv_indices: bool = True) -> ForwardBatch:
+        """Metadata for requests in table `rows`, each extending `extend_lens` tokens after `prefix_lens`.
+
+        On CUDA the host arrays travel in one pinned non-blocking copy and `kv_indices` is gathered on the device
+        (no host sync); `with_kv_indices=False` leaves it empty (a CUDA-graph replay rebuilds its own)."""
         device = req_to_token.device
         prefix = np.asarray(prefix_lens, dtype=np.int64)
         ext = np.asarray(extend_lens, dtype=np.int64)
@@ -67,6 +70,9 @@ class ForwardBatch:
         kv_indptr = np.zeros(len(ext) + 1, dtype=np.int64)
         np.cumsum(kv_lens, out=kv_indptr[1:])
 
+        if device.type == "cuda":
+            return cls._build_cuda(mode, rows, seq, ext, positions, qo_indptr, kv_lens, kv_indptr, input_ids,
+                                   req_to_token, with_kv_indices)
         rows_t = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(device)
         positions_t = torch.from_numpy(positions).to(device)
         out_cache_loc = req_to_token[torch.repeat_interleave(rows_t, torch.from_numpy(ext).to(device)),
@@ -92,6 +98,34 @@ class ForwardBatch:
             seq_lens_cpu=seq,
             extend_lens_cpu=ext,
         )
+
+
+    @classmethod
+    def _build_cuda(cls, mode: ForwardMode, rows, seq: np.ndarray, ext: np.ndarray, positions: np.ndarray,
+                    qo_indptr: np.ndarray, kv_lens: np.ndarray, kv_indptr: np.ndarray, input_ids: list[int],
+                    req_to_token: torch.Tensor, with_kv_indices: bool) -> ForwardBatch:
+        from pdpair.engine.staging import stage
+        from pdpair.kernels import HAS_TRITON
+
+        device = req_to_token.device
+        rows = np.asarray(rows, dtype=np.int64)
+        ids_t, pos_t, rows_t, tok_rows_t, kvlen_t = stage(
+            [np.asarray(input_ids, dtype=np.int64), positions, rows, np.repeat(rows, ext), kv_lens], device)
+        seq_t, ext_t, qo_t, kvp_t = stage([seq, ext, qo_indptr, kv_indptr], device, torch.int32)
+        kv_total = int(kv_indptr[-1])
+        if not with_kv_indices or kv_total == 0:
+            kv_indices = torch.zeros(0, dtype=torch.int32, device=device)
+        elif HAS_TRITON:
+            from pdpair.kernels.attention import build_kv_indices
+
+            kv_indices = torch.empty(kv_total, dtype=torch.int32, device=device)
+            build_kv_indices(req_to_token, rows_t, kvlen_t.int(), kvp_t, kv_indices)
+        else:  # boolean indexing: one host sync for the output size
+            table = req_to_token[rows_t, : int(kv_lens.max())]
+            kv_indices = table[torch.arange(table.shape[1], device=device)[None, :] < kvlen_t[:, None]]
+        return cls(mode=mode, input_ids=ids_t, positions=pos_t, req_pool_indices=rows_t, seq_lens=seq_t,
+                   extend_lens=ext_t, qo_indptr=qo_t, kv_indptr=kvp_t, kv_indices=kv_indices,
+                   out_cache_loc=req_to_token[tok_rows_t, pos_t].long(), seq_lens_cpu=seq, extend_lens_cpu=ext)
 
 
 @dataclass

@@ -65,8 +65,12 @@ class DecodeCudaGraphs:
                 return b
         raise ValueError(f"batch of {batch_size} exceeds the captured maximum {self.max_batch_size}")
 
+    def fits(self, batch_size: int) -> bool:
+        """A decode batch of `batch_size` rows has a captured graph."""
+        return 0 < batch_size <= self.max_batch_size and bool(self._graphs)
+
     def can_run(self, batch: ForwardBatch) -> bool:
-        return batch.is_decode and 0 < batch.batch_size <= self.max_batch_size and bool(self._graphs)
+        return batch.is_decode and self.fits(batch.batch_size)
 
     def _static_batch(self, bs: int) -> ForwardBatch:
         return ForwardBatch(

@@ -1,0 +1,41 @@
+"""The CUDA branch of ForwardBatch.build (staged metadata), run on CPU with the copy replaced by its CPU
+equivalent, against the plain CPU build."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import pdpair.engine.staging as staging
+import pdpair.kernels as kernels
+from pdpair.engine.batch import ForwardBatch, ForwardMode
+
+FIELDS = ("input_ids", "positions", "req_pool_indices", "seq_lens", "extend_lens", "qo_indptr", "kv_indptr",
+          "kv_indices", "out_cache_loc")
+
+
+def _cpu_stage(arrays, device, dtype=torch.int64):
+    return [torch.tensor(np.asarray(a).reshape(-1).tolist(), dtype=dtype) for a in arrays]
+
+
+@pytest.mark.parametrize("mode", [ForwardMode.DECODE, ForwardMode.EXTEND])
+def test_staged_build_equals_cpu_build(monkeypatch, mode):
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randperm(8 * 64, generator=gen).to(torch.int32).view(8, 64)
+    rows = np.array([5, 0, 3])
+    prefix = np.array([7, 0, 30]) if mode is ForwardMode.EXTEND else np.array([7, 1, 30])
+    ext = np.array([4, 9, 1]) if mode is ForwardMode.EXTEND else np.ones(3, dtype=np.int64)
+    ids = torch.randint(0, 100, (int(ext.sum()),), generator=gen).tolist()
+    ref = ForwardBatch.build(mode, rows, prefix, ext, ids, table)
+    monkeypatch.setattr(staging, "stage", _cpu_stage)
+    monkeypatch.setattr(kernels, "HAS_TRITON", False)  # the device gather falls back to boolean indexing
+    got = ForwardBatch._build_cuda(mode, rows, prefix + ext, ext, ref.positions.numpy(), ref.qo_indptr.numpy(),
+                                   (prefix + ext) if mode is ForwardMode.DECODE else prefix,
+                                   ref.kv_indptr.numpy().astype(np.int64), ids, table, True)
+    for name in FIELDS:
+        a, b = getattr(got, name), getattr(ref, name)
+        assert a.dtype == b.dtype and torch.equal(a, b), (name, a, b)
+    empty = ForwardBatch._build_cuda(mode, rows, prefix + ext, ext, ref.positions.numpy(), ref.qo_indptr.numpy(),
+                                     prefix, ref.kv_indptr.numpy().astype(np.int64), ids, table, False)
+    assert empty.kv_indices.numel() == 0 and torch.equal(empty.out_cache_loc, ref.out_cache_loc)

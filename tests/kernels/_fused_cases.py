@@ -78,7 +78,8 @@ def qk_rope_store_case(dtype, tokens: int, heads: int, kv_heads: int, head_dim: 
 
 def fused_engine_case(arch: str) -> dict:
     """A tiny seeded model of `arch` through the engine on CPU with the (interpreted) triton backend, fused
-    kernels off and on: greedy tokens, one decode batch's logits, and how often the fused forward ran."""
+    kernels off and on (and on with no-prefix prefill chunks through SDPA): greedy tokens, one decode batch's
+    logits, and how often the fused forward ran."""
     from types import SimpleNamespace
 
     import pdpair.engine.models.fused as fused_mod
@@ -104,19 +105,21 @@ def fused_engine_case(arch: str) -> dict:
     prompts = [torch.randint(3, 256, (n,), generator=gen).tolist() for n in (1, 5, 11)]
     tokens, logits = {}, {}
     try:
-        for on in (False, True):
+        for on, sdpa in ((False, False), (True, False), (True, True)):
             eng = Engine.from_loaded(loaded, device="cpu", page_size=4, max_pages=96, chunk_size=8,
                                      attention_backend="triton", max_running_requests=8)
-            assert not eng.runner.backend.fused_ops  # the engine turns them on only on CUDA
-            eng.runner.backend.fused_ops = on
+            # the engine turns both on only on CUDA
+            assert not eng.runner.backend.fused_ops and not eng.runner.backend.extend_sdpa
+            eng.runner.backend.fused_ops, eng.runner.backend.extend_sdpa = on, sdpa
             res = eng.generate(prompts, SamplingParams(max_new_tokens=4, temperature=0.0))
-            tokens[on] = [o.token_ids for o in res]
+            tokens[on, sdpa] = [o.token_ids for o in res]
             fill_kv_random(eng, 1)
             batch, release = decode_batch(eng, [1, 9, 22], seed=2)
-            logits[on] = eager_logits(eng, batch)
+            logits[on, sdpa] = eager_logits(eng, batch)
             release()
             eng.pools.check_integrity()
     finally:
         fused_mod.fused_forward = real
-    return {"tokens_equal": tokens[False] == tokens[True], "tokens": tokens[True],
-            "rel_err": rel_err(logits[True], logits[False]), "fused_calls": len(calls)}
+    base = tokens[False, False]
+    return {"tokens_equal": base == tokens[True, False] == tokens[True, True], "tokens": base,
+            "rel_err": rel_err(logits[True, False], logits[False, False]), "fused_calls": len(calls)}

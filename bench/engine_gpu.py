@@ -76,12 +76,12 @@ def measure_ceilings() -> tuple[float, float]:
     n = 1 << 30
     src = torch.randn(n // 2, dtype=torch.bfloat16, device="cuda")
     dst = torch.empty_like(src)
-    gbs = 2 * n / cuda_ms(lambda: dst.copy_(src), 20, 5) / 1e6
+    gbs = 2 * n / cuda_ms(lambda d=dst, s=src: d.copy_(s), 20, 5) / 1e6
     del src, dst
     m = 8192
     a = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
     b = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
-    tflops = 2 * m**3 / cuda_ms(lambda: a @ b, 20, 5) / 1e9
+    tflops = 2 * m**3 / cuda_ms(lambda x=a, y=b: x @ y, 20, 5) / 1e9
     print(f"ceilings: copy {gbs:.0f} GB/s (read + write), bf16 GEMM {tflops:.0f} TFLOP/s", flush=True)
     return gbs, tflops
 
@@ -148,7 +148,13 @@ def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args
     from pdpair.engine import Engine
     from pdpair.engine.batch import ForwardBatch, ForwardMode
 
-    from tests.kernels._attention_engine_fixtures import decode_batch, decode_graphs, eager_logits, fill_kv_random, hold_rows
+    from tests.kernels._attention_engine_fixtures import (
+        decode_batch,
+        decode_graphs,
+        eager_logits,
+        fill_kv_random,
+        hold_rows,
+    )
 
     gbs, tflops = ceilings
     ctx, batches = args.context, args.batches
@@ -165,14 +171,14 @@ def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args
         tag = "" if fused is None else (" fused" if fused else " unfused")
         if fused is not None and not set_fused(eng, fused):
             continue
-        graphs = decode_graphs(eng, max_bs, buckets=tuple(sorted(set(batches) | {64})))
+        graphs = decode_graphs(eng, max_bs, buckets=tuple(sorted(set(batches) | {min(64, max_bs)})))
         eng.runner.graphs = graphs
         for bs in batches:
             batch, release = decode_batch(eng, [ctx] * bs, seed=bs)
             try:
                 graphs.replay(batch)  # fills the static buffers
-                bare = cuda_ms(lambda b=bs: graphs.replay_bucket(b), args.reps)
-                full = cuda_ms(lambda b=batch: graphs.replay(b), args.reps)
+                bare = cuda_ms(lambda b=bs, g=graphs: g.replay_bucket(b), args.reps)
+                full = cuda_ms(lambda b=batch, g=graphs: g.replay(b), args.reps)
             finally:
                 release()
             floor = (wbytes + kv_bytes(cfg, bs * ctx)) / gbs / 1e6
@@ -180,14 +186,14 @@ def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args
                 batch=bs, tokens_per_s=bs / bare * 1e3)
             row(name, f"decode b{bs} ctx{ctx} replay+fill{tag}", full, floor, "metadata fill included", batch=bs)
         # scheduler decode steps at batch 64 against the bare graph at the same batch and context
-        bs, prompt, steps = 64, args.sched_prompt, args.sched_steps
+        bs, prompt, steps = min(64, max_bs), args.sched_prompt, args.sched_steps
         gen = torch.Generator().manual_seed(1)
         ids = torch.randint(3, cfg.vocab_size, (prompt,), generator=gen).tolist()
         sched_tps = scheduler_decode_tps(eng, ids, bs, steps)
         batch, release = decode_batch(eng, [prompt + steps // 2] * bs, seed=7)
         try:
             graphs.replay(batch)
-            bare = cuda_ms(lambda: graphs.replay_bucket(bs), args.reps)
+            bare = cuda_ms(lambda b=bs, g=graphs: g.replay_bucket(b), args.reps)
         finally:
             release()
         bare_tps = bs / bare * 1e3
@@ -197,20 +203,28 @@ def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args
         eng.runner.graphs = None
         del graphs
         torch.cuda.empty_cache()
-        # prefill: one eager extend forward of rows x length new tokens
+        # prefill: one eager extend forward of rows x length new tokens, attention through SDPA and through Triton
         rows_n, length = args.prefill_rows, args.prefill_len
         rows, release = hold_rows(eng, [length] * rows_n)
+        backend = eng.runner.backend
+        routes = [True, False] if hasattr(backend, "extend_sdpa") else [None]
+        flops = prefill_flops(cfg, lm.model, rows_n, length)
+        floor = flops / tflops / 1e9
         try:
             tokens = torch.randint(3, cfg.vocab_size, (rows_n * length,), generator=gen).tolist()
             pb = ForwardBatch.build(ForwardMode.EXTEND, rows, [0] * rows_n, [length] * rows_n, tokens,
                                     eng.req_to_token.table)
-            ms = cuda_ms(lambda: eager_logits(eng, pb), args.prefill_reps, warmup=1)
+            for sdpa in routes:
+                if sdpa is not None:
+                    backend.extend_sdpa = sdpa
+                ms = cuda_ms(lambda e=eng, b=pb: eager_logits(e, b), args.prefill_reps, warmup=1)
+                route = "" if sdpa is None else (" attn=SDPA" if sdpa else " attn=triton")
+                row(name, f"prefill {rows_n}x{length}{tag}{route}", ms, floor,
+                    f"{flops / ms / 1e9:.0f} TFLOP/s = {floor / ms:.0%} of GEMM peak", tflops=flops / ms / 1e9)
         finally:
+            if routes[0] is not None:
+                backend.extend_sdpa = True
             release()
-        flops = prefill_flops(cfg, lm.model, rows_n, length)
-        floor = flops / tflops / 1e9
-        row(name, f"prefill {rows_n}x{length}{tag}", ms, floor,
-            f"{flops / ms / 1e9:.0f} TFLOP/s = {floor / ms:.0%} of GEMM peak", tflops=flops / ms / 1e9)
     eng.pools.check_integrity()
     del eng, lm
     torch.cuda.empty_cache()

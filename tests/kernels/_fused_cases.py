@@ -63,12 +63,15 @@ def qk_rope_store_case(dtype, tokens: int, heads: int, kv_heads: int, head_dim: 
     q, k, v = qk_rope_store(qkv, cos, sin, heads, kv_heads, pool_k[:, 1, 0], pool_k[:, 1, 1], slots, qw, kw, 1e-6)
     qr, kr, vr = qk_rope_store_ref(qkv, cos, sin, heads, kv_heads, pool_r[:, 1, 0], pool_r[:, 1, 1], slots, qw, kw,
                                    1e-6)
-    wide = (lambda w: None if w is None else w.double())
     q6, k6, _ = qk_rope_store_ref(qkv.double(), cos.double(), sin.double(), heads, kv_heads, pool_64[:, 1, 0],
-                                  pool_64[:, 1, 1], slots, wide(qw), wide(kw), 1e-6)
+                                  pool_64[:, 1, 1], slots, None if qw is None else qw.double(),
+                                  None if kw is None else kw.double(), 1e-6)
     untouched = torch.ones(pages * page_size, dtype=torch.bool)
     untouched[slots[slots >= 0].cpu().long()] = False
-    flat = lambda p: p[:, 1].permute(0, 2, 1, 3, 4).reshape(pages * page_size, -1)  # noqa: E731  [slots, 2*kvh*d]
+
+    def flat(p: torch.Tensor) -> torch.Tensor:  # layer 1 as [slots, 2 * kv_heads * head_dim]
+        return p[:, 1].permute(0, 2, 1, 3, 4).reshape(pages * page_size, -1)
+
     return {"q": rel_err(q, qr), "k": rel_err(k, kr), "q64": rel_err(q, q6), "k64": rel_err(k, k6),
             "v_exact": torch.equal(v, vr),
             "cache": rel_err(pool_k[:, 1].float(), pool_r[:, 1].float()),

@@ -4,11 +4,10 @@ equivalent, against the plain CPU build."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
-import torch
-
 import pdpair.engine.staging as staging
 import pdpair.kernels as kernels
+import pytest
+import torch
 from pdpair.engine.batch import ForwardBatch, ForwardMode
 
 FIELDS = ("input_ids", "positions", "req_pool_indices", "seq_lens", "extend_lens", "qo_indptr", "kv_indptr",

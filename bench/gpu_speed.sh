@@ -9,6 +9,8 @@
 #   engine_gpu.json   the same rows as JSON, with the measured copy bandwidth and GEMM peak
 #   kernels.log       bench/kernels.py --only extend: Triton extend vs torch SDPA backends, 8 x 4096 causal
 #   bench/gpu_speed.sh [tests|bench|all]      (QUICK=1: small engine sizes, for a smoke run)
+#   bench/gpu_speed.sh serving                 (nvidia-h200-x2, ~9 minutes: bench/serving_gpu.py, 1P1D vs two
+#                                              colocated replicas; serving_gpu.log and serving_gpu.json in $OUT)
 set -uo pipefail
 what=${1:-all}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -48,5 +50,10 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
   stage kernels_extend 60 "$OUT/kernels.log" python3 bench/kernels.py --only extend --no-model \
     --out-dir /tmp/pdpair-kernels-out
   grep -E "SDPA|extend" "$OUT/kernels.log" >> "$sum"
+fi
+if [ "$what" = serving ]; then
+  stage serving_gpu 570 "$OUT/serving_gpu.log" python3 bench/serving_gpu.py --json "$OUT/serving_gpu.json" \
+    --budget 450
+  grep -E "^\||goodput|SLO|skipped|failed|written|daemons" "$OUT/serving_gpu.log" >> "$sum"
 fi
 echo "files: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$sum"

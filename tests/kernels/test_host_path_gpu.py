@@ -49,3 +49,16 @@ def test_cuda_sampling_batch_equals_cpu():
         assert a.dtype == b.dtype and torch.equal(a.cpu(), b), name
     logits = torch.randn(len(params), 32000, generator=torch.Generator().manual_seed(0))
     assert sample(logits.cuda(), gpu).tolist() == sample(logits, cpu).tolist()
+
+
+@pytest.mark.timeout(60)
+def test_cuda_request_table_pages_equal_cpu():
+    from pdpair.engine.memory import ReqToTokenPool
+
+    cpu, gpu = ReqToTokenPool(4, 256, 16, "cpu"), ReqToTokenPool(4, 256, 16, "cuda")
+    gen = np.random.default_rng(3)
+    for row, first, n in ((0, 0, 3), (2, 1, 5), (0, 3, 2), (3, 0, 16)):
+        pages = gen.integers(0, 10_000, n)
+        cpu.assign_pages(row, first, pages)
+        gpu.assign_pages(row, first, pages)
+    assert torch.equal(gpu.table.cpu(), cpu.table)

@@ -11,8 +11,10 @@ from pdpair.kernels.triton_utils import tl, triton
 
 
 @triton.jit
-def _head_rmsnorm(x1, x2, w, offs_d, dmask, eps, HALF: tl.constexpr, DTYPE: tl.constexpr):
-    """RMSNorm over each row's two halves (fp32 in, fp32 out), rounded where the unfused RMSNorm rounds."""
+def _head_rmsnorm(x1, x2, w, offs_d, dmask, eps, HALF: tl.constexpr):
+    """RMSNorm over each row's two halves (fp32 in, fp32 out), rounded to the weight's dtype where the unfused
+    RMSNorm rounds."""
+    DTYPE = w.dtype.element_ty
     rstd = tl.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / (2 * HALF) + eps)[:, None]
     w1 = tl.load(w + offs_d, mask=dmask, other=0.0).to(tl.float32)[None, :]
     w2 = tl.load(w + HALF + offs_d, mask=dmask, other=0.0).to(tl.float32)[None, :]
@@ -45,7 +47,7 @@ def _qk_rope_store_kernel(
     x1 = tl.load(src, mask=m, other=0.0).to(tl.float32)
     x2 = tl.load(src + HALF, mask=m, other=0.0).to(tl.float32)
     if QK_NORM:
-        x1, x2 = _head_rmsnorm(x1, x2, q_w, offs_d, dmask, eps, HALF, dtype)
+        x1, x2 = _head_rmsnorm(x1, x2, q_w, offs_d, dmask, eps, HALF)
     dst = q_out + t * (HEADS * d) + offs_h[:, None] * d + offs_d[None, :]
     tl.store(dst, (x1 * c - x2 * s).to(dtype), mask=m)
     tl.store(dst + HALF, (x2 * c + x1 * s).to(dtype), mask=m)
@@ -61,7 +63,7 @@ def _qk_rope_store_kernel(
     x1 = tl.load(src, mask=km, other=0.0).to(tl.float32)
     x2 = tl.load(src + HALF, mask=km, other=0.0).to(tl.float32)
     if QK_NORM:
-        x1, x2 = _head_rmsnorm(x1, x2, k_w, offs_d, dmask, eps, HALF, dtype)
+        x1, x2 = _head_rmsnorm(x1, x2, k_w, offs_d, dmask, eps, HALF)
     k1 = (x1 * c - x2 * s).to(dtype)
     k2 = (x2 * c + x1 * s).to(dtype)
     dst = k_out + t * (KV_HEADS * d) + offs_kh[:, None] * d + offs_d[None, :]
@@ -99,6 +101,7 @@ def qk_rope_store(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads
     assert (q_weight is None) == (k_weight is None), "q and k norm weights come together"
     if q_weight is not None:
         assert q_weight.shape == k_weight.shape == (d,) and q_weight.is_contiguous() and k_weight.is_contiguous()
+        assert q_weight.dtype == k_weight.dtype == qkv.dtype, (q_weight.dtype, k_weight.dtype, qkv.dtype)
     for x in (qkv, cos, sin, k_cache, v_cache):
         assert x.stride(-1) == 1, ("unit last stride", x.shape, x.stride())
     q = torch.empty((t, heads, d), dtype=qkv.dtype, device=qkv.device)

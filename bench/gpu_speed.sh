@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU speed work (issue 16) on one CUDA machine, in one call, under ten minutes: the GPU tests (attention kernels,
-# fused kernels, host path, SDPA prefill route, engine against the torch backend), the engine benchmark for the
+# fused kernels, host path, SDPA prefill route, engine against the torch backend, the runtime on CUDA), the engine benchmark for the
 # 8B shapes (bench/engine_gpu.py) and the extend-vs-SDPA kernel rows. Every stage has its own time limit; a stage
 # that fails or times out is reported and the next one still runs. At most five files land in $OUT:
 #   summary.txt       GPU, versions, each stage's exit status and seconds, the engine table again
@@ -40,7 +40,8 @@ stage() {  # stage NAME LIMIT_S LOGFILE CMD...: run with a time limit, record st
 if [ "$what" = tests ] || [ "$what" = all ]; then
   stage gpu_tests 240 "$OUT/gpu_tests.log" python3 -m pytest -q -p no:cacheprovider -rs \
     tests/kernels/test_fused_gpu.py tests/kernels/test_host_path_gpu.py tests/kernels/test_sdpa_extend.py \
-    tests/kernels/test_attention_gpu.py tests/kernels/test_attention_gpu_engine.py
+    tests/kernels/test_attention_gpu.py tests/kernels/test_attention_gpu_engine.py \
+    tests/integration/test_engine_runtime_cuda.py
   grep -E "passed|failed|error" "$OUT/gpu_tests.log" | tail -n 2 >> "$sum"
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then

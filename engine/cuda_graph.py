@@ -35,9 +35,12 @@ class DecodeCudaGraphs:
         self.max_batch_size = max_batch_size
         dev = req_to_token.device
         n = max_batch_size
-        self.input_ids = torch.zeros(n, dtype=torch.long, device=dev)
-        self.positions = torch.zeros(n, dtype=torch.long, device=dev)
-        self.req_pool_indices = torch.zeros(n, dtype=torch.long, device=dev)
+        # the per-step inputs in one buffer [ids | positions | rows | number of real rows]: a runner replay uploads
+        # them in one pinned copy and the graph derives seq_lens, out_cache_loc and the kv indices itself
+        self.inputs = torch.zeros(3 * n + 1, dtype=torch.long, device=dev)
+        self.input_ids, self.positions = self.inputs[:n], self.inputs[n : 2 * n]
+        self.req_pool_indices, self.num_real = self.inputs[2 * n : 3 * n], self.inputs[3 * n :]
+        self.row_ids = torch.arange(n, dtype=torch.long, device=dev)
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=dev)
         self.out_cache_loc = torch.full((n,), -1, dtype=torch.long, device=dev)
         self.kv_indptr = torch.zeros(n + 1, dtype=torch.int32, device=dev)
@@ -84,6 +87,7 @@ class DecodeCudaGraphs:
     def _fill(self, batch: ForwardBatch | None, padded: int) -> None:
         """Copy the real rows in, pad the rest (fill seq_len 1, no K/V store), rebuild the kv metadata."""
         bs = 0 if batch is None else batch.batch_size
+        self.num_real.fill_(bs)
         if bs:
             self.input_ids[:bs].copy_(batch.input_ids, non_blocking=True)
             self.positions[:bs].copy_(batch.positions, non_blocking=True)
@@ -113,14 +117,46 @@ class DecodeCudaGraphs:
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):  # warm up: compile kernels, create handles
                 for _ in range(2):
-                    self.model(self.input_ids[:bs], self.positions[:bs], ctx)
+                    self._body(bs, ctx)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self._outputs[bs] = self.model(self.input_ids[:bs], self.positions[:bs], ctx)
+                self._outputs[bs] = self._body(bs, ctx)
             self._graphs[bs] = graph
         torch.cuda.synchronize()
         logger.info("captured decode CUDA graphs for batch sizes %s", list(self.buckets))
+
+    def _body(self, bs: int, ctx: ForwardContext) -> torch.Tensor:
+        """What a graph runs: the batch metadata from the staged inputs (the same values `_fill` writes), then
+        the model. Real rows: seq_len = position + 1, slot = table[row, position]; padding: 1 and -1."""
+        real = self.row_ids[:bs] < self.num_real
+        pos, rows = self.positions[:bs], self.req_pool_indices[:bs]
+        self.seq_lens[:bs].copy_(torch.where(real, pos + 1, 1))
+        self.out_cache_loc[:bs].copy_(torch.where(real, self.table[rows, pos].long(), -1))
+        build_kv_indptr(self.seq_lens[:bs], out=self.kv_indptr)
+        build_kv_indices(self.table, rows, self.seq_lens[:bs], self.kv_indptr, self.kv_indices)
+        return self.model(self.input_ids[:bs], pos, ctx)
+
+    def pack_inputs(self, out: np.ndarray, input_ids: list[int], positions: np.ndarray, rows: np.ndarray) -> None:
+        """Lay a decode batch out as `self.inputs` holds it (padding rows: token 0, position 0, table row 0)."""
+        b, n = len(input_ids), self.max_batch_size
+        assert len(positions) == len(rows) == b and out.shape == (3 * n + 1,), (b, len(positions), len(rows), out.shape)
+        out[:] = 0
+        out[:b], out[n : n + b], out[2 * n : 2 * n + b], out[3 * n] = input_ids, positions, rows, b
+
+    def replay_staged(self, input_ids: list[int], positions: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        """Logits `[b, vocab]` of a decode batch given as host arrays (each row's token, position, table row):
+        one pinned non-blocking upload, then the graph (no other launch from the host)."""
+        b = len(input_ids)
+        assert self.fits(b), (b, self.max_batch_size)
+        padded = self.bucket(b)
+        host = torch.empty(self.inputs.shape[0], dtype=torch.long, pin_memory=True)
+        self.pack_inputs(host.numpy(), input_ids, positions, rows)
+        self.inputs.copy_(host, non_blocking=True)
+        self.backend.prepare_for_replay(self._batches[padded], padded)
+        self._graphs[padded].replay()
+        self.num_replays += 1
+        return self._outputs[padded][:b]
 
     def replay(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits `[batch_size, vocab]` of a decode batch, as the eager forward of the padded batch gives."""

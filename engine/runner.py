@@ -35,15 +35,13 @@ class ModelRunner:
             ids = [t for r, n in zip(reqs, extend_lens, strict=True) for t in r.tokens(r.num_cached, r.num_cached + n)]
         rows = np.fromiter((r.row for r in reqs), dtype=np.int64, count=len(reqs))
         graph = mode is ForwardMode.DECODE and self.graphs is not None and self.graphs.fits(len(reqs))
-        # a graph replay rebuilds kv_indices in its static buffer: the batch needs none
-        batch = ForwardBatch.build(mode, rows, prefix, ext, ids, self.req_to_token.table, with_kv_indices=not graph)
-
         done = [i for i, (r, n) in enumerate(zip(reqs, extend_lens, strict=True)) if r.num_cached + n == r.seq_len]
         with torch.inference_mode():
-            if graph:
+            if graph:  # the graph builds its own metadata from (ids, positions, rows): no ForwardBatch
                 assert len(done) == len(reqs), f"decode rows without a sample: {len(reqs) - len(done)}"
-                logits = self.graphs.replay(batch)
+                logits = self.graphs.replay_staged(ids, prefix, rows)
             else:
+                batch = ForwardBatch.build(mode, rows, prefix, ext, ids, self.req_to_token.table)
                 if not done:
                     logits_rows = torch.zeros(0, dtype=torch.long, device=batch.input_ids.device)
                 elif len(done) == len(reqs):

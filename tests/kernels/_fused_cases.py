@@ -126,3 +126,58 @@ def fused_engine_case(arch: str) -> dict:
     base = tokens[False, False]
     return {"tokens_equal": base == tokens[True, False] == tokens[True, True], "tokens": base,
             "rel_err": rel_err(logits[True, False], logits[False, False]), "fused_calls": len(calls)}
+
+
+def graph_body_case(fused: bool) -> dict:
+    """What a decode CUDA graph runs, eagerly on CPU (interpreted kernels, tiny model): the metadata it derives
+    from the packed (ids, positions, rows) upload equals what `_fill` writes, and its logits equal the eager
+    forward of the padded batch."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from pdpair.engine import Engine
+    from pdpair.engine.batch import ForwardContext
+    from pdpair.engine.cuda_graph import DecodeCudaGraphs
+    from pdpair.engine.model_config import ModelConfig
+    from pdpair.engine.models import build_model
+
+    from tests.kernels._attention_engine_fixtures import decode_batch, eager_logits, fill_kv_random
+
+    cfg = ModelConfig(arch="llama", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
+                      intermediate_size=128, vocab_size=256, context_length=512)
+    model = build_model(cfg, torch.float32, "cpu")
+    gen = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            p.copy_(1 + 0.3 * noise if name.endswith("norm.weight") else 0.2 * noise)
+    loaded = SimpleNamespace(config=cfg, model=model, tokenizer=None, model_id="tiny", weights_digest="t")
+    eng = Engine.from_loaded(loaded, device="cpu", page_size=4, max_pages=64, attention_backend="triton",
+                             max_running_requests=8)
+    eng.runner.backend.fused_ops = fused
+    fill_kv_random(eng)
+    batch, release = decode_batch(eng, [1, 9, 17], seed=2)
+    graphs = DecodeCudaGraphs(model, eng.runner.backend, eng.req_to_token.table, 8, eng.req_to_token.max_context,
+                              buckets=(4, 8))
+    graphs.backend.init_graph_state(8, eng.req_to_token.max_context)
+    padded = graphs.padded_batch(batch)  # _fill: the metadata as the host path writes it
+    expect = {"seq_lens": graphs.seq_lens[:4].clone(), "out_cache_loc": graphs.out_cache_loc[:4].clone(),
+              "kv_indptr": graphs.kv_indptr[:5].clone()}  # what bucket 4's graph reads
+    n = int(graphs.kv_indptr[4])
+    expect_indices = graphs.kv_indices[:n].clone()
+    graphs.backend.prepare_for_replay(padded, 4)
+    eager = eager_logits(eng, padded)[:3]
+    for k in ("seq_lens", "out_cache_loc", "kv_indptr", "kv_indices", "inputs"):
+        getattr(graphs, k).fill_(7)  # poison: the body must rebuild everything
+    host = np.empty(graphs.inputs.shape[0], dtype=np.int64)
+    graphs.pack_inputs(host, batch.input_ids.tolist(), batch.positions.numpy(), batch.req_pool_indices.numpy())
+    graphs.inputs.copy_(torch.from_numpy(host))
+    ctx = ForwardContext(graphs.backend, graphs._static_batch(4), graphs.logits_rows[:4])
+    graphs.backend.prepare_for_replay(ctx.batch, 4)
+    with torch.inference_mode():
+        body = graphs._body(4, ctx)[:3]
+    release()
+    same = all(torch.equal(getattr(graphs, k)[: len(v)], v) for k, v in expect.items())
+    return {"metadata": same and torch.equal(graphs.kv_indices[:n], expect_indices),
+            "padding": graphs.seq_lens[3:4].tolist() == [1] and graphs.out_cache_loc[3:4].tolist() == [-1],
+            "rel_err": rel_err(body, eager)}

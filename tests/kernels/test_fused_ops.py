@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from tests.kernels._attention_fixtures import interpreted
-from tests.kernels._fused_cases import add_rmsnorm_case, fused_engine_case, qk_rope_store_case, silu_mul_case
+from tests.kernels._fused_cases import (
+    add_rmsnorm_case,
+    fused_engine_case,
+    graph_body_case,
+    qk_rope_store_case,
+    silu_mul_case,
+)
 
 pytest.importorskip("triton", reason="triton is not installed")
 
@@ -49,3 +55,11 @@ def test_fused_forward_matches_unfused_engine(arch):
     assert r["fused_calls"] > 0, r  # the fused path really ran (prefill chunks and decode steps)
     assert r["tokens_equal"] and all(len(t) == 4 for t in r["tokens"]), r
     assert r["rel_err"] < 1e-5, r
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fused", [False, True])
+def test_graph_body_builds_the_metadata(fused):
+    r = interpreted(graph_body_case, fused)
+    assert r["metadata"] and r["padding"], r
+    assert r["rel_err"] < 1e-6, r

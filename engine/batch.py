@@ -51,11 +51,11 @@ class ForwardBatch:
 
     @classmethod
     def build(cls, mode: ForwardMode, rows: np.ndarray, prefix_lens: np.ndarray, extend_lens: np.ndarray,
-              input_ids: list[int], req_to_token: torch.Tensor, with_kv_indices: bool = True) -> ForwardBatch:
+              input_ids: list[int], req_to_token: torch.Tensor) -> ForwardBatch:
         """Metadata for requests in table `rows`, each extending `extend_lens` tokens after `prefix_lens`.
 
         On CUDA the host arrays travel in one pinned non-blocking copy and `kv_indices` is gathered on the device
-        (no host sync); `with_kv_indices=False` leaves it empty (a CUDA-graph replay rebuilds its own)."""
+        (no host sync)."""
         device = req_to_token.device
         prefix = np.asarray(prefix_lens, dtype=np.int64)
         ext = np.asarray(extend_lens, dtype=np.int64)
@@ -72,7 +72,7 @@ class ForwardBatch:
 
         if device.type == "cuda":
             return cls._build_cuda(mode, rows, seq, ext, positions, qo_indptr, kv_lens, kv_indptr, input_ids,
-                                   req_to_token, with_kv_indices)
+                                   req_to_token)
         rows_t = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(device)
         positions_t = torch.from_numpy(positions).to(device)
         out_cache_loc = req_to_token[torch.repeat_interleave(rows_t, torch.from_numpy(ext).to(device)),
@@ -103,7 +103,7 @@ class ForwardBatch:
     @classmethod
     def _build_cuda(cls, mode: ForwardMode, rows, seq: np.ndarray, ext: np.ndarray, positions: np.ndarray,
                     qo_indptr: np.ndarray, kv_lens: np.ndarray, kv_indptr: np.ndarray, input_ids: list[int],
-                    req_to_token: torch.Tensor, with_kv_indices: bool) -> ForwardBatch:
+                    req_to_token: torch.Tensor) -> ForwardBatch:
         from pdpair.engine.staging import stage
         from pdpair.kernels import HAS_TRITON
 
@@ -113,7 +113,7 @@ class ForwardBatch:
             [np.asarray(input_ids, dtype=np.int64), positions, rows, np.repeat(rows, ext), kv_lens], device)
         seq_t, ext_t, qo_t, kvp_t = stage([seq, ext, qo_indptr, kv_indptr], device, torch.int32)
         kv_total = int(kv_indptr[-1])
-        if not with_kv_indices or kv_total == 0:
+        if kv_total == 0:
             kv_indices = torch.zeros(0, dtype=torch.int32, device=device)
         elif HAS_TRITON:
             from pdpair.kernels.attention import build_kv_indices

@@ -31,10 +31,7 @@ def test_staged_build_equals_cpu_build(monkeypatch, mode):
     monkeypatch.setattr(kernels, "HAS_TRITON", False)  # the device gather falls back to boolean indexing
     got = ForwardBatch._build_cuda(mode, rows, prefix + ext, ext, ref.positions.numpy(), ref.qo_indptr.numpy(),
                                    (prefix + ext) if mode is ForwardMode.DECODE else prefix,
-                                   ref.kv_indptr.numpy().astype(np.int64), ids, table, True)
+                                   ref.kv_indptr.numpy().astype(np.int64), ids, table)
     for name in FIELDS:
         a, b = getattr(got, name), getattr(ref, name)
         assert a.dtype == b.dtype and torch.equal(a, b), (name, a, b)
-    empty = ForwardBatch._build_cuda(mode, rows, prefix + ext, ext, ref.positions.numpy(), ref.qo_indptr.numpy(),
-                                     prefix, ref.kv_indptr.numpy().astype(np.int64), ids, table, False)
-    assert empty.kv_indices.numel() == 0 and torch.equal(empty.out_cache_loc, ref.out_cache_loc)

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pdpair.engine.models.attention import Attention
+from pdpair.engine.models.layers import SwiGLUMLP
 from pdpair.kernels.fused import add_rmsnorm, qk_rope_store, silu_and_mul
 
 FUSED_ARCHS = ("llama", "qwen2", "qwen3")
@@ -34,16 +36,18 @@ def fused_forward(model, input_ids: torch.Tensor, positions: torch.Tensor, ctx: 
     """`CausalLM.forward` (same signature and result, up to rounding order) through the fused kernels."""
     assert model.config.arch in FUSED_ARCHS, f"no fused forward for arch {model.config.arch!r}"
     residual = model.embed_tokens(input_ids)  # a fresh tensor: updated in place below
-    cos, sin = model.rotary.cos_sin(positions, residual.dtype)
-    cos, sin = cos[:, 0], sin[:, 0]  # [T, head_dim / 2]
+    cos3, sin3 = model.rotary.cos_sin(positions, residual.dtype)  # [T, 1, head_dim / 2]
+    cos, sin = cos3[:, 0], sin3[:, 0]
     layers = model.layers
     h = add_rmsnorm(None, residual, layers[0].input_layernorm.weight, layers[0].input_layernorm.eps)
     mlp_out = None
     for i, layer in enumerate(layers):
-        a = _attention(layer.self_attn, h, cos, sin, ctx)
+        # a module replaced by a wrapper (tensor/data-parallel sharding, another family) runs its own forward
+        attn, mlp = layer.self_attn, layer.mlp
+        a = _attention(attn, h, cos, sin, ctx) if type(attn) is Attention else attn(h, cos3, sin3, ctx)
         post = layer.post_attention_layernorm
         h = add_rmsnorm(a, residual, post.weight, post.eps)
-        mlp_out = layer.mlp.down_proj(silu_and_mul(layer.mlp.gate_up_proj(h)))
+        mlp_out = mlp.down_proj(silu_and_mul(mlp.gate_up_proj(h))) if type(mlp) is SwiGLUMLP else mlp(h)
         if i + 1 < len(layers):
             nxt = layers[i + 1].input_layernorm
             h = add_rmsnorm(mlp_out, residual, nxt.weight, nxt.eps)

@@ -181,3 +181,46 @@ def graph_body_case(fused: bool) -> dict:
     return {"metadata": same and torch.equal(graphs.kv_indices[:n], expect_indices),
             "padding": graphs.seq_lens[3:4].tolist() == [1] and graphs.out_cache_loc[3:4].tolist() == [-1],
             "rel_err": rel_err(body, eager)}
+
+
+class _Wrapped(torch.nn.Module):
+    """A stand-in for a module that a sharding layer wraps: forwards to the inner module."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args):
+        return self.inner(*args)
+
+
+def wrapped_modules_case() -> dict:
+    """The fused forward runs a wrapped attention or MLP through the wrapper's own forward: same logits."""
+    from types import SimpleNamespace
+
+    from pdpair.engine import Engine
+    from pdpair.engine.model_config import ModelConfig
+    from pdpair.engine.models import build_model
+
+    from tests.kernels._attention_engine_fixtures import decode_batch, eager_logits, fill_kv_random
+
+    cfg = ModelConfig(arch="qwen3", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
+                      intermediate_size=128, vocab_size=256, context_length=512, qk_norm=True)
+    model = build_model(cfg, torch.float32, "cpu")
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            p.copy_(1 + 0.3 * noise if name.endswith("norm.weight") else 0.2 * noise)
+    loaded = SimpleNamespace(config=cfg, model=model, tokenizer=None, model_id="tiny", weights_digest="t")
+    eng = Engine.from_loaded(loaded, device="cpu", page_size=4, max_pages=64, attention_backend="triton",
+                             max_running_requests=8)
+    eng.runner.backend.fused_ops = True
+    fill_kv_random(eng, 3)
+    batch, release = decode_batch(eng, [2, 11, 6], seed=4)
+    plain = eager_logits(eng, batch)
+    layer = model.layers[1]
+    layer.self_attn, layer.mlp = _Wrapped(layer.self_attn), _Wrapped(layer.mlp)
+    wrapped = eager_logits(eng, batch)
+    release()
+    return {"rel_err": rel_err(wrapped, plain)}

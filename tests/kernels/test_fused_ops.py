@@ -13,6 +13,7 @@ from tests.kernels._fused_cases import (
     graph_body_case,
     qk_rope_store_case,
     silu_mul_case,
+    wrapped_modules_case,
 )
 
 pytest.importorskip("triton", reason="triton is not installed")
@@ -63,3 +64,9 @@ def test_graph_body_builds_the_metadata(fused):
     r = interpreted(graph_body_case, fused)
     assert r["metadata"] and r["padding"], r
     assert r["rel_err"] < 1e-6, r
+
+
+@pytest.mark.timeout(300)
+def test_fused_forward_runs_wrapped_modules():
+    r = interpreted(wrapped_modules_case)
+    assert r["rel_err"] < 1e-5, r

@@ -18,6 +18,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 rc=0
 if [ "$what" = tests ] || [ "$what" = all ]; then
   python3 -m pytest -q -p no:cacheprovider -rs -s tests/kernels/test_attention_gpu_engine.py \
+    tests/kernels/test_attention_gpu_swa.py tests/kernels/test_mamba_gpu.py \
     tests/kernels/test_attention_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" || rc=1
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then

@@ -110,6 +110,32 @@ def bench_decode(ceiling: float, sweep: bool) -> dict:
     return {"ms": ms, "gbs": gbs, "pct": gbs / ceiling, "config": best, "rel_err": err}
 
 
+def bench_swa_decode(bsz: int = 64, ctx: int = 32768, window: int = 4096) -> dict:
+    """Decode at a 32k context: every key (full attention) vs a sliding window of 4k keys read through
+    window-clipped kv_indices (what the engine builds for a `swa` layer). Time must track the window."""
+    heads, kv_heads, head_dim, page = 32, 8, 128, 16
+    q, kc, vc, kv_indptr, kv_indices = _decode_inputs(bsz, ctx, heads, kv_heads, head_dim, page, layers=1)
+    start = (ctx - window) // page * page  # page of the first key the query sees, as the engine lists it
+    win_indices = kv_indices.view(bsz, ctx)[:, start:].reshape(-1).contiguous()
+    win_indptr = torch.arange(0, (bsz + 1) * (ctx - start), ctx - start, dtype=torch.int32, device="cuda")
+    from pdpair.kernels.attention import default_num_splits
+
+    ns = default_num_splits(bsz, kv_heads)
+    ws = decode_workspace(bsz, heads, head_dim, ns, "cuda")
+    o = torch.empty_like(q)
+    full_ms = median_ms(lambda: decode_attention(q, kc, vc, kv_indptr, kv_indices, o=o, workspace=ws, num_splits=ns))
+    swa_ms = median_ms(lambda: decode_attention(q, kc, vc, win_indptr, win_indices, o=o, workspace=ws,
+                                                num_splits=ns, window=window))
+    # the clipped read equals a masked full scan
+    got = decode_attention(q, kc, vc, win_indptr, win_indices, window=window).float()
+    ref = decode_attention(q, kc, vc, kv_indptr, kv_indices, window=window).float()
+    err = float((got - ref).norm() / ref.norm())
+    row(f"decode B{bsz} ctx{ctx} full attention", f"{full_ms * 1e3:8.1f} us")
+    row(f"decode B{bsz} ctx{ctx} window {window} (swa)", f"{swa_ms * 1e3:8.1f} us",
+        f"{swa_ms / full_ms:.3f} x full (window/ctx = {window / ctx:.3f}); vs masked full scan rel err {err:.1e}")
+    return {"full_ms": full_ms, "swa_ms": swa_ms, "ratio": swa_ms / full_ms, "rel_err": err}
+
+
 def bench_decode_contexts(ceiling: float, contexts: list[int], bsz: int = 64) -> dict[int, float]:
     """Decode GB/s of KV read at each context length (default launch configuration, batch `bsz`)."""
     from pdpair.kernels.attention import default_num_splits
@@ -334,6 +360,12 @@ def main() -> None:
     if args.only in (None, "decode"):
         res["decode"] = bench_decode(res["copy_gbs"], args.sweep)
         res["decode_vs_context_gbs"] = bench_decode_contexts(res["copy_gbs"], args.contexts)
+        torch.cuda.empty_cache()
+        res["swa_decode"] = bench_swa_decode()
+        from bench.mamba_rows import bench_mamba
+
+        torch.cuda.empty_cache()
+        res["mamba"] = bench_mamba(res["copy_gbs"], row, median_ms)
     torch.cuda.empty_cache()
     if args.only in (None, "extend"):
         res["extend"] = bench_extend(args.sweep)

@@ -1,10 +1,13 @@
 """CUDA-graph decode: one graph per batch-size bucket, replayed over static metadata buffers.
 
-A decode batch of size b runs the graph of the smallest bucket >= b. Before replay the real rows are
-copied into the static buffers and the padding rows get a fill `seq_len` of 1 (request-table row 0, slot -1
-for their K/V store, which the store kernel skips); `kv_indptr`/`kv_indices` are rebuilt in place by the
-kv-index kernel. Replay computes the same kernels with the same split counts as eager decode of the
-padded batch; only the real rows' logits are returned.
+A decode batch of size b runs the graph of the smallest bucket >= b. A replay uploads the per-step inputs
+(token, position and request-table row per row, the number of real rows) and the graph derives the rest itself
+(`_derive`): seq_lens, the K/V slots and `kv_indptr`/`kv_indices` by the kv-index kernel; padding rows get a
+fill `seq_len` of 1 (request-table row 0, slot -1 for their K/V store, which the store kernel skips). A
+sliding-window pool gets its own static slots and window-clipped `kv_indices` (from the page of
+`seq_len - window` on), so a captured decode reads O(window) keys per sliding layer; a hybrid model's rows get
+their mamba state slot (padding rows the dummy slot 0). Replay computes the same kernels with the same split
+counts as eager decode of the padded batch; only the real rows' logits are returned.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 from pdpair.engine.attention.base import AttentionBackend
-from pdpair.engine.batch import ForwardBatch, ForwardContext, ForwardMode
+from pdpair.engine.batch import ForwardBatch, ForwardContext, ForwardMode, WindowView
 from pdpair.kernels.attention import build_kv_indices, build_kv_indptr
 
 logger = logging.getLogger(__name__)
@@ -27,7 +30,11 @@ class DecodeCudaGraphs:
     """Captures `model(input_ids, positions, ctx)` for decode batches up to `max_batch_size` rows."""
 
     def __init__(self, model: torch.nn.Module, backend: AttentionBackend, req_to_token: torch.Tensor,
-                 max_batch_size: int, max_context: int, buckets: tuple[int, ...] = DEFAULT_BUCKETS) -> None:
+                 max_batch_size: int, max_context: int, buckets: tuple[int, ...] = DEFAULT_BUCKETS,
+                 windows: dict[str, tuple[torch.Tensor, int, int]] | None = None,
+                 state_rows: torch.Tensor | None = None) -> None:
+        """`windows`: sliding-window pool kind -> (its request table, window, page size). `state_rows`: a hybrid
+        model's row -> mamba slot map; rows get their slot in a static buffer, padding rows the dummy slot 0."""
         self.model = model
         self.backend = backend
         self.table = req_to_token  # [rows, max_context] int32 token slots
@@ -48,17 +55,31 @@ class DecodeCudaGraphs:
         self.ones = torch.ones(n, dtype=torch.int32, device=dev)
         self.qo_indptr = torch.arange(n + 1, dtype=torch.int32, device=dev)
         self.logits_rows = torch.arange(n, dtype=torch.long, device=dev)
+        self.state_rows = state_rows
+        self.state_slots = torch.zeros(n, dtype=torch.long, device=dev) if state_rows is not None else None
         self.max_context = max_context
+        self.windows = dict(windows or {})
+        self._win: dict[str, dict[str, torch.Tensor]] = {}
+        for kind, (_, window, ps) in self.windows.items():
+            span = min(max_context, window + ps)  # page-aligned start: at most window + page_size - 1 keys
+            self._win[kind] = dict(
+                out_cache_loc=torch.full((n,), -1, dtype=torch.long, device=dev),
+                kv_indptr=torch.zeros(n + 1, dtype=torch.int32, device=dev),
+                kv_indices=torch.zeros(n * span, dtype=torch.int32, device=dev),
+                kv_starts=torch.zeros(n, dtype=torch.int32, device=dev),
+                kv_lens=torch.ones(n, dtype=torch.int32, device=dev))
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._outputs: dict[int, torch.Tensor] = {}
         self._batches: dict[int, ForwardBatch] = {}
         self.num_replays = 0
 
     @classmethod
-    def for_runner(cls, runner, req_to_token, max_batch_size: int) -> DecodeCudaGraphs:
+    def for_runner(cls, runner, req_to_token, max_batch_size: int,
+                   state_rows: torch.Tensor | None = None) -> DecodeCudaGraphs:
         """Capture graphs for a ModelRunner (its model and backend) over a ReqToTokenPool."""
+        windows = {k: (req_to_token.tables[k], w, req_to_token.page_size) for k, w in runner.windows.items()}
         graphs = cls(runner.model, runner.backend, req_to_token.table, min(max_batch_size, DEFAULT_BUCKETS[-1]),
-                     req_to_token.max_context)
+                     req_to_token.max_context, windows=windows, state_rows=state_rows)
         graphs.capture()
         return graphs
 
@@ -82,27 +103,48 @@ class DecodeCudaGraphs:
             extend_lens=self.ones[:bs], qo_indptr=self.qo_indptr[: bs + 1], kv_indptr=self.kv_indptr[: bs + 1],
             kv_indices=self.kv_indices, out_cache_loc=self.out_cache_loc[:bs],
             seq_lens_cpu=np.ones(bs, dtype=np.int64), extend_lens_cpu=np.ones(bs, dtype=np.int64),
+            windows={kind: WindowView(self.windows[kind][1], w["out_cache_loc"][:bs], w["kv_indptr"][: bs + 1],
+                                      w["kv_indices"], w["kv_starts"][:bs], np.zeros(bs, dtype=np.int64))
+                     for kind, w in self._win.items()},
+            state_slots=self.state_slots[:bs] if self.state_slots is not None else None,
         )
 
     def _fill(self, batch: ForwardBatch | None, padded: int) -> None:
-        """Copy the real rows in, pad the rest (fill seq_len 1, no K/V store), rebuild the kv metadata."""
+        """Copy the real rows' inputs in, pad the rest (token 0, position 0, table row 0), derive the metadata."""
         bs = 0 if batch is None else batch.batch_size
         self.num_real.fill_(bs)
         if bs:
             self.input_ids[:bs].copy_(batch.input_ids, non_blocking=True)
             self.positions[:bs].copy_(batch.positions, non_blocking=True)
             self.req_pool_indices[:bs].copy_(batch.req_pool_indices, non_blocking=True)
-            self.seq_lens[:bs].copy_(batch.seq_lens, non_blocking=True)
-            self.out_cache_loc[:bs].copy_(batch.out_cache_loc, non_blocking=True)
         if padded > bs:
             self.input_ids[bs:padded].zero_()
             self.positions[bs:padded].zero_()
             self.req_pool_indices[bs:padded].zero_()
-            self.seq_lens[bs:padded].fill_(1)
-            self.out_cache_loc[bs:padded].fill_(-1)
-        build_kv_indptr(self.seq_lens[:padded], out=self.kv_indptr)
-        build_kv_indices(self.table, self.req_pool_indices[:padded], self.seq_lens[:padded], self.kv_indptr,
-                         self.kv_indices)
+        self._derive(padded)
+
+    def _derive(self, bs: int) -> None:
+        """The batch metadata of the first `bs` rows from the inputs (ids, positions, rows, number of real rows);
+        a graph runs this before the model. Real rows: seq_len = position + 1, slot = table[row, position], their
+        mamba slot; padding rows: seq_len 1, slot -1 (no K/V store), the dummy mamba slot 0. A sliding-window pool's
+        rows list the keys from the page of `seq_len - window` on."""
+        real = self.row_ids[:bs] < self.num_real
+        pos, rows = self.positions[:bs], self.req_pool_indices[:bs]
+        seq = self.seq_lens[:bs]
+        seq.copy_(torch.where(real, pos + 1, 1))
+        self.out_cache_loc[:bs].copy_(torch.where(real, self.table[rows, pos].long(), -1))
+        build_kv_indptr(seq, out=self.kv_indptr)
+        build_kv_indices(self.table, rows, seq, self.kv_indptr, self.kv_indices)
+        if self.state_slots is not None:
+            self.state_slots[:bs].copy_(torch.where(real, self.state_rows[rows], 0))
+        for kind, w in self._win.items():
+            table, window, ps = self.windows[kind]
+            w["out_cache_loc"][:bs].copy_(torch.where(real, table[rows, pos].long(), -1))
+            starts = w["kv_starts"][:bs]
+            starts.copy_(torch.div(torch.clamp(seq - window, min=0), ps, rounding_mode="floor") * ps)
+            w["kv_lens"][:bs].copy_(seq - starts)
+            build_kv_indptr(w["kv_lens"][:bs], out=w["kv_indptr"])
+            build_kv_indices(table, rows, w["kv_lens"][:bs], w["kv_indptr"], w["kv_indices"], kv_starts=starts)
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -127,15 +169,9 @@ class DecodeCudaGraphs:
         logger.info("captured decode CUDA graphs for batch sizes %s", list(self.buckets))
 
     def _body(self, bs: int, ctx: ForwardContext) -> torch.Tensor:
-        """What a graph runs: the batch metadata from the staged inputs (the same values `_fill` writes), then
-        the model. Real rows: seq_len = position + 1, slot = table[row, position]; padding: 1 and -1."""
-        real = self.row_ids[:bs] < self.num_real
-        pos, rows = self.positions[:bs], self.req_pool_indices[:bs]
-        self.seq_lens[:bs].copy_(torch.where(real, pos + 1, 1))
-        self.out_cache_loc[:bs].copy_(torch.where(real, self.table[rows, pos].long(), -1))
-        build_kv_indptr(self.seq_lens[:bs], out=self.kv_indptr)
-        build_kv_indices(self.table, rows, self.seq_lens[:bs], self.kv_indptr, self.kv_indices)
-        return self.model(self.input_ids[:bs], pos, ctx)
+        """What a graph runs: the batch metadata from the staged inputs (`_derive`), then the model."""
+        self._derive(bs)
+        return self.model(self.input_ids[:bs], self.positions[:bs], ctx)
 
     def pack_inputs(self, out: np.ndarray, input_ids: list[int], positions: np.ndarray, rows: np.ndarray) -> None:
         """Lay a decode batch out as `self.inputs` holds it (padding rows: token 0, position 0, table row 0)."""

@@ -17,7 +17,8 @@ from pdpair.engine.config import (
     resolve_max_pages,
 )
 from pdpair.engine.events import GenerateOutput, StepEvent
-from pdpair.engine.memory import KVPool, PoolSet, ReqToTokenPool
+from pdpair.engine.memory import SWA_KIND, KVPool, PoolSet, ReqToTokenPool
+from pdpair.engine.memory.mamba_pool import MambaPool
 from pdpair.engine.request import Request
 from pdpair.engine.runner import ModelRunner
 from pdpair.engine.sampling import SamplingParams
@@ -41,19 +42,25 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.fingerprint = (f"{mc.arch}/L{mc.num_layers}/kvh{mc.num_kv_heads}/d{mc.head_dim}/"
                             f"{config.dtype}/p{config.page_size}/{loaded.weights_digest}")
-        kv = KVPool(config.max_pages, mc.num_layers, config.page_size, mc.num_kv_heads, mc.head_dim,
-                    config.torch_dtype, config.device)
-        self.pools = PoolSet([kv], config.page_size)
+        pools, layer_pools = self._build_pools(mc, config)
+        kv = pools[0]
+        self.mamba_pool = None
+        if mc.hybrid is not None:  # one recurrent-state slot per resident request, allocated at admission
+            self.mamba_pool = MambaPool(config.max_running_requests, config.max_running_requests, mc.hybrid,
+                                        config.torch_dtype, config.device)
+            self.model.bind_state(self.mamba_pool)
+        self.pools = PoolSet(pools, config.page_size, [self.mamba_pool] if self.mamba_pool is not None else [])
         self.req_to_token = ReqToTokenPool(config.max_running_requests, mc.context_length, config.page_size,
-                                           config.device)
+                                           config.device, self.pools.paged_kinds)
         backend = create_backend(config.attention_backend, kv, mc.num_heads, mc.num_kv_heads, mc.head_dim,
-                                 config.device)
+                                 config.device, mc.attn_scale, layer_pools, mc.attn_logit_softcapping)
         if config.fused_ops and config.dump is None and config.device.startswith("cuda") \
                 and config.attention_backend == "triton":
-            from pdpair.engine.models.fused import FUSED_ARCHS
+            from pdpair.engine.models.fused import fused_supported
 
-            backend.fused_ops = mc.arch in FUSED_ARCHS
-        self.runner = ModelRunner(self.model, backend, self.req_to_token, mc.vocab_size)
+            backend.fused_ops = fused_supported(mc)
+        windows = {p.kind: p.window for p in pools if p.window is not None}
+        self.runner = ModelRunner(self.model, backend, self.req_to_token, mc.vocab_size, windows)
         if config.dump is not None:
             from pdpair.engine.debug import Dumper
 
@@ -61,8 +68,9 @@ class Engine:
         elif config.device.startswith("cuda") and not config.disable_cuda_graph and backend.supports_cuda_graph:
             from pdpair.engine.cuda_graph import DecodeCudaGraphs
 
+            rows = self.mamba_pool.row_slots if self.mamba_pool is not None else None
             self.runner.graphs = DecodeCudaGraphs.for_runner(self.runner, self.req_to_token,
-                                                             config.max_running_requests)
+                                                             config.max_running_requests, state_rows=rows)
         eos, decode = set(mc.eos_token_ids), None
         if self.tokenizer is not None:  # tiny test models come without one
             eos |= set(self.tokenizer.eos_token_ids)
@@ -73,9 +81,24 @@ class Engine:
             StopChecker(sorted(eos), mc.context_length, decode),
             config.chunk_size, config.max_running_requests, config.seed)
         self._ids = itertools.count()
-        logger.info("engine %s: %d KV pages of %d tokens (%.1f MiB), backend %s, %s on %s", self.model_id,
-                    config.max_pages, config.page_size, kv.buffer.nbytes / 2**20, config.attention_backend,
-                    config.dtype, config.device)
+        logger.info("engine %s: pools %s of %d pages of %d tokens (%.1f MiB), backend %s, %s on %s", self.model_id,
+                    {p.kind: len(p.layer_ids) for p in pools}, config.max_pages, config.page_size,
+                    sum(p.buffer.nbytes for p in pools) / 2**20, config.attention_backend, config.dtype, config.device)
+
+    @staticmethod
+    def _build_pools(mc, config: EngineConfig) -> tuple[list[KVPool], list[tuple[KVPool, int]]]:
+        """The full-attention pool (first) and, for sliding-window layers, the `swa` pool; each model layer's
+        (pool, index in the pool)."""
+        shape = (config.page_size, mc.num_kv_heads, mc.head_dim, config.torch_dtype, config.device)
+        pools = [KVPool(config.max_pages, len(mc.full_layers), *shape, layer_ids=mc.full_layers)]
+        if mc.swa_layers:
+            pools.append(KVPool(config.max_pages, len(mc.swa_layers), *shape, kind=SWA_KIND,
+                                window=mc.sliding_window, layer_ids=mc.swa_layers))
+        layer_pools: list[tuple[KVPool, int]] = [None] * mc.num_layers  # type: ignore[list-item]
+        for pool in pools:
+            for i, layer in enumerate(pool.layer_ids):
+                layer_pools[layer] = (pool, i)
+        return pools, layer_pools
 
     @classmethod
     def from_model(cls, model: str | None = "smollm2-135m", device: str = "cpu",
@@ -102,7 +125,7 @@ class Engine:
         mc = loaded.config
         dtype = next(loaded.model.parameters()).dtype
         if max_pages is None:
-            page_bytes = KVPool.page_bytes(mc.num_layers, page_size, mc.num_kv_heads, mc.head_dim, dtype)
+            page_bytes = KVPool.page_bytes(len(mc.full_layers) + len(mc.swa_layers), page_size, mc.num_kv_heads, mc.head_dim, dtype)
             max_pages = resolve_max_pages(device, page_bytes, mem_fraction)
         config = EngineConfig(device=device, dtype=dtype_name(dtype), page_size=page_size,
                               max_pages=max_pages, chunk_size=chunk_size,
@@ -111,6 +134,11 @@ class Engine:
                               disable_cuda_graph=disable_cuda_graph,
                               dump=dump if dump is not None else DumpConfig.from_env())
         return cls(loaded, config)
+
+    def rank_stats(self) -> list:
+        """[(DP rank, SchedulerStats)] of the node's other DP-attention ranks; none for one rank (a
+        DP-attention node replaces this with its DPScheduler's)."""
+        return []
 
     def generate(self, prompts: Sequence[Sequence[int]],
                  sampling: SamplingParams | Sequence[SamplingParams] | None = None) -> list[GenerateOutput]:

@@ -19,11 +19,13 @@ class StepEvent:
 
 @dataclass(frozen=True, eq=False)
 class ChunkEvent:
-    """Prefill-only: the pages one chunk completed (partial tail page only on the last chunk)."""
+    """Prefill-only: the items of each pool kind one chunk completed (partial tail page only on the last chunk;
+    sliding-window kinds only on the last chunk, their window tail). `kind_starts[kind]` is where they go in
+    the destination's registered ids of that kind."""
 
     rid: str
     kind_pages: dict[str, np.ndarray]
-    page_start: int
+    kind_starts: dict[str, int]
     is_last: bool
     first_token: int | None = None
 

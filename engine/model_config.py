@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pdpair.engine.hybrid_config import HybridConfig
+
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+FULL_ATTENTION = "full_attention"
+SLIDING_ATTENTION = "sliding_attention"
+SUPPORTED_ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,7 @@ class RopeScaling:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Decoder-only transformer shape (Llama / Qwen2 / Qwen3 family)."""
+    """Decoder-only transformer shape (Llama / Qwen2 / Qwen3 / Gemma 3 text)."""
 
     arch: str
     num_layers: int
@@ -51,9 +56,23 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # bias on q/k/v projections (Qwen2; Llama with attention_bias)
     o_proj_bias: bool = False  # bias on the output projection (Llama with attention_bias)
+    hybrid: HybridConfig | None = None  # mamba2 layers and family details of a hybrid model (Bamba, Granite 4.0-H)
     qk_norm: bool = False  # per-head RMSNorm on q and k before rope (Qwen3)
     eos_token_ids: tuple[int, ...] = ()
     bos_token_id: int | None = None
+    # sliding-window attention: per-layer "full_attention" / "sliding_attention" (empty: all full);
+    # a sliding layer's query at position q sees keys k with q - sliding_window < k <= q
+    layer_types: tuple[str, ...] = ()
+    sliding_window: int | None = None
+    rope_local_theta: float | None = None  # rope base of sliding layers (Gemma 3); None: rope_theta
+    # Gemma 3 text
+    hidden_act: str = "silu"
+    norm_plus_one: bool = False  # RMSNorm scales by (1 + w)
+    sandwich_norm: bool = False  # post-attention, pre- and post-feed-forward norms
+    embed_scale: bool = False  # embeddings times sqrt(hidden_size)
+    query_pre_attn_scalar: float | None = None  # attention scale = this ** -0.5 (None: head_dim)
+    final_logit_softcapping: float | None = None
+    attn_logit_softcapping: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
@@ -78,6 +97,44 @@ class ModelConfig:
                 raise ValueError(f"eos token id {tid} outside the vocabulary [0, {self.vocab_size})")
         if self.bos_token_id is not None and not 0 <= self.bos_token_id < self.vocab_size:
             raise ValueError(f"bos token id {self.bos_token_id} outside the vocabulary [0, {self.vocab_size})")
+        self._check_attention_mix()
+
+    def _check_attention_mix(self) -> None:
+        if not isinstance(self.layer_types, tuple):
+            raise ValueError(f"layer_types must be a tuple, got {type(self.layer_types).__name__}")
+        if self.layer_types and len(self.layer_types) != self.num_layers:
+            raise ValueError(f"layer_types lists {len(self.layer_types)} layers, the model has {self.num_layers}")
+        bad = sorted({t for t in self.layer_types if t not in (FULL_ATTENTION, SLIDING_ATTENTION)})
+        if bad:
+            raise ValueError(f"unsupported layer types {bad}; supported: {FULL_ATTENTION}, {SLIDING_ATTENTION}")
+        if self.swa_layers and (not isinstance(self.sliding_window, int) or self.sliding_window <= 0):
+            raise ValueError(f"sliding layers need a positive sliding_window, got {self.sliding_window!r}")
+        if self.swa_layers and not self.full_layers:
+            raise ValueError("a model whose every layer is sliding-window is not supported (no full-attention layer)")
+        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
+            raise ValueError(f"unsupported activation {self.hidden_act!r}; supported: {', '.join(SUPPORTED_ACTIVATIONS)}")
+        for name in ("query_pre_attn_scalar", "final_logit_softcapping", "attn_logit_softcapping"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"ModelConfig.{name} must be > 0 when set, got {value!r}")
+
+    def is_sliding(self, layer: int) -> bool:
+        return bool(self.layer_types) and self.layer_types[layer] == SLIDING_ATTENTION
+
+    @property
+    def swa_layers(self) -> tuple[int, ...]:
+        """Layers with sliding-window attention, in order."""
+        return tuple(i for i in range(self.num_layers) if self.is_sliding(i))
+
+    @property
+    def full_layers(self) -> tuple[int, ...]:
+        """Layers attending over the whole context, in order (a hybrid model's mamba layers are not)."""
+        mamba = self.hybrid.mamba_layers if self.hybrid is not None else ()
+        return tuple(i for i in range(self.num_layers) if not self.is_sliding(i) and i not in mamba)
+
+    @property
+    def attn_scale(self) -> float:
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
 
     @property
     def q_size(self) -> int:

@@ -30,8 +30,12 @@ class Request:
     prefill_only: bool = False
     num_cached: int = 0
     row: int | None = None  # request-table row while resident
-    kv_pages: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
-    pages_reported: int = 0  # prefill-only: pages already announced in ChunkEvents
+    num_pages: int = 0  # pages of context covered by the full-context kinds (sliding-window kinds: up to it)
+    # per pool kind: the item ids held, in page order, the first one being page `items_first[kind]`
+    # (a sliding-window kind gives back the pages behind its window, so its first page moves forward)
+    items: dict[str, np.ndarray] = field(default_factory=dict)
+    items_first: dict[str, int] = field(default_factory=dict)
+    sent: dict[str, int] = field(default_factory=dict)  # prefill-only: per kind, pages announced in ChunkEvents
     seed: int = 0  # effective sampling seed (sampling.seed, or one drawn at submit)
     finish_reason: str | None = None
 
@@ -64,9 +68,13 @@ class Request:
         """Tokens of fill_ids whose K/V are not cached yet."""
         return self.seq_len - self.num_cached
 
-    @property
-    def num_pages(self) -> int:
-        return len(self.kv_pages)
+    def pages(self, kind: str, first: int, end: int) -> np.ndarray:
+        """Item ids of `kind` for pages [first, end) of the context; every one of them must be held."""
+        lo = self.items_first.get(kind, 0)
+        held = self.items.get(kind, np.zeros(0, dtype=np.int32))
+        assert lo <= first <= end <= lo + len(held), (
+            f"{self.rid}: {kind} pages [{first}, {end}) not held (holds [{lo}, {lo + len(held)}))")
+        return held[first - lo : end - lo]
 
     def tokens(self, start: int, end: int) -> list[int]:
         """fill_ids[start:end] without building fill_ids."""

@@ -16,8 +16,9 @@ class ModelRunner:
     the sampled tokens; on CUDA the metadata goes up in pinned non-blocking copies)."""
 
     def __init__(self, model: torch.nn.Module, backend: AttentionBackend, req_to_token: ReqToTokenPool,
-                 vocab_size: int) -> None:
+                 vocab_size: int, windows: dict[str, int] | None = None) -> None:
         self.model = model
+        self.windows = dict(windows or {})  # sliding-window pool kind -> window
         self.backend = backend
         self.req_to_token = req_to_token
         self.vocab_size = vocab_size
@@ -41,7 +42,9 @@ class ModelRunner:
                 assert len(done) == len(reqs), f"decode rows without a sample: {len(reqs) - len(done)}"
                 logits = self.graphs.replay_staged(ids, prefix, rows)
             else:
-                batch = ForwardBatch.build(mode, rows, prefix, ext, ids, self.req_to_token.table)
+                ps = self.req_to_token.page_size
+                windowed = {k: (self.req_to_token.tables[k], w, ps) for k, w in self.windows.items()}
+                batch = ForwardBatch.build(mode, rows, prefix, ext, ids, self.req_to_token.table, windowed)
                 if not done:
                     logits_rows = torch.zeros(0, dtype=torch.long, device=batch.input_ids.device)
                 elif len(done) == len(reqs):
@@ -50,9 +53,7 @@ class ModelRunner:
                     logits_rows = batch.qo_indptr[1:].long()[torch.tensor(done, device=batch.input_ids.device)] - 1
                 if self.dumper is not None:
                     self.dumper.begin_batch(batch, [r.rid for r in reqs], logits_rows)
-                self.backend.prepare(batch)
-                logits = self.model(batch.input_ids, batch.positions,
-                                    ForwardContext(self.backend, batch, logits_rows))
+                logits = self.forward(batch, logits_rows)
                 if self.dumper is not None:
                     self.dumper.end_batch(batch, logits)
             out: list[int | None] = [None] * len(reqs)
@@ -64,3 +65,11 @@ class ModelRunner:
                 for i, tok in zip(done, sample(logits, sb).tolist(), strict=True):
                     out[i] = tok
         return out
+
+    def forward(self, batch: ForwardBatch, logits_rows: torch.Tensor) -> torch.Tensor:
+        """One eager forward: fp32 logits of `logits_rows` (a multi-rank runner joins its collectives here)."""
+        self.backend.prepare(batch)
+        return self.model(batch.input_ids, batch.positions, ForwardContext(self.backend, batch, logits_rows))
+
+    def close(self) -> None:
+        """Release what the runner started (a multi-rank runner stops its rank processes)."""

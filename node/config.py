@@ -50,8 +50,19 @@ class NodeConfig:
     tls: TlsFiles | None = None  # mutual TLS on the gRPC server and on the channels this node opens
     prefill_allow: str = ""  # decode: prefill nodes it may dial (see decode_node/trust.py); "" = loopback only
     dump: DumpConfig | None = None  # --dump-dir: tensor dumps for pdpair-compare
+    tp_size: int = 1  # ranks of this node (tensor parallel)
+    dp_size: int = 1  # DP-attention ranks (needs enable_dp_attention)
+    enable_dp_attention: bool = False
 
     def __post_init__(self) -> None:
+        from pdpair.engine.distributed.topology import RankTopology
+
+        RankTopology(self.tp_size, self.dp_size, self.enable_dp_attention)  # ValueError naming the sizes
+        if self.tp_size > 1 and self.role == "prefill":
+            raise ValueError(f"--tp-size {self.tp_size}: a prefill node runs one rank so far (sending every "
+                             "rank's KV heads is not wired yet)")
+        if self.tp_size > 1 and (self.dump is not None or self.mem_fraction is not None):
+            raise ValueError("--dump-dir and --mem-fraction are not supported with --tp-size > 1 yet (use --max-pages)")
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
         if self.page_size <= 0 or self.chunk_size <= 0:
@@ -118,6 +129,16 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="hold the pages of a failed transfer this long before reuse (default: twice "
                              "MC_TRANSFER_TIMEOUT plus 10 s; a failed write may still land until then)")
     add_tls_args(parser)
+    ranks = parser.add_argument_group("parallel ranks (one process per rank: NCCL on CUDA, gloo on CPU)")
+    ranks.add_argument("--tp-size", type=int, default=d.tp_size,
+                       help="tensor-parallel ranks: attention heads (by KV-head groups) and MLP split across this "
+                            "many processes, one GPU each on CUDA (default: 1)")
+    ranks.add_argument("--dp-size", type=int, default=d.dp_size,
+                       help="data-parallel attention ranks, each with its own requests and KV pool; needs "
+                            "--enable-dp-attention and divides --tp-size (attention-TP = tp / dp) (default: 1)")
+    ranks.add_argument("--enable-dp-attention", action="store_true",
+                       help="run attention data-parallel across --dp-size ranks while the MLP stays "
+                            "tensor-parallel over all --tp-size ranks")
     dump = parser.add_argument_group("tensor dumps (debugging; compare two runs with pdpair-compare)")
     dump.add_argument("--dump-dir", default=None, metavar="DIR",
                       help="write named forward tensors and batch metadata to DIR/<run name>/ (default: off; "
@@ -168,5 +189,6 @@ def config_from_args(role: str, args: argparse.Namespace) -> NodeConfig:
         rdma_devices=args.rdma_devices, transfer_threads=args.transfer_threads, metrics_port=args.metrics_port,
         log_level=args.log_level, log_format=args.log_format, max_queue=args.max_queue,
         drain_timeout=args.drain_timeout, quarantine_seconds=hold, tls=tls_from_args(args),
-        node_id=f"{role}-{advertise}-{os.getpid()}-{uuid.uuid4().hex[:8]}", dump=dump, **extra,
+        node_id=f"{role}-{advertise}-{os.getpid()}-{uuid.uuid4().hex[:8]}", dump=dump,
+        tp_size=args.tp_size, dp_size=args.dp_size, enable_dp_attention=args.enable_dp_attention, **extra,
     )

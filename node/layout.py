@@ -12,7 +12,8 @@ def engine_layout(engine: Any, node_id: str, session_id: str, protocol: str) -> 
     """The layout a node advertises: one region per pool, plus what pairing must agree on."""
     regions = tuple(
         MemoryRegion(kind=r.kind, base_ptr=int(r.base_ptr), item_bytes=int(r.item_bytes),
-                     num_items=int(r.num_items), dtype=str(r.dtype))
+                     num_items=int(r.num_items), dtype=str(r.dtype), window=int(r.window),
+                     layers=tuple(int(i) for i in r.layers))
         for r in engine.pools.regions()
     )
     return MemoryLayout(node_id=node_id, session_id=session_id, protocol=protocol,
@@ -25,7 +26,9 @@ def layout_to_proto(layout: MemoryLayout) -> pb.MemoryLayout:
         node_id=layout.node_id, session_id=layout.session_id, protocol=layout.protocol,
         page_size=layout.page_size, model_fingerprint=layout.model_fingerprint,
         regions=[pb.MemoryRegion(kind=r.kind, base_ptr=r.base_ptr, item_bytes=r.item_bytes,
-                                 num_items=r.num_items, dtype=r.dtype) for r in layout.regions],
+                                 num_items=r.num_items, dtype=r.dtype, dp_rank=r.dp_rank, window=r.window,
+                                 layers=list(r.layers))
+                 for r in layout.regions],
     )
 
 
@@ -33,7 +36,7 @@ def layout_from_proto(msg: pb.MemoryLayout) -> MemoryLayout:
     """Raises ValueError when the message cannot be a layout (the transfer types validate their fields)."""
     regions = tuple(
         MemoryRegion(kind=r.kind, base_ptr=r.base_ptr, item_bytes=r.item_bytes, num_items=r.num_items,
-                     dtype=r.dtype)
+                     dtype=r.dtype, dp_rank=r.dp_rank, window=r.window, layers=tuple(r.layers))
         for r in msg.regions
     )
     return MemoryLayout(node_id=msg.node_id, session_id=msg.session_id, protocol=msg.protocol,

@@ -33,6 +33,10 @@ def load_engine(cfg: NodeConfig) -> Any:
     from pdpair.engine import Engine
 
     extra = {} if cfg.mem_fraction is None else {"mem_fraction": cfg.mem_fraction}
+    if cfg.tp_size > 1:
+        from pdpair.engine.distributed.node_ranks import node_rank_spec, start_node_engine
+
+        return start_node_engine(node_rank_spec(cfg))
     return Engine.from_model(cfg.model, device=cfg.device, dtype=cfg.dtype, page_size=cfg.page_size,
                              max_pages=cfg.max_pages, chunk_size=cfg.chunk_size,
                              attention_backend=cfg.attention_backend, disable_cuda_graph=cfg.disable_cuda_graph,
@@ -84,6 +88,7 @@ class NodeRuntime:
     def close(self) -> None:
         if self.thread is not None:
             self.thread.stop()
+        self.engine.runner.close()
         self.workers.shutdown(wait=True)
         self.quarantine.flush()
         self.transfer.close()
@@ -152,6 +157,8 @@ class NodeRuntime:
         pools = [pb.PoolStats(kind=k, total=engine.pools.allocator(k).num_total,
                               free=engine.pools.allocator(k).num_free, quarantined=held[k])
                  for k in engine.pools.kinds]
+        pools += [pb.PoolStats(kind="kv", total=r.total_pages, free=r.free_pages, dp_rank=d)
+                  for d, r in engine.rank_stats()]  # the other DP-attention ranks' pools
         stages = self._stage_fn()
         c = self.counters
         return pb.NodeStats(

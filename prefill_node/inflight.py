@@ -31,12 +31,15 @@ class InflightManager:
         rt = self._reqs[rid] = RequestTransfers(rid)
         return rt
 
-    def add(self, rid: str, fut: asyncio.Future, items: int) -> None:
+    def add(self, rid: str, fut: asyncio.Future, items: int,
+            kinds: dict[str, tuple[int, int, int]] | None = None) -> None:
+        """`kinds`: per pool kind, (items, bytes, entries) the batch moves (TransferPlan.kind_totals)."""
         rt = self._reqs[rid]
         rt.pending.add(fut)
-        fut.add_done_callback(lambda f: self._done(rt, f, items))
+        fut.add_done_callback(lambda f: self._done(rt, f, items, kinds))
 
-    def _done(self, rt: RequestTransfers, fut: asyncio.Future, items: int) -> None:
+    def _done(self, rt: RequestTransfers, fut: asyncio.Future, items: int,
+              kinds: dict[str, tuple[int, int, int]] | None = None) -> None:
         rt.pending.discard(fut)
         if fut.cancelled():
             rt.error = rt.error or "transfer cancelled"
@@ -54,7 +57,7 @@ class InflightManager:
             rt.error = rt.error or (res.error or "transfer failed")
             return
         rt.tally.add(items=items, nbytes=res.nbytes, entries=res.entries, batches=res.batches,
-                     seconds=res.seconds)
+                     seconds=res.seconds, kinds=kinds)
 
     def failed(self, rid: str) -> str | None:
         return self._reqs[rid].error

@@ -92,9 +92,12 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
         try:
             sampling = sampling_from_proto(request.sampling, info.vocab_size)
             check_prompt(list(request.token_ids), info.vocab_size, info.context_length)
-            expected = expected_items(self.rt.engine.pools.kinds, len(request.token_ids), info.page_size)
+            expected = expected_items(self.rt.engine.pools.windows(), len(request.token_ids), info.page_size,
+                                      self.rt.engine.pools.slot_kinds)
+            peer = peer.for_dp_rank(request.registration.dp_rank)  # the destination DP rank's region set
             num_items = {r.kind: r.num_items for r in peer.regions}
-            dst = validate_registration(((p.kind, p.ids) for p in request.registration.pools), num_items, expected)
+            dst = validate_registration(((p.kind, p.ids) for p in request.registration.pools), num_items, expected,
+                                        dict.fromkeys(self.rt.engine.pools.slot_kinds, 1))
         except ValueError as exc:
             raise RpcError(Code.INVALID_ARGUMENT, f"request {request.rid!r}: {exc}") from None
         return peer, sampling, dst
@@ -199,7 +202,7 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
             t_first = t_first or time.perf_counter()
             pairs = {}
             for kind, src in ev.kind_pages.items():
-                lo, n = ev.page_start, len(src)
+                lo, n = ev.kind_starts[kind], len(src)
                 if lo + n > len(dst[kind]):
                     raise RpcError(Code.INTERNAL, f"request {rid!r}: {kind} pages [{lo}, {lo + n}) past the "
                                                   f"{len(dst[kind])} registered")
@@ -208,7 +211,7 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
             plan = build_plan(self.rt.layout, peer, pairs)
             if len(plan):
                 cf = self.rt.workers.submit(rid, peer.session_id, plan)
-                self.inflight.add(rid, asyncio.wrap_future(cf), plan.num_items)
+                self.inflight.add(rid, asyncio.wrap_future(cf), plan.num_items, plan.kind_totals)
             error = self.inflight.failed(rid)
             if error is not None:
                 raise RpcError(Code.ABORTED, f"request {rid!r}: page transfer failed: {error}", pb.TRANSFER_FAILED)

@@ -5,25 +5,30 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+from pdpair.transfer.pages import registered_pages
 
 
-def expected_items(kinds: Iterable[str], prompt_len: int, page_size: int) -> dict[str, int]:
-    """Destination items a prompt needs per pool kind (KV: one per page, the partial tail included)."""
+def expected_items(windows: Mapping[str, int | None], prompt_len: int, page_size: int,
+                   slot_kinds: Iterable[str] = ()) -> dict[str, int]:
+    """Destination items a prompt needs per pool kind (`windows`: paged kind -> sliding window or None): one per
+    page for a full-context kind (the partial tail included), the window tail's pages for a sliding-window kind,
+    exactly one for a slot kind (a request's mamba state)."""
     out = {}
-    for kind in kinds:
-        if kind != "kv":
-            raise ValueError(f"pool kind {kind!r} is not supported by this node")
-        out[kind] = -(-prompt_len // page_size)
+    for kind, window in windows.items():
+        first, end = registered_pages(prompt_len, page_size, window)
+        out[kind] = end - first
+    out.update(dict.fromkeys(slot_kinds, 1))
     return out
 
 
 def validate_registration(
-    pools: Iterable[tuple[str, Iterable[int]]], num_items: Mapping[str, int], expected: Mapping[str, int]
+    pools: Iterable[tuple[str, Iterable[int]]], num_items: Mapping[str, int], expected: Mapping[str, int],
+    first_ids: Mapping[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Registration (kind, ids) pairs -> {kind: int64 ids}; ValueError says what is wrong.
 
-    Every kind must be known and given once; ids in [0, num_items[kind]), non-negative, unique; exactly
-    expected[kind] ids.
+    Every kind must be known and given once; ids in [first_ids[kind] (default 0), num_items[kind]), unique;
+    exactly expected[kind] ids. A slot kind's first ids are its padding dummies, never a request's.
     """
     out: dict[str, np.ndarray] = {}
     for kind, ids in pools:
@@ -34,10 +39,10 @@ def validate_registration(
         arr = np.asarray(list(ids), dtype=np.int64)
         if arr.size != expected[kind]:
             raise ValueError(f"{kind}: {arr.size} ids registered, the prompt needs exactly {expected[kind]}")
-        bound = num_items[kind]
-        bad = arr[(arr < 0) | (arr >= bound)]
+        bound, low = num_items[kind], (first_ids or {}).get(kind, 0)
+        bad = arr[(arr < low) | (arr >= bound)]
         if bad.size:
-            raise ValueError(f"{kind}: id {int(bad[0])} out of range [0, {bound})")
+            raise ValueError(f"{kind}: id {int(bad[0])} out of range [{low}, {bound})")
         if np.unique(arr).size != arr.size:
             vals, counts = np.unique(arr, return_counts=True)
             raise ValueError(f"{kind}: id {int(vals[counts > 1][0])} registered more than once")

@@ -64,18 +64,24 @@ class SamplingParams(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., logit_bias: _Optional[_Mapping[int, float]] = ...) -> None: ...
 
 class MemoryRegion(_message.Message):
-    __slots__ = ("kind", "base_ptr", "item_bytes", "num_items", "dtype")
+    __slots__ = ("kind", "base_ptr", "item_bytes", "num_items", "dtype", "dp_rank", "window", "layers")
     KIND_FIELD_NUMBER: _ClassVar[int]
     BASE_PTR_FIELD_NUMBER: _ClassVar[int]
     ITEM_BYTES_FIELD_NUMBER: _ClassVar[int]
     NUM_ITEMS_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DP_RANK_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
     kind: str
     base_ptr: int
     item_bytes: int
     num_items: int
     dtype: str
-    def __init__(self, kind: _Optional[str] = ..., base_ptr: _Optional[int] = ..., item_bytes: _Optional[int] = ..., num_items: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
+    dp_rank: int
+    window: int
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, kind: _Optional[str] = ..., base_ptr: _Optional[int] = ..., item_bytes: _Optional[int] = ..., num_items: _Optional[int] = ..., dtype: _Optional[str] = ..., dp_rank: _Optional[int] = ..., window: _Optional[int] = ..., layers: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class MemoryLayout(_message.Message):
     __slots__ = ("node_id", "session_id", "protocol", "page_size", "model_fingerprint", "regions")
@@ -114,12 +120,14 @@ class ItemIds(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PageRegistration(_message.Message):
-    __slots__ = ("decode_node_id", "pools")
+    __slots__ = ("decode_node_id", "pools", "dp_rank")
     DECODE_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     POOLS_FIELD_NUMBER: _ClassVar[int]
+    DP_RANK_FIELD_NUMBER: _ClassVar[int]
     decode_node_id: str
     pools: _containers.RepeatedCompositeFieldContainer[ItemIds]
-    def __init__(self, decode_node_id: _Optional[str] = ..., pools: _Optional[_Iterable[_Union[ItemIds, _Mapping]]] = ...) -> None: ...
+    dp_rank: int
+    def __init__(self, decode_node_id: _Optional[str] = ..., pools: _Optional[_Iterable[_Union[ItemIds, _Mapping]]] = ..., dp_rank: _Optional[int] = ...) -> None: ...
 
 class PrefillRequest(_message.Message):
     __slots__ = ("rid", "token_ids", "sampling", "registration")
@@ -254,16 +262,18 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PoolStats(_message.Message):
-    __slots__ = ("kind", "total", "free", "quarantined")
+    __slots__ = ("kind", "total", "free", "quarantined", "dp_rank")
     KIND_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     FREE_FIELD_NUMBER: _ClassVar[int]
     QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    DP_RANK_FIELD_NUMBER: _ClassVar[int]
     kind: str
     total: int
     free: int
     quarantined: int
-    def __init__(self, kind: _Optional[str] = ..., total: _Optional[int] = ..., free: _Optional[int] = ..., quarantined: _Optional[int] = ...) -> None: ...
+    dp_rank: int
+    def __init__(self, kind: _Optional[str] = ..., total: _Optional[int] = ..., free: _Optional[int] = ..., quarantined: _Optional[int] = ..., dp_rank: _Optional[int] = ...) -> None: ...
 
 class NodeStats(_message.Message):
     __slots__ = ("role", "pools", "waiting", "prefilling", "transferring", "running", "inflight_transfers", "integrity_ok", "requests_total", "requests_aborted", "transfer_bytes_total", "transfer_batches_total", "draining")

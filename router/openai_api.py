@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -41,7 +42,9 @@ async def _serve(request: web.Request, kind: type) -> web.StreamResponse:
     state = request.app[STATE]
     req = decode_request(await request.read(), kind)
     tok, card = state.require_model()
-    job = await asyncio.get_running_loop().run_in_executor(state.cpu_pool, build_job, req, tok, card)
+    # copy_context: the worker thread sees this request's id (the job takes it as its rid)
+    job = await asyncio.get_running_loop().run_in_executor(
+        state.cpu_pool, contextvars.copy_context().run, build_job, req, tok, card)
     deltas = generate(job, state.pool, tok, state.metrics, state.config.request_timeout_s)
     try:
         if job.stream:

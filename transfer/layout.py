@@ -15,8 +15,13 @@ class MemoryRegion(msgspec.Struct, frozen=True):
     item_bytes: int
     num_items: int
     dtype: str
+    dp_rank: int = 0  # the DP-attention rank whose pool this is (a layout has one region set per DP rank)
+    window: int = 0  # sliding-window pools: tokens a query sees (its own included); 0: none
+    layers: tuple[int, ...] = ()  # the model layers whose state an item holds (empty: not stated)
 
     def __post_init__(self) -> None:
+        if self.dp_rank < 0:
+            raise ValueError(f"bad region {self.kind!r}: dp_rank={self.dp_rank}")
         if self.base_ptr < 0 or self.item_bytes < 1 or self.num_items < 0:
             raise ValueError(
                 f"bad region {self.kind!r}: base_ptr={self.base_ptr} item_bytes={self.item_bytes} "
@@ -43,21 +48,43 @@ class MemoryLayout(msgspec.Struct, frozen=True):
     regions: tuple[MemoryRegion, ...]
 
     def __post_init__(self) -> None:
-        kinds = [r.kind for r in self.regions]
-        if len(set(kinds)) != len(kinds):
-            raise ValueError(f"layout of {self.node_id!r} names a region kind twice: {kinds}")
+        keys = [(r.kind, r.dp_rank) for r in self.regions]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"layout of {self.node_id!r} names a region kind twice for one DP rank: {keys}")
         if self.page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {self.page_size}")
+        for d in self.dp_ranks:
+            if sorted(r.kind for r in self.regions if r.dp_rank == d) != sorted(self.kinds):
+                raise ValueError(f"layout of {self.node_id!r}: DP rank {d} lacks some of the kinds {self.kinds}")
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return tuple(r.kind for r in self.regions)
+        """The pool kinds (every DP rank has the same set)."""
+        return tuple(r.kind for r in self.regions if r.dp_rank == 0)
 
-    def region(self, kind: str) -> MemoryRegion:
+    @property
+    def dp_ranks(self) -> tuple[int, ...]:
+        """The DP ranks with a region set: 0..n-1 (just 0 without DP attention)."""
+        return tuple(sorted({r.dp_rank for r in self.regions}))
+
+    def region(self, kind: str, dp_rank: int = 0) -> MemoryRegion:
         for r in self.regions:
-            if r.kind == kind:
+            if r.kind == kind and r.dp_rank == dp_rank:
                 return r
-        raise KeyError(f"layout of {self.node_id!r} has no region {kind!r} (has {list(self.kinds)})")
+        raise KeyError(f"layout of {self.node_id!r} has no region {kind!r} for DP rank {dp_rank} "
+                       f"(kinds {list(self.kinds)}, DP ranks {list(self.dp_ranks)})")
+
+    def for_dp_rank(self, dp_rank: int) -> MemoryLayout:
+        """One DP rank's region set as a single-rank layout (its regions renumbered to DP rank 0, which is
+        what plans look up); ValueError naming the DP ranks there are."""
+        if dp_rank not in self.dp_ranks:
+            raise ValueError(f"DP rank {dp_rank} has no region set in the layout of {self.node_id!r} "
+                             f"(DP ranks {list(self.dp_ranks)})")
+        if self.dp_ranks == (0,):
+            return self
+        regions = tuple(msgspec.structs.replace(r, dp_rank=0) for r in self.regions if r.dp_rank == dp_rank)
+        return MemoryLayout(self.node_id, self.session_id, self.protocol, self.page_size, self.model_fingerprint,
+                            regions)
 
 
 class LayoutMismatch(Exception):
@@ -75,7 +102,7 @@ def check_compatible(local: MemoryLayout, remote: MemoryLayout) -> None:
     """Raise ``LayoutMismatch`` naming the first field on which the layouts differ.
 
     Order: page_size, model_fingerprint, protocol, region kinds, then per region
-    item_bytes and dtype. Item counts may differ (pools are sized per node).
+    window, layers, item_bytes and dtype. Item counts may differ (pools are sized per node).
     """
     for field in ("page_size", "model_fingerprint", "protocol"):
         a, b = getattr(local, field), getattr(remote, field)
@@ -83,9 +110,13 @@ def check_compatible(local: MemoryLayout, remote: MemoryLayout) -> None:
             raise LayoutMismatch(field, a, b)
     if sorted(local.kinds) != sorted(remote.kinds):
         raise LayoutMismatch("regions", sorted(local.kinds), sorted(remote.kinds))
-    for mine in local.regions:
-        theirs = remote.region(mine.kind)
-        for field in ("item_bytes", "dtype"):
+    # every DP rank's region set against the other side's first one: the head splits must be equal
+    pairs = [(m, remote.region(m.kind)) for m in local.regions]
+    pairs += [(local.region(t.kind), t) for t in remote.regions if t.dp_rank]
+    for mine, theirs in pairs:
+        for field in ("window", "layers", "item_bytes", "dtype"):
             a, b = getattr(mine, field), getattr(theirs, field)
+            if field == "layers" and not (a and b):  # a layout that does not state its layers
+                continue
             if a != b:
                 raise LayoutMismatch(f"regions[{mine.kind}].{field}", a, b)

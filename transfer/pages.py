@@ -17,6 +17,7 @@ __all__ = [
     "kv_to_page_indices",
     "mamba_slot",
     "num_pages",
+    "registered_pages",
     "state_seq_len",
     "swa_window",
     "swa_window_pages",
@@ -81,28 +82,36 @@ def kv_pages(
 
 
 def swa_window(seq_len: int, window: int, page_size: int) -> tuple[int, int]:
-    """Page range ``[first, end)`` of the page-aligned last ``window`` tokens."""
+    """Page range ``[first, end)`` a query at position ``seq_len`` can still see through a window of ``window``
+    tokens (its own included): the pages over ``[floor_to_page(seq_len - (window - 1)), seq_len)``."""
     _check_page_size(page_size)
     if window < 1 or seq_len < 0:
         raise ValueError(f"need window >= 1 and seq_len >= 0, got window={window} seq_len={seq_len}")
-    return max(0, seq_len - window) // page_size, num_pages(seq_len, page_size)
+    return max(0, seq_len - (window - 1)) // page_size, num_pages(seq_len, page_size)
 
 
 def swa_window_pages(
-    page_table: np.ndarray, seq_len: int, window: int, page_size: int, to_swa: np.ndarray
+    swa_items: np.ndarray, items_first: int, seq_len: int, window: int, page_size: int
 ) -> np.ndarray:
-    """SWA page ids of the page-aligned last window.
-
-    ``to_swa`` maps a full KV page id to its SWA pool page id (negative when
-    the page has none); every page of the window must have one.
-    """
+    """SWA item ids of the window tail (``swa_window``) of a request holding ``swa_items`` for its pages
+    ``items_first ..`` (the pages behind its window already given back); every page of the tail must be held."""
     first, end = swa_window(seq_len, window, page_size)
-    full = _take(page_table, first, end, "swa window")
-    swa = np.asarray(to_swa)[full]
-    if swa.size and swa.min() < 0:
-        bad = int(full[np.argmin(swa)])
-        raise ValueError(f"kv page {bad} of the swa window [{first}, {end}) has no swa page")
-    return swa.astype(np.int32, copy=False)
+    held = np.asarray(swa_items)
+    if first < items_first or end > items_first + held.size:
+        raise ValueError(
+            f"swa window pages [{first}, {end}) not held: the request holds [{items_first}, {items_first + held.size})"
+        )
+    return held[first - items_first : end - items_first].astype(np.int32, copy=False)
+
+
+def registered_pages(seq_len: int, page_size: int, window: int | None = None) -> tuple[int, int]:
+    """Pages ``[first, end)`` of a ``seq_len``-token prompt whose state a decode node receives: every page
+    for a pool of full context, the window tail (``swa_window``) for a sliding-window pool."""
+    if window is None:
+        if seq_len < 0:
+            raise ValueError(f"seq_len must be >= 0, got {seq_len}")
+        return 0, num_pages(seq_len, page_size)
+    return swa_window(seq_len, window, page_size)
 
 
 def dsa_pages(page_table: np.ndarray, seq_len: int, page_size: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,12 +29,17 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class TransferPlan:
-    """One entry per contiguous run; ``entry_items`` counts the items in each entry."""
+    """One entry per contiguous run; ``entry_items`` counts the items in each entry.
+
+    ``kind_totals`` (plans from ``build_plan`` and their concatenations): per pool kind, the
+    (items, bytes, entries) the plan moves; the sub-plans of ``batches`` leave it empty.
+    """
 
     src_addrs: np.ndarray  # uint64
     dst_addrs: np.ndarray  # uint64
     lengths: np.ndarray  # uint64, bytes
     entry_items: np.ndarray  # int64
+    kind_totals: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = self.src_addrs.size
@@ -61,7 +66,11 @@ class TransferPlan:
     def concat(cls, plans: list[TransferPlan]) -> TransferPlan:
         if not plans:
             return cls.empty()
-        return cls(*(np.concatenate([getattr(p, f) for p in plans]) for f in _FIELDS))
+        totals: dict[str, tuple[int, int, int]] = {}
+        for p in plans:
+            for kind, fig in p.kind_totals.items():
+                totals[kind] = tuple(a + b for a, b in zip(totals.get(kind, (0, 0, 0)), fig, strict=True))
+        return cls(*(np.concatenate([getattr(p, f) for p in plans]) for f in _FIELDS), kind_totals=totals)
 
     def batches(self, max_entries: int) -> list[TransferPlan]:
         """Split into consecutive sub-plans of at most ``max_entries`` entries."""
@@ -106,7 +115,7 @@ def build_plan(
     Non-empty source ids with no destination ids is a ``ProtocolError`` (state
     would be silently dropped); an empty source moves nothing.
     """
-    checked: list[tuple[MemoryRegion, MemoryRegion, np.ndarray, np.ndarray]] = []
+    checked: list[tuple[str, MemoryRegion, MemoryRegion, np.ndarray, np.ndarray]] = []
     for kind, (src_ids, dst_ids) in pairs_by_kind.items():
         s_reg, d_reg = _region(src, kind, "src"), _region(dst, kind, "dst")
         if s_reg.item_bytes != d_reg.item_bytes:
@@ -122,10 +131,10 @@ def build_plan(
         _check_range(kind, d, d_reg, "dst")
         if np.unique(d).size != d.size:
             raise ProtocolError(f"{kind}: destination ids repeat")
-        checked.append((s_reg, d_reg, s, d))
+        checked.append((kind, s_reg, d_reg, s, d))
 
     parts = []
-    for s_reg, d_reg, s, d in checked:
+    for kind, s_reg, d_reg, s, d in checked:
         s_start, d_start, n = contiguous_runs(s, d)
         size = s_reg.item_bytes
         parts.append(
@@ -134,6 +143,7 @@ def build_plan(
                 (d_reg.base_ptr + d_start * size).astype(np.uint64),
                 (n * size).astype(np.uint64),
                 n,
+                {kind: (int(s.size), int(s.size) * size, int(n.size))},
             )
         )
     return TransferPlan.concat(parts)

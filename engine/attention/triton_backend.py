@@ -27,8 +27,10 @@ class TritonBackend(AttentionBackend):
     tensor are static buffers (`init_graph_state`), bound per captured batch size.
     """
 
-    def __init__(self, kv_pool: KVPool, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
-        super().__init__(kv_pool, num_heads, num_kv_heads, head_dim)
+    def __init__(self, kv_pool: KVPool, num_heads: int, num_kv_heads: int, head_dim: int,
+                 scale: float | None = None, layer_pools=None, softcap: float | None = None) -> None:
+        assert softcap is None, "the triton kernels do not cap attention logits"
+        super().__init__(kv_pool, num_heads, num_kv_heads, head_dim, scale, layer_pools)
         device = kv_pool.buffer.device
         # on CPU (the Triton interpreter, in tests) one "SM": few splits keep the interpreted grid small
         self._num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
@@ -55,24 +57,30 @@ class TritonBackend(AttentionBackend):
         else:
             self._max_extend = int(batch.extend_lens_cpu.max()) if batch.batch_size else 0
             self._has_prefix = bool((batch.seq_lens_cpu > batch.extend_lens_cpu).any())
-            self._sdpa = self.extend_sdpa and not self._has_prefix and sdpa_fits(batch.extend_lens_cpu)
+            # SDPA has no window mask: a model with sliding-window pools keeps its prefill on the extend kernel
+            self._sdpa = (self.extend_sdpa and not batch.windows and not self._has_prefix
+                          and sdpa_fits(batch.extend_lens_cpu))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
                 batch: ForwardBatch, kv_stored: bool = False) -> torch.Tensor:
         """`kv_stored`: k/v are already in the cache (the fused prologue wrote them); skip the store."""
-        k_cache, v_cache = self.kv_pool.k_layers[layer], self.kv_pool.v_layers[layer]
+        pool, idx = self.layer_pools[layer]
+        k_cache, v_cache = pool.k_layers[idx], pool.v_layers[idx]
+        # a sliding-window pool's layers read its own, window-clipped metadata: decode reads O(window) keys
+        meta = batch if pool.window is None else batch.windows[pool.kind]
+        window = pool.window or 0
         if not kv_stored:
-            store_kv(k, v, k_cache, v_cache, batch.out_cache_loc)
+            store_kv(k, v, k_cache, v_cache, meta.out_cache_loc)
         o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         if batch.is_decode:
-            decode_attention(q, k_cache, v_cache, batch.kv_indptr, batch.kv_indices, o=o, sm_scale=self.scale,
-                             num_splits=self._splits, workspace=self._workspace)
+            decode_attention(q, k_cache, v_cache, meta.kv_indptr, meta.kv_indices, o=o, sm_scale=self.scale,
+                             num_splits=self._splits, workspace=self._workspace, window=window)
         elif self._sdpa:
             sdpa_extend(q, k, v, batch.extend_lens_cpu, self.scale, o)
         else:
-            extend_attention(q, k, v, k_cache, v_cache, batch.qo_indptr, batch.seq_lens, batch.kv_indptr,
-                             batch.kv_indices, self._max_extend, o=o, sm_scale=self.scale,
-                             has_prefix=self._has_prefix)
+            extend_attention(q, k, v, k_cache, v_cache, batch.qo_indptr, batch.seq_lens, meta.kv_indptr,
+                             meta.kv_indices, self._max_extend, o=o, sm_scale=self.scale,
+                             has_prefix=self._has_prefix, window=window)
         return o
 
     # CUDA graphs (decode only): the batch handed in is the graph runner's static batch

@@ -151,9 +151,9 @@ class Dumper:
     def end_batch(self, batch, logits: torch.Tensor) -> None:
         """The runner, after the forward: the K/V this step wrote (read back from the pool) and the logits."""
         if self._record is not None and self.kv_pool is not None:
-            for layer in range(self.kv_pool.num_layers):
+            for i, layer in enumerate(self.kv_pool.layer_ids):  # the full-attention pool's model layers
                 if self.wants(f"layers.{layer}.kv.k") or self.wants(f"layers.{layer}.kv.v"):
-                    k, v = self.kv_pool.read(layer, batch.out_cache_loc)
+                    k, v = self.kv_pool.read(i, batch.out_cache_loc)
                     self.dump(f"layers.{layer}.kv.k", k)
                     self.dump(f"layers.{layer}.kv.v", v)
         self.dump("logits", logits, "logits")

@@ -12,12 +12,14 @@ class PageAllocator:
     Freeing an item that is not allocated is a bug and raises AssertionError.
     """
 
-    def __init__(self, num_items: int, kind: str = "kv") -> None:
-        assert num_items > 0, f"allocator needs at least one item, got {num_items}"
+    def __init__(self, num_items: int, kind: str = "kv", reserved: int = 0) -> None:
+        """Ids [reserved, num_items) are handed out; the first `reserved` never are (a dummy item for padding)."""
+        assert num_items > reserved >= 0, f"allocator needs at least one item, got {num_items} ({reserved} reserved)"
         self.kind = kind
-        self._total = num_items
-        self._stack = np.arange(num_items - 1, -1, -1, dtype=np.int32)  # top of stack = end
-        self._top = num_items
+        self._reserved = reserved
+        self._total = num_items - reserved
+        self._stack = np.arange(num_items - 1, reserved - 1, -1, dtype=np.int32)  # top of stack = end
+        self._top = self._total
         self._in_use = np.zeros(num_items, dtype=bool)
 
     @property
@@ -45,8 +47,9 @@ class PageAllocator:
         ids = np.asarray(ids, dtype=np.int32)
         if ids.size == 0:
             return
-        assert ids.min() >= 0 and ids.max() < self._total, (
-            f"{self.kind}: freeing ids outside [0, {self._total}): min {ids.min()}, max {ids.max()}")
+        end = self._reserved + self._total
+        assert ids.min() >= self._reserved and ids.max() < end, (
+            f"{self.kind}: freeing ids outside [{self._reserved}, {end}): min {ids.min()}, max {ids.max()}")
         assert self._in_use[ids].all() and np.unique(ids).size == ids.size, (
             f"{self.kind}: double free of {int((~self._in_use[ids]).sum())} of {ids.size} items")
         self._in_use[ids] = False

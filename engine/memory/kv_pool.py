@@ -16,15 +16,29 @@ class Region:
     item_bytes: int
     num_items: int
     dtype: str
+    window: int = 0  # sliding-window pools: tokens a query sees; 0: none
+    layers: tuple[int, ...] = ()  # the model layers an item holds
+
+
+FULL_KIND = "kv"  # the pool of full-attention layers
+SWA_KIND = "swa"  # the pool of sliding-window layers
 
 
 class KVPool:
-    """Paged K/V cache; an item is one page holding every layer's K and V for `page_size` tokens."""
+    """Paged K/V cache; an item is one page holding every layer's K and V for `page_size` tokens.
 
-    kind = "kv"
+    `kind` "kv" holds the full-attention layers; "swa" the sliding-window layers (`window` tokens visible to a
+    query, its own included), whose pages wholly behind the window are given back as requests advance.
+    """
 
     def __init__(self, num_pages: int, num_layers: int, page_size: int, kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str) -> None:
+                 dtype: torch.dtype, device: torch.device | str, kind: str = FULL_KIND,
+                 window: int | None = None, layer_ids: tuple[int, ...] | None = None) -> None:
+        assert (kind == SWA_KIND) == (window is not None), f"pool {kind!r} with window {window}"
+        self.kind = kind
+        self.window = window
+        self.layer_ids = tuple(range(num_layers)) if layer_ids is None else tuple(layer_ids)
+        assert len(self.layer_ids) == num_layers, (self.layer_ids, num_layers)
         self.num_pages = num_pages
         self.num_layers = num_layers
         self.page_size = page_size
@@ -48,7 +62,8 @@ class KVPool:
 
     def region(self) -> Region:
         dtype = str(self.buffer.dtype).removeprefix("torch.")
-        return Region(self.kind, self.buffer.data_ptr(), self.item_bytes, self.num_pages, dtype)
+        return Region(self.kind, self.buffer.data_ptr(), self.item_bytes, self.num_pages, dtype,
+                      self.window or 0, self.layer_ids)
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store k, v [N, kv_heads, head_dim] at token slots [N] of `layer`."""

@@ -1,17 +1,19 @@
-"""The node's pools keyed by kind ("kv" today; SWA, DSA index-K, mamba slots later) with their allocators."""
+"""The node's pools keyed by kind: paged ("kv", "swa") and per-request slots ("mamba"), with their allocators."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
 from pdpair.engine.memory.allocator import PageAllocator
-from pdpair.engine.memory.kv_pool import Region
+from pdpair.engine.memory.kv_pool import FULL_KIND, Region
 
 
 class ItemPool(Protocol):
-    """What the pool set needs from a pool: a kind, an item count and its registrable region."""
+    """What the pool set needs from a pool: a kind, an item count, its registrable region and, for a pool of
+    sliding-window state, the window in tokens (None: the pool keeps a request's whole context)."""
 
     kind: str
+    window: int | None
 
     @property
     def num_items(self) -> int: ...
@@ -19,26 +21,64 @@ class ItemPool(Protocol):
     def region(self) -> Region: ...
 
 
+class SlotPool(Protocol):
+    """A pool of one item per request (mamba state): ids from `reserved_items` on; `bind` maps a request-table
+    row to its item so that a forward batch finds it."""
+
+    kind: str
+    reserved_items: int
+
+    @property
+    def num_items(self) -> int: ...
+
+    def region(self) -> Region: ...
+
+    def bind(self, row: int, slot: int) -> None: ...
+
+    def unbind(self, row: int) -> None: ...
+
+
 class PoolSet:
     """Pools by kind, each with its own allocator; callers iterate kinds instead of naming pools."""
 
-    def __init__(self, pools: list[ItemPool], page_size: int) -> None:
+    def __init__(self, pools: list[ItemPool], page_size: int, slot_pools: list[SlotPool] = ()) -> None:
         assert pools, "a pool set needs at least one pool"
         self.page_size = page_size
-        self._pools = {p.kind: p for p in pools}
-        assert len(self._pools) == len(pools), f"duplicate pool kinds: {[p.kind for p in pools]}"
+        self._paged = tuple(p.kind for p in pools)
+        self._slots = tuple(p.kind for p in slot_pools)
+        self._pools = {p.kind: p for p in [*pools, *slot_pools]}
+        assert len(self._pools) == len(pools) + len(slot_pools), f"duplicate pool kinds: {list(self._pools)}"
         self._allocators = {p.kind: PageAllocator(p.num_items, p.kind) for p in pools}
+        self._allocators.update({p.kind: PageAllocator(p.num_items, p.kind, p.reserved_items) for p in slot_pools})
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return tuple(self._pools)
+        """Every kind: the paged ones, then the per-request slot ones."""
+        return (*self._paged, *self._slots)
+
+    @property
+    def paged_kinds(self) -> tuple[str, ...]:
+        """Kinds whose items are pages of context (kv, swa)."""
+        return self._paged
+
+    @property
+    def slot_kinds(self) -> tuple[str, ...]:
+        """Kinds holding one item per request whatever its length (mamba state)."""
+        return self._slots
 
     def pool(self, kind: str) -> ItemPool:
         return self._pools[kind]
 
     @property
-    def kv(self):  # the KV pool, which every model has
-        return self._pools["kv"]
+    def kv(self):  # the full-attention KV pool, which every model has
+        return self._pools[FULL_KIND]
+
+    def window(self, kind: str) -> int | None:
+        return self._pools[kind].window
+
+    def windows(self) -> dict[str, int | None]:
+        """Paged kind -> sliding window in tokens (None: the pool keeps the whole context), in pool order."""
+        return {k: self._pools[k].window for k in self._paged}
 
     def allocator(self, kind: str) -> PageAllocator:
         return self._allocators[kind]

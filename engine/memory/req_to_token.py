@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pdpair.engine.memory.kv_pool import FULL_KIND
 
 
 class ReqToTokenPool:
     """`table[row, pos]` = KV token slot (`page * page_size + offset`) of token `pos` of the request in `row`.
 
-    Rows are written a page at a time when pages are assigned, so the table is valid for every position
-    covered by the request's pages.
+    One table per pool kind (`tables[kind]`, rows shared); `table` is the first kind's (full attention).
+    Rows are written a page at a time when pages are assigned, so a table is valid for every position
+    covered by the request's pages of that kind (a sliding-window kind: the positions still in its window).
     """
 
-    def __init__(self, num_rows: int, max_context: int, page_size: int, device: torch.device | str) -> None:
+    def __init__(self, num_rows: int, max_context: int, page_size: int, device: torch.device | str,
+                 kinds: tuple[str, ...] = (FULL_KIND,)) -> None:
         self.page_size = page_size
         self.max_context = max_context
         width = -(-max_context // page_size) * page_size
-        self.table = torch.zeros(num_rows, width, dtype=torch.int32, device=device)
+        self.tables = {k: torch.zeros(num_rows, width, dtype=torch.int32, device=device) for k in kinds}
+        self.table = self.tables[kinds[0]]
         self._free_rows = list(range(num_rows - 1, -1, -1))
         self._offsets = torch.arange(page_size, dtype=torch.int32, device=device)
 
@@ -36,8 +40,8 @@ class ReqToTokenPool:
         assert 0 <= row < self.num_total and row not in self._free_rows, f"bad request-table row {row}"
         self._free_rows.append(row)
 
-    def assign_pages(self, row: int, first_page_index: int, pages: np.ndarray) -> None:
-        """Map page slots `first_page_index ..` of the request in `row` to pool pages `pages`."""
+    def assign_pages(self, row: int, first_page_index: int, pages: np.ndarray, kind: str = FULL_KIND) -> None:
+        """Map page slots `first_page_index ..` of the request in `row` to `kind` pool pages `pages`."""
         if len(pages) == 0:
             return
         start = first_page_index * self.page_size
@@ -50,4 +54,4 @@ class ReqToTokenPool:
         else:
             pages_t = torch.from_numpy(np.asarray(pages, dtype=np.int32)).to(self.table.device)
         slots = pages_t[:, None] * self.page_size + self._offsets[None, :]
-        self.table[row, start:end] = slots.reshape(-1)
+        self.tables[kind][row, start:end] = slots.reshape(-1)

@@ -1,4 +1,4 @@
-from pdpair.engine.models.layers import RMSNorm, RotaryEmbedding, SwiGLUMLP, rope_inv_freq
+from pdpair.engine.models.layers import GatedMLP, RMSNorm, RotaryEmbedding, rope_inv_freq
 from pdpair.engine.models.llama import CausalLM, DecoderLayer
 from pdpair.engine.models.registry import SUPPORTED_ARCHITECTURES, build_model, resolve_architecture
 
@@ -8,7 +8,7 @@ __all__ = [
     "RMSNorm",
     "RotaryEmbedding",
     "SUPPORTED_ARCHITECTURES",
-    "SwiGLUMLP",
+    "GatedMLP",
     "build_model",
     "resolve_architecture",
     "rope_inv_freq",

@@ -25,8 +25,9 @@ class Attention(nn.Module):
             config.hidden_size, config.q_size + 2 * config.kv_size, bias=config.attention_bias, dtype=dtype
         )
         self.o_proj = Linear(config.q_size, config.hidden_size, bias=config.o_proj_bias, dtype=dtype)
-        self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype) if config.qk_norm else None
-        self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype) if config.qk_norm else None
+        plus_one = config.norm_plus_one
+        self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype, plus_one) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype, plus_one) if config.qk_norm else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: Any) -> torch.Tensor:
         t = x.shape[0]

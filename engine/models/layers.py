@@ -1,4 +1,4 @@
-"""Building blocks shared by the decoder family: linear, RMSNorm, rotary embedding, SwiGLU MLP."""
+"""Building blocks shared by the decoder family: linear, RMSNorm, rotary embedding, gated MLP (SwiGLU, GeGLU)."""
 
 from __future__ import annotations
 
@@ -23,17 +23,23 @@ class Linear(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm computed in fp32 and cast back, the way Hugging Face's Llama/Qwen models do it."""
+    """RMSNorm computed in fp32 and cast back, the way Hugging Face's Llama/Qwen models do it.
 
-    def __init__(self, dim: int, eps: float, dtype: torch.dtype) -> None:
+    `plus_one` is Gemma's variant: the fp32 result is scaled by (1 + w) before the cast.
+    """
+
+    def __init__(self, dim: int, eps: float, dtype: torch.dtype, plus_one: bool = False) -> None:
         super().__init__()
         self.eps = eps
+        self.plus_one = plus_one
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.plus_one:
+            return (h * (1.0 + self.weight.float())).to(dtype)
         return self.weight * h.to(dtype)
 
 
@@ -75,15 +81,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
-class SwiGLUMLP(nn.Module):
-    """`down(silu(gate(x)) * up(x))` with gate and up fused into one projection."""
+_ACTIVATIONS = {"silu": F.silu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
-    def __init__(self, hidden_size: int, intermediate_size: int, dtype: torch.dtype) -> None:
+
+class GatedMLP(nn.Module):
+    """`down(act(gate(x)) * up(x))` with gate and up fused into one projection (SwiGLU: silu, GeGLU: gelu tanh)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, dtype: torch.dtype, act: str = "silu") -> None:
         super().__init__()
         self.intermediate_size = intermediate_size
+        self.act = _ACTIVATIONS[act]
         self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=False, dtype=dtype)
         self.down_proj = Linear(intermediate_size, hidden_size, bias=False, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(self.act(gate) * up)

@@ -11,21 +11,32 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "Gemma3ForCausalLM": "gemma3",
+    "Gemma3ForConditionalGeneration": "gemma3",  # the text part of a `gemma3` directory
+}
+# hybrid mamba2/attention families (ModelConfig.hybrid set), built as HybridCausalLM
+HYBRID_ARCHITECTURES: dict[str, str] = {
+    "BambaForCausalLM": "bamba",
+    "GraniteMoeHybridForCausalLM": "granitemoehybrid",
 }
 
 
 def resolve_architecture(name: str) -> str:
     """Our arch name for a Hugging Face architecture name; ValueError listing the supported ones."""
-    arch = SUPPORTED_ARCHITECTURES.get(name)
+    arch = SUPPORTED_ARCHITECTURES.get(name) or HYBRID_ARCHITECTURES.get(name)
     if arch is None:
-        raise ValueError(
-            f"unsupported model architecture {name!r}; supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
-        )
+        names = sorted({*SUPPORTED_ARCHITECTURES, *HYBRID_ARCHITECTURES})
+        raise ValueError(f"unsupported model architecture {name!r}; supported: {', '.join(names)}")
     return arch
 
 
 def build_model(config: ModelConfig, dtype: torch.dtype, device: torch.device | str) -> CausalLM:
-    """An eval-mode `CausalLM` with uninitialised weights on `device` (the loader fills them)."""
+    """An eval-mode `CausalLM` (`HybridCausalLM` for a hybrid config) with uninitialised weights on `device`."""
+    if config.hybrid is not None:
+        from pdpair.engine.models.hybrid import HybridCausalLM
+
+        with torch.device(device):
+            return HybridCausalLM(config, dtype).eval()
     if config.arch not in SUPPORTED_ARCHITECTURES.values():
         raise ValueError(
             f"unsupported arch {config.arch!r}; supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES.values()))}"

@@ -28,13 +28,17 @@ class DecodeManager:
         """(batch, retracted): pages for the next token of every request; when the pool runs dry the
         newest requests are retracted: removed here, the caller frees them and re-queues them for prefill."""
         retracted: list[Request] = []
-        ps = self.resources.page_size
+        res = self.resources
+        ps = res.page_size
+        for req in self.reqs:  # sliding-window pages behind the next token's window go back first
+            res.trim(req)
         while self.reqs:
             need = sum(1 for r in self.reqs if r.num_cached >= r.num_pages * ps)
-            if need <= self.resources.kv.num_free or len(self.reqs) == 1:
+            free = res.min_free
+            if need <= free or len(self.reqs) == 1:
                 break
             victim = self.reqs.pop()
-            logger.debug("retracting %s: %d pages free, %d needed", victim.rid, self.resources.kv.num_free, need,
+            logger.debug("retracting %s: %d pages free, %d needed", victim.rid, free, need,
                          extra={"rid": victim.rid})
             retracted.append(victim)
         batch = []

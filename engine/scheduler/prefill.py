@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pdpair.engine.request import Request
+from pdpair.engine.scheduler.resources import ResourceManager
 
 
 class PrefillManager:
-    def __init__(self, chunk_size: int) -> None:
+    def __init__(self, chunk_size: int, resources: ResourceManager | None = None) -> None:
         self.chunk_size = chunk_size
+        self.resources = resources  # gives back sliding-window pages behind each request's next chunk
         self.reqs: list[Request] = []
 
     def __len__(self) -> int:
@@ -26,6 +28,10 @@ class PrefillManager:
             if budget == 0:
                 break
             n = min(req.num_pending, budget)
+            if self.resources is not None:  # sliding-window pages: drop those behind, add this chunk's
+                self.resources.trim(req)
+                if not self.resources.grow(req, req.num_cached + n):
+                    continue
             reqs.append(req)
             lens.append(n)
             budget -= n

@@ -11,6 +11,7 @@ from pdpair.engine.faults import Faults, InjectedFault
 from pdpair.engine.request import ReqStatus, Request
 from pdpair.engine.runner import ModelRunner
 from pdpair.engine.scheduler.decode import DecodeManager
+from pdpair.engine.scheduler.handoff import chunk_items, destination_items
 from pdpair.engine.scheduler.isolate import Isolator
 from pdpair.engine.scheduler.prefill import PrefillManager
 from pdpair.engine.scheduler.resources import ResourceManager
@@ -35,7 +36,7 @@ class Scheduler:
         self.stop = stop
         self.max_running_requests = max_running_requests
         self.waiting = WaitingQueue(resources)
-        self.prefill = PrefillManager(chunk_size)
+        self.prefill = PrefillManager(chunk_size, resources)
         self.decode = DecodeManager(resources)
         self._reqs: dict[str, Request] = {}
         self._pending: list[StepEvent] = []  # produced between steps (activate)
@@ -135,13 +136,8 @@ class Scheduler:
             self.decode.add(req)
 
     def _chunk_event(self, req: Request, last: bool) -> ChunkEvent:
-        # SEEDS.md §2: pages are enumerated over min(len(fill_ids), len(origin_input_ids))
-        cached = min(req.num_cached, req.prompt_len)
-        upto = self.resources.pages_for(cached) if last else cached // self.resources.page_size
-        pages = req.kv_pages[req.pages_reported : upto].copy()
-        ev = ChunkEvent(req.rid, {"kv": pages}, req.pages_reported, last, req.output_ids[-1] if last else None)
-        req.pages_reported = upto
-        return ev
+        items, starts = chunk_items(self.resources, req, last)
+        return ChunkEvent(req.rid, items, starts, last, req.output_ids[-1] if last else None)
 
     def _retract(self, req: Request, events: list) -> None:
         if self.resources.pages_for(req.seq_len + 1) > self.resources.kv.num_total:
@@ -199,11 +195,12 @@ class Scheduler:
         """Reserve destination items for the prompt (request order); None when the pools cannot hold it now."""
         self._register(req)
         reserve = len(self.prefill) + len(self.decode) + self._num_prealloc()
-        if reserve >= self.max_running_requests or not self.resources.acquire(req, req.prompt_len, reserve):
+        if reserve >= self.max_running_requests or not self.resources.acquire(req, req.prompt_len, reserve,
+                                                                              window_from=req.prompt_len):
             del self._reqs[req.rid]
             return None
         req.status = ReqStatus.PREALLOC
-        return {"kv": req.kv_pages.copy()}
+        return destination_items(self.resources, req)
 
     def activate(self, rid: str, first_token: int) -> None:
         """The prompt's K/V is in the preallocated pages: join the running batch as if prefilled locally.
@@ -219,7 +216,7 @@ class Scheduler:
     def _activate_ready(self, events: list) -> None:
         while self._activations:
             req, tok = self._activations[0]
-            if len(self.decode) and self.resources.kv.num_free < len(self.decode) + 1:
+            if len(self.decode) and self.resources.min_free < len(self.decode) + 1:
                 return
             self._activations.pop(0)
             req.num_cached = req.prompt_len

@@ -47,3 +47,32 @@ def test_pages_return_on_both_gpu_nodes(gpu_cluster):
     generate(stub, prompt(200, salt=3), sampling(max_new_tokens=8), prefill_addr=prefill)
     for node in gpu_cluster.nodes:
         wait_all_free(node)
+
+
+@pytest.fixture(scope="module")
+def gpu_swa_cluster(tmp_path_factory):
+    """Both daemons on a tiny seeded Gemma 3 text model (sliding window 100, page 16) on CUDA."""
+    from tests.swa_models import save_tiny_swa
+
+    model_dir = tmp_path_factory.mktemp("seeded-gemma3")
+    save_tiny_swa("gemma3", 100, model_dir, max_positions=2048)
+    common = ("--model", str(model_dir), "--device", "cuda", "--max-pages", "1024", "--chunk-size", "64")
+    cluster = start_cluster(prefill_args=common, decode_args=(*common, "--local-prefill-below", "0"))
+    yield cluster
+    codes = cluster.stop()
+    assert codes == {"prefill": 0, "decode": 0}, codes
+
+
+@pytest.mark.parametrize("length", [60, 327])
+def test_sliding_window_model_disaggregated_equals_colocated_on_cuda(gpu_swa_cluster, length):
+    stub, prefill = gpu_swa_cluster.decode.stub, gpu_swa_cluster.prefill.addr
+    ids = [3 + (37 * i + length) % 500 for i in range(length)]
+    sp = sampling(max_new_tokens=150, temperature=0.0, ignore_eos=True)  # decodes past the window
+    colocated = generate(stub, ids, sp)
+    disagg = generate(stub, ids, sp, prefill_addr=prefill)
+    assert disagg.tokens == colocated.tokens
+    pools = {p.kind: p for p in disagg.first.transfer.pools}
+    assert pools["kv"].items == -(-length // 16)
+    assert pools["swa"].items == -(-length // 16) - max(0, length - 99) // 16
+    for node in gpu_swa_cluster.nodes:
+        wait_all_free(node)

@@ -104,6 +104,27 @@ def test_malformed_registration_is_invalid_argument(node, paired, case):
     assert err is not None and err.code() == Code.INVALID_ARGUMENT, (case, err)
 
 
+def test_registration_for_a_dp_rank_without_region_set_is_invalid_argument(node, paired):
+    req = pb.PrefillRequest(rid=new_rid("dp"), token_ids=IDS, sampling=sampling(max_new_tokens=4),
+                            registration=pb.PageRegistration(decode_node_id="fake-decode", dp_rank=1,
+                                                             pools=[pb.ItemIds(kind="kv", ids=GOOD)]))
+    err = rpc_error(node.stub.Prefill, req, timeout=60)
+    assert err is not None and err.code() == Code.INVALID_ARGUMENT
+    assert "DP rank 1 has no region set" in err.details() and "DP ranks [0]" in err.details(), err.details()
+
+
+def test_handshake_checks_every_dp_rank_region_set(node, paired):
+    """A decode layout with two DP ranks: the second rank's head split (item bytes) must match too."""
+    def region(dp_rank, item_bytes):
+        return pb.MemoryRegion(kind="kv", base_ptr=(1 << 30) * (dp_rank + 1), item_bytes=item_bytes,
+                               num_items=DECODE_ITEMS, dtype="float32", dp_rank=dp_rank)
+
+    fp = paired.model_fingerprint
+    err = _handshake_error(node, _layout(model_fingerprint=fp, regions=[region(0, ITEM_BYTES),
+                                                                          region(1, ITEM_BYTES // 2)]))
+    assert err.code() == Code.FAILED_PRECONDITION and "mismatch on regions[kv].item_bytes" in err.details()
+
+
 def _varint(n: int) -> bytes:
     n &= (1 << 64) - 1  # negative numbers: two's complement, ten bytes
     out = bytearray()

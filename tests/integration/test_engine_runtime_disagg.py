@@ -39,12 +39,12 @@ def _disagg(prefill, decode, rid: str, ids: list[int], sp: SamplingParams,
     assert decode.scheduler.stats().prealloc == 1
     chunks, req = prefill_only(prefill, rid, ids, sp)
     # chunk events enumerate the prompt's pages once each, in request order
-    assert [c.page_start for c in chunks] == list(np.cumsum([0] + [len(c.kind_pages["kv"]) for c in chunks[:-1]]))
+    assert [c.kind_starts["kv"] for c in chunks] == list(np.cumsum([0] + [len(c.kind_pages["kv"]) for c in chunks[:-1]]))
     sent = np.concatenate([c.kind_pages["kv"] for c in chunks])
     assert len(sent) == len(dst["kv"])  # SEEDS.md §2: over the prompt, not fill_ids
     assert all(c.first_token is None for c in chunks[:-1]) and chunks[-1].first_token is not None
     for i, c in enumerate(chunks[:-1]):  # every page announced before the last chunk is complete
-        assert (c.page_start + len(c.kind_pages["kv"])) * PAGE <= 10 * (i + 1)
+        assert (c.kind_starts["kv"] + len(c.kind_pages["kv"])) * PAGE <= 10 * (i + 1)
     assert req.status is ReqStatus.HELD and prefill.scheduler.stats().held == 1
     _copy_pages(prefill, sent, decode, dst["kv"][: len(sent)])
     prefill.scheduler.release(rid)

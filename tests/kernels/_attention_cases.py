@@ -211,3 +211,47 @@ def window_indices_case(window: int = 6, device: str = "cpu") -> float:
     a = decode_attention(q, batch.k_cache, batch.v_cache, full_ptr, full, window=window, block_n=16)
     b = decode_attention(q, batch.k_cache, batch.v_cache, win_ptr, win, block_n=16)
     return rel_err(b, a)
+
+
+def swa_engine_case(tmpdir: str, family: str, window: int = 7) -> dict:
+    """A sliding-window model (tiny, fp32, page size 4) through the triton backend on CPU: greedy tokens
+    against the torch backend, and the CUDA-graph runner's padded static batch (window-clipped kv_indices
+    rebuilt by the kv-index kernel) run eagerly against the unpadded batch."""
+    from pathlib import Path
+
+    from pdpair.engine import Engine, SamplingParams
+    from pdpair.engine.cuda_graph import DecodeCudaGraphs
+
+    from tests.kernels._attention_engine_fixtures import decode_batch, eager_logits, fill_kv_random
+    from tests.swa_models import save_tiny_swa
+
+    save_tiny_swa(family, window, Path(tmpdir))
+    gen = torch.Generator().manual_seed(6)
+    prompts = [torch.randint(3, 500, (n,), generator=gen).tolist() for n in (3, window, 2 * window + 3)]
+    out: dict = {}
+    engines = {}
+    for backend in ("torch", "triton"):
+        eng = engines[backend] = Engine.from_model(tmpdir, device="cpu", dtype="float32", page_size=4, max_pages=64,
+                                                   chunk_size=6, attention_backend=backend, max_running_requests=8)
+        res = eng.generate(prompts, SamplingParams(max_new_tokens=window + 2, temperature=0.0, ignore_eos=True))
+        eng.pools.check_integrity()
+        out[backend] = [o.token_ids for o in res]
+    eng = engines["triton"]
+    fill_kv_random(eng)
+    lengths = [1, window, window + 5, 3 * window]
+    batch, release = decode_batch(eng, lengths, seed=3)
+    ref = eager_logits(eng, batch)
+    r2t = eng.req_to_token
+    graphs = DecodeCudaGraphs(eng.runner.model, eng.runner.backend, r2t.table, 8, r2t.max_context, buckets=(8,),
+                              windows={k: (r2t.tables[k], w, 4) for k, w in eng.runner.windows.items()})
+    padded = graphs.padded_batch(batch)
+    got = eager_logits(eng, padded)
+    w, pw = batch.windows["swa"], padded.windows["swa"]
+    n = int(w.kv_indptr[-1])
+    out["graph_rel_err"] = rel_err(got[: len(lengths)], ref)
+    out["graph_metadata"] = (torch.equal(pw.kv_indptr[: len(lengths) + 1], w.kv_indptr)
+                             and torch.equal(pw.kv_indices[:n], w.kv_indices)
+                             and pw.out_cache_loc[len(lengths):].eq(-1).all().item())
+    out["window_keys"] = (w.kv_indptr[1:] - w.kv_indptr[:-1]).tolist()
+    release()
+    return out

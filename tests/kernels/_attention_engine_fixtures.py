@@ -39,7 +39,8 @@ def make_seeded_model_dir(root: Path, seed: int = 0, shape: dict | None = None,
 def fill_kv_random(engine, gen_seed: int = 0) -> None:
     """Random K/V everywhere in the pool (never zeros: they hide indexing mistakes)."""
     torch.manual_seed(gen_seed)
-    engine.runner.backend.kv_pool.buffer.normal_()
+    for kind in engine.pools.kinds:
+        engine.pools.pool(kind).buffer.normal_()
 
 
 def hold_rows(engine, lengths: list[int]):
@@ -48,20 +49,22 @@ def hold_rows(engine, lengths: list[int]):
     Returns (rows, release); `release()` gives rows and pages back.
     """
     page = engine.config.page_size
-    alloc = engine.pools.allocator("kv")
     r2t = engine.req_to_token
     rows, held = [], []
-    for n in lengths:
+    for n in lengths:  # every pool kind gets every page (a sliding-window view reads only its window)
         row = r2t.alloc()
-        pages = alloc.alloc(-(-n // page))
-        assert row is not None and pages is not None, "pool too small for the requested batch"
-        r2t.assign_pages(row, 0, pages)
+        assert row is not None, "request table too small for the requested batch"
         rows.append(row)
-        held.append(pages)
+        for kind in engine.pools.kinds:
+            pages = engine.pools.allocator(kind).alloc(-(-n // page))
+            assert pages is not None, "pool too small for the requested batch"
+            r2t.assign_pages(row, 0, pages, kind)
+            held.append((kind, pages))
 
     def release() -> None:
-        for row, pages in zip(rows, held, strict=True):
-            alloc.free(pages)
+        for kind, pages in held:
+            engine.pools.allocator(kind).free(pages)
+        for row in rows:
             r2t.free(row)
 
     return np.asarray(rows), release
@@ -78,8 +81,9 @@ def decode_batch(engine, lengths: list[int], seed: int = 0):
     gen = np.random.default_rng(seed)
     lens = np.asarray(lengths, dtype=np.int64)
     ids = gen.integers(3, engine.model_config.vocab_size, len(lengths)).tolist()
-    batch = ForwardBatch.build(ForwardMode.DECODE, rows, lens - 1, np.ones_like(lens), ids,
-                               engine.req_to_token.table)
+    r2t, page = engine.req_to_token, engine.config.page_size
+    windowed = {k: (r2t.tables[k], w, page) for k, w in engine.runner.windows.items()}
+    batch = ForwardBatch.build(ForwardMode.DECODE, rows, lens - 1, np.ones_like(lens), ids, r2t.table, windowed)
     return batch, release
 
 
@@ -96,7 +100,9 @@ def eager_logits(engine, batch) -> torch.Tensor:
 def decode_graphs(engine, max_batch_size: int, buckets: tuple[int, ...] | None = None):
     from pdpair.engine.cuda_graph import DEFAULT_BUCKETS, DecodeCudaGraphs
 
-    graphs = DecodeCudaGraphs(engine.runner.model, engine.runner.backend, engine.req_to_token.table,
-                              max_batch_size, engine.req_to_token.max_context, buckets or DEFAULT_BUCKETS)
+    r2t = engine.req_to_token
+    windows = {k: (r2t.tables[k], w, r2t.page_size) for k, w in engine.runner.windows.items()}
+    graphs = DecodeCudaGraphs(engine.runner.model, engine.runner.backend, r2t.table, max_batch_size,
+                              r2t.max_context, buckets or DEFAULT_BUCKETS, windows=windows)
     graphs.capture()
     return graphs

@@ -70,3 +70,26 @@ def test_graph_body_builds_the_metadata(fused):
 def test_fused_forward_runs_wrapped_modules():
     r = interpreted(wrapped_modules_case)
     assert r["rel_err"] < 1e-5, r
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("family", ["qwen3", "gemma3"])
+def test_fused_path_stays_off_for_sliding_window_models(tmp_path, family):
+    """The fused prologue stores K/V through the full-attention pool only: models with sliding layers (a Qwen3 with
+    `layer_types`, Gemma 3) keep the unfused forward, full-attention Llama/Qwen models take the fused one."""
+    import json
+
+    from pdpair.engine.loader.hf_dir import hf_model_config
+    from pdpair.engine.models.fused import fused_supported
+
+    from tests.swa_models import save_tiny_swa
+
+    save_tiny_swa(family, 5, tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    cfg = hf_model_config(raw, (2,))
+    assert cfg.swa_layers and not fused_supported(cfg), (cfg.arch, cfg.swa_layers)
+    if family == "qwen3":  # the same checkpoint without sliding layers is a plain Qwen3
+        raw.pop("layer_types")
+        raw["use_sliding_window"] = False
+        full = hf_model_config(raw, (2,))
+        assert not full.swa_layers and fused_supported(full), (full.arch, full.swa_layers)

@@ -31,3 +31,23 @@ def test_sdpa_route_rules():
 def test_sdpa_extend_gpu(dtype, lens):
     r = sdpa_extend_case(dtype, lens, 32, 8, 128, device="cuda", seed=len(lens))
     assert r["rel_err"] < 1e-2, r
+
+
+def test_sdpa_route_skips_windowed_pools():
+    """SDPA has no window mask: a no-prefix batch of a model with sliding-window pools stays on the extend kernel."""
+    from pdpair.engine.batch import ForwardBatch, ForwardMode
+    from pdpair.engine.memory.kv_pool import KVPool
+    from pdpair.kernels import HAS_TRITON
+
+    if not HAS_TRITON:
+        pytest.skip("needs triton")
+    from pdpair.engine.attention.triton_backend import TritonBackend
+
+    backend = TritonBackend(KVPool(16, 1, 4, 2, 32, torch.float32, "cpu"), 4, 2, 32)
+    backend.extend_sdpa = True
+    table = torch.arange(64, dtype=torch.int32).view(2, 32)
+    args = (ForwardMode.EXTEND, np.array([0, 1]), np.array([0, 0]), np.array([9, 9]), [3] * 18, table)
+    backend.prepare(ForwardBatch.build(*args))
+    assert backend._sdpa
+    backend.prepare(ForwardBatch.build(*args, {"swa": (table + 64, 4, 4)}))
+    assert not backend._sdpa

@@ -69,8 +69,42 @@ def test_hf_config_reads_both_rope_spellings():
     assert qwen2.attention_bias and not qwen2.o_proj_bias and not qwen2.qk_norm
     qwen3 = hf_model_config({**HF_CFG, "architectures": ["Qwen3ForCausalLM"], "head_dim": 32}, ())
     assert qwen3.qk_norm and qwen3.head_dim == 32
-    with pytest.raises(ValueError, match="sliding"):
+    with pytest.raises(ValueError, match="sliding"):  # llama has no sliding-window layers
         hf_model_config({**HF_CFG, "use_sliding_window": True}, ())
+
+
+def test_hf_config_sliding_window_layers():
+    qwen3 = {**HF_CFG, "architectures": ["Qwen3ForCausalLM"], "num_hidden_layers": 4, "sliding_window": 32}
+    # transformers: sliding layers only with use_sliding_window, from max_window_layers unless listed
+    assert hf_model_config(qwen3, ()).swa_layers == ()
+    on = hf_model_config({**qwen3, "use_sliding_window": True, "max_window_layers": 1}, ())
+    assert on.swa_layers == (1, 2, 3) and on.full_layers == (0,) and on.sliding_window == 32
+    listed = {**qwen3, "use_sliding_window": True,
+              "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]}
+    assert hf_model_config(listed, ()).swa_layers == (0, 2)
+    with pytest.raises(ValueError, match="every layer is sliding"):
+        hf_model_config({**qwen3, "use_sliding_window": True, "max_window_layers": 0}, ())
+    # a multimodal gemma3 directory: the text config, its 5:1 pattern, both rope spellings
+    text = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 1, "num_hidden_layers": 6,
+            "intermediate_size": 128, "vocab_size": 100, "head_dim": 16, "sliding_window": 512,
+            "rope_theta": 1e6, "rope_local_base_freq": 1e4, "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+            "query_pre_attn_scalar": 16, "final_logit_softcapping": None}
+    g = hf_model_config({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+                         "text_config": text, "eos_token_id": [1, 106]}, ())
+    assert g.arch == "gemma3" and g.swa_layers == (0, 1, 2, 3, 4) and g.full_layers == (5,)
+    assert (g.rope_theta, g.rope_local_theta, g.rope_scaling) == (1e6, 1e4, RopeScaling("linear", 8.0))
+    assert g.norm_plus_one and g.sandwich_norm and g.embed_scale and g.tie_word_embeddings and g.qk_norm
+    assert g.attn_scale == 16**-0.5 and g.final_logit_softcapping is None
+
+
+def test_multimodal_checkpoint_names_map_to_the_text_model():
+    from pdpair.engine.loader.hf_dir import _text_name
+
+    assert _text_name("model.language_model.layers.0.mlp.up_proj.weight") == "model.layers.0.mlp.up_proj.weight"
+    assert _text_name("language_model.model.norm.weight") == "model.norm.weight"
+    assert _text_name("model.vision_tower.vision_model.embeddings.patch_embedding.weight") is None
+    assert _text_name("model.multi_modal_projector.mm_input_projection_weight") is None
+    assert _text_name("model.embed_tokens.weight") == "model.embed_tokens.weight"
 
 
 @pytest.mark.parametrize(

@@ -44,10 +44,20 @@ def test_bad_flags_are_rejected(argv):
 
 @pytest.mark.parametrize("over", [dict(role="router"), dict(page_size=0), dict(max_pages=0),
                                   dict(mem_fraction=1.5), dict(local_prefill_below=-1),
-                                  dict(quarantine_seconds=0)])
+                                  dict(quarantine_seconds=0), dict(tp_size=0), dict(tp_size=2, dp_size=2),
+                                  dict(tp_size=3, dp_size=2, enable_dp_attention=True),
+                                  dict(role="prefill", tp_size=2), dict(tp_size=2, mem_fraction=0.5)])
 def test_bad_config_values_raise(over):
     with pytest.raises(ValueError):
         NodeConfig(**{"role": "decode", **over})
+
+
+def test_rank_flags():
+    args = decode_parser().parse_args(["--tp-size", "4", "--dp-size", "2", "--enable-dp-attention"])
+    cfg = config_from_args("decode", args)
+    assert (cfg.tp_size, cfg.dp_size, cfg.enable_dp_attention) == (4, 2, True)
+    cfg = config_from_args("decode", decode_parser().parse_args([]))
+    assert (cfg.tp_size, cfg.dp_size, cfg.enable_dp_attention) == (1, 1, False)
 
 
 @pytest.mark.parametrize("script", ["pdpair.prefill_node.main", "pdpair.decode_node.main"])
@@ -56,7 +66,8 @@ def test_help_describes_every_flag(script):
     assert out.returncode == 0
     for flag in ("--model", "--host", "--port", "--advertise-host", "--device", "--dtype", "--page-size",
                  "--max-pages", "--mem-fraction", "--chunk-size", "--transfer-protocol", "--rdma-devices",
-                 "--metrics-port", "--log-level", "--tls-cert", "--tls-key", "--tls-ca", "--tls-server-name"):
+                 "--metrics-port", "--log-level", "--tls-cert", "--tls-key", "--tls-ca", "--tls-server-name",
+                 "--tp-size", "--dp-size", "--enable-dp-attention"):
         assert flag in out.stdout, flag
     assert ("--local-prefill-below" in out.stdout) == script.startswith("pdpair.decode")
     assert ("--prefill-allow" in out.stdout) == script.startswith("pdpair.decode")

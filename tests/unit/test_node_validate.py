@@ -14,12 +14,19 @@ def _check(pools, expected=None):
 
 
 def test_expected_items_counts_the_partial_tail_page():
-    assert expected_items(["kv"], 1, 16) == {"kv": 1}
-    assert expected_items(["kv"], 16, 16) == {"kv": 1}
-    assert expected_items(["kv"], 17, 16) == {"kv": 2}
-    assert expected_items(["kv"], 320, 16) == {"kv": 20}
-    with pytest.raises(ValueError, match="not supported"):
-        expected_items(["mamba_ssm"], 10, 16)
+    assert expected_items({"kv": None}, 1, 16) == {"kv": 1}
+    assert expected_items({"kv": None}, 16, 16) == {"kv": 1}
+    assert expected_items({"kv": None}, 17, 16) == {"kv": 2}
+    assert expected_items({"kv": None}, 320, 16) == {"kv": 20}
+
+
+@pytest.mark.parametrize("prompt, window", [
+    (5, 20), (16, 20), (19, 20), (20, 20), (21, 20), (48, 20), (49, 20), (320, 33), (320, 1), (17, 1)])
+def test_expected_items_of_a_sliding_window_pool_are_the_window_tail(prompt, window):
+    # brute force: pages holding any key k > prompt - window (the next query's), plus the page position
+    # `prompt` lands in when it is partial
+    pages = {k // 16 for k in range(max(0, prompt - window + 1), prompt)} | ({prompt // 16} if prompt % 16 else set())
+    assert expected_items({"kv": None, "swa": window}, prompt, 16) == {"kv": -(-prompt // 16), "swa": len(pages)}
 
 
 def test_valid_registration_keeps_request_order():

@@ -83,3 +83,18 @@ def test_msgpack_round_trip():
     lay = layout()
     back = msgspec.msgpack.decode(msgspec.msgpack.encode(lay), type=MemoryLayout)
     assert back == lay and isinstance(back.regions, tuple)
+
+
+def test_sliding_window_regions_must_agree_on_window_and_layers():
+    from pdpair.transfer import LayoutMismatch, MemoryLayout, MemoryRegion, check_compatible
+
+    def layout(window=64, layers=(0, 2)):
+        return MemoryLayout("n", "h:1", "tcp", 16, "fp", (
+            MemoryRegion("kv", 0, 4096, 10, "float32", layers=(1,)),
+            MemoryRegion("swa", 1 << 20, 8192, 10, "float32", window=window, layers=layers)))
+
+    check_compatible(layout(), layout())
+    for kw, field in ((dict(window=65), "regions[swa].window"), (dict(layers=(0, 3)), "regions[swa].layers")):
+        with pytest.raises(LayoutMismatch) as err:
+            check_compatible(layout(), layout(**kw))
+        assert err.value.field == field

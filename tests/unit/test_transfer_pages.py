@@ -66,19 +66,22 @@ def test_swa_window_alignment_at_boundaries(window):
         if seq_len < 0:
             continue
         first, end = swa_window(seq_len, window, P)
-        expect = pages_touching(max(0, seq_len - window), seq_len, P)
+        # keys the next query (position seq_len) sees: k > seq_len - window; plus the partial page it writes into
+        expect = pages_touching(max(0, seq_len - window + 1), seq_len, P)
+        if seq_len % P and seq_len // P not in expect:
+            expect.append(seq_len // P)
         assert list(range(first, end)) == expect, (seq_len, window)
 
 
-def test_swa_window_pages_translate_to_swa_ids():
-    table = np.array([7, 3, 9, 4, 8], dtype=np.int32)  # full KV page ids of the request
-    to_swa = np.full(10, -1, dtype=np.int64)
-    to_swa[[9, 4, 8]] = [0, 2, 1]
-    # seq_len 70, window 40: tokens [30, 70) touch request pages 1..4; page 1 (kv 3) has no swa page
-    with pytest.raises(ValueError, match="kv page 3"):
-        swa_window_pages(table, 70, 40, P, to_swa)
-    # window 30: tokens [40, 70) → request pages 2..4 → kv 9, 4, 8 → swa 0, 2, 1
-    assert swa_window_pages(table, 70, 30, P, to_swa).tolist() == [0, 2, 1]
+def test_swa_window_pages_take_the_held_tail():
+    held = np.array([9, 4, 8], dtype=np.int32)  # swa ids of request pages 2, 3, 4 (pages 0, 1 given back)
+    # seq_len 70, window 40: keys [31, 70) touch request pages 1..4; page 1 was given back
+    with pytest.raises(ValueError, match=r"pages \[1, 5\) not held"):
+        swa_window_pages(held, 2, 70, 40, P)
+    # window 30: keys [41, 70) → request pages 2..4
+    assert swa_window_pages(held, 2, 70, 30, P).tolist() == [9, 4, 8]
+    # window 20: keys [51, 70) → pages 3..4
+    assert swa_window_pages(held, 2, 70, 20, P).tolist() == [4, 8]
 
 
 def test_dsa_pages_short_sequences():
@@ -118,10 +121,9 @@ def test_prompt_length_multiple_of_page_size(kind, prompt_pages):
     fill = prompt + 1  # last chunk: fill_ids already holds the sampled token
     window = 20
     prefill_table = np.arange(10, 10 + num_pages(fill, P), dtype=np.int32)
-    full_to_swa = np.arange(64) + 1
     select = {
         "kv": lambda n: kv_pages(prefill_table, 0, n, P),
-        "swa": lambda n: swa_window_pages(prefill_table, n, window, P, full_to_swa),
+        "swa": lambda n: swa_window_pages(prefill_table, 0, n, window, P),
         "dsa": lambda n: dsa_pages(prefill_table, n, P),
         "mamba": lambda n: mamba_slot(3),
     }[kind]

@@ -119,3 +119,25 @@ def test_batches_split_and_concat():
     assert np.array_equal(back.src_addrs, plan.src_addrs) and back.nbytes == plan.nbytes == 20 * KV
     assert sum(p.num_items for p in parts) == 20
     assert TransferPlan.empty().batches(4) == []
+
+
+def test_kind_totals_count_items_bytes_and_runs_per_kind():
+    """Per-pool figures (TransferStats.pools): kv ids in two runs, ssm ids in one; concatenation sums them."""
+    kv_src, kv_dst = np.array([3, 4, 5, 9]), np.array([10, 11, 12, 13])  # runs: 3-5 / 9
+    plan = build_plan(SRC, DST, {"kv": (kv_src, kv_dst), "ssm": (np.array([1, 2]), np.array([0, 1]))})
+    assert plan.kind_totals == {"kv": (4, 4 * KV, 2), "ssm": (2, 2 * SSM, 1)}
+    assert sum(t[1] for t in plan.kind_totals.values()) == plan.nbytes
+    assert sum(t[2] for t in plan.kind_totals.values()) == len(plan)
+    both = TransferPlan.concat([plan, build_plan(SRC, DST, {"kv": (np.array([0]), np.array([0]))})])
+    assert both.kind_totals == {"kv": (5, 5 * KV, 3), "ssm": (2, 2 * SSM, 1)}
+
+
+def test_transfer_tally_carries_pool_figures_over_the_wire():
+    from pdpair.node.tally import TransferTally
+
+    t = TransferTally()
+    t.add(6, 100, 3, 1, 0.1, kinds={"kv": (4, 60, 2), "swa": (2, 40, 1)})
+    t.add(1, 15, 1, 1, 0.1, kinds={"kv": (1, 15, 1)})
+    msg = t.to_proto()
+    assert {p.kind: (p.items, p.bytes, p.entries) for p in msg.pools} == {"kv": (5, 75, 3), "swa": (2, 40, 1)}
+    assert TransferTally.from_proto(msg).pools == {"kv": [5, 75, 3], "swa": [2, 40, 1]}

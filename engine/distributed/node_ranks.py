@@ -1,0 +1,54 @@
+"""A node daemon's ranks: rank 0 is the node process itself (its engine thread drives DP rank 0's scheduler
+and broadcasts each batch); ranks 1.. are spawned (attention-TP followers, and under DP attention the other
+DP leaders with their own schedulers). Any rank's death ends the node (exit code 1)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch.multiprocessing as mp
+from pdpair.engine.distributed.dp_scheduler import DPScheduler
+from pdpair.engine.distributed.processes import RankProcesses, exit_node
+from pdpair.engine.distributed.rank_loop import Ready
+from pdpair.engine.distributed.rank_main import RankSpec, build_rank_engine
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 300.0
+
+
+def start_node_engine(spec: RankSpec):
+    """The rank-0 `Engine` of a tensor-parallel node, its followers started and watched. Call it from a
+    thread that outlives the node's serving (a follower dies with the thread that started it)."""
+    topo = spec.topo
+    ctx = mp.get_context("spawn")
+    inboxes = {d: ctx.Queue() for d in range(1, topo.dp_size)}
+    outbox = ctx.Queue() if topo.dp_size > 1 else None
+    procs = RankProcesses(spec, list(range(1, topo.world_size)), inboxes, outbox)
+    try:
+        engine, runner, _ = build_rank_engine(spec, 0)
+        for _ in range(topo.dp_size - 1):  # the other DP leaders have built their engines
+            msg = outbox.get(timeout=START_TIMEOUT_S)
+            assert isinstance(msg, Ready), f"expected Ready from a DP leader, got {msg!r}"
+    except BaseException:
+        procs.kill()
+        raise
+    runner.processes = procs
+    procs.watch(lambda rank, code: exit_node(rank, code, procs))
+    if topo.dp_size > 1:
+        engine.scheduler = DPScheduler(engine.scheduler, runner, inboxes, outbox, topo.dp_size)
+        engine.rank_stats = engine.scheduler.rank_stats
+    logger.info("node ranks: tp %d, dp %d, attention-TP %d; rank 0 here, %d more started", topo.tp_size,
+                topo.dp_size, topo.attn_tp_size, topo.world_size - 1)
+    return engine
+
+
+def node_rank_spec(cfg) -> RankSpec:
+    """The RankSpec of a node daemon's `NodeConfig`."""
+    from pdpair.engine.distributed.processes import free_init_method
+    from pdpair.engine.distributed.topology import RankTopology
+
+    return RankSpec(RankTopology(cfg.tp_size, cfg.dp_size, cfg.enable_dp_attention), free_init_method(),
+                    model=cfg.model, device=cfg.device, dtype=cfg.dtype, page_size=cfg.page_size,
+                    max_pages=cfg.max_pages, chunk_size=cfg.chunk_size, attention_backend=cfg.attention_backend,
+                    log_level=cfg.log_level)

@@ -1,0 +1,96 @@
+"""`RankProcesses`: spawned rank processes of one node — start, liveness, stop, and a death watchdog."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import wait
+
+import torch.multiprocessing as mp
+from pdpair.engine.distributed.rank_main import RankSpec, rank_main
+
+logger = logging.getLogger(__name__)
+
+
+class RankDied(RuntimeError):
+    """A rank process exited while the node needed it; every other rank has been stopped."""
+
+
+def free_init_method() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+class RankProcesses:
+    """Ranks `ranks` of `spec` as spawned processes (daemonic; each also dies with its parent). A DP leader
+    gets its DP rank's inbox; every rank reports to `outbox`."""
+
+    def __init__(self, spec: RankSpec, ranks: list[int], inboxes: dict[int, object], outbox) -> None:
+        ctx = mp.get_context("spawn")
+        self.procs: dict[int, mp.Process] = {}
+        for r in ranks:
+            t = spec.topo.for_rank(r)
+            inbox = inboxes.get(t.dp_rank) if t.is_dp_leader else None
+            p = ctx.Process(target=rank_main, args=(r, spec, inbox, outbox), name=f"pdpair-rank{r}", daemon=True)
+            p.start()
+            self.procs[r] = p
+        self.stopping = False
+
+    def check_alive(self) -> None:
+        """Raise RankDied (after stopping every rank) when a rank exited unasked."""
+        for r, p in self.procs.items():
+            if p.exitcode is not None and not self.stopping:
+                logger.error("rank %d exited with code %s: stopping every rank of this node", r, p.exitcode)
+                self.kill()
+                raise RankDied(f"rank {r} exited with code {p.exitcode}")
+
+    def join(self, timeout: float) -> None:
+        for p in self.procs.values():
+            p.join(timeout)
+
+    def kill(self) -> None:
+        self.stopping = True
+        for p in self.procs.values():
+            if p.is_alive():
+                p.terminate()
+        for p in self.procs.values():
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+
+    def exitcodes(self) -> list[int | None]:
+        return [p.exitcode for p in self.procs.values()]
+
+    def first_dead(self, timeout: float) -> tuple[int, int | None] | None:
+        """(rank, exit code) of a rank that exited, waiting up to `timeout` for one; None if all live."""
+        by_sentinel = {p.sentinel: r for r, p in self.procs.items()}
+        ready = wait(list(by_sentinel), timeout)
+        if not ready:
+            return None
+        r = by_sentinel[ready[0]]
+        self.procs[r].join(1)
+        return r, self.procs[r].exitcode
+
+    def watch(self, on_death: Callable[[int, int | None], None]) -> None:
+        """A thread that calls on_death(rank, exitcode) when a rank exits unasked."""
+        def run() -> None:
+            dead = self.first_dead(None)
+            if not self.stopping and dead is not None:
+                on_death(*dead)
+
+        threading.Thread(target=run, name="rank-watchdog", daemon=True).start()
+
+
+def exit_node(rank: int, code: int | None, procs: RankProcesses, why: str = "") -> None:
+    """The node cannot run without every rank: log it, stop the others, exit non-zero now (a collective
+    waiting on the dead rank would otherwise hold the engine thread)."""
+    what = why or f"exited with code {code}"
+    logger.critical("rank %d %s: the node cannot continue; stopping its ranks and exiting", rank, what)
+    procs.kill()
+    logging.shutdown()
+    os._exit(1)

@@ -1,0 +1,100 @@
+"""The body of one rank process: join the groups, load and shard the model, build its engine, then lead
+(a DP rank's scheduler loop) or follow (its leader's forwards)."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from pdpair.engine.distributed.dp_gather import DPGather
+from pdpair.engine.distributed.groups import init_groups
+from pdpair.engine.distributed.padding import DUMMY_ITEM
+from pdpair.engine.distributed.rank_loop import RankLoop, Ready
+from pdpair.engine.distributed.rank_runner import RankRunner
+from pdpair.engine.distributed.shard import local_config, shard_model
+from pdpair.engine.distributed.symm_mem import SymmetricBuffers
+from pdpair.engine.distributed.topology import RankTopology
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    """What every rank of a node builds: the model, the engine knobs and the node's topology (rank 0's)."""
+
+    topo: RankTopology
+    init_method: str  # tcp://127.0.0.1:PORT
+    model: str = "smollm2-135m"
+    device: str = "cpu"  # "cuda": rank r uses cuda:r
+    dtype: str | None = None
+    page_size: int = 16
+    max_pages: int | None = 256  # per rank (None: from free memory)
+    chunk_size: int = 512
+    max_running_requests: int = 256
+    attention_backend: str = "auto"
+    seed: int = 0
+    threads_per_rank: int = 1  # CPU intra-op threads of each rank process
+    log_level: str = "INFO"
+
+    def device_of(self, rank: int) -> str:
+        return f"cuda:{rank}" if self.device.startswith("cuda") else self.device
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this rank when the node process dies, so ranks are never orphaned."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        logger.warning("cannot ask to die with the parent process; a killed node may leave rank processes")
+
+
+def build_rank_engine(spec: RankSpec, rank: int):
+    """(engine, runner, topology) of rank `rank`, its model sharded and its runner collective."""
+    from pdpair.engine.engine import Engine
+    from pdpair.engine.loader import load_model
+
+    topo = spec.topo.for_rank(rank)
+    device = spec.device_of(rank)
+    groups = init_groups(topo, spec.init_method, device)
+    loaded = load_model(spec.model, device=device, dtype=spec.dtype)
+    dp = DPGather(groups, SymmetricBuffers()) if topo.enable_dp_attention else None
+    shard_model(loaded.model, groups, dp)
+    local = dataclasses.replace(loaded, config=local_config(loaded.config, topo.attn_tp_size, topo.attn_tp_rank))
+    engine = Engine.from_loaded(local, device=device, page_size=spec.page_size, max_pages=spec.max_pages,
+                                chunk_size=spec.chunk_size, attention_backend=spec.attention_backend,
+                                max_running_requests=spec.max_running_requests, seed=spec.seed,
+                                disable_cuda_graph=True)
+    for kind in engine.pools.kinds:  # padding rows write here
+        held = engine.pools.allocator(kind).alloc(1)
+        assert held is not None and int(held[0]) == DUMMY_ITEM, f"{kind}: first item is {held}, not {DUMMY_ITEM}"
+    runner = RankRunner(engine.runner, groups, dp)
+    engine.runner = engine.scheduler.runner = runner
+    return engine, runner, topo
+
+
+def rank_main(rank: int, spec: RankSpec, inbox, outbox) -> None:
+    """Process entry. Exits 1 with a log line on any failure (a peer's death fails the collectives)."""
+    _die_with_parent()
+    logging.basicConfig(level=spec.log_level, format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+    if not spec.device.startswith("cuda"):
+        torch.set_num_threads(spec.threads_per_rank)
+    try:
+        engine, runner, topo = build_rank_engine(spec, rank)
+        if topo.is_dp_leader:
+            outbox.put(Ready(topo.dp_rank, engine.pools.kv.num_items - 1))
+            RankLoop(topo.dp_rank, engine.scheduler, runner, inbox, outbox).run()
+        else:
+            runner.follow()
+        dist.destroy_process_group()
+    except BaseException as exc:  # noqa: BLE001 - a rank reports every failure and exits non-zero
+        logger.error("rank %d failed: %s: %s", rank, type(exc).__name__, exc, exc_info=True)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(1)

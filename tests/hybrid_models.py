@@ -1,0 +1,93 @@
+"""Tiny random Bamba / Granite 4.0-H dense checkpoints saved by transformers, and a chunked-prefill driver."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+COMMON = dict(
+    hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+    max_position_embeddings=512, rms_norm_eps=1e-5, initializer_range=0.3, bos_token_id=1, eos_token_id=2,
+    mamba_n_heads=8, mamba_n_groups=2, mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=8,
+    tie_word_embeddings=False,
+)
+D_CONV, SSD_CHUNK = 4, 8
+VOCAB = 512  # the tokenizer has more ids; a small vocabulary keeps the logits cheap
+CASES = ("bamba", "granite", "granite-rope")
+
+
+def hybrid_case(name: str):
+    """(config, model class) of a named tiny case: bamba (partial rope), granite (NoPE), granite-rope."""
+    import transformers
+
+    if name == "bamba":
+        return transformers.BambaConfig(attn_layer_indices=[1], **COMMON), transformers.BambaForCausalLM
+    granite = dict(COMMON, shared_intermediate_size=80, num_local_experts=0,
+                   layer_types=["mamba", "attention", "mamba", "mamba"], embedding_multiplier=1.5,
+                   attention_multiplier=0.2, residual_multiplier=0.7, logits_scaling=2.5,
+                   position_embedding_type="rope" if name == "granite-rope" else "nope")
+    return transformers.GraniteMoeHybridConfig(**granite), transformers.GraniteMoeHybridForCausalLM
+
+
+def save_hybrid(name: str, path: Path, seed: int = 1234):
+    """Save a tiny random `name` checkpoint (fp32, eager attention) with randomised norms, biases and SSM
+    parameters, plus the embedded tokenizer; returns the HF model."""
+    from pdpair.engine.loader.gguf import GGUFFile, embedded_gguf_path
+    from pdpair.engine.loader.gguf_tokenizer import gguf_tokenizer
+
+    config, model_cls = hybrid_case(name)
+    config.vocab_size = VOCAB
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    model.config._attn_implementation = "eager"
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith("norm.weight"):
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            elif pname.endswith(".bias"):
+                p.copy_(0.3 * torch.randn_like(p))
+            elif pname.endswith(("A_log", "dt_bias")):
+                p.copy_(0.5 * torch.randn_like(p))
+            elif pname.endswith(".D"):
+                p.copy_(1 + 0.5 * torch.randn_like(p))
+    model.save_pretrained(path)
+    tok = gguf_tokenizer(GGUFFile(embedded_gguf_path()))
+    (path / "tokenizer.json").write_text(tok.to_json(), encoding="utf-8")
+    (path / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": tok.chat_template}),
+        encoding="utf-8")
+    return model
+
+
+def hf_state(hf, ids: list[int]) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """(all-position logits [L, V], conv states [conv_dim, d_conv - 1] and SSM states per mamba layer)."""
+    with torch.inference_mode():
+        out = hf(torch.tensor([ids]), use_cache=True)
+    layers = [layer for layer in out.cache.layers if hasattr(layer, "recurrent_states")]
+    convs = [layer.conv_states[0][0, :, 1:].clone() for layer in layers]
+    ssms = [layer.recurrent_states[0][0].clone() for layer in layers]
+    return out.logits[0].float(), convs, ssms
+
+
+def chunked_prefill_logits(eng, ids: list[int], chunk: int) -> tuple[torch.Tensor, int]:
+    """Prefill `ids` on `eng` in chunks of `chunk` tokens through the real pools and backend; returns the
+    logits of every position and the request-table row (its pages, slot and row stay allocated)."""
+    from pdpair.engine.batch import ForwardBatch, ForwardContext, ForwardMode
+
+    ps = eng.config.page_size
+    row = eng.req_to_token.alloc()
+    pages = eng.pools.allocator("kv").alloc(-(-len(ids) // ps))
+    eng.req_to_token.assign_pages(row, 0, pages)
+    eng.mamba_pool.bind(row, int(eng.pools.allocator("mamba").alloc(1)[0]))
+    runner, out = eng.runner, []
+    with torch.inference_mode():
+        for start in range(0, len(ids), chunk):
+            n = min(chunk, len(ids) - start)
+            batch = ForwardBatch.build(ForwardMode.EXTEND, [row], [start], [n], ids[start:start + n],
+                                       eng.req_to_token.table)
+            runner.backend.prepare(batch)
+            out.append(runner.model(batch.input_ids, batch.positions,
+                                    ForwardContext(runner.backend, batch, torch.arange(n))))
+    return torch.cat(out), row

@@ -1,0 +1,47 @@
+"""Layouts with one region set per DP rank: lookup, validation, compatibility and the protobuf round trip."""
+
+from __future__ import annotations
+
+import pytest
+from pdpair.node.layout import layout_from_proto, layout_to_proto
+from pdpair.transfer import LayoutMismatch, MemoryLayout, MemoryRegion, check_compatible
+
+
+def _layout(*regions: MemoryRegion) -> MemoryLayout:
+    return MemoryLayout("decode-1", "127.0.0.1:1", "tcp", 16, "fp", tuple(regions))
+
+
+KV0 = MemoryRegion("kv", 1 << 30, 1024, 10, "float32", dp_rank=0)
+KV1 = MemoryRegion("kv", 2 << 30, 1024, 12, "float32", dp_rank=1)
+
+
+def test_each_dp_rank_has_its_own_region_set():
+    layout = _layout(KV0, KV1)
+    assert layout.dp_ranks == (0, 1) and layout.kinds == ("kv",)
+    assert layout.region("kv", 1) is KV1 and layout.region("kv") is KV0
+    one = layout.for_dp_rank(1)
+    assert one.dp_ranks == (0,) and one.session_id == layout.session_id
+    assert (one.region("kv").base_ptr, one.region("kv").num_items) == (KV1.base_ptr, KV1.num_items)
+    with pytest.raises(ValueError, match=r"DP rank 2 has no region set .* \(DP ranks \[0, 1\]\)"):
+        layout.for_dp_rank(2)
+
+
+def test_a_kind_twice_for_one_rank_or_missing_for_another_is_refused():
+    with pytest.raises(ValueError, match="twice"):
+        _layout(KV0, MemoryRegion("kv", 3 << 30, 1024, 10, "float32", dp_rank=0))
+    with pytest.raises(ValueError, match="DP rank 1 lacks"):
+        _layout(KV0, MemoryRegion("swa", 1 << 20, 64, 10, "float32"), KV1)
+
+
+def test_protobuf_keeps_the_dp_rank():
+    layout = _layout(KV0, KV1)
+    assert layout_from_proto(layout_to_proto(layout)) == layout
+
+
+def test_compatibility_checks_every_dp_rank_set_on_either_side():
+    prefill = _layout(KV0)
+    check_compatible(prefill, _layout(KV0, KV1))
+    skewed = _layout(KV0, MemoryRegion("kv", 2 << 30, 512, 12, "float32", dp_rank=1))
+    for a, b in ((prefill, skewed), (skewed, prefill)):
+        with pytest.raises(LayoutMismatch, match=r"regions\[kv\].item_bytes"):
+            check_compatible(a, b)

@@ -157,7 +157,8 @@ class NodeRuntime:
         pools = [pb.PoolStats(kind=k, total=engine.pools.allocator(k).num_total,
                               free=engine.pools.allocator(k).num_free, quarantined=held[k])
                  for k in engine.pools.kinds]
-        pools += [pb.PoolStats(kind="kv", total=r.total_pages, free=r.free_pages, dp_rank=d)
+        primary = engine.pools.kinds[0]  # DP-attention ranks run full-attention models: one paged pool each
+        pools += [pb.PoolStats(kind=primary, total=r.total_pages, free=r.free_pages, dp_rank=d)
                   for d, r in engine.rank_stats()]  # the other DP-attention ranks' pools
         stages = self._stage_fn()
         c = self.counters

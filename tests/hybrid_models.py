@@ -34,8 +34,7 @@ def hybrid_case(name: str):
 def save_hybrid(name: str, path: Path, seed: int = 1234):
     """Save a tiny random `name` checkpoint (fp32, eager attention) with randomised norms, biases and SSM
     parameters, plus the embedded tokenizer; returns the HF model."""
-    from pdpair.engine.loader.gguf import GGUFFile, embedded_gguf_path
-    from pdpair.engine.loader.gguf_tokenizer import gguf_tokenizer
+    from tests._tiny_tokenizer import checkpoint_tokenizer
 
     config, model_cls = hybrid_case(name)
     config.vocab_size = VOCAB
@@ -53,7 +52,7 @@ def save_hybrid(name: str, path: Path, seed: int = 1234):
             elif pname.endswith(".D"):
                 p.copy_(1 + 0.5 * torch.randn_like(p))
     model.save_pretrained(path)
-    tok = gguf_tokenizer(GGUFFile(embedded_gguf_path()))
+    tok = checkpoint_tokenizer()
     (path / "tokenizer.json").write_text(tok.to_json(), encoding="utf-8")
     (path / "tokenizer_config.json").write_text(
         json.dumps({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": tok.chat_template}),

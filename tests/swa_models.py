@@ -17,10 +17,10 @@ def save_tiny_swa(family: str, window: int, path: Path, max_positions: int = 512
     """Save a 3-layer model (sliding, full, sliding) with a window of `window` tokens; returns the HF model
     (fp32, eager attention). Norms and embeddings are randomised so that every piece matters to the logits."""
     import transformers
-    from pdpair.engine.loader.gguf import GGUFFile, embedded_gguf_path
-    from pdpair.engine.loader.gguf_tokenizer import gguf_tokenizer
 
-    tok = gguf_tokenizer(GGUFFile(embedded_gguf_path()))
+    from tests._tiny_tokenizer import checkpoint_tokenizer
+
+    tok = checkpoint_tokenizer()
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=max_positions,
                   rms_norm_eps=1e-5, initializer_range=0.3, bos_token_id=1, eos_token_id=2, sliding_window=window,

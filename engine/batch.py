@@ -42,15 +42,22 @@ def _gather_rows(table: torch.Tensor, rows_t: torch.Tensor, starts: np.ndarray, 
     return table[rows_t[:, None], cols][valid]
 
 
-def window_view(mode: ForwardMode, table: torch.Tensor, window: int, page_size: int, rows_t: torch.Tensor,
-                prefix: np.ndarray, seq: np.ndarray, ext_t: torch.Tensor, positions_t: torch.Tensor) -> WindowView:
-    """The `WindowView` of one sliding-window pool (request table `table`) for a batch."""
+def _window_spans(mode: ForwardMode, window: int, page_size: int, prefix: np.ndarray,
+                  seq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A sliding-window pool's listed keys per row: their first position (page-aligned), count and indptr."""
     first_query = seq - 1 if mode is ForwardMode.DECODE else prefix
     starts = np.maximum(first_query - (window - 1), 0) // page_size * page_size
     ends = seq if mode is ForwardMode.DECODE else prefix
     lens = np.maximum(ends - starts, 0)
     indptr = np.zeros(len(lens) + 1, dtype=np.int64)
     np.cumsum(lens, out=indptr[1:])
+    return starts, lens, indptr
+
+
+def window_view(mode: ForwardMode, table: torch.Tensor, window: int, page_size: int, rows_t: torch.Tensor,
+                prefix: np.ndarray, seq: np.ndarray, ext_t: torch.Tensor, positions_t: torch.Tensor) -> WindowView:
+    """The `WindowView` of one sliding-window pool (request table `table`) for a batch."""
+    starts, lens, indptr = _window_spans(mode, window, page_size, prefix, seq)
     device = table.device
     return WindowView(
         window=window,
@@ -60,6 +67,24 @@ def window_view(mode: ForwardMode, table: torch.Tensor, window: int, page_size: 
         kv_starts=torch.from_numpy(starts.astype(np.int32)).to(device),
         kv_starts_cpu=starts,
     )
+
+
+def _device_kv_indices(table: torch.Tensor, rows_t: torch.Tensor, lens: np.ndarray, lens_t: torch.Tensor,
+                       indptr: np.ndarray, indptr_t: torch.Tensor, starts: np.ndarray | None = None,
+                       starts_t: torch.Tensor | None = None) -> torch.Tensor:
+    """`_gather_rows` on CUDA from staged int32 lens / indptr / starts: one kernel launch and no host sync when
+    Triton is there (the total comes from the host `indptr`)."""
+    from pdpair.kernels import HAS_TRITON
+
+    total = int(indptr[-1])
+    if total == 0:
+        return torch.zeros(0, dtype=torch.int32, device=table.device)
+    if not HAS_TRITON:  # indexing: host syncs for the output size
+        return _gather_rows(table, rows_t, np.zeros_like(lens) if starts is None else starts, lens)
+    from pdpair.kernels.attention import build_kv_indices
+
+    out = torch.empty(total, dtype=torch.int32, device=table.device)
+    return build_kv_indices(table, rows_t, lens_t, indptr_t, out, kv_starts=starts_t)
 
 
 @dataclass
@@ -106,8 +131,9 @@ class ForwardBatch:
               windowed: Mapping[str, tuple[torch.Tensor, int, int]] | None = None) -> ForwardBatch:
         """Metadata for requests in table `rows`, each extending `extend_lens` tokens after `prefix_lens`.
 
-        `windowed`: sliding-window pool kind -> (its request table, window, page size).
-        """
+        `windowed`: sliding-window pool kind -> (its request table, window, page size). On CUDA the host arrays
+        travel in one pinned non-blocking copy per dtype and the kv indices are gathered on the device (no host
+        sync)."""
         device = req_to_token.device
         prefix = np.asarray(prefix_lens, dtype=np.int64)
         ext = np.asarray(extend_lens, dtype=np.int64)
@@ -122,6 +148,9 @@ class ForwardBatch:
         kv_indptr = np.zeros(len(ext) + 1, dtype=np.int64)
         np.cumsum(kv_lens, out=kv_indptr[1:])
 
+        if device.type == "cuda":
+            return cls._build_cuda(mode, rows, prefix, ext, positions, qo_indptr, kv_lens, kv_indptr, input_ids,
+                                   req_to_token, windowed or {})
         rows_t = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(device)
         positions_t = torch.from_numpy(positions).to(device)
         out_cache_loc = req_to_token[torch.repeat_interleave(rows_t, torch.from_numpy(ext).to(device)),
@@ -151,6 +180,36 @@ class ForwardBatch:
             extend_lens_cpu=ext,
             windows=windows,
         )
+
+
+    @classmethod
+    def _build_cuda(cls, mode: ForwardMode, rows, prefix: np.ndarray, ext: np.ndarray, positions: np.ndarray,
+                    qo_indptr: np.ndarray, kv_lens: np.ndarray, kv_indptr: np.ndarray, input_ids: list[int],
+                    req_to_token: torch.Tensor,
+                    windowed: Mapping[str, tuple[torch.Tensor, int, int]]) -> ForwardBatch:
+        from pdpair.engine.staging import stage
+
+        device = req_to_token.device
+        rows = np.asarray(rows, dtype=np.int64)
+        seq = prefix + ext
+        spans = [_window_spans(mode, w, ps, prefix, seq) for _, w, ps in windowed.values()]
+        ids_t, pos_t, rows_t, tok_rows_t = stage(
+            [np.asarray(input_ids, dtype=np.int64), positions, rows, np.repeat(rows, ext)], device)
+        small = stage([seq, ext, qo_indptr, kv_lens, kv_indptr, *(a for span in spans for a in span)], device,
+                      torch.int32)
+        seq_t, ext_t, qo_t, kvlen_t, kvp_t = small[:5]
+        windows = {}
+        for i, ((kind, (table, w, _)), (starts, lens, indptr)) in enumerate(zip(windowed.items(), spans, strict=True)):
+            starts_t, lens_t, indptr_t = small[5 + 3 * i : 8 + 3 * i]
+            windows[kind] = WindowView(
+                window=w, out_cache_loc=table[tok_rows_t, pos_t].long(), kv_indptr=indptr_t,
+                kv_indices=_device_kv_indices(table, rows_t, lens, lens_t, indptr, indptr_t, starts, starts_t),
+                kv_starts=starts_t, kv_starts_cpu=starts)
+        kv_indices = _device_kv_indices(req_to_token, rows_t, kv_lens, kvlen_t, kv_indptr, kvp_t)
+        return cls(mode=mode, input_ids=ids_t, positions=pos_t, req_pool_indices=rows_t, seq_lens=seq_t,
+                   extend_lens=ext_t, qo_indptr=qo_t, kv_indptr=kvp_t, kv_indices=kv_indices,
+                   out_cache_loc=req_to_token[tok_rows_t, pos_t].long(), seq_lens_cpu=seq, extend_lens_cpu=ext,
+                   windows=windows)
 
 
 @dataclass

@@ -1,11 +1,13 @@
 """CUDA-graph decode: one graph per batch-size bucket, replayed over static metadata buffers.
 
-A decode batch of size b runs the graph of the smallest bucket >= b. Before replay the real rows are
-copied into the static buffers and the padding rows get a fill `seq_len` of 1 (request-table row 0, slot -1
-for their K/V store, which the store kernel skips); `kv_indptr`/`kv_indices` are rebuilt in place by the
-kv-index kernel. A sliding-window pool gets its own static slots and window-clipped `kv_indices` (from the
-page of `seq_len - window` on), so a captured decode reads O(window) keys per sliding layer. Replay computes the same kernels with the same split counts as eager decode of the
-padded batch; only the real rows' logits are returned.
+A decode batch of size b runs the graph of the smallest bucket >= b. A replay uploads the per-step inputs
+(token, position and request-table row per row, the number of real rows) and the graph derives the rest itself
+(`_derive`): seq_lens, the K/V slots and `kv_indptr`/`kv_indices` by the kv-index kernel; padding rows get a
+fill `seq_len` of 1 (request-table row 0, slot -1 for their K/V store, which the store kernel skips). A
+sliding-window pool gets its own static slots and window-clipped `kv_indices` (from the page of
+`seq_len - window` on), so a captured decode reads O(window) keys per sliding layer; a hybrid model's rows get
+their mamba state slot (padding rows the dummy slot 0). Replay computes the same kernels with the same split
+counts as eager decode of the padded batch; only the real rows' logits are returned.
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ class DecodeCudaGraphs:
         self.max_batch_size = max_batch_size
         dev = req_to_token.device
         n = max_batch_size
-        self.input_ids = torch.zeros(n, dtype=torch.long, device=dev)
-        self.positions = torch.zeros(n, dtype=torch.long, device=dev)
-        self.req_pool_indices = torch.zeros(n, dtype=torch.long, device=dev)
+        # the per-step inputs in one buffer [ids | positions | rows | number of real rows]: a runner replay uploads
+        # them in one pinned copy and the graph derives seq_lens, out_cache_loc and the kv indices itself
+        self.inputs = torch.zeros(3 * n + 1, dtype=torch.long, device=dev)
+        self.input_ids, self.positions = self.inputs[:n], self.inputs[n : 2 * n]
+        self.req_pool_indices, self.num_real = self.inputs[2 * n : 3 * n], self.inputs[3 * n :]
+        self.row_ids = torch.arange(n, dtype=torch.long, device=dev)
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=dev)
         self.out_cache_loc = torch.full((n,), -1, dtype=torch.long, device=dev)
         self.kv_indptr = torch.zeros(n + 1, dtype=torch.int32, device=dev)
@@ -84,8 +89,12 @@ class DecodeCudaGraphs:
                 return b
         raise ValueError(f"batch of {batch_size} exceeds the captured maximum {self.max_batch_size}")
 
+    def fits(self, batch_size: int) -> bool:
+        """A decode batch of `batch_size` rows has a captured graph."""
+        return 0 < batch_size <= self.max_batch_size and bool(self._graphs)
+
     def can_run(self, batch: ForwardBatch) -> bool:
-        return batch.is_decode and 0 < batch.batch_size <= self.max_batch_size and bool(self._graphs)
+        return batch.is_decode and self.fits(batch.batch_size)
 
     def _static_batch(self, bs: int) -> ForwardBatch:
         return ForwardBatch(
@@ -101,40 +110,41 @@ class DecodeCudaGraphs:
         )
 
     def _fill(self, batch: ForwardBatch | None, padded: int) -> None:
-        """Copy the real rows in, pad the rest (fill seq_len 1, no K/V store), rebuild the kv metadata."""
+        """Copy the real rows' inputs in, pad the rest (token 0, position 0, table row 0), derive the metadata."""
         bs = 0 if batch is None else batch.batch_size
+        self.num_real.fill_(bs)
         if bs:
             self.input_ids[:bs].copy_(batch.input_ids, non_blocking=True)
             self.positions[:bs].copy_(batch.positions, non_blocking=True)
             self.req_pool_indices[:bs].copy_(batch.req_pool_indices, non_blocking=True)
-            self.seq_lens[:bs].copy_(batch.seq_lens, non_blocking=True)
-            self.out_cache_loc[:bs].copy_(batch.out_cache_loc, non_blocking=True)
-        if self.state_slots is not None:  # real rows: their slot; padding rows: the dummy slot 0
-            if bs:
-                self.state_slots[:bs].copy_(self.state_rows[batch.req_pool_indices])
-            self.state_slots[bs:padded].zero_()
         if padded > bs:
             self.input_ids[bs:padded].zero_()
             self.positions[bs:padded].zero_()
             self.req_pool_indices[bs:padded].zero_()
-            self.seq_lens[bs:padded].fill_(1)
-            self.out_cache_loc[bs:padded].fill_(-1)
-        build_kv_indptr(self.seq_lens[:padded], out=self.kv_indptr)
-        build_kv_indices(self.table, self.req_pool_indices[:padded], self.seq_lens[:padded], self.kv_indptr,
-                         self.kv_indices)
+        self._derive(padded)
+
+    def _derive(self, bs: int) -> None:
+        """The batch metadata of the first `bs` rows from the inputs (ids, positions, rows, number of real rows);
+        a graph runs this before the model. Real rows: seq_len = position + 1, slot = table[row, position], their
+        mamba slot; padding rows: seq_len 1, slot -1 (no K/V store), the dummy mamba slot 0. A sliding-window pool's
+        rows list the keys from the page of `seq_len - window` on."""
+        real = self.row_ids[:bs] < self.num_real
+        pos, rows = self.positions[:bs], self.req_pool_indices[:bs]
+        seq = self.seq_lens[:bs]
+        seq.copy_(torch.where(real, pos + 1, 1))
+        self.out_cache_loc[:bs].copy_(torch.where(real, self.table[rows, pos].long(), -1))
+        build_kv_indptr(seq, out=self.kv_indptr)
+        build_kv_indices(self.table, rows, seq, self.kv_indptr, self.kv_indices)
+        if self.state_slots is not None:
+            self.state_slots[:bs].copy_(torch.where(real, self.state_rows[rows], 0))
         for kind, w in self._win.items():
             table, window, ps = self.windows[kind]
-            if bs:
-                w["out_cache_loc"][:bs].copy_(batch.windows[kind].out_cache_loc, non_blocking=True)
-            if padded > bs:
-                w["out_cache_loc"][bs:padded].fill_(-1)
-            seq = self.seq_lens[:padded]
-            starts = torch.div(torch.clamp(seq - window, min=0), ps, rounding_mode="floor") * ps
-            w["kv_starts"][:padded].copy_(starts)
-            w["kv_lens"][:padded].copy_(seq - starts)
-            build_kv_indptr(w["kv_lens"][:padded], out=w["kv_indptr"])
-            build_kv_indices(table, self.req_pool_indices[:padded], w["kv_lens"][:padded], w["kv_indptr"],
-                             w["kv_indices"], kv_starts=w["kv_starts"][:padded])
+            w["out_cache_loc"][:bs].copy_(torch.where(real, table[rows, pos].long(), -1))
+            starts = w["kv_starts"][:bs]
+            starts.copy_(torch.div(torch.clamp(seq - window, min=0), ps, rounding_mode="floor") * ps)
+            w["kv_lens"][:bs].copy_(seq - starts)
+            build_kv_indptr(w["kv_lens"][:bs], out=w["kv_indptr"])
+            build_kv_indices(table, rows, w["kv_lens"][:bs], w["kv_indptr"], w["kv_indices"], kv_starts=starts)
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -149,14 +159,40 @@ class DecodeCudaGraphs:
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):  # warm up: compile kernels, create handles
                 for _ in range(2):
-                    self.model(self.input_ids[:bs], self.positions[:bs], ctx)
+                    self._body(bs, ctx)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self._outputs[bs] = self.model(self.input_ids[:bs], self.positions[:bs], ctx)
+                self._outputs[bs] = self._body(bs, ctx)
             self._graphs[bs] = graph
         torch.cuda.synchronize()
         logger.info("captured decode CUDA graphs for batch sizes %s", list(self.buckets))
+
+    def _body(self, bs: int, ctx: ForwardContext) -> torch.Tensor:
+        """What a graph runs: the batch metadata from the staged inputs (`_derive`), then the model."""
+        self._derive(bs)
+        return self.model(self.input_ids[:bs], self.positions[:bs], ctx)
+
+    def pack_inputs(self, out: np.ndarray, input_ids: list[int], positions: np.ndarray, rows: np.ndarray) -> None:
+        """Lay a decode batch out as `self.inputs` holds it (padding rows: token 0, position 0, table row 0)."""
+        b, n = len(input_ids), self.max_batch_size
+        assert len(positions) == len(rows) == b and out.shape == (3 * n + 1,), (b, len(positions), len(rows), out.shape)
+        out[:] = 0
+        out[:b], out[n : n + b], out[2 * n : 2 * n + b], out[3 * n] = input_ids, positions, rows, b
+
+    def replay_staged(self, input_ids: list[int], positions: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        """Logits `[b, vocab]` of a decode batch given as host arrays (each row's token, position, table row):
+        one pinned non-blocking upload, then the graph (no other launch from the host)."""
+        b = len(input_ids)
+        assert self.fits(b), (b, self.max_batch_size)
+        padded = self.bucket(b)
+        host = torch.empty(self.inputs.shape[0], dtype=torch.long, pin_memory=True)
+        self.pack_inputs(host.numpy(), input_ids, positions, rows)
+        self.inputs.copy_(host, non_blocking=True)
+        self.backend.prepare_for_replay(self._batches[padded], padded)
+        self._graphs[padded].replay()
+        self.num_replays += 1
+        return self._outputs[padded][:b]
 
     def replay(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits `[batch_size, vocab]` of a decode batch, as the eager forward of the padded batch gives."""
@@ -167,6 +203,12 @@ class DecodeCudaGraphs:
         self._graphs[padded].replay()
         self.num_replays += 1
         return self._outputs[padded][: batch.batch_size]
+
+    def replay_bucket(self, padded: int) -> torch.Tensor:
+        """Replay bucket `padded`'s graph over whatever its static buffers hold now: the bare graph, no metadata
+        fill (benchmarks compare it with full steps)."""
+        self._graphs[padded].replay()
+        return self._outputs[padded]
 
     def padded_batch(self, batch: ForwardBatch) -> ForwardBatch:
         """The padded static batch a replay of `batch` runs (for comparing with an eager forward)."""

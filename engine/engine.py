@@ -54,6 +54,11 @@ class Engine:
                                            config.device, self.pools.paged_kinds)
         backend = create_backend(config.attention_backend, kv, mc.num_heads, mc.num_kv_heads, mc.head_dim,
                                  config.device, mc.attn_scale, layer_pools, mc.attn_logit_softcapping)
+        if config.fused_ops and config.dump is None and config.device.startswith("cuda") \
+                and config.attention_backend == "triton":
+            from pdpair.engine.models.fused import fused_supported
+
+            backend.fused_ops = fused_supported(mc)
         windows = {p.kind: p.window for p in pools if p.window is not None}
         self.runner = ModelRunner(self.model, backend, self.req_to_token, mc.vocab_size, windows)
         if config.dump is not None:

@@ -12,7 +12,8 @@ from pdpair.engine.sampler import SamplingBatch, sample
 
 
 class ModelRunner:
-    """Builds the batch metadata, calls the model under inference mode, samples; one host sync per call."""
+    """Builds the batch metadata, calls the model under inference mode, samples; one host sync per call (the read of
+    the sampled tokens; on CUDA the metadata goes up in pinned non-blocking copies)."""
 
     def __init__(self, model: torch.nn.Module, backend: AttentionBackend, req_to_token: ReqToTokenPool,
                  vocab_size: int, windows: dict[str, int] | None = None) -> None:
@@ -34,22 +35,22 @@ class ModelRunner:
         else:
             ids = [t for r, n in zip(reqs, extend_lens, strict=True) for t in r.tokens(r.num_cached, r.num_cached + n)]
         rows = np.fromiter((r.row for r in reqs), dtype=np.int64, count=len(reqs))
-        ps = self.req_to_token.page_size
-        windowed = {k: (self.req_to_token.tables[k], w, ps) for k, w in self.windows.items()}
-        batch = ForwardBatch.build(mode, rows, prefix, ext, ids, self.req_to_token.table, windowed)
-
+        graph = mode is ForwardMode.DECODE and self.graphs is not None and self.graphs.fits(len(reqs))
         done = [i for i, (r, n) in enumerate(zip(reqs, extend_lens, strict=True)) if r.num_cached + n == r.seq_len]
-        if not done:
-            logits_rows = torch.zeros(0, dtype=torch.long, device=batch.input_ids.device)
-        elif len(done) == len(reqs):
-            logits_rows = batch.qo_indptr[1:].long() - 1
-        else:
-            logits_rows = batch.qo_indptr[1:].long()[torch.tensor(done, device=batch.input_ids.device)] - 1
         with torch.inference_mode():
-            if self.graphs is not None and self.graphs.can_run(batch):
+            if graph:  # the graph builds its own metadata from (ids, positions, rows): no ForwardBatch
                 assert len(done) == len(reqs), f"decode rows without a sample: {len(reqs) - len(done)}"
-                logits = self.graphs.replay(batch)
+                logits = self.graphs.replay_staged(ids, prefix, rows)
             else:
+                ps = self.req_to_token.page_size
+                windowed = {k: (self.req_to_token.tables[k], w, ps) for k, w in self.windows.items()}
+                batch = ForwardBatch.build(mode, rows, prefix, ext, ids, self.req_to_token.table, windowed)
+                if not done:
+                    logits_rows = torch.zeros(0, dtype=torch.long, device=batch.input_ids.device)
+                elif len(done) == len(reqs):
+                    logits_rows = batch.qo_indptr[1:].long() - 1
+                else:
+                    logits_rows = batch.qo_indptr[1:].long()[torch.tensor(done, device=batch.input_ids.device)] - 1
                 if self.dumper is not None:
                     self.dumper.begin_batch(batch, [r.rid for r in reqs], logits_rows)
                 logits = self.forward(batch, logits_rows)

@@ -70,14 +70,23 @@ class SamplingBatch:
             if prompts is None or outputs is None:
                 raise ValueError("penalties and logit_bias need each row's prompt and output token ids")
             penalties = PenaltyBatch.build(params, prompts, outputs, vocab, device)
+        temps = [0.0 if p.greedy else p.temperature for p in params]
+        bits = [seed_bits(s) for s in seeds]
+        if torch.device(device).type == "cuda":  # two pinned non-blocking copies instead of six synchronous ones
+            from pdpair.engine.staging import stage
+
+            ks_t, seeds_t, pos_t = stage([top_ks, bits, positions], torch.device(device))
+            temps_t, top_ps_t, min_ps_t = stage([temps, [p.top_p for p in params], [p.min_p for p in params]],
+                                                torch.device(device), torch.float32)
+        else:
+            temps_t = torch.tensor(temps, dtype=torch.float32, device=device)
+            ks_t = torch.tensor(top_ks, dtype=torch.long, device=device)
+            top_ps_t = torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device)
+            min_ps_t = torch.tensor([p.min_p for p in params], dtype=torch.float32, device=device)
+            seeds_t = torch.tensor(bits, dtype=torch.long, device=device)
+            pos_t = torch.tensor(positions, dtype=torch.long, device=device)
         return cls(
-            temperatures=torch.tensor([0.0 if p.greedy else p.temperature for p in params], dtype=torch.float32,
-                                      device=device),
-            top_ks=torch.tensor(top_ks, dtype=torch.long, device=device),
-            top_ps=torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
-            min_ps=torch.tensor([p.min_p for p in params], dtype=torch.float32, device=device),
-            seeds=torch.tensor([seed_bits(s) for s in seeds], dtype=torch.long, device=device),
-            positions=torch.tensor(positions, dtype=torch.long, device=device),
+            temperatures=temps_t, top_ks=ks_t, top_ps=top_ps_t, min_ps=min_ps_t, seeds=seeds_t, positions=pos_t,
             all_greedy=all_greedy,
             need_top_k_top_p=not all_greedy and any(
                 not p.greedy and (k < vocab or p.top_p < 1) for p, k in zip(params, top_ks, strict=True)),

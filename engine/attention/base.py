@@ -18,6 +18,10 @@ class AttentionBackend(ABC):
     query position q, the keys k with q - window < k <= q.
     """
 
+    # True: the model runs its fused-kernel forward (engine/models/fused.py) and hands `forward` K/V it has already
+    # stored (`kv_stored=True`); only backends that accept that flag may set it
+    fused_ops: bool = False
+
     def __init__(self, kv_pool: KVPool, num_heads: int, num_kv_heads: int, head_dim: int,
                  scale: float | None = None, layer_pools: Sequence[tuple[KVPool, int]] | None = None,
                  softcap: float | None = None) -> None:

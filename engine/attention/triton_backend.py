@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from pdpair.engine.attention.base import AttentionBackend
+from pdpair.engine.attention.sdpa_extend import sdpa_extend, sdpa_fits
 from pdpair.engine.batch import ForwardBatch
 from pdpair.engine.memory.kv_pool import KVPool
 from pdpair.kernels import HAS_TRITON
@@ -37,6 +38,9 @@ class TritonBackend(AttentionBackend):
         self._workspace: tuple[torch.Tensor, torch.Tensor] | None = None
         self._max_extend = 0
         self._has_prefix = True
+        # extend batches without a cached prefix go through torch SDPA (cuDNN) on CUDA; see sdpa_extend.py
+        self.extend_sdpa = device.type == "cuda"
+        self._sdpa = False
         self._graph_mid_o: torch.Tensor | None = None  # flat static workspace for captured decode
         self._graph_mid_lse: torch.Tensor | None = None
         self._graph_buffers_retired: list = []  # kept alive for graphs captured on them
@@ -53,19 +57,26 @@ class TritonBackend(AttentionBackend):
         else:
             self._max_extend = int(batch.extend_lens_cpu.max()) if batch.batch_size else 0
             self._has_prefix = bool((batch.seq_lens_cpu > batch.extend_lens_cpu).any())
+            # SDPA has no window mask: a model with sliding-window pools keeps its prefill on the extend kernel
+            self._sdpa = (self.extend_sdpa and not batch.windows and not self._has_prefix
+                          and sdpa_fits(batch.extend_lens_cpu))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
-                batch: ForwardBatch) -> torch.Tensor:
+                batch: ForwardBatch, kv_stored: bool = False) -> torch.Tensor:
+        """`kv_stored`: k/v are already in the cache (the fused prologue wrote them); skip the store."""
         pool, idx = self.layer_pools[layer]
         k_cache, v_cache = pool.k_layers[idx], pool.v_layers[idx]
         # a sliding-window pool's layers read its own, window-clipped metadata: decode reads O(window) keys
         meta = batch if pool.window is None else batch.windows[pool.kind]
         window = pool.window or 0
-        store_kv(k, v, k_cache, v_cache, meta.out_cache_loc)
+        if not kv_stored:
+            store_kv(k, v, k_cache, v_cache, meta.out_cache_loc)
         o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         if batch.is_decode:
             decode_attention(q, k_cache, v_cache, meta.kv_indptr, meta.kv_indices, o=o, sm_scale=self.scale,
                              num_splits=self._splits, workspace=self._workspace, window=window)
+        elif self._sdpa:
+            sdpa_extend(q, k, v, batch.extend_lens_cpu, self.scale, o)
         else:
             extend_attention(q, k, v, k_cache, v_cache, batch.qo_indptr, batch.seq_lens, meta.kv_indptr,
                              meta.kv_indices, self._max_extend, o=o, sm_scale=self.scale,

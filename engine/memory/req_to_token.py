@@ -47,6 +47,11 @@ class ReqToTokenPool:
         start = first_page_index * self.page_size
         end = start + len(pages) * self.page_size
         assert end <= self.table.shape[1], f"request needs {end} token slots, the table has {self.table.shape[1]}"
-        pages_t = torch.from_numpy(np.asarray(pages, dtype=np.int32)).to(self.table.device)
+        if self.table.device.type == "cuda":  # pinned non-blocking: a pageable copy would wait for the GPU's queue
+            from pdpair.engine.staging import stage
+
+            (pages_t,) = stage([pages], self.table.device, torch.int32)
+        else:
+            pages_t = torch.from_numpy(np.asarray(pages, dtype=np.int32)).to(self.table.device)
         slots = pages_t[:, None] * self.page_size + self._offsets[None, :]
         self.tables[kind][row, start:end] = slots.reshape(-1)

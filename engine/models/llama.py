@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pdpair.engine.attention.base import AttentionBackend
 from pdpair.engine.model_config import ModelConfig
 from pdpair.engine.models.attention import Attention
 from pdpair.engine.models.layers import GatedMLP, RMSNorm, RotaryEmbedding
@@ -70,6 +71,10 @@ class CausalLM(nn.Module):
             )
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: Any) -> torch.Tensor:
+        if isinstance(ctx.backend, AttentionBackend) and ctx.backend.fused_ops:
+            from pdpair.engine.models.fused import fused_forward
+
+            return fused_forward(self, input_ids, positions, ctx)
         x = self.embed_tokens(input_ids)
         cfg = self.config
         if cfg.embed_scale:  # the scale rounded to the activations' dtype first, as Hugging Face's Gemma does

@@ -43,13 +43,11 @@ def fill_kv_random(engine, gen_seed: int = 0) -> None:
         engine.pools.pool(kind).buffer.normal_()
 
 
-def decode_batch(engine, lengths: list[int], seed: int = 0):
-    """A decode ForwardBatch of requests holding `lengths[i]` tokens each (the new one included).
+def hold_rows(engine, lengths: list[int]):
+    """Request-table rows holding `lengths[i]` tokens' pages each, from the engine's own allocators.
 
-    Pages and request-table rows come from the engine's own allocators; `release` gives them back.
+    Returns (rows, release); `release()` gives rows and pages back.
     """
-    from pdpair.engine.batch import ForwardBatch, ForwardMode
-
     page = engine.config.page_size
     r2t = engine.req_to_token
     rows, held = [], []
@@ -62,12 +60,6 @@ def decode_batch(engine, lengths: list[int], seed: int = 0):
             assert pages is not None, "pool too small for the requested batch"
             r2t.assign_pages(row, 0, pages, kind)
             held.append((kind, pages))
-    gen = np.random.default_rng(seed)
-    lens = np.asarray(lengths, dtype=np.int64)
-    ids = gen.integers(3, engine.model_config.vocab_size, len(lengths)).tolist()
-    windowed = {k: (r2t.tables[k], w, page) for k, w in engine.runner.windows.items()}
-    batch = ForwardBatch.build(ForwardMode.DECODE, np.asarray(rows), lens - 1, np.ones_like(lens), ids, r2t.table,
-                               windowed)
 
     def release() -> None:
         for kind, pages in held:
@@ -75,6 +67,23 @@ def decode_batch(engine, lengths: list[int], seed: int = 0):
         for row in rows:
             r2t.free(row)
 
+    return np.asarray(rows), release
+
+
+def decode_batch(engine, lengths: list[int], seed: int = 0):
+    """A decode ForwardBatch of requests holding `lengths[i]` tokens each (the new one included).
+
+    Pages and request-table rows come from the engine's own allocators; `release` gives them back.
+    """
+    from pdpair.engine.batch import ForwardBatch, ForwardMode
+
+    rows, release = hold_rows(engine, lengths)
+    gen = np.random.default_rng(seed)
+    lens = np.asarray(lengths, dtype=np.int64)
+    ids = gen.integers(3, engine.model_config.vocab_size, len(lengths)).tolist()
+    r2t, page = engine.req_to_token, engine.config.page_size
+    windowed = {k: (r2t.tables[k], w, page) for k, w in engine.runner.windows.items()}
+    batch = ForwardBatch.build(ForwardMode.DECODE, rows, lens - 1, np.ones_like(lens), ids, r2t.table, windowed)
     return batch, release
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -118,12 +119,17 @@ def graph_padding_case(model_dir: str) -> dict[str, bool]:
                               eng.req_to_token.max_context, buckets=(4, 8), state_rows=pool.row_slots)
     padded_rows = []
 
-    def replay(batch):
-        padded = graphs.padded_batch(batch)
-        padded_rows.append(padded.state_slots[batch.batch_size:].tolist())
-        return eager_logits(eng, padded)[: batch.batch_size]
+    def replay_staged(ids, positions, rows):  # what a graph replay runs, eagerly: inputs in, `_derive`, model
+        b, padded = len(ids), graphs.bucket(len(ids))
+        host = np.zeros(graphs.inputs.shape[0], dtype=np.int64)
+        graphs.pack_inputs(host, ids, positions, rows)
+        graphs.inputs.copy_(torch.from_numpy(host))
+        graphs._derive(padded)
+        batch = graphs._static_batch(padded)
+        padded_rows.append(batch.state_slots[b:].tolist())
+        return eager_logits(eng, batch)[:b]
 
-    eng.runner.graphs = SimpleNamespace(can_run=lambda b: b.is_decode, replay=replay)
+    eng.runner.graphs = SimpleNamespace(fits=lambda b: 0 < b <= 8, replay_staged=replay_staged)
     pool.buffer[0].zero_()
     got = [o.token_ids for o in eng.generate(prompts, sp)]
     unused = pool.buffer[len(prompts) + 1 :]  # slots 1..3 went to the three requests

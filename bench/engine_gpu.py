@@ -1,0 +1,278 @@
+"""Engine speed on a GPU for real model shapes, each row beside its floor measured in the same run.
+
+Shapes: Llama-3.1-8B, Qwen3-8B and SmolLM2-135M with seeded random bf16 weights built on the device (no
+checkpoint), paged KV (page 16), triton attention, decode CUDA graphs. Rows per shape:
+- decode step at batch 1, 8, 64, 256 (context 2,048): the bare graph replay (CUDA events, median) against
+  (weight bytes + KV bytes) / measured device-to-device copy bandwidth (bytes read + written);
+- the same step through `DecodeCudaGraphs.replay` (host metadata fill included);
+- prefill of 8 x 4,096 tokens (one eager extend forward): FLOPs / measured bf16 GEMM peak;
+- scheduler decode steps at batch 64 (what `engine.generate` runs: batch build, graph replay, sampling, one
+  host read per step) against the bare graph at the same batch and context: the host path's share.
+With `--fused-ops both` every row runs with the fused kernels on and off.
+
+    python bench/engine_gpu.py --json OUT.json            # all three shapes, about 3-5 minutes on an H200
+    python bench/engine_gpu.py --shapes smollm2 --quick   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ helpers when run from a checkout
+
+from pdpair.engine.model_config import ModelConfig, RopeScaling  # noqa: E402
+
+SHAPES = {
+    "llama3-8b": ModelConfig(
+        arch="llama", num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=8, head_dim=128,
+        intermediate_size=14336, vocab_size=128256, context_length=8192, rope_theta=500000.0,
+        rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 8192), rms_norm_eps=1e-5),
+    "qwen3-8b": ModelConfig(
+        arch="qwen3", num_layers=36, hidden_size=4096, num_heads=32, num_kv_heads=8, head_dim=128,
+        intermediate_size=12288, vocab_size=151936, context_length=8192, rope_theta=1e6, qk_norm=True),
+    "smollm2": ModelConfig(
+        arch="llama", num_layers=30, hidden_size=576, num_heads=9, num_kv_heads=3, head_dim=64,
+        intermediate_size=1536, vocab_size=49152, context_length=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
+        tie_word_embeddings=True),
+}
+ROWS: list[dict] = []
+
+
+def row(shape: str, what: str, ms: float, floor_ms: float | None, note: str = "", **extra) -> None:
+    r = {"shape": shape, "row": what, "ms": round(ms, 4),
+         "floor_ms": None if floor_ms is None else round(floor_ms, 4),
+         "x_floor": None if not floor_ms else round(ms / floor_ms, 3), "note": note, **extra}
+    ROWS.append(r)
+    ratio = "" if not floor_ms else f"{ms / floor_ms:6.2f}x"
+    floor = "" if floor_ms is None else f"{floor_ms:9.3f}"
+    print(f"| {shape:<10} | {what:<44} | {ms:9.3f} | {floor:>9} | {ratio:>7} | {note}", flush=True)
+
+
+def cuda_ms(fn, reps: int, warmup: int = 2) -> float:
+    """Median milliseconds of `fn()` over `reps` runs, timed with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def measure_ceilings() -> tuple[float, float]:
+    """(copy GB/s counting bytes read + written, bf16 GEMM TFLOP/s) on random data."""
+    n = 1 << 30
+    src = torch.randn(n // 2, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    gbs = 2 * n / cuda_ms(lambda d=dst, s=src: d.copy_(s), 20, 5) / 1e6
+    del src, dst
+    m = 8192
+    a = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
+    tflops = 2 * m**3 / cuda_ms(lambda x=a, y=b: x @ y, 20, 5) / 1e9
+    print(f"ceilings: copy {gbs:.0f} GB/s (read + write), bf16 GEMM {tflops:.0f} TFLOP/s", flush=True)
+    return gbs, tflops
+
+
+def seeded_model(cfg: ModelConfig, seed: int):
+    """The engine's model for `cfg` on CUDA with seeded random bf16 weights (std 0.02; norms 1 + noise)."""
+    from pdpair.engine.models import build_model
+
+    model = build_model(cfg, torch.bfloat16, "cuda")
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen, device="cuda", dtype=torch.float32))
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+    return SimpleNamespace(config=cfg, model=model, tokenizer=None, model_id=f"seeded-{cfg.arch}",
+                           weights_digest=f"seed{seed}")
+
+
+def weight_bytes_per_step(model, cfg: ModelConfig) -> int:
+    """Bytes of weights one decode step must read: all of them, but only a few rows of an untied embedding."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    if not cfg.tie_word_embeddings:
+        total -= model.embed_tokens.weight.numel() * model.embed_tokens.weight.element_size()
+    return total
+
+
+def kv_bytes(cfg: ModelConfig, tokens: int) -> int:
+    return tokens * cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * 2
+
+
+def prefill_flops(cfg: ModelConfig, model, rows: int, length: int) -> float:
+    """Linear layers (2 FLOPs per weight per token, lm_head for one token per row) + causal attention."""
+    emb = model.embed_tokens.weight.numel()
+    linear = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2) - emb
+    if not cfg.tie_word_embeddings:
+        linear -= model.lm_head.numel()
+    attn = 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * rows * length * (length + 1) / 2
+    return 2 * linear * rows * length + 2 * emb * rows + attn
+
+
+def set_fused(eng, on: bool) -> bool:
+    """Switch the fused kernels (graphs captured afterwards use the new setting); False when this checkout
+    has none."""
+    if not hasattr(type(eng.runner.backend), "fused_ops"):
+        return False
+    eng.runner.backend.fused_ops = on
+    return True
+
+
+def _bench_engine_module():
+    """bench/engine.py (its scheduler decode loop), by path: the checkout's `engine/` folder shadows its name."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_engine", Path(__file__).with_name("engine.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args, fused_modes) -> None:
+    scheduler_decode_tps = _bench_engine_module().bench_decode
+    from pdpair.engine import Engine
+    from pdpair.engine.batch import ForwardBatch, ForwardMode
+
+    from tests.kernels._attention_engine_fixtures import (
+        decode_batch,
+        decode_graphs,
+        eager_logits,
+        fill_kv_random,
+        hold_rows,
+    )
+
+    gbs, tflops = ceilings
+    ctx, batches = args.context, args.batches
+    lm = seeded_model(cfg, seed=0)
+    max_bs = max(batches)
+    pages = max_bs * (ctx // 16 + 2) + 64
+    eng = Engine.from_loaded(lm, device="cuda", max_pages=pages, attention_backend="triton", chunk_size=512,
+                             max_running_requests=max_bs, disable_cuda_graph=True)
+    fill_kv_random(eng)
+    wbytes = weight_bytes_per_step(lm.model, cfg)
+    print(f"{name}: {wbytes / 1e9:.2f} GB of weights per decode step, {pages} KV pages "
+          f"({eng.pools.kv.buffer.nbytes / 2**30:.1f} GiB)", flush=True)
+    for fused in fused_modes:
+        tag = "" if fused is None else (" fused" if fused else " unfused")
+        if fused is not None and not set_fused(eng, fused):
+            continue
+        graphs = decode_graphs(eng, max_bs, buckets=tuple(sorted(set(batches) | {min(64, max_bs)})))
+        eng.runner.graphs = graphs
+        for bs in batches:
+            batch, release = decode_batch(eng, [ctx] * bs, seed=bs)
+            host = (batch.input_ids.tolist(), batch.positions.cpu().numpy(), batch.req_pool_indices.cpu().numpy())
+            try:
+                graphs.replay(batch)  # fills the static buffers
+                bare = cuda_ms(lambda b=bs, g=graphs: g.replay_bucket(b), args.reps)
+                staged = hasattr(graphs, "replay_staged")
+                full = cuda_ms((lambda g=graphs, h=host: g.replay_staged(*h)) if staged
+                               else (lambda b=batch, g=graphs: g.replay(b)), args.reps)
+            finally:
+                release()
+            floor = (wbytes + kv_bytes(cfg, bs * ctx)) / gbs / 1e6
+            row(name, f"decode b{bs} ctx{ctx} graph{tag}", bare, floor, f"{bs / bare * 1e3:.0f} tok/s",
+                batch=bs, tokens_per_s=bs / bare * 1e3)
+            row(name, f"decode b{bs} ctx{ctx} runner replay{tag}", full, floor,
+                "host upload + graph, as ModelRunner runs it" if staged else "metadata fill + graph", batch=bs)
+        # scheduler decode steps at batch 64 against the bare graph at the same batch and context
+        bs, prompt, steps = min(64, max_bs), args.sched_prompt, args.sched_steps
+        gen = torch.Generator().manual_seed(1)
+        ids = torch.randint(3, cfg.vocab_size, (prompt,), generator=gen).tolist()
+        sched_tps = scheduler_decode_tps(eng, ids, bs, steps)
+        batch, release = decode_batch(eng, [prompt + steps // 2] * bs, seed=7)
+        try:
+            graphs.replay(batch)
+            bare = cuda_ms(lambda b=bs, g=graphs: g.replay_bucket(b), args.reps)
+        finally:
+            release()
+        bare_tps = bs / bare * 1e3
+        row(name, f"scheduler decode b{bs} ctx~{prompt + steps // 2}{tag}", bs / sched_tps * 1e3, bare,
+            f"{sched_tps:.0f} tok/s = {sched_tps / bare_tps:.0%} of bare graph {bare_tps:.0f} tok/s "
+            "(floor column: bare graph)", tokens_per_s=sched_tps, bare_tokens_per_s=bare_tps)
+        eng.runner.graphs = None
+        del graphs
+        torch.cuda.empty_cache()
+        # prefill: one eager extend forward of rows x length new tokens, attention through SDPA and through Triton
+        rows_n, length = args.prefill_rows, args.prefill_len
+        rows, release = hold_rows(eng, [length] * rows_n)
+        backend = eng.runner.backend
+        routes = [True, False] if hasattr(backend, "extend_sdpa") else [None]
+        flops = prefill_flops(cfg, lm.model, rows_n, length)
+        floor = flops / tflops / 1e9
+        try:
+            tokens = torch.randint(3, cfg.vocab_size, (rows_n * length,), generator=gen).tolist()
+            pb = ForwardBatch.build(ForwardMode.EXTEND, rows, [0] * rows_n, [length] * rows_n, tokens,
+                                    eng.req_to_token.table)
+            for sdpa in routes:
+                if sdpa is not None:
+                    backend.extend_sdpa = sdpa
+                ms = cuda_ms(lambda e=eng, b=pb: eager_logits(e, b), args.prefill_reps, warmup=1)
+                route = "" if sdpa is None else (" attn=SDPA" if sdpa else " attn=triton")
+                row(name, f"prefill {rows_n}x{length}{tag}{route}", ms, floor,
+                    f"{flops / ms / 1e9:.0f} TFLOP/s = {floor / ms:.0%} of GEMM peak", tflops=flops / ms / 1e9)
+        finally:
+            if routes[0] is not None:
+                backend.extend_sdpa = True
+            release()
+    eng.pools.check_integrity()
+    del eng, lm
+    torch.cuda.empty_cache()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["smollm2", "llama3-8b", "qwen3-8b"],
+                    help="model shapes to run (seeded random weights)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64, 256], help="decode batch sizes")
+    ap.add_argument("--context", type=int, default=2048, help="tokens cached per decode row")
+    ap.add_argument("--prefill-rows", type=int, default=8, help="rows of the prefill measurement")
+    ap.add_argument("--prefill-len", type=int, default=4096, help="new tokens per prefill row")
+    ap.add_argument("--reps", type=int, default=30, help="timed repetitions per decode row (median)")
+    ap.add_argument("--prefill-reps", type=int, default=3, help="timed repetitions per prefill row (median)")
+    ap.add_argument("--sched-prompt", type=int, default=512, help="prompt length of the scheduler decode row")
+    ap.add_argument("--sched-steps", type=int, default=64, help="decode steps timed in the scheduler row")
+    ap.add_argument("--fused-ops", choices=["on", "off", "both", "default"], default="both",
+                    help="run rows with the fused kernels on, off, both, or as the engine defaults")
+    ap.add_argument("--quick", action="store_true", help="small sizes: a few seconds per shape")
+    ap.add_argument("--json", type=Path, help="write every row here")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("engine_gpu: no CUDA device, nothing to measure")
+        return
+    if args.quick:
+        args.batches, args.context, args.prefill_rows, args.prefill_len = [1, 8], 512, 2, 1024
+        args.reps, args.sched_steps, args.sched_prompt = 10, 16, 128
+    fused_modes = {"on": [True], "off": [False], "both": [True, False], "default": [None]}[args.fused_ops]
+    t0 = time.perf_counter()
+    ceilings = measure_ceilings()
+    print("| shape      | row                                          |        ms |  floor ms | x floor | note")
+    print("|------------|----------------------------------------------|-----------|-----------|---------|-----")
+    for name in args.shapes:
+        try:
+            bench_shape(name, SHAPES[name], ceilings, args, fused_modes)
+        except torch.cuda.OutOfMemoryError as exc:
+            print(f"{name}: out of device memory, rows skipped ({exc})", flush=True)
+            torch.cuda.empty_cache()
+    print(f"total {time.perf_counter() - t0:.0f} s", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"copy_gbs": ceilings[0], "gemm_tflops": ceilings[1], "rows": ROWS},
+                                        indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The decoder family's forward through fused Triton kernels (CUDA with the triton attention backend).
+
+Same arithmetic as `CausalLM.forward` layer by layer, in fewer launches: the residual add and the next
+RMSNorm in one kernel (the residual stream is updated in place), SiLU-and-mul in one, and the attention
+prologue (split qkv, q/k RMSNorm, rope, K/V store into the paged cache) in one; the backend then attends
+with the K/V already stored. Runs when the batch's backend has `fused_ops` set (the engine sets it on CUDA
+for the triton backend; `EngineConfig.fused_ops` turns it off); the CPU/torch path never comes here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pdpair.engine.models.attention import Attention
+from pdpair.engine.models.layers import GatedMLP
+from pdpair.kernels.fused import add_rmsnorm, qk_rope_store, silu_and_mul
+
+FUSED_ARCHS = ("llama", "qwen2", "qwen3")
+
+
+def fused_supported(config) -> bool:
+    """Whether `fused_forward` computes this model: a full-attention Llama/Qwen2/Qwen3 (the fused prologue stores
+    K/V through the full-attention pool's slots, so sliding-window layers stay on the unfused path)."""
+    return config.arch in FUSED_ARCHS and not config.swa_layers
+
+
+def _attention(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: Any) -> torch.Tensor:
+    backend, layer = ctx.backend, attn.layer_id
+    pool, idx = backend.layer_pools[layer]  # the full-attention pool: `fused_supported` models have no other
+    qkv = attn.qkv_proj(x)
+    norm = attn.q_norm is not None
+    q, k, v = qk_rope_store(qkv, cos, sin, attn.num_heads, attn.num_kv_heads, pool.k_layers[idx],
+                            pool.v_layers[idx], ctx.batch.out_cache_loc,
+                            attn.q_norm.weight if norm else None, attn.k_norm.weight if norm else None,
+                            attn.q_norm.eps if norm else 1e-6)
+    o = backend.forward(q, k, v, layer, ctx.batch, kv_stored=True)
+    return attn.o_proj(o.reshape(x.shape[0], attn.q_size))
+
+
+def _swiglu(mlp) -> bool:
+    return type(mlp) is GatedMLP and mlp.act is F.silu
+
+
+def fused_forward(model, input_ids: torch.Tensor, positions: torch.Tensor, ctx: Any) -> torch.Tensor:
+    """`CausalLM.forward` (same signature and result, up to rounding order) through the fused kernels."""
+    assert fused_supported(model.config), f"no fused forward for {model.config.arch!r} with sliding layers " \
+        f"{model.config.swa_layers}"
+    residual = model.embed_tokens(input_ids)  # a fresh tensor: updated in place below
+    cos3, sin3 = model.rotary.cos_sin(positions, residual.dtype)  # [T, 1, head_dim / 2]
+    cos, sin = cos3[:, 0], sin3[:, 0]
+    layers = model.layers
+    h = add_rmsnorm(None, residual, layers[0].input_layernorm.weight, layers[0].input_layernorm.eps)
+    mlp_out = None
+    for i, layer in enumerate(layers):
+        # a module replaced by a wrapper (tensor/data-parallel sharding, another family) runs its own forward
+        attn, mlp = layer.self_attn, layer.mlp
+        a = _attention(attn, h, cos, sin, ctx) if type(attn) is Attention else attn(h, cos3, sin3, ctx)
+        post = layer.post_attention_layernorm
+        h = add_rmsnorm(a, residual, post.weight, post.eps)
+        mlp_out = mlp.down_proj(silu_and_mul(mlp.gate_up_proj(h))) if _swiglu(mlp) else mlp(h)
+        if i + 1 < len(layers):
+            nxt = layers[i + 1].input_layernorm
+            h = add_rmsnorm(mlp_out, residual, nxt.weight, nxt.eps)
+    rows = ctx.logits_indices
+    x = add_rmsnorm(mlp_out[rows], residual[rows], model.norm.weight, model.norm.eps)  # only the wanted rows
+    head = model.embed_tokens.weight if model.lm_head is None else model.lm_head
+    return F.linear(x, head).float()

@@ -1,0 +1,56 @@
+"""Residual add + RMSNorm in one pass: `residual += x` in place, then `out = weight * rmsnorm(residual)`.
+
+Rounds where the unfused torch path rounds (the sum to the residual's dtype, the normalised row before the
+weight), so it agrees with `RMSNorm(x + residual)` to within the row reduction's order.
+"""
+
+import torch
+from pdpair.kernels.triton_utils import tl, triton
+
+
+@triton.jit
+def _add_rmsnorm_kernel(
+    x, res, w, out, stride_x, stride_r, stride_o, n_cols, eps,
+    HAS_ADD: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < n_cols
+    s = tl.load(res + row * stride_r + offs, mask=mask, other=0.0)
+    if HAS_ADD:
+        s = (s.to(tl.float32) + tl.load(x + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32))
+        s = s.to(res.dtype.element_ty)
+        tl.store(res + row * stride_r + offs, s, mask=mask)
+    h = s.to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(h * h, axis=0) / n_cols + eps)
+    h = (h * rstd).to(out.dtype.element_ty).to(tl.float32)
+    wt = tl.load(w + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out + row * stride_o + offs, (wt * h).to(out.dtype.element_ty), mask=mask)
+
+
+def add_rmsnorm(x: torch.Tensor | None, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """`residual [T, N] += x [T, N]` (skipped when x is None), returns `weight * rmsnorm(residual)` [T, N]."""
+    t, n = residual.shape
+    assert weight.shape == (n,) and weight.dtype == residual.dtype, (weight.shape, weight.dtype, residual.dtype)
+    assert residual.stride(-1) == 1 and weight.is_contiguous(), (residual.stride(), weight.stride())
+    if x is not None:
+        assert x.shape == residual.shape and x.dtype == residual.dtype, (x.shape, x.dtype, residual.shape)
+        assert x.stride(-1) == 1, x.stride()
+    out = torch.empty((t, n), dtype=residual.dtype, device=residual.device)
+    if t == 0:
+        return out
+    xx = residual if x is None else x
+    _add_rmsnorm_kernel[(t,)](
+        xx, residual, weight, out, xx.stride(0), residual.stride(0), out.stride(0), n, eps,
+        HAS_ADD=x is not None, BLOCK=triton.next_power_of_2(n), num_warps=4 if n <= 2048 else 8,
+    )
+    return out
+
+
+def add_rmsnorm_ref(x: torch.Tensor | None, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Torch twin of `add_rmsnorm` (the unfused model's arithmetic: `x + residual`, then its RMSNorm)."""
+    if x is not None:
+        residual.copy_(residual + x)
+    h = residual.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(residual.dtype)

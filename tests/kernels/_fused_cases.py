@@ -1,0 +1,226 @@
+"""Fused-kernel cases (inputs, kernel, twin) shared by the interpreter tests and the GPU tests.
+
+Each case draws fresh random inputs, poisons nothing it does not compare, and returns the worst relative
+error of the kernel against its twin (the twin run on float64 copies of the inputs, except where noted) plus
+exact checks that need no tolerance.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tests.kernels._attention_fixtures import rel_err
+
+
+def add_rmsnorm_case(dtype, rows: int, cols: int, device: str = "cpu", seed: int = 0) -> dict:
+    from pdpair.kernels.fused import add_rmsnorm, add_rmsnorm_ref
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, cols, generator=gen).to(device=device, dtype=dtype)
+    res = (3 * torch.randn(rows, cols + 8, generator=gen)).to(device=device, dtype=dtype)[:, :cols]  # strided rows
+    w = (1 + 0.5 * torch.randn(cols, generator=gen)).to(device=device, dtype=dtype)
+    res_k, res_r = res.clone(), res.clone()
+    out = add_rmsnorm(x, res_k, w, 1e-5)
+    ref = add_rmsnorm_ref(x, res_r, w, 1e-5)
+    same_dtype = add_rmsnorm_ref(x.double(), res.double().clone(), w.double(), 1e-5)
+    plain = add_rmsnorm(None, res_k.clone(), w, 1e-5)  # no add: the norm of the residual as it is
+    return {"out": rel_err(out, ref), "out64": rel_err(out, same_dtype), "residual": rel_err(res_k, res_r),
+            "plain": rel_err(plain, add_rmsnorm_ref(None, res_r.clone(), w, 1e-5)),
+            "residual_exact": torch.equal(res_k, res_r)}
+
+
+def silu_mul_case(dtype, rows: int, cols: int, device: str = "cpu", seed: int = 0) -> dict:
+    from pdpair.kernels.fused import silu_and_mul, silu_and_mul_ref
+
+    gen = torch.Generator().manual_seed(seed)
+    gu = (2 * torch.randn(rows, 2 * cols, generator=gen)).to(device=device, dtype=dtype)
+    out = silu_and_mul(gu)
+    return {"out": rel_err(out, silu_and_mul_ref(gu)), "out64": rel_err(out, silu_and_mul_ref(gu.double())),
+            "shape": tuple(out.shape) == (rows, cols)}
+
+
+def qk_rope_store_case(dtype, tokens: int, heads: int, kv_heads: int, head_dim: int, qk_norm: bool,
+                       page_size: int = 16, device: str = "cpu", seed: int = 0) -> dict:
+    from pdpair.kernels.fused import qk_rope_store, qk_rope_store_ref
+
+    gen = torch.Generator().manual_seed(seed)
+    width = (heads + 2 * kv_heads) * head_dim
+    qkv = torch.randn(tokens, width + 16, generator=gen).to(device=device, dtype=dtype)[:, :width]  # strided rows
+    pos = torch.randint(0, 4096, (tokens,), generator=gen).float()
+    inv = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    freqs = pos[:, None] * inv[None, :]
+    cos, sin = freqs.cos().to(device=device, dtype=dtype), freqs.sin().to(device=device, dtype=dtype)
+    pages = -(-tokens // page_size) + 3
+    pool = torch.randn(pages, 2, 2, page_size, kv_heads, head_dim, generator=gen).to(device=device, dtype=dtype)
+    slots = torch.randperm(pages * page_size, generator=gen)[:tokens].to(device)
+    if tokens > 2:
+        slots[1] = -1  # a CUDA-graph padding row: computed, not stored
+    qw = kw = None
+    if qk_norm:
+        qw = (1 + 0.3 * torch.randn(head_dim, generator=gen)).to(device=device, dtype=dtype)
+        kw = (1 + 0.3 * torch.randn(head_dim, generator=gen)).to(device=device, dtype=dtype)
+    pool_k, pool_r, pool_64 = pool.clone(), pool.clone(), pool.double()
+    q, k, v = qk_rope_store(qkv, cos, sin, heads, kv_heads, pool_k[:, 1, 0], pool_k[:, 1, 1], slots, qw, kw, 1e-6)
+    qr, kr, vr = qk_rope_store_ref(qkv, cos, sin, heads, kv_heads, pool_r[:, 1, 0], pool_r[:, 1, 1], slots, qw, kw,
+                                   1e-6)
+    q6, k6, _ = qk_rope_store_ref(qkv.double(), cos.double(), sin.double(), heads, kv_heads, pool_64[:, 1, 0],
+                                  pool_64[:, 1, 1], slots, None if qw is None else qw.double(),
+                                  None if kw is None else kw.double(), 1e-6)
+    untouched = torch.ones(pages * page_size, dtype=torch.bool)
+    untouched[slots[slots >= 0].cpu().long()] = False
+
+    def flat(p: torch.Tensor) -> torch.Tensor:  # layer 1 as [slots, 2 * kv_heads * head_dim]
+        return p[:, 1].permute(0, 2, 1, 3, 4).reshape(pages * page_size, -1)
+
+    return {"q": rel_err(q, qr), "k": rel_err(k, kr), "q64": rel_err(q, q6), "k64": rel_err(k, k6),
+            "v_exact": torch.equal(v, vr),
+            "cache": rel_err(pool_k[:, 1].float(), pool_r[:, 1].float()),
+            "cache_others_untouched": torch.equal(flat(pool_k)[untouched.to(device)], flat(pool)[untouched.to(device)])
+            and torch.equal(pool_k[:, 0], pool[:, 0])}
+
+
+def fused_engine_case(arch: str) -> dict:
+    """A tiny seeded model of `arch` through the engine on CPU with the (interpreted) triton backend, fused
+    kernels off and on (and on with no-prefix prefill chunks through SDPA): greedy tokens, one decode batch's
+    logits, and how often the fused forward ran."""
+    from types import SimpleNamespace
+
+    import pdpair.engine.models.fused as fused_mod
+    from pdpair.engine import Engine, SamplingParams
+    from pdpair.engine.model_config import ModelConfig
+    from pdpair.engine.models import build_model
+
+    from tests.kernels._attention_engine_fixtures import decode_batch, eager_logits, fill_kv_random
+
+    cfg = ModelConfig(arch=arch, num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
+                      intermediate_size=128, vocab_size=256, context_length=512, qk_norm=arch == "qwen3",
+                      attention_bias=arch == "qwen2")
+    model = build_model(cfg, torch.float32, "cpu")
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            p.copy_(1 + 0.3 * noise if name.endswith("norm.weight") else 0.2 * noise)
+    loaded = SimpleNamespace(config=cfg, model=model, tokenizer=None, model_id=f"tiny-{arch}", weights_digest="t")
+    calls = []
+    real = fused_mod.fused_forward
+    fused_mod.fused_forward = lambda *a: calls.append(1) or real(*a)
+    prompts = [torch.randint(3, 256, (n,), generator=gen).tolist() for n in (1, 5, 11)]
+    tokens, logits = {}, {}
+    try:
+        for on, sdpa in ((False, False), (True, False), (True, True)):
+            eng = Engine.from_loaded(loaded, device="cpu", page_size=4, max_pages=96, chunk_size=8,
+                                     attention_backend="triton", max_running_requests=8)
+            # the engine turns both on only on CUDA
+            assert not eng.runner.backend.fused_ops and not eng.runner.backend.extend_sdpa
+            eng.runner.backend.fused_ops, eng.runner.backend.extend_sdpa = on, sdpa
+            res = eng.generate(prompts, SamplingParams(max_new_tokens=4, temperature=0.0))
+            tokens[on, sdpa] = [o.token_ids for o in res]
+            fill_kv_random(eng, 1)
+            batch, release = decode_batch(eng, [1, 9, 22], seed=2)
+            logits[on, sdpa] = eager_logits(eng, batch)
+            release()
+            eng.pools.check_integrity()
+    finally:
+        fused_mod.fused_forward = real
+    base = tokens[False, False]
+    return {"tokens_equal": base == tokens[True, False] == tokens[True, True], "tokens": base,
+            "rel_err": rel_err(logits[True, False], logits[False, False]), "fused_calls": len(calls)}
+
+
+def graph_body_case(fused: bool) -> dict:
+    """What a decode CUDA graph runs, eagerly on CPU (interpreted kernels, tiny model): the metadata it derives
+    from the packed (ids, positions, rows) upload equals what `_fill` writes, and its logits equal the eager
+    forward of the padded batch."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from pdpair.engine import Engine
+    from pdpair.engine.batch import ForwardContext
+    from pdpair.engine.cuda_graph import DecodeCudaGraphs
+    from pdpair.engine.model_config import ModelConfig
+    from pdpair.engine.models import build_model
+
+    from tests.kernels._attention_engine_fixtures import decode_batch, eager_logits, fill_kv_random
+
+    cfg = ModelConfig(arch="llama", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
+                      intermediate_size=128, vocab_size=256, context_length=512)
+    model = build_model(cfg, torch.float32, "cpu")
+    gen = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            p.copy_(1 + 0.3 * noise if name.endswith("norm.weight") else 0.2 * noise)
+    loaded = SimpleNamespace(config=cfg, model=model, tokenizer=None, model_id="tiny", weights_digest="t")
+    eng = Engine.from_loaded(loaded, device="cpu", page_size=4, max_pages=64, attention_backend="triton",
+                             max_running_requests=8)
+    eng.runner.backend.fused_ops = fused
+    fill_kv_random(eng)
+    batch, release = decode_batch(eng, [1, 9, 17], seed=2)
+    graphs = DecodeCudaGraphs(model, eng.runner.backend, eng.req_to_token.table, 8, eng.req_to_token.max_context,
+                              buckets=(4, 8))
+    graphs.backend.init_graph_state(8, eng.req_to_token.max_context)
+    padded = graphs.padded_batch(batch)  # _fill: the metadata as the host path writes it
+    expect = {"seq_lens": graphs.seq_lens[:4].clone(), "out_cache_loc": graphs.out_cache_loc[:4].clone(),
+              "kv_indptr": graphs.kv_indptr[:5].clone()}  # what bucket 4's graph reads
+    n = int(graphs.kv_indptr[4])
+    expect_indices = graphs.kv_indices[:n].clone()
+    graphs.backend.prepare_for_replay(padded, 4)
+    eager = eager_logits(eng, padded)[:3]
+    for k in ("seq_lens", "out_cache_loc", "kv_indptr", "kv_indices", "inputs"):
+        getattr(graphs, k).fill_(7)  # poison: the body must rebuild everything
+    host = np.empty(graphs.inputs.shape[0], dtype=np.int64)
+    graphs.pack_inputs(host, batch.input_ids.tolist(), batch.positions.numpy(), batch.req_pool_indices.numpy())
+    graphs.inputs.copy_(torch.from_numpy(host))
+    ctx = ForwardContext(graphs.backend, graphs._static_batch(4), graphs.logits_rows[:4])
+    graphs.backend.prepare_for_replay(ctx.batch, 4)
+    with torch.inference_mode():
+        body = graphs._body(4, ctx)[:3]
+    release()
+    same = all(torch.equal(getattr(graphs, k)[: len(v)], v) for k, v in expect.items())
+    return {"metadata": same and torch.equal(graphs.kv_indices[:n], expect_indices),
+            "padding": graphs.seq_lens[3:4].tolist() == [1] and graphs.out_cache_loc[3:4].tolist() == [-1],
+            "rel_err": rel_err(body, eager)}
+
+
+class _Wrapped(torch.nn.Module):
+    """A stand-in for a module that a sharding layer wraps: forwards to the inner module."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args):
+        return self.inner(*args)
+
+
+def wrapped_modules_case() -> dict:
+    """The fused forward runs a wrapped attention or MLP through the wrapper's own forward: same logits."""
+    from types import SimpleNamespace
+
+    from pdpair.engine import Engine
+    from pdpair.engine.model_config import ModelConfig
+    from pdpair.engine.models import build_model
+
+    from tests.kernels._attention_engine_fixtures import decode_batch, eager_logits, fill_kv_random
+
+    cfg = ModelConfig(arch="qwen3", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
+                      intermediate_size=128, vocab_size=256, context_length=512, qk_norm=True)
+    model = build_model(cfg, torch.float32, "cpu")
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            p.copy_(1 + 0.3 * noise if name.endswith("norm.weight") else 0.2 * noise)
+    loaded = SimpleNamespace(config=cfg, model=model, tokenizer=None, model_id="tiny", weights_digest="t")
+    eng = Engine.from_loaded(loaded, device="cpu", page_size=4, max_pages=64, attention_backend="triton",
+                             max_running_requests=8)
+    eng.runner.backend.fused_ops = True
+    fill_kv_random(eng, 3)
+    batch, release = decode_batch(eng, [2, 11, 6], seed=4)
+    plain = eager_logits(eng, batch)
+    layer = model.layers[1]
+    layer.self_attn, layer.mlp = _Wrapped(layer.self_attn), _Wrapped(layer.mlp)
+    wrapped = eager_logits(eng, batch)
+    release()
+    return {"rel_err": rel_err(wrapped, plain)}

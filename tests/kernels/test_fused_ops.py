@@ -1,0 +1,95 @@
+"""Fused kernels (add + RMSNorm, SiLU-and-mul, q/k norm + rope + K/V store) in the Triton interpreter against
+their torch twins."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.kernels._attention_fixtures import interpreted
+from tests.kernels._fused_cases import (
+    add_rmsnorm_case,
+    fused_engine_case,
+    graph_body_case,
+    qk_rope_store_case,
+    silu_mul_case,
+    wrapped_modules_case,
+)
+
+pytest.importorskip("triton", reason="triton is not installed")
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_add_rmsnorm_matches_twin(dtype):
+    r = interpreted(add_rmsnorm_case, dtype, 5, 96)  # 96: not a power of two, masked tail
+    assert r["residual_exact"], r
+    assert r["out"] < TOL[dtype] and r["plain"] < TOL[dtype], r
+    assert r["out64"] < 10 * TOL[dtype], r
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_silu_and_mul_matches_twin(dtype):
+    r = interpreted(silu_mul_case, dtype, 3, 1100)  # two column blocks, the second partial
+    assert r["shape"] and r["out"] < TOL[dtype] and r["out64"] < 10 * TOL[dtype], r
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_qk_rope_store_matches_twin(dtype, qk_norm):
+    r = interpreted(qk_rope_store_case, dtype, 7, 6, 2, 32, qk_norm, 4)  # 6 q heads: not a power of two
+    assert r["v_exact"] and r["cache_others_untouched"], r
+    # fp16: the twin rounds each rope product, the kernel once
+    assert max(r["q"], r["k"], r["cache"]) < 5 * TOL[dtype], r
+    assert max(r["q64"], r["k64"]) < 5 * TOL[dtype], r
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_fused_forward_matches_unfused_engine(arch):
+    """The model's fused forward (interpreted kernels, fp32, CPU) against its own unfused forward."""
+    r = interpreted(fused_engine_case, arch)
+    assert r["fused_calls"] > 0, r  # the fused path really ran (prefill chunks and decode steps)
+    assert r["tokens_equal"] and all(len(t) == 4 for t in r["tokens"]), r
+    assert r["rel_err"] < 1e-5, r
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fused", [False, True])
+def test_graph_body_builds_the_metadata(fused):
+    r = interpreted(graph_body_case, fused)
+    assert r["metadata"] and r["padding"], r
+    assert r["rel_err"] < 1e-6, r
+
+
+@pytest.mark.timeout(300)
+def test_fused_forward_runs_wrapped_modules():
+    r = interpreted(wrapped_modules_case)
+    assert r["rel_err"] < 1e-5, r
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("family", ["qwen3", "gemma3"])
+def test_fused_path_stays_off_for_sliding_window_models(tmp_path, family):
+    """The fused prologue stores K/V through the full-attention pool only: models with sliding layers (a Qwen3 with
+    `layer_types`, Gemma 3) keep the unfused forward, full-attention Llama/Qwen models take the fused one."""
+    import json
+
+    from pdpair.engine.loader.hf_dir import hf_model_config
+    from pdpair.engine.models.fused import fused_supported
+
+    from tests.swa_models import save_tiny_swa
+
+    save_tiny_swa(family, 5, tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    cfg = hf_model_config(raw, (2,))
+    assert cfg.swa_layers and not fused_supported(cfg), (cfg.arch, cfg.swa_layers)
+    if family == "qwen3":  # the same checkpoint without sliding layers is a plain Qwen3
+        raw.pop("layer_types")
+        raw["use_sliding_window"] = False
+        full = hf_model_config(raw, (2,))
+        assert not full.swa_layers and fused_supported(full), (full.arch, full.swa_layers)

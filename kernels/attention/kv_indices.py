@@ -35,7 +35,7 @@ def build_kv_indptr(kv_lens: torch.Tensor, out: torch.Tensor | None = None) -> t
     n = kv_lens.shape[0]
     if out is None:
         out = torch.empty(n + 1, dtype=torch.int32, device=kv_lens.device)
-    out[0] = 0
+    out[:1].zero_()  # no host scalar: this runs inside CUDA-graph capture
     torch.cumsum(kv_lens, 0, out=out[1 : n + 1])
     return out[: n + 1]
 

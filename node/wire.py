@@ -30,7 +30,9 @@ def _parser(method) -> Any:
     return parse
 
 
-def _unary(fn, parse, name: str):
+def _handler(fn, parse, name: str):
+    """The method's handler on raw bytes. Streaming methods write with context.write, so one shape serves all."""
+
     @functools.wraps(fn)
     async def handler(raw: bytes, context):
         try:
@@ -43,20 +45,6 @@ def _unary(fn, parse, name: str):
     return handler
 
 
-def _stream(fn, parse, name: str):
-    @functools.wraps(fn)
-    async def handler(raw: bytes, context):
-        try:
-            request = parse(raw)
-        except pb_message.DecodeError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: malformed request message: {exc}")
-        bind_rid(getattr(request, "rid", ""))
-        async for item in fn(request, context):
-            yield item
-
-    return handler
-
-
 def add_service(server: grpc.aio.Server, servicer: Any, service: str) -> str:
     """Add every method of `service` (a service name in pdpair.proto) implemented by `servicer`; returns the
     full service name (for the health service)."""
@@ -64,14 +52,10 @@ def add_service(server: grpc.aio.Server, servicer: Any, service: str) -> str:
     handlers = {}
     for m in desc.methods:
         fn = getattr(servicer, m.name)
-        parse = _parser(m)
-        out = GetMessageClass(m.output_type).SerializeToString
-        if m.server_streaming:  # an async generator, or a coroutine writing with context.write
-            wrap = _stream if inspect.isasyncgenfunction(fn) else _unary
-            handlers[m.name] = grpc.unary_stream_rpc_method_handler(
-                wrap(fn, parse, m.name), request_deserializer=None, response_serializer=out)
-        else:
-            handlers[m.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(fn, parse, m.name), request_deserializer=None, response_serializer=out)
+        if inspect.isasyncgenfunction(fn):
+            raise TypeError(f"{service}.{m.name}: write streamed answers with context.write, not yield")
+        make = grpc.unary_stream_rpc_method_handler if m.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[m.name] = make(_handler(fn, _parser(m), m.name), request_deserializer=None,
+                                response_serializer=GetMessageClass(m.output_type).SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(desc.full_name, handlers),))
     return desc.full_name

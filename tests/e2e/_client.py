@@ -52,6 +52,14 @@ def prompt(n: int, salt: int = 0) -> list[int]:
     return [1000 + (7 * i + 13 * salt) % 20000 for i in range(n)]
 
 
+def wait_for(cond, what: str, timeout: float = 120.0) -> None:
+    """Poll cond() every 10 ms until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
 def wait_all_free(node, timeout: float = 30.0) -> pb.NodeStats:
     """Poll Stats until every pool item is free (quarantine included) and integrity holds; returns the Stats."""
     deadline = time.monotonic() + timeout

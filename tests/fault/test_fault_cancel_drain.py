@@ -5,14 +5,13 @@ they stop admitting (health NOT_SERVING, new calls UNAVAILABLE), finish what the
 from __future__ import annotations
 
 import signal
-import time
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from pdpair.proto import pdpair_pb2 as pb
 
-from tests.e2e._client import generate, new_rid, prompt, rpc_error, sampling, wait_all_free
+from tests.e2e._client import generate, new_rid, prompt, rpc_error, sampling, wait_all_free, wait_for
 from tests.e2e._nodes import free_port, start_cluster, start_node, wait_healthy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -24,12 +23,6 @@ def cluster():
     yield c
     assert c.stop() == {"prefill": 0, "decode": 0}
 
-
-def _wait_for(cond, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _cancelled(call) -> None:
@@ -50,9 +43,9 @@ def test_cancel_mid_prefill_frees_pages_on_both_nodes(cluster):
     req = pb.GenerateRequest(rid=new_rid("cancel-prefill"), token_ids=prompt(20 * 64), sampling=sampling(4),
                              prefill_addr=p.addr)
     call = d.stub.Generate(req, timeout=300)
-    _wait_for(lambda: p.stats().prefilling > 0, "the prefill node to start prefilling")
+    wait_for(lambda: p.stats().prefilling > 0, "the prefill node to start prefilling")
     _cancelled(call)
-    _wait_for(lambda: _aborted(p) > before[0], "the prefill node to abort the request")
+    wait_for(lambda: _aborted(p) > before[0], "the prefill node to abort the request")
     assert _aborted(d) > before[1]
     wait_all_free(p)
     wait_all_free(d)
@@ -78,7 +71,7 @@ def test_cancel_colocated_prefill_frees_pages(cluster):
     d = cluster.decode
     req = pb.GenerateRequest(rid=new_rid("cancel-local"), token_ids=prompt(20 * 64, salt=2), sampling=sampling(4))
     call = d.stub.Generate(req, timeout=300)
-    _wait_for(lambda: d.stats().prefilling > 0, "the decode node to start prefilling")
+    wait_for(lambda: d.stats().prefilling > 0, "the decode node to start prefilling")
     _cancelled(call)
     wait_all_free(d)
 
@@ -130,13 +123,13 @@ def test_prefill_node_restart_and_crash(cluster):
         req = pb.GenerateRequest(rid=new_rid("crash"), token_ids=prompt(20 * 64, salt=5), sampling=sp,
                                  prefill_addr=second.addr)
         call = d.stub.Generate(req, timeout=300)
-        _wait_for(lambda: second.stats().prefilling > 0, "the prefill node to start prefilling")
+        wait_for(lambda: second.stats().prefilling > 0, "the prefill node to start prefilling")
         second.proc.kill()
         with pytest.raises(grpc.RpcError) as info:
             list(call)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
         pages = -(-len(req.token_ids) // 16)
-        _wait_for(lambda: d.stats().pools[0].quarantined == pages, f"{pages} pages in quarantine", 60)
+        wait_for(lambda: d.stats().pools[0].quarantined == pages, f"{pages} pages in quarantine", 60)
         kv = d.stats().pools[0]
         assert kv.free + kv.quarantined == kv.total, kv
     finally:
@@ -157,7 +150,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(cluster):
     req = pb.GenerateRequest(rid=new_rid("drain-p"), token_ids=prompt(12 * 64), prefill_addr=p.addr,
                              sampling=sampling(40, ignore_eos=True))
     call = d.stub.Generate(req, timeout=300)
-    _wait_for(lambda: p.stats().prefilling > 0, "the prefill node to start prefilling")
+    wait_for(lambda: p.stats().prefilling > 0, "the prefill node to start prefilling")
     p.proc.send_signal(signal.SIGTERM)
     tokens = [t for chunk in call for t in chunk.token_ids]
     assert len(tokens) == 40
@@ -170,7 +163,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(cluster):
     stream = iter(call)
     first = next(stream)
     d.proc.send_signal(signal.SIGTERM)
-    _wait_for(lambda: _not_serving(d), "the decode node to report NOT_SERVING")
+    wait_for(lambda: _not_serving(d), "the decode node to report NOT_SERVING")
     late = pb.GenerateRequest(rid=new_rid("late"), token_ids=prompt(30), sampling=sampling(4))
     err = rpc_error(d.stub.Generate, late, timeout=30)
     assert err is not None and err.code() == grpc.StatusCode.UNAVAILABLE, err

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from pdpair.proto import pdpair_pb2 as pb
 
-from tests.e2e._client import generate, new_rid, prompt, sampling
+from tests.e2e._client import generate, new_rid, prompt, sampling, wait_for
 from tests.e2e._nodes import start_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
@@ -30,12 +30,6 @@ def cluster():
     yield c
     assert c.stop() == {"prefill": 0, "decode": 0}
 
-
-def _wait_for(cond, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def test_late_write_is_quarantined_and_never_reaches_a_later_request(cluster):
@@ -54,7 +48,7 @@ def test_late_write_is_quarantined_and_never_reaches_a_later_request(cluster):
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
-    _wait_for(lambda: p.stats().prefilling > 0, "the prefill node to start (its first chunk's pages follow)")
+    wait_for(lambda: p.stats().prefilling > 0, "the prefill node to start (its first chunk's pages follow)")
     os.kill(d.proc.pid, signal.SIGSTOP)
     frozen_at = time.monotonic()
     try:  # the write to the frozen node times out after 30 s; then the prefill node quarantines its pages
@@ -67,7 +61,7 @@ def test_late_write_is_quarantined_and_never_reaches_a_later_request(cluster):
     err = outcome.get("error")
     assert err is not None and err.code() == grpc.StatusCode.ABORTED, (frozen_s, outcome)
     pages = len(victim) // PAGE
-    _wait_for(lambda: d.stats().pools[0].quarantined == pages, f"{pages} decode pages in quarantine", 120)
+    wait_for(lambda: d.stats().pools[0].quarantined == pages, f"{pages} decode pages in quarantine", 120)
     kv = d.stats().pools[0]
     assert kv.free + kv.quarantined == kv.total, kv
 

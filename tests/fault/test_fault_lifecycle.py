@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2
 from pdpair.proto import FAILURE_METADATA_KEY
 from pdpair.proto import pdpair_pb2 as pb
 
-from tests.e2e._client import generate, new_rid, prompt, rpc_error, sampling, wait_all_free
+from tests.e2e._client import generate, new_rid, prompt, rpc_error, sampling, wait_all_free, wait_for
 from tests.e2e._nodes import start_cluster, start_node, wait_healthy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
@@ -31,12 +31,6 @@ def cluster():
     yield c
     assert c.stop() == {"prefill": 0, "decode": 0}
 
-
-def _wait_for(cond, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def _side(err: grpc.RpcError) -> str:
@@ -81,9 +75,9 @@ def test_draining_prefill_node_finishes_in_flight_requests(cluster):
         refs = _references(d, jobs)
         before = p2.stats().requests_total
         bg = Background(d.stub, jobs)
-        _wait_for(lambda: p2.stats().requests_total >= before + 6, "all six to reach the prefill node")
+        wait_for(lambda: p2.stats().requests_total >= before + 6, "all six to reach the prefill node")
         p2.proc.send_signal(signal.SIGTERM)
-        _wait_for(lambda: p2.stats().draining, "the prefill node to drain", 30)
+        wait_for(lambda: p2.stats().draining, "the prefill node to drain", 30)
         late = pb.GenerateRequest(rid=new_rid("late"), token_ids=prompt(100, salt=3), sampling=sampling(4),
                                   prefill_addr=p2.addr)
         err = rpc_error(d.stub.Generate, late, timeout=60)
@@ -107,7 +101,7 @@ def test_client_cancel_mid_transfer_returns_pages_within_seconds(cluster):
         req = pb.GenerateRequest(rid=new_rid("cancel"), token_ids=prompt(20 * 64, salt=50 + round_),
                                  sampling=sampling(4), prefill_addr=p.addr)
         call = d.stub.Generate(req, timeout=300)
-        _wait_for(lambda: p.stats().transferring > 0 or p.stats().inflight_transfers > 0,
+        wait_for(lambda: p.stats().transferring > 0 or p.stats().inflight_transfers > 0,
                   "pages of the long prompt to be on the wire")
         call.cancel()
         assert bg.join() == refs
@@ -123,7 +117,7 @@ def test_cancel_while_the_engine_is_busy_leaks_nothing(cluster):
     p, d = cluster.prefill, cluster.decode
     for i in range(4):
         busy = Background(d.stub, [(prompt(900, salt=60 + i), sampling(2), "")])
-        _wait_for(lambda: _engine_busy(d), "the decode node's engine to run a long step", 60)
+        wait_for(lambda: _engine_busy(d), "the decode node's engine to run a long step", 60)
         req = pb.GenerateRequest(rid=new_rid("busy"), token_ids=prompt(200, salt=70 + i), sampling=sampling(4),
                                  prefill_addr=p.addr)
         call = d.stub.Generate(req, timeout=300)

@@ -41,12 +41,15 @@ class RankProcesses:
         self.stopping = False
 
     def check_alive(self) -> None:
-        """Raise RankDied (after stopping every rank) when a rank exited unasked."""
-        for r, p in self.procs.items():
-            if p.exitcode is not None and not self.stopping:
-                logger.error("rank %d exited with code %s: stopping every rank of this node", r, p.exitcode)
-                self.kill()
-                raise RankDied(f"rank {r} exited with code {p.exitcode}")
+        """Raise RankDied (after stopping every rank) when a rank exited unasked. When several are gone, name
+        the cause: a rank killed by a signal before one that exited on its own after a collective with the
+        dead one failed."""
+        dead = [(r, p.exitcode) for r, p in self.procs.items() if p.exitcode is not None]
+        if dead and not self.stopping:
+            r, code = min(dead, key=lambda d: (d[1] >= 0, d[0]))
+            logger.error("rank %d exited with code %s: stopping every rank of this node", r, code)
+            self.kill()
+            raise RankDied(f"rank {r} exited with code {code}")
 
     def join(self, timeout: float) -> None:
         for p in self.procs.values():

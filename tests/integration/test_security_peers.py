@@ -53,7 +53,7 @@ def test_forget_refusal_and_eviction_keep_calls_in_flight():
             assert peer.layout.node_id == "pa" and a.handshakes == 1
             first = asyncio.ensure_future(peer.stub.Prefill(pb.PrefillRequest(rid="r1"), timeout=30))
             await asyncio.sleep(0.2)
-            await peers.forget(addr_a)  # the lead's retry path after FAILED_PRECONDITION
+            await peers.forget(addr_a)  # the decode node's retry path after FAILED_PRECONDITION
             a.refuse_next = True
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await peers.get(addr_a)  # a refused re-handshake must not close the channel either

@@ -78,7 +78,7 @@ class DumpConfig:
 
 
 def corrupt_page_spec() -> tuple[str, int] | None:
-    """`PDPAIR_TEST_CORRUPT_PAGE=kind:index` (test only) -> ("kv", 0); unset -> None."""
+    """`PDPAIR_TEST_CORRUPT_PAGE=kind:index` (test only) -> (kind, index); unset -> None."""
     raw = os.environ.get(ENV_CORRUPT_PAGE, "")
     if not raw:
         return None

@@ -30,17 +30,30 @@ def _parser(method) -> Any:
     return parse
 
 
+async def _parse(raw: bytes, parse, name: str, context):
+    try:
+        request = parse(raw)
+    except pb_message.DecodeError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: malformed request message: {exc}")
+    bind_rid(getattr(request, "rid", ""))
+    return request
+
+
 def _handler(fn, parse, name: str):
-    """The method's handler on raw bytes. Streaming methods write with context.write, so one shape serves all."""
+    """The method's handler on raw bytes: a coroutine (streamed answers via context.write) or an async
+    generator, like the servicer method it wraps."""
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def stream(raw: bytes, context):
+            async for item in fn(await _parse(raw, parse, name, context), context):
+                yield item
+
+        return stream
 
     @functools.wraps(fn)
     async def handler(raw: bytes, context):
-        try:
-            request = parse(raw)
-        except pb_message.DecodeError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: malformed request message: {exc}")
-        bind_rid(getattr(request, "rid", ""))
-        return await fn(request, context)
+        return await fn(await _parse(raw, parse, name, context), context)
 
     return handler
 
@@ -52,8 +65,6 @@ def add_service(server: grpc.aio.Server, servicer: Any, service: str) -> str:
     handlers = {}
     for m in desc.methods:
         fn = getattr(servicer, m.name)
-        if inspect.isasyncgenfunction(fn):
-            raise TypeError(f"{service}.{m.name}: write streamed answers with context.write, not yield")
         make = grpc.unary_stream_rpc_method_handler if m.server_streaming else grpc.unary_unary_rpc_method_handler
         handlers[m.name] = make(_handler(fn, _parser(m), m.name), request_deserializer=None,
                                 response_serializer=GetMessageClass(m.output_type).SerializeToString)

@@ -52,6 +52,29 @@ def prompt(n: int, salt: int = 0) -> list[int]:
     return [1000 + (7 * i + 13 * salt) % 20000 for i in range(n)]
 
 
+def pool_transfer(msg: pb.TransferStats, kind: str) -> pb.PoolTransfer:
+    return next(p for p in msg.pools if p.kind == kind)
+
+
+def disagg_equals_colocated_and_hf(cluster, hf, ids: list[int], max_new_tokens: int) -> pb.TransferStats:
+    """Greedy through the decode node alone, through the pair, and through transformers' `hf`: all three
+    equal (asserted); returns the disaggregated request's transfer figures."""
+    import torch
+    import transformers
+
+    sp = sampling(max_new_tokens=max_new_tokens)
+    colocated = generate(cluster.decode.stub, ids, sp)
+    disagg = generate(cluster.decode.stub, ids, sp, prefill_addr=cluster.prefill.addr)
+    gen = transformers.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None,
+                                        pad_token_id=0)
+    hf.generation_config.eos_token_id = None
+    with torch.inference_mode():
+        ref = hf.generate(torch.tensor([ids]), generation_config=gen)[0, len(ids):].tolist()
+    assert disagg.tokens == colocated.tokens == ref
+    assert disagg.first.prefilled_remotely and not colocated.first.prefilled_remotely
+    return disagg.first.transfer
+
+
 def wait_for(cond, what: str, timeout: float = 120.0) -> None:
     """Poll cond() every 10 ms until it holds; fail naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout

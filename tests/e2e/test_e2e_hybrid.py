@@ -11,10 +11,16 @@ import time
 
 import grpc
 import pytest
-import torch
 from pdpair.proto import pdpair_pb2 as pb
 
-from tests.e2e._client import generate, new_rid, sampling, wait_all_free
+from tests.e2e._client import (
+    disagg_equals_colocated_and_hf,
+    generate,
+    new_rid,
+    pool_transfer,
+    sampling,
+    wait_all_free,
+)
 from tests.e2e._nodes import start_cluster
 from tests.hybrid_models import VOCAB, save_hybrid
 
@@ -41,25 +47,11 @@ def _ids(n: int, salt: int = 0) -> list[int]:
     return [(37 * i + n + 11 * salt) % (VOCAB - 3) + 3 for i in range(n)]
 
 
-def _pool(msg, kind: str):
-    return next(p for p in msg.pools if p.kind == kind)
-
-
 @pytest.mark.parametrize("n", [2, 4 * PAGE, 3 * CHUNK + 2])
 def test_disaggregated_equals_colocated_and_transformers(cluster, n):
     c, hf = cluster
-    ids = _ids(n)
-    sp = sampling(max_new_tokens=10)
-    colocated = generate(c.decode.stub, ids, sp)
-    disagg = generate(c.decode.stub, ids, sp, prefill_addr=c.prefill.addr)
-    gen = transformers.GenerationConfig(max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
-    hf.generation_config.eos_token_id = None
-    with torch.inference_mode():
-        ref = hf.generate(torch.tensor([ids]), generation_config=gen)[0, n:].tolist()
-    assert disagg.tokens == colocated.tokens == ref
-    assert disagg.first.prefilled_remotely and not colocated.first.prefilled_remotely
-    t = disagg.first.transfer
-    kv, mamba = _pool(t, "kv"), _pool(t, "mamba")
+    t = disagg_equals_colocated_and_hf(c, hf, _ids(n), 10)
+    kv, mamba = pool_transfer(t, "kv"), pool_transfer(t, "mamba")
     assert (kv.items, mamba.items, mamba.entries) == (-(-n // PAGE), 1, 1), t
     assert kv.items + mamba.items == t.items and kv.bytes + mamba.bytes == t.bytes
     for node in c.nodes:
@@ -111,7 +103,7 @@ def test_concurrent_requests_with_cancellations(cluster):
             assert got == solo[i], f"request {i} ({len(jobs[i][0])} tokens, remote={jobs[i][1]})"
     for node in c.nodes:
         st = wait_all_free(node)
-        assert st.integrity_ok and _pool(st, "mamba").total > 0
+        assert st.integrity_ok and pool_transfer(st, "mamba").total > 0
     assert c.prefill.stats().requests_aborted > aborted_before  # cancels reached the prefill node mid-flight
 
 

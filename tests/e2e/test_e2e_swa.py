@@ -9,10 +9,9 @@ import threading
 import time
 
 import pytest
-import torch
 from pdpair.proto import pdpair_pb2 as pb
 
-from tests.e2e._client import generate, sampling, wait_all_free
+from tests.e2e._client import disagg_equals_colocated_and_hf, generate, pool_transfer, sampling, wait_all_free
 from tests.e2e._nodes import start_cluster
 from tests.swa_models import VOCAB, save_tiny_swa
 
@@ -44,25 +43,11 @@ def _tail_pages(n: int) -> int:
     return -(-n // PAGE) - first
 
 
-def _pool(msg, kind: str):
-    return next(p for p in msg.pools if p.kind == kind)
-
-
 @pytest.mark.parametrize("n", [WINDOW + 1, 4 * PAGE, 3 * CHUNK + 5])
 def test_disaggregated_equals_colocated_and_transformers(cluster, n):
     c, hf = cluster
-    ids = _ids(n)
-    sp = sampling(max_new_tokens=12)
-    colocated = generate(c.decode.stub, ids, sp)
-    disagg = generate(c.decode.stub, ids, sp, prefill_addr=c.prefill.addr)
-    gen = transformers.GenerationConfig(max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
-    hf.generation_config.eos_token_id = None
-    with torch.inference_mode():
-        ref = hf.generate(torch.tensor([ids]), generation_config=gen)[0, n:].tolist()
-    assert disagg.tokens == colocated.tokens == ref
-    assert disagg.first.prefilled_remotely and not colocated.first.prefilled_remotely
-    t = disagg.first.transfer
-    kv, swa = _pool(t, "kv"), _pool(t, "swa")
+    t = disagg_equals_colocated_and_hf(c, hf, _ids(n), 12)
+    kv, swa = pool_transfer(t, "kv"), pool_transfer(t, "swa")
     assert (kv.items, swa.items) == (-(-n // PAGE), _tail_pages(n)), t
     assert kv.items + swa.items == t.items and kv.bytes + swa.bytes == t.bytes
     assert swa.entries >= 1 and kv.entries >= 1
@@ -80,7 +65,7 @@ def test_long_decode_keeps_swa_usage_bounded_then_all_free(cluster):
     c, _ = cluster
     ids, n_new = _ids(2 * CHUNK + 3), 10 * WINDOW
     st = c.decode.stats()
-    swa_total = _pool(st, "swa").total
+    swa_total = pool_transfer(st, "swa").total
     peak = {"swa": 0, "kv": 0}
     done = threading.Event()
 
@@ -88,7 +73,7 @@ def test_long_decode_keeps_swa_usage_bounded_then_all_free(cluster):
         while not done.is_set():
             s = c.decode.stats()
             for kind in peak:
-                p = _pool(s, kind)
+                p = pool_transfer(s, kind)
                 peak[kind] = max(peak[kind], p.total - p.free)
             time.sleep(0.02)
 

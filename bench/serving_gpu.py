@@ -4,7 +4,8 @@ Writes a seeded 8B-shape model (random bf16 weights, Hugging Face layout, word-l
 directory, then for each mode starts real daemons on loopback and replays the same arrival schedule at each
 rate:
 - 1p1d: a prefill node on GPU 0 and a decode node on GPU 1 (`--local-prefill-below 0`: every prompt is
-  prefilled remotely); pages move over Mooncake TCP through host memory (no RDMA NIC on these machines);
+  prefilled remotely); pages move over Mooncake TCP through host memory (no RDMA NIC on these machines), or
+  GPU to GPU through CUDA IPC with `--transfer-protocol nvlink_intra`;
 - colocated: two decode nodes, one per GPU, each prefilling its own requests; requests alternate between them.
 Requests go straight to the decode nodes' gRPC `Generate` (no router). A request meets the SLO when its TTFT
 <= --slo-ttft and its mean inter-token latency <= --slo-itl; goodput = SLO-meeting requests / arrival window.
@@ -212,7 +213,10 @@ def clusters(mode: str, model_dir: Path, args):
     common = ["--model", str(model_dir), "--device", args.device, "--page-size", "16", "--chunk-size",
               str(args.chunk_size), "--log-level", "WARNING"]
     common += ["--mem-fraction", str(args.mem_fraction)] if args.device == "cuda" else ["--max-pages", "4096"]
-    gpu = (lambda i: {"CUDA_VISIBLE_DEVICES": str(i)}) if args.device == "cuda" else (lambda i: {})
+    common += ["--transfer-protocol", args.transfer_protocol]
+    # nvlink_intra opens the peer's memory through CUDA IPC: every node sees both GPUs, its own listed first
+    order = (lambda i: f"{i},{1 - i}") if args.transfer_protocol == "nvlink_intra" else str
+    gpu = (lambda i: {"CUDA_VISIBLE_DEVICES": order(i)}) if args.device == "cuda" else (lambda i: {})
     if mode == "1p1d":
         p = LocalCluster(prefill=1, decode=0, router=False, node_args=common, env=gpu(0)).start()
         try:
@@ -244,8 +248,12 @@ async def run_mode(mode: str, model_dir: Path, vocab: int, args, deadline: float
         channels = [grpc.aio.insecure_channel(addr) for addr, _ in ends]
         stubs = [pb_grpc.DecodeNodeStub(c) for c in channels]
         targets = [prefill for _, prefill in ends]
-        for i in range(len(stubs)):  # warm up: compile kernels, first transfer
-            await one(stubs[i], pb, 0.0, args.prompt_min, 8, vocab, targets[i])
+        for i in range(len(stubs)):  # warm up: compile kernels (one chunk, a chunk over a prefix), first transfer
+            for n in (args.prompt_min, args.prompt_max):
+                await one(stubs[i], pb, 0.0, n, 8, vocab, targets[i])
+            step = max(1, (args.prompt_max - args.prompt_min) // 7)  # then a concurrent batch across the range
+            await asyncio.gather(*(one(stubs[i], pb, 0.0, n, 16, vocab, targets[i])
+                                   for n in range(args.prompt_min, args.prompt_max + 1, step)))
         for k, rate in enumerate(args.rates):
             if time.perf_counter() + args.duration + args.drain > deadline:
                 print(f"{mode}: time budget reached, rates from {rate} on skipped", flush=True)
@@ -289,6 +297,8 @@ def main() -> None:
     ap.add_argument("--mem-fraction", type=float, default=0.8, help="share of free GPU memory for each KV pool")
     ap.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run; later rates are skipped")
     ap.add_argument("--modes", nargs="+", default=["1p1d", "colocated"], choices=["1p1d", "colocated"])
+    ap.add_argument("--transfer-protocol", default="tcp", choices=["tcp", "nvlink_intra"],
+                    help="how 1p1d pages move: tcp (through host memory) or nvlink_intra (GPU to GPU, CUDA IPC)")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args()
     deadline = time.perf_counter() + args.budget
@@ -315,8 +325,8 @@ def main() -> None:
         if a and b and b["goodput_rps"] > 0:
             print(f"rate {rate}: goodput 1p1d / colocated = {a['goodput_rps'] / b['goodput_rps']:.2f}x", flush=True)
     print(f"SLO: TTFT <= {args.slo_ttft:.2f} s and mean ITL <= {args.slo_itl * 1e3:.0f} ms; xfer% = KV transfer "
-          f"seconds / TTFT for prompts >= {int(0.8 * args.prompt_max)} tokens; pages over Mooncake TCP through host "
-          "memory (no RDMA NIC)")
+          f"seconds / TTFT for prompts >= {int(0.8 * args.prompt_max)} tokens; pages over Mooncake "
+          f"{args.transfer_protocol} (tcp: through host memory; no RDMA NIC)")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
 

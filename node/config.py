@@ -9,6 +9,8 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pdpair.transfer.engine import PROTOCOLS
+
 from pdpair.logfmt import add_log_format_arg
 from pdpair.tls import TlsFiles, add_tls_args, tls_from_args
 
@@ -73,8 +75,8 @@ class NodeConfig:
             raise ValueError(f"mem_fraction must be in (0, 1], got {self.mem_fraction}")
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise ValueError(f"attention_backend must be auto, torch or triton, got {self.attention_backend!r}")
-        if self.transfer_protocol not in ("tcp", "rdma"):
-            raise ValueError(f"transfer_protocol must be tcp or rdma, got {self.transfer_protocol!r}")
+        if self.transfer_protocol not in PROTOCOLS:
+            raise ValueError(f"transfer_protocol must be one of {PROTOCOLS}, got {self.transfer_protocol!r}")
         if not self.quarantine_seconds > 0:
             raise ValueError(f"quarantine_seconds must be positive, got {self.quarantine_seconds}")
         if self.max_queue <= 0 or self.local_prefill_below < 0:
@@ -111,8 +113,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="attention kernels (default: auto = triton on CUDA, torch elsewhere)")
     parser.add_argument("--disable-cuda-graph", action="store_true",
                         help="run decode eagerly on CUDA instead of replaying captured graphs (debugging)")
-    parser.add_argument("--transfer-protocol", default=d.transfer_protocol, choices=["tcp", "rdma"],
-                        help="Mooncake transport (default: tcp)")
+    parser.add_argument("--transfer-protocol", default=d.transfer_protocol, choices=list(PROTOCOLS),
+                        help="Mooncake transport: tcp (default; through host memory), rdma (needs a NIC and "
+                             "--rdma-devices), nvlink_intra (GPU to GPU inside one host through CUDA IPC: both "
+                             "nodes on one machine, in one PID namespace, pools not in expandable segments)")
     parser.add_argument("--rdma-devices", default=None, help="comma-separated RDMA NICs, e.g. mlx5_0,mlx5_1")
     parser.add_argument("--transfer-threads", type=int, default=d.transfer_threads,
                         help="transfer worker threads (default: 2)")

@@ -58,6 +58,10 @@ class NodeRuntime:
         self.transfer = MooncakeEngine(host=cfg.advertise_host, protocol=cfg.transfer_protocol,
                                        devices=cfg.rdma_device_list)
         self.layout = engine_layout(engine, cfg.node_id, "", cfg.transfer_protocol)
+        if cfg.device.startswith("cuda"):  # a runtime call binds the device's context to this thread, where
+            import torch  # Mooncake's CUDA transports look the pools up (nvlink_intra: cuMemGetAddressRange)
+
+            torch.cuda.synchronize(torch.device(cfg.device))
         self.transfer.register(self.layout.regions)
         self.layout = engine_layout(engine, cfg.node_id, self.transfer.session_id, cfg.transfer_protocol)
         self.workers = TransferWorkers(self.transfer, num_threads=cfg.transfer_threads)

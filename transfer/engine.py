@@ -17,6 +17,7 @@ __all__ = [
     "transfer_timeout_s",
 ]
 
+PROTOCOLS = ("tcp", "rdma", "nvlink_intra")  # nvlink_intra: GPU to GPU in one host through CUDA IPC
 DEFAULT_BATCH_ENTRIES = 1024  # entries per engine call: measured safe (~2,048 can break a peer)
 
 

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from .engine import DEFAULT_BATCH_ENTRIES, TransferError, TransferResult, transfer_timeout_s
+from .engine import DEFAULT_BATCH_ENTRIES, PROTOCOLS, TransferError, TransferResult, transfer_timeout_s
 from .layout import MemoryRegion
 from .plan import TransferPlan
 
@@ -36,7 +36,7 @@ _INSTALL_HINT = (
 )
 
 
-def _prepare_env(timeout_s: float | None) -> None:
+def _prepare_env(timeout_s: float | None, protocol: str) -> None:
     """Environment Mooncake reads at ``initialize()``."""
     if os.environ.pop("MC_LOG_DIR", None) is not None:
         logger.warning("ignoring MC_LOG_DIR: it aborts the Mooncake engine")
@@ -46,6 +46,10 @@ def _prepare_env(timeout_s: float | None) -> None:
             "MC_TCP_MAX_QUEUED_TRANSFERS_PER_PEER=%d is low; large batches may break peers", queued
         )
     os.environ.setdefault("MC_LOG_LEVEL", "ERROR")
+    if protocol == "nvlink_intra":  # the protocol decides: Mooncake picks the transport from this variable
+        os.environ["MC_INTRANODE_NVLINK"] = "1"
+    else:
+        os.environ.pop("MC_INTRANODE_NVLINK", None)
     if timeout_s is not None:
         os.environ["MC_TRANSFER_TIMEOUT"] = str(max(1, round(timeout_s)))
 
@@ -59,7 +63,7 @@ def _import_engine() -> type:
 
 
 class MooncakeEngine:
-    """A Mooncake transfer engine over TCP (default) or RDMA, paired by P2P handshake.
+    """A Mooncake transfer engine over TCP (default), RDMA or intra-host NVLink, paired by P2P handshake.
 
     ``timeout_s`` sets ``MC_TRANSFER_TIMEOUT`` (process-wide, whole seconds).
 
@@ -76,11 +80,11 @@ class MooncakeEngine:
         max_batch_entries: int = DEFAULT_BATCH_ENTRIES,
         timeout_s: float | None = None,
     ) -> None:
-        if protocol not in ("tcp", "rdma"):
-            raise ValueError(f"protocol must be 'tcp' or 'rdma', got {protocol!r}")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         if max_batch_entries < 1:
             raise ValueError(f"max_batch_entries must be >= 1, got {max_batch_entries}")
-        _prepare_env(timeout_s)
+        _prepare_env(timeout_s, protocol)
         self.protocol, self.max_batch_entries = protocol, max_batch_entries
         # a failed write may land up to this long after it was issued: size quarantines from it
         self.transfer_timeout_s = transfer_timeout_s()

@@ -62,7 +62,19 @@ def test_env_prepared_for_mooncake(monkeypatch):
     monkeypatch.setenv("MC_LOG_DIR", "/tmp/x")
     monkeypatch.delenv("MC_TCP_MAX_QUEUED_TRANSFERS_PER_PEER", raising=False)
     monkeypatch.delenv("MC_TRANSFER_TIMEOUT", raising=False)
-    mooncake_engine._prepare_env(timeout_s=2.4)
+    mooncake_engine._prepare_env(timeout_s=2.4, protocol="tcp")
     assert "MC_LOG_DIR" not in os.environ
     assert int(os.environ["MC_TCP_MAX_QUEUED_TRANSFERS_PER_PEER"]) >= 4096
     assert os.environ["MC_TRANSFER_TIMEOUT"] == "2"
+
+
+def test_protocol_picks_the_intra_host_nvlink_transport(monkeypatch):
+    """Mooncake chooses its transport from MC_INTRANODE_NVLINK: the protocol flag sets it, and every other
+    protocol clears a leftover (a tcp node must not silently open CUDA IPC handles)."""
+    monkeypatch.delenv("MC_INTRANODE_NVLINK", raising=False)
+    mooncake_engine._prepare_env(timeout_s=None, protocol="nvlink_intra")
+    assert os.environ["MC_INTRANODE_NVLINK"] == "1"
+    mooncake_engine._prepare_env(timeout_s=None, protocol="tcp")
+    assert "MC_INTRANODE_NVLINK" not in os.environ
+    with pytest.raises(ValueError, match="nvlink_intra"):
+        mooncake_engine.MooncakeEngine(protocol="nvlink")

@@ -17,6 +17,7 @@ With `--fused-ops both` every row runs with the fused kernels on and off.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -231,6 +232,7 @@ def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args
             release()
     eng.pools.check_integrity()
     del eng, lm
+    gc.collect()  # the engine's reference cycles (scheduler hooks, graphs) hold the pool until collected
     torch.cuda.empty_cache()
 
 
@@ -267,7 +269,10 @@ def main() -> None:
             bench_shape(name, SHAPES[name], ceilings, args, fused_modes)
         except torch.cuda.OutOfMemoryError as exc:
             print(f"{name}: out of device memory, rows skipped ({exc})", flush=True)
+            del exc
+            gc.collect()
             torch.cuda.empty_cache()
+        print(f"{name}: {torch.cuda.memory_reserved() / 2**30:.1f} GiB still reserved after the shape", flush=True)
     print(f"total {time.perf_counter() - t0:.0f} s", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"copy_gbs": ceilings[0], "gemm_tflops": ceilings[1], "rows": ROWS},

@@ -31,6 +31,7 @@ class EngineConfig:
     seed: int = 0
     disable_cuda_graph: bool = False  # CUDA graphs for decode (CUDA devices with a backend that supports them)
     fused_ops: bool = True  # fused norm/rope/activation kernels (CUDA, triton backend, no dumping): fewer launches
+    extend_sdpa: bool = True  # triton backend: prefill chunks without a cached prefix through torch SDPA (cuDNN)
     dump: DumpConfig | None = None  # tensor dumps for pdpair-compare (off: None); dumping runs decode eagerly
 
     def __post_init__(self) -> None:

@@ -59,6 +59,8 @@ class Engine:
             from pdpair.engine.models.fused import fused_supported
 
             backend.fused_ops = fused_supported(mc)
+        if hasattr(backend, "extend_sdpa"):
+            backend.extend_sdpa = backend.extend_sdpa and config.extend_sdpa
         windows = {p.kind: p.window for p in pools if p.window is not None}
         self.runner = ModelRunner(self.model, backend, self.req_to_token, mc.vocab_size, windows)
         if config.dump is not None:
@@ -105,7 +107,8 @@ class Engine:
                    dtype: str | torch.dtype | None = None, page_size: int = 16, max_pages: int | None = None,
                    chunk_size: int = 512, attention_backend: str = "auto", max_running_requests: int = 256,
                    seed: int = 0, mem_fraction: float = DEFAULT_MEM_FRACTION,
-                   disable_cuda_graph: bool = False, dump: DumpConfig | None = None) -> Engine:
+                   disable_cuda_graph: bool = False, dump: DumpConfig | None = None, fused_ops: bool = True,
+                   extend_sdpa: bool = True) -> Engine:
         """Load a model (the embedded SmolLM2, a Hugging Face directory or a .gguf path) and build the runtime."""
         from pdpair.engine.loader import load_model
 
@@ -113,13 +116,15 @@ class Engine:
         return cls.from_loaded(loaded, device=device, page_size=page_size, max_pages=max_pages,
                                chunk_size=chunk_size, attention_backend=attention_backend,
                                max_running_requests=max_running_requests, seed=seed, mem_fraction=mem_fraction,
-                               disable_cuda_graph=disable_cuda_graph, dump=dump)
+                               disable_cuda_graph=disable_cuda_graph, dump=dump, fused_ops=fused_ops,
+                               extend_sdpa=extend_sdpa)
 
     @classmethod
     def from_loaded(cls, loaded, device: str = "cpu", page_size: int = 16, max_pages: int | None = None,
                     chunk_size: int = 512, attention_backend: str = "auto", max_running_requests: int = 256,
                     seed: int = 0, mem_fraction: float = DEFAULT_MEM_FRACTION,
-                    disable_cuda_graph: bool = False, dump: DumpConfig | None = None) -> Engine:
+                    disable_cuda_graph: bool = False, dump: DumpConfig | None = None, fused_ops: bool = True,
+                    extend_sdpa: bool = True) -> Engine:
         """Build the runtime around an already loaded model (`LoadedModel`-like: config, model, tokenizer,
         model_id, weights_digest); the dtype is the model's. `dump` None: `PDPAIR_DUMP_DIR` decides."""
         mc = loaded.config
@@ -131,7 +136,7 @@ class Engine:
                               max_pages=max_pages, chunk_size=chunk_size,
                               max_running_requests=max_running_requests,
                               attention_backend=resolve_backend(attention_backend, device), seed=seed,
-                              disable_cuda_graph=disable_cuda_graph,
+                              disable_cuda_graph=disable_cuda_graph, fused_ops=fused_ops, extend_sdpa=extend_sdpa,
                               dump=dump if dump is not None else DumpConfig.from_env())
         return cls(loaded, config)
 

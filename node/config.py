@@ -36,6 +36,8 @@ class NodeConfig:
     chunk_size: int = 512
     attention_backend: str = "auto"
     disable_cuda_graph: bool = False
+    disable_fused_ops: bool = False
+    prefill_attention: str = "auto"  # auto: SDPA for prefill without a cached prefix, Triton otherwise; triton
     transfer_protocol: str = "tcp"
     rdma_devices: str | None = None
     transfer_threads: int = 2
@@ -113,6 +115,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="attention kernels (default: auto = triton on CUDA, torch elsewhere)")
     parser.add_argument("--disable-cuda-graph", action="store_true",
                         help="run decode eagerly on CUDA instead of replaying captured graphs (debugging)")
+    parser.add_argument("--disable-fused-ops", action="store_true",
+                        help="CUDA: run the unfused norm / rope / activation kernels instead of the fused ones "
+                             "(more launches per step; for comparing outputs)")
+    parser.add_argument("--prefill-attention", default=d.prefill_attention, choices=["auto", "triton"],
+                        help="CUDA prefill attention: auto (default) runs chunks without a cached prefix and "
+                             "without sliding-window layers through torch SDPA (cuDNN) and the rest through the "
+                             "paged Triton kernel; triton runs every chunk through the Triton kernel")
     parser.add_argument("--transfer-protocol", default=d.transfer_protocol, choices=list(PROTOCOLS),
                         help="Mooncake transport: tcp (default; through host memory), rdma (needs a NIC and "
                              "--rdma-devices), nvlink_intra (GPU to GPU inside one host through CUDA IPC: both "
@@ -189,6 +198,7 @@ def config_from_args(role: str, args: argparse.Namespace) -> NodeConfig:
         device=args.device, dtype=args.dtype, page_size=args.page_size, max_pages=args.max_pages,
         mem_fraction=args.mem_fraction, chunk_size=args.chunk_size,
         attention_backend=args.attention_backend, disable_cuda_graph=args.disable_cuda_graph,
+        disable_fused_ops=args.disable_fused_ops, prefill_attention=args.prefill_attention,
         transfer_protocol=args.transfer_protocol,
         rdma_devices=args.rdma_devices, transfer_threads=args.transfer_threads, metrics_port=args.metrics_port,
         log_level=args.log_level, log_format=args.log_format, max_queue=args.max_queue,

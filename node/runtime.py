@@ -40,6 +40,7 @@ def load_engine(cfg: NodeConfig) -> Any:
     return Engine.from_model(cfg.model, device=cfg.device, dtype=cfg.dtype, page_size=cfg.page_size,
                              max_pages=cfg.max_pages, chunk_size=cfg.chunk_size,
                              attention_backend=cfg.attention_backend, disable_cuda_graph=cfg.disable_cuda_graph,
+                             fused_ops=not cfg.disable_fused_ops, extend_sdpa=cfg.prefill_attention == "auto",
                              dump=cfg.dump, **extra)
 
 

@@ -66,3 +66,18 @@ def test_cuda_bf16_runs():
     outs = eng.generate(PROMPTS, SamplingParams(max_new_tokens=8, temperature=0.8, seed=1, ignore_eos=True))
     assert all(len(o.token_ids) == 8 and o.finish_reason == "length" for o in outs)
     assert eng.pools.all_free()
+
+
+def test_cuda_kernel_routes_switched_off_give_the_same_tokens():
+    """The triton backend with the fused kernels and the SDPA prefill route (defaults) and with both switched
+    off (`--disable-fused-ops`, `--prefill-attention triton`) generate the same greedy tokens as the dense
+    reference: the switches change kernels, not results."""
+    kw = dict(max_pages=128, page_size=16, chunk_size=512, attention_backend="triton")
+    on = Engine.from_loaded(tiny_loaded("cuda", torch.float32), device="cuda", **kw)
+    off = Engine.from_loaded(tiny_loaded("cuda", torch.float32), device="cuda", fused_ops=False,
+                             extend_sdpa=False, **kw)
+    assert on.runner.backend.extend_sdpa and not off.runner.backend.extend_sdpa
+    assert not off.runner.backend.fused_ops
+    ref = [dense_greedy(on.model, p, GREEDY.max_new_tokens, "cuda") for p in PROMPTS]
+    assert [o.token_ids for o in off.generate(PROMPTS, GREEDY)] == ref
+    assert [o.token_ids for o in on.generate(PROMPTS, GREEDY)] == ref

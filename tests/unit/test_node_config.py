@@ -96,3 +96,18 @@ def test_layout_round_trips_through_proto():
     assert layout_from_proto(layout_to_proto(layout)) == layout
     with pytest.raises(ValueError):
         layout_from_proto(pb.MemoryLayout(node_id="n", page_size=0))
+
+
+def test_kernel_route_flags_reach_the_engine_config():
+    """--disable-fused-ops and --prefill-attention triton end up in the EngineConfig the node builds (the
+    CUDA backend reads them; on CPU the config still carries them)."""
+    from pdpair.node.runtime import load_engine
+
+    plain = config_from_args("decode", decode_parser().parse_args(["--max-pages", "32"]))
+    assert (plain.disable_fused_ops, plain.prefill_attention) == (False, "auto")
+    cfg = config_from_args("decode", decode_parser().parse_args(
+        ["--max-pages", "32", "--disable-fused-ops", "--prefill-attention", "triton"]))
+    engine = load_engine(cfg)
+    assert (engine.config.fused_ops, engine.config.extend_sdpa) == (False, False)
+    with pytest.raises(SystemExit):
+        decode_parser().parse_args(["--prefill-attention", "sdpa"])

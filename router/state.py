@@ -25,6 +25,7 @@ class RouterState:
             config.decode,
             config.prefill,
             policy=config.policy,
+            cache_aware=config.cache_aware,
             poll_interval_s=config.poll_interval_s,
             rpc_timeout_s=config.rpc_timeout_s,
             dns_refresh_s=config.dns_refresh_s,

@@ -120,7 +120,7 @@ def test_an_ejected_node_forgets_its_prompts():
 
 def test_retain_drops_the_trees_of_nodes_no_longer_live():
     def body():
-        a, b = nodes = _nodes("decode", 2, 7280)
+        a, b = _nodes("decode", 2, 7280)
         policy = CacheAware(CacheAwareConfig())
         policy.tree(a).insert(FIRST)
         policy.tree(b).insert(FIRST)

@@ -12,12 +12,15 @@ pairs is needed to pair two nodes that both hold it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from pdpair.router.node_client import NodeClient
 from pdpair.router.policy import LeastLoaded
 from pdpair.router.radix import PrefixTree
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,4 +84,11 @@ class CacheAware:
         """The longest match (then the lighter load, then list order) when long enough, else least loaded."""
         order = {n: i for i, n in enumerate(nodes)}
         best = max(matches, key=lambda n: (matches[n], -n.load(), -order[n]))
-        return best if self._enough(matches[best], length) else self._least_loaded.pick(nodes)
+        if self._enough(matches[best], length):
+            logger.debug("cache_aware: %s node %s holds %d of %d prompt tokens", best.role, best.addr,
+                         matches[best], length)
+            return best
+        node = self._least_loaded.pick(nodes)
+        logger.debug("cache_aware: %s node %s by load (best match %d of %d tokens on %d of %d nodes not "
+                     "overloaded)", node.role, node.addr, matches[best], length, len(matches), len(nodes))
+        return node

@@ -1,9 +1,9 @@
 """An approximate prefix tree of the prompts recently routed to one node (the router's guess at its cache).
 
 Edges hold runs of token ids (a radix tree). The size is the number of token ids stored, bounded by
-`max_tokens`: past it, the least recently inserted leaves go first. Matching does not refresh recency, so
-that asking every candidate node does not keep the losers' entries alive. Deterministic: recency is a
-logical clock, not wall time.
+`max_tokens`: past it, the least recently inserted leaves go first, down to 90 % of the bound. Matching does
+not refresh recency, so that asking every candidate node does not keep the losers' entries alive.
+Deterministic: recency is a logical clock, not wall time.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ class _Node:
         self.touched = touched
 
 
-def _common(edge: tuple[int, ...], tokens: Sequence[int], start: int) -> int:
+def _common(edge: tuple[int, ...], tokens: tuple[int, ...], start: int) -> int:
     """How many of `edge`'s tokens equal tokens[start:]."""
+    if tokens[start:start + len(edge)] == edge:  # the usual case, compared in C
+        return len(edge)
     n = min(len(edge), len(tokens) - start)
     i = 0
     while i < n and edge[i] == tokens[start + i]:
@@ -47,6 +49,7 @@ class PrefixTree:
 
     def match(self, tokens: Sequence[int]) -> int:
         """Length of the longest stored prefix of `tokens`."""
+        tokens = tuple(tokens)
         node, i = self._root, 0
         while i < len(tokens):
             child = node.children.get(tokens[i])
@@ -82,21 +85,23 @@ class PrefixTree:
         self._evict()
 
     def _evict(self) -> None:
-        """Drop least recently touched leaves until the bound holds. The entry just inserted is the most
-        recent and at most `max_tokens` long, so it always survives."""
+        """Past the bound, drop least recently touched leaves down to 90 % of it (so that the scan for leaves
+        runs once per tenth of the bound inserted, not on every insert). The entry just inserted is the most
+        recent and at most `max_tokens` long: it stays, and the bound holds once everything older is gone."""
         if self._size <= self.max_tokens:
             return
+        target = self.max_tokens - self.max_tokens // 10
         leaves = [(n.touched, id(n), n) for n in self._nodes() if not n.children]
         heapq.heapify(leaves)
-        while self._size > self.max_tokens:
+        while self._size > target and leaves and leaves[0][0] < self._clock:
             _, _, leaf = heapq.heappop(leaves)
-            assert leaf.touched < self._clock, f"evicting the newest entry: size {self._size} > {self.max_tokens}"
             parent = leaf.parent
             assert parent is not None
             del parent.children[leaf.edge[0]]
             self._size -= len(leaf.edge)
             if parent is not self._root and not parent.children:
                 heapq.heappush(leaves, (parent.touched, id(parent), parent))
+        assert self._size <= self.max_tokens, f"prefix tree holds {self._size} > {self.max_tokens} tokens"
 
     def _nodes(self) -> list[_Node]:
         out, stack = [], list(self._root.children.values())

@@ -43,6 +43,14 @@ def test_eviction_drops_least_recently_inserted_first():
     assert t.match([1, 1, 1, 1, 5]) == 5 and t.match([3, 3, 3]) == 3
 
 
+def test_eviction_goes_down_to_nine_tenths_of_the_bound():
+    t = PrefixTree(100)
+    for i in range(11):
+        t.insert([i] * 10)
+    assert t.size == 90
+    assert [t.match([i] * 10) for i in range(11)] == [0, 0] + [10] * 9
+
+
 def test_eviction_frees_a_parent_that_becomes_a_leaf():
     t = PrefixTree(5)
     t.insert([1, 2, 3])

@@ -13,7 +13,7 @@ pairs is needed to pair two nodes that both hold it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from pdpair.router.node_client import NodeClient
@@ -40,9 +40,14 @@ class CacheAwareConfig:
             raise ValueError(f"the prefix tree needs room for at least one token, got {self.max_tree_tokens}")
 
 
+# told of every choice: (role, "prefix" or "load", the matched prefix length the chosen node is expected to hold)
+ChoiceObserver = Callable[[str, str, int], None]
+
+
 class CacheAware:
-    def __init__(self, config: CacheAwareConfig):
+    def __init__(self, config: CacheAwareConfig, observe: ChoiceObserver | None = None):
         self.config = config
+        self._observe = observe
         self._trees: dict[NodeClient, PrefixTree] = {}
         self._least_loaded = LeastLoaded()
 
@@ -87,8 +92,11 @@ class CacheAware:
         if self._enough(matches[best], length):
             logger.debug("cache_aware: %s node %s holds %d of %d prompt tokens", best.role, best.addr,
                          matches[best], length)
-            return best
-        node = self._least_loaded.pick(nodes)
-        logger.debug("cache_aware: %s node %s by load (best match %d of %d tokens on %d of %d nodes not "
-                     "overloaded)", node.role, node.addr, matches[best], length, len(matches), len(nodes))
+            node, by = best, "prefix"
+        else:
+            node, by = self._least_loaded.pick(nodes), "load"
+            logger.debug("cache_aware: %s node %s by load (best match %d of %d tokens on %d of %d nodes not "
+                         "overloaded)", node.role, node.addr, matches[best], length, len(matches), len(nodes))
+        if self._observe is not None:
+            self._observe(node.role, by, matches.get(node, 0))
         return node

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Protocol
 
-from pdpair.router.cache_aware import CacheAware, CacheAwareConfig
+from pdpair.router.cache_aware import CacheAware, CacheAwareConfig, ChoiceObserver
 from pdpair.router.node_client import NodeClient
 from pdpair.router.policy import make_policy
 
@@ -35,7 +35,8 @@ class PerRole:
         pass
 
 
-def make_pair_policy(name: str, cache_aware: CacheAwareConfig | None = None) -> PairPolicy:
+def make_pair_policy(name: str, cache_aware: CacheAwareConfig | None = None,
+                     observe: ChoiceObserver | None = None) -> PairPolicy:
     if name == "cache_aware":
-        return CacheAware(cache_aware or CacheAwareConfig())
+        return CacheAware(cache_aware or CacheAwareConfig(), observe)
     return PerRole(name)

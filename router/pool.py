@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 from pdpair.proto import pdpair_pb2 as pb
-from pdpair.router.cache_aware import CacheAwareConfig
+from pdpair.router.cache_aware import CacheAwareConfig, ChoiceObserver
 from pdpair.router.discovery import DEFAULT_DNS_REFRESH_S, Discovery, Resolver, getaddrinfo_resolver
 from pdpair.router.errors import ApiError
 from pdpair.router.node_client import NodeClient
@@ -36,6 +36,7 @@ class NodePool:
         *,
         policy: str = "round_robin",
         cache_aware: CacheAwareConfig | None = None,
+        observe_choice: ChoiceObserver | None = None,
         poll_interval_s: float = 1.0,
         rpc_timeout_s: float = 2.0,
         dns_refresh_s: float = 0.0,
@@ -55,7 +56,7 @@ class NodePool:
         self.decode = [NodeClient(a, "decode", tls) for a in self._discovery["decode"].addresses()]
         self.prefill = [NodeClient(a, "prefill", tls) for a in self._discovery["prefill"].addresses()]
         self._retired: list[NodeClient] = []
-        self._policy = make_pair_policy(policy, cache_aware)
+        self._policy = make_pair_policy(policy, cache_aware, observe_choice)
         self.poll_interval_s = poll_interval_s
         self.rpc_timeout_s = rpc_timeout_s
         self._task: asyncio.Task | None = None

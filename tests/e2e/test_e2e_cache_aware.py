@@ -37,6 +37,11 @@ def _stats(addr: str) -> pb.NodeStats:
         return pb_grpc.DecodeNodeStub(channel).Stats(pb.StatsRequest(), timeout=10)
 
 
+def _metric(url: str, name: str) -> float:
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
 def _busy(s: pb.NodeStats) -> int:
     return s.waiting + s.prefilling + s.running
 
@@ -73,3 +78,7 @@ def test_follow_up_turn_returns_to_its_node_and_a_new_prompt_goes_elsewhere(tmp_
         assert second["pdpair"]["decode_node"] == home  # the prefix's node, though it is the busier one
         assert unrelated["pdpair"]["decode_node"] == other  # no match: the least loaded node
         assert [_stats(a).requests_total for a in (home, other)] == [3, 1]
+        by_prefix = _metric(c.router_url, 'pdpair_router_route_choices_total{by="prefix",role="decode"}')
+        by_load = _metric(c.router_url, 'pdpair_router_route_choices_total{by="load",role="decode"}')
+        assert (by_prefix, by_load) == (1, 3)
+        assert _metric(c.router_url, "pdpair_router_prefix_match_tokens_total") >= 40  # the whole first turn

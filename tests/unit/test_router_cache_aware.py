@@ -30,9 +30,11 @@ def _nodes(role: str, n: int, base: int) -> list[NodeClient]:
 
 
 def test_follow_up_turn_returns_to_its_node_and_a_new_prompt_goes_to_the_least_loaded():
+    choices = []
+
     def body():
-        a, b = nodes = _nodes("decode", 2, 7200)
-        policy = CacheAware(CacheAwareConfig())
+        nodes = _nodes("decode", 2, 7200)
+        policy = CacheAware(CacheAwareConfig(), observe=lambda *c: choices.append(c))
         first = policy.pick_pair(nodes, None, FIRST)[0]
         first.inflight = 1  # its stream is open: least_loaded alone would now pick the other node
         follow_up = policy.pick_pair(nodes, None, FOLLOW_UP)[0]
@@ -40,6 +42,7 @@ def test_follow_up_turn_returns_to_its_node_and_a_new_prompt_goes_to_the_least_l
         return [n.addr for n in (first, follow_up, other)]
 
     assert _in_loop(body) == ["127.0.0.1:7200", "127.0.0.1:7200", "127.0.0.1:7201"]
+    assert choices == [("decode", "load", 0), ("decode", "prefix", 100), ("decode", "load", 0)]
 
 
 def test_a_match_below_the_threshold_falls_back_to_least_loaded():

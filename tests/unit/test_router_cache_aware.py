@@ -138,3 +138,33 @@ def test_retain_drops_the_trees_of_nodes_no_longer_live():
 def test_config_rejects_out_of_range_values(bad):
     with pytest.raises(ValueError):
         CacheAwareConfig(**bad)
+
+
+def test_a_node_found_unhealthy_by_the_poll_forgets_its_prompts():
+    """Real Stats servers: a node that answers draining is taken out by the poll and loses its tree, so once
+    back it is chosen by load alone."""
+    from tests.unit.test_router_discovery import StatsOnly, _server
+
+    async def body():
+        a_node, b_node = StatsOnly(), StatsOnly()
+        (a_srv, a_port), (b_srv, b_port) = await _server(a_node), await _server(b_node)
+        pool = NodePool([f"127.0.0.1:{a_port}", f"127.0.0.1:{b_port}"], policy="cache_aware")
+        try:
+            await pool.poll_once()
+            a, b = pool.decode
+            picked = [pool.pick(prompt=FIRST).decode]
+            a.inflight = 1
+            picked.append(pool.pick(prompt=FOLLOW_UP).decode)  # remembered
+            a_node.draining = True
+            await pool.poll_once()
+            healthy_while_draining = a.healthy
+            a_node.draining = False
+            await pool.poll_once()
+            picked.append(pool.pick(prompt=FOLLOW_UP).decode)  # back, but its tree is gone: by load
+            return [n is a for n in picked], healthy_while_draining
+        finally:
+            await pool.close()
+            await a_srv.stop(None)
+            await b_srv.stop(None)
+
+    assert asyncio.run(body()) == ([True, True, False], False)

@@ -40,7 +40,7 @@ def test_dp_attention_node_reports_rank_queues_and_least_loaded_uses_the_idle_ra
         idle = node.stats()
         assert [(r.dp_rank, r.waiting + r.prefilling + r.running) for r in idle.ranks] == [(0, 0), (1, 0)]
         with ThreadPoolExecutor(1) as pool:
-            long = pool.submit(generate, node.stub, prompt(30, salt=5), sampling(300, ignore_eos=True))
+            long = pool.submit(generate, node.stub, prompt(30, salt=5), sampling(100, ignore_eos=True))
             deadline = time.monotonic() + 60
             while (s := node.stats()).running != 1:
                 assert time.monotonic() < deadline and not long.done(), s

@@ -163,8 +163,14 @@ class NodeRuntime:
                               free=engine.pools.allocator(k).num_free, quarantined=held[k])
                  for k in engine.pools.kinds]
         primary = engine.pools.kinds[0]  # DP-attention ranks run full-attention models: one paged pool each
-        pools += [pb.PoolStats(kind=primary, total=r.total_pages, free=r.free_pages, dp_rank=d)
-                  for d, r in engine.rank_stats()]  # the other DP-attention ranks' pools
+        others = engine.rank_stats()  # the other DP-attention ranks
+        pools += [pb.PoolStats(kind=primary, total=r.total_pages, free=r.free_pages, dp_rank=d) for d, r in others]
+        ranks = [pb.RankLoad(dp_rank=d, waiting=r.waiting, prefilling=r.prefilling, running=r.running)
+                 for d, r in others]
+        if ranks:  # rank 0's queues: the node-wide sums less the other ranks'
+            ranks.insert(0, pb.RankLoad(dp_rank=0, waiting=s.waiting - sum(r.waiting for r in ranks),
+                                        prefilling=s.prefilling - sum(r.prefilling for r in ranks),
+                                        running=s.running - sum(r.running for r in ranks)))
         stages = self._stage_fn()
         c = self.counters
         return pb.NodeStats(
@@ -173,7 +179,7 @@ class NodeRuntime:
             inflight_transfers=stages.get("inflight_transfers", 0), integrity_ok=self._integrity_ok,
             requests_total=c.requests_total, requests_aborted=c.requests_aborted,
             transfer_bytes_total=c.transfer_bytes_total, transfer_batches_total=c.transfer_batches_total,
-            draining=self.draining,
+            draining=self.draining, ranks=ranks,
         )
 
     # -- answers ---------------------------------------------------------------------------------

@@ -275,8 +275,20 @@ class PoolStats(_message.Message):
     dp_rank: int
     def __init__(self, kind: _Optional[str] = ..., total: _Optional[int] = ..., free: _Optional[int] = ..., quarantined: _Optional[int] = ..., dp_rank: _Optional[int] = ...) -> None: ...
 
+class RankLoad(_message.Message):
+    __slots__ = ("dp_rank", "waiting", "prefilling", "running")
+    DP_RANK_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    PREFILLING_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    dp_rank: int
+    waiting: int
+    prefilling: int
+    running: int
+    def __init__(self, dp_rank: _Optional[int] = ..., waiting: _Optional[int] = ..., prefilling: _Optional[int] = ..., running: _Optional[int] = ...) -> None: ...
+
 class NodeStats(_message.Message):
-    __slots__ = ("role", "pools", "waiting", "prefilling", "transferring", "running", "inflight_transfers", "integrity_ok", "requests_total", "requests_aborted", "transfer_bytes_total", "transfer_batches_total", "draining")
+    __slots__ = ("role", "pools", "waiting", "prefilling", "transferring", "running", "inflight_transfers", "integrity_ok", "requests_total", "requests_aborted", "transfer_bytes_total", "transfer_batches_total", "draining", "ranks")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     POOLS_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -290,6 +302,7 @@ class NodeStats(_message.Message):
     TRANSFER_BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_BATCHES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
     role: str
     pools: _containers.RepeatedCompositeFieldContainer[PoolStats]
     waiting: int
@@ -303,4 +316,5 @@ class NodeStats(_message.Message):
     transfer_bytes_total: int
     transfer_batches_total: int
     draining: bool
-    def __init__(self, role: _Optional[str] = ..., pools: _Optional[_Iterable[_Union[PoolStats, _Mapping]]] = ..., waiting: _Optional[int] = ..., prefilling: _Optional[int] = ..., transferring: _Optional[int] = ..., running: _Optional[int] = ..., inflight_transfers: _Optional[int] = ..., integrity_ok: _Optional[bool] = ..., requests_total: _Optional[int] = ..., requests_aborted: _Optional[int] = ..., transfer_bytes_total: _Optional[int] = ..., transfer_batches_total: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
+    ranks: _containers.RepeatedCompositeFieldContainer[RankLoad]
+    def __init__(self, role: _Optional[str] = ..., pools: _Optional[_Iterable[_Union[PoolStats, _Mapping]]] = ..., waiting: _Optional[int] = ..., prefilling: _Optional[int] = ..., transferring: _Optional[int] = ..., running: _Optional[int] = ..., inflight_transfers: _Optional[int] = ..., integrity_ok: _Optional[bool] = ..., requests_total: _Optional[int] = ..., requests_aborted: _Optional[int] = ..., transfer_bytes_total: _Optional[int] = ..., transfer_batches_total: _Optional[int] = ..., draining: _Optional[bool] = ..., ranks: _Optional[_Iterable[_Union[RankLoad, _Mapping]]] = ...) -> None: ...

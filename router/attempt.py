@@ -82,7 +82,7 @@ async def open_stream(job: GenerationJob, pool: NodePool, metrics: RouterMetrics
     """The first chunk of the job's stream on some pair; ApiError when no attempt got that far."""
     avoid: list[NodeClient] = []
     for attempt in range(MAX_ATTEMPTS):
-        pair = pool.pick(avoid)
+        pair = pool.pick(avoid, job.prompt_ids)
         prefill_addr = pair.prefill.addr if pair.prefill is not None else ""
         req = pb.GenerateRequest(rid=job.rid, token_ids=job.prompt_ids, sampling=job.sampling,
                                  prefill_addr=prefill_addr)

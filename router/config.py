@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pdpair.router.cache_aware import CacheAwareConfig
 from pdpair.router.discovery import parse_target
 from pdpair.router.policy import POLICIES
 
@@ -25,6 +26,7 @@ class RouterConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     policy: str = "round_robin"
+    cache_aware: CacheAwareConfig = CacheAwareConfig()  # the cache_aware policy's thresholds and tree bound
     poll_interval_s: float = 1.0  # Stats polling (health and load)
     rpc_timeout_s: float = 2.0  # Stats and ModelInfo calls
     request_timeout_s: float | None = 300.0  # deadline of one generation, failover included (None: none)

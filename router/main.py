@@ -11,6 +11,7 @@ import sys
 from aiohttp import web
 from pdpair.router.app import build_app
 from pdpair.router.auth import ENV_VAR, collect_keys
+from pdpair.router.cache_aware import CacheAwareConfig
 from pdpair.router.config import RouterConfig
 from pdpair.router.policy import POLICIES
 from pdpair.router.state import STATE
@@ -21,6 +22,7 @@ from pdpair.tls import add_tls_args, is_loopback, tls_from_args
 logger = logging.getLogger(__name__)
 
 _DEFAULTS = RouterConfig(decode=("localhost:1",))
+_CACHE = _DEFAULTS.cache_aware
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "with --api-key)")
     p.add_argument("--port", type=int, default=_DEFAULTS.port, help="HTTP listen port (default: %(default)s)")
     p.add_argument("--policy", choices=POLICIES, default=_DEFAULTS.policy,
-                   help="pairing policy: round_robin, or least_loaded (fewest requests from the nodes' Stats, "
-                   "then most free KV pages) (default: %(default)s)")
+                   help="pairing policy: round_robin; least_loaded (fewest requests from the nodes' Stats, a "
+                   "DP-attention node counted by its least loaded rank, then most free KV pages); or cache_aware "
+                   "(the nodes whose remembered prompts share the longest prefix with this one, a prefill and a "
+                   "decode node that both hold it when possible; least_loaded when the match is short or the node "
+                   "overloaded) (default: %(default)s)")
+    p.add_argument("--cache-threshold", type=float, default=_CACHE.match_threshold, metavar="RATIO",
+                   help="cache_aware: the share of the prompt (0..1) a node's remembered prefix must cover to be "
+                   "chosen for it; below, the least loaded node is (default: %(default)s)")
+    p.add_argument("--balance-abs-threshold", type=int, default=_CACHE.balance_abs_threshold, metavar="REQUESTS",
+                   help="cache_aware: a node with this many more requests than the least loaded node of its role, "
+                   "and --balance-rel-threshold times as many, is overloaded: it gets no prefix-matched work "
+                   "(default: %(default)s)")
+    p.add_argument("--balance-rel-threshold", type=float, default=_CACHE.balance_rel_threshold, metavar="FACTOR",
+                   help="cache_aware: see --balance-abs-threshold (default: %(default)s)")
+    p.add_argument("--max-tree-tokens", type=int, default=_CACHE.max_tree_tokens, metavar="TOKENS",
+                   help="cache_aware: token ids of recently routed prompts remembered per node; the least recently "
+                   "routed are forgotten first (default: %(default)s)")
     p.add_argument("--health-interval", type=float, default=_DEFAULTS.poll_interval_s, metavar="SECONDS",
                    help="how often every node's Stats is polled, for health and load (default: %(default)s)")
     p.add_argument("--rpc-timeout", type=float, default=_DEFAULTS.rpc_timeout_s, metavar="SECONDS",
@@ -79,6 +96,8 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         host=args.host,
         port=args.port,
         policy=args.policy,
+        cache_aware=CacheAwareConfig(args.cache_threshold, args.balance_abs_threshold, args.balance_rel_threshold,
+                                     args.max_tree_tokens),
         poll_interval_s=args.health_interval,
         rpc_timeout_s=args.rpc_timeout,
         request_timeout_s=args.request_timeout or None,

@@ -39,9 +39,22 @@ class RouterMetrics:
             "pdpair_router_failovers", "Requests retried on another pair before their first token, by the side "
             "blamed", ["side"], registry=r
         )
+        self.route_choices = Counter(
+            "pdpair_router_route_choices", "Nodes chosen by the cache_aware policy, by role and by what decided "
+            "(prefix: the longest remembered prefix; load: least loaded)", ["role", "by"], registry=r
+        )
+        self.prefix_match_tokens = Counter(
+            "pdpair_router_prefix_match_tokens", "Prompt tokens the cache_aware policy expected the chosen node to "
+            "hold", ["role"], registry=r
+        )
         self.node_healthy = Gauge(
             "pdpair_router_node_healthy", "1 when the node answers Stats and is not draining", ["role", "node"], registry=r
         )
+
+    def observe_choice(self, role: str, by: str, matched: int) -> None:
+        """The cache_aware policy chose a `role` node `by` prefix or load, expecting `matched` tokens cached."""
+        self.route_choices.labels(role=role, by=by).inc()
+        self.prefix_match_tokens.labels(role=role).inc(matched)
 
     def observe_tokens(self, gap_s: float, count: int) -> None:
         """A chunk of `count` tokens arrived `gap_s` after the previous one: `count` gaps of gap_s/count."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import grpc
@@ -83,21 +84,31 @@ class NodeClient:
         return self.stub.Generate(req, timeout=timeout)
 
     def load(self) -> int:
-        """Requests on the node: the larger of our own open streams and the node's last reported queues."""
-        reported = 0
-        if self.stats is not None:
-            s = self.stats
-            reported = s.waiting + s.prefilling + s.transferring + s.running
-        return max(self.inflight, reported)
+        """Requests a new one would queue behind: the larger of our own open streams and the node's last
+        reported queues.
+
+        A DP-attention node (Stats lists its ranks) counts as its least loaded rank, not as the sum: its front
+        door hands a new request to its shortest rank queue, so that rank's queue is what the request waits
+        behind, and a node of D ranks is then compared like D independent nodes would be. The requests the
+        node holds outside any rank's queue (pages still arriving) and our own open streams are spread evenly
+        over the ranks.
+        """
+        if self.stats is None:
+            return self.inflight
+        s = self.stats
+        reported = s.waiting + s.prefilling + s.transferring + s.running
+        if len(s.ranks) < 2:
+            return max(self.inflight, reported)
+        per_rank = [r.waiting + r.prefilling + r.running for r in s.ranks]
+        outside = max(0, reported - sum(per_rank))
+        return max(math.ceil(self.inflight / len(per_rank)), min(per_rank) + math.ceil(outside / len(per_rank)))
 
     def free_fraction(self) -> float:
-        """Free share of the node's KV pool (1.0 when unknown)."""
+        """Free share of the node's KV pool (1.0 when unknown); on a DP-attention node, of its freest rank's."""
         if self.stats is None:
             return 1.0
-        for pool in self.stats.pools:
-            if pool.kind == "kv" and pool.total:
-                return pool.free / pool.total
-        return 1.0
+        shares = [p.free / p.total for p in self.stats.pools if p.kind == "kv" and p.total]
+        return max(shares, default=1.0)
 
     async def close(self) -> None:
         await self.channel.close(grace=None)

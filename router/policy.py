@@ -7,7 +7,7 @@ from typing import Protocol
 
 from pdpair.router.node_client import NodeClient
 
-POLICIES = ("round_robin", "least_loaded")
+POLICIES = ("round_robin", "least_loaded", "cache_aware")  # cache_aware: see cache_aware.py
 
 
 class Policy(Protocol):
@@ -28,7 +28,8 @@ class RoundRobin:
 
 
 class LeastLoaded:
-    """Fewest requests (open streams or reported queues), then most free KV pages, then list order."""
+    """Fewest requests (open streams or reported queues), then most free KV pages, then list order; a
+    DP-attention node counts by its best rank (see `NodeClient.load`)."""
 
     def pick(self, nodes: Sequence[NodeClient]) -> NodeClient:
         assert nodes, "pick() needs at least one node"
@@ -36,8 +37,9 @@ class LeastLoaded:
 
 
 def make_policy(name: str) -> Policy:
+    """A per-role node policy (`pairing.make_pair_policy` covers every name in POLICIES)."""
     if name == "round_robin":
         return RoundRobin()
     if name == "least_loaded":
         return LeastLoaded()
-    raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
+    raise ValueError(f"unknown policy {name!r} for one role; choose round_robin or least_loaded")

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import grpc
 from pdpair.proto import pdpair_pb2 as pb
+from pdpair.router.cache_aware import CacheAwareConfig, ChoiceObserver
 from pdpair.router.discovery import DEFAULT_DNS_REFRESH_S, Discovery, Resolver, getaddrinfo_resolver
 from pdpair.router.errors import ApiError
 from pdpair.router.node_client import NodeClient
-from pdpair.router.policy import make_policy
+from pdpair.router.pairing import make_pair_policy
 
 from pdpair.tls import TlsFiles
 
@@ -34,6 +35,8 @@ class NodePool:
         prefill: Sequence[str] = (),
         *,
         policy: str = "round_robin",
+        cache_aware: CacheAwareConfig | None = None,
+        observe_choice: ChoiceObserver | None = None,
         poll_interval_s: float = 1.0,
         rpc_timeout_s: float = 2.0,
         dns_refresh_s: float = 0.0,
@@ -53,8 +56,7 @@ class NodePool:
         self.decode = [NodeClient(a, "decode", tls) for a in self._discovery["decode"].addresses()]
         self.prefill = [NodeClient(a, "prefill", tls) for a in self._discovery["prefill"].addresses()]
         self._retired: list[NodeClient] = []
-        self._decode_policy = make_policy(policy)
-        self._prefill_policy = make_policy(policy)
+        self._policy = make_pair_policy(policy, cache_aware, observe_choice)
         self.poll_interval_s = poll_interval_s
         self.rpc_timeout_s = rpc_timeout_s
         self._task: asyncio.Task | None = None
@@ -71,18 +73,16 @@ class NodePool:
     def has_healthy_pair(self) -> bool:
         return any(n.healthy for n in self.decode) and (self.colocated or any(n.healthy for n in self.prefill))
 
-    def pick(self, avoid: Collection[NodeClient] = ()) -> Pair:
-        """A (decode, prefill) pair of healthy nodes not in `avoid`, by policy; ApiError(503) when none exists
-        (the client sees no addresses; the log has them)."""
+    def pick(self, avoid: Collection[NodeClient] = (), prompt: Sequence[int] = ()) -> Pair:
+        """A (decode, prefill) pair of healthy nodes not in `avoid`, by policy (cache_aware looks at the prompt's
+        token ids); ApiError(503) when none exists (the client sees no addresses; the log has them)."""
         decode, prefill = self._candidates(avoid)
         if not decode or (not self.colocated and not prefill):
             down = ", ".join(f"{n.role} {n.addr} ({n.last_error})" for n in self.nodes if not n.healthy)
             logger.warning("no healthy prefill/decode pair (avoiding %d): %s", len(avoid), down or "-")
             raise ApiError(503, "no healthy prefill/decode pair", code="no_healthy_pair")
-        return Pair(
-            decode=self._decode_policy.pick(decode),
-            prefill=None if self.colocated else self._prefill_policy.pick(prefill),
-        )
+        d, p = self._policy.pick_pair(decode, None if self.colocated else prefill, prompt)
+        return Pair(decode=d, prefill=p)
 
     def _candidates(self, avoid: Collection[NodeClient]) -> tuple[list[NodeClient], list[NodeClient]]:
         return ([n for n in self.decode if n.healthy and n not in avoid],
@@ -97,13 +97,19 @@ class NodePool:
         """Passive ejection: `node` gets no new work until a Stats poll finds it answering and not draining;
         the poll runs at once."""
         node.mark_unhealthy(reason)
+        self._retain_healthy()
         self._wake.set()
+
+    def _retain_healthy(self) -> None:
+        """The policy forgets nodes that are unhealthy or gone (a node that comes back may have lost its cache)."""
+        self._policy.retain([n for n in self.nodes if n.healthy])
 
     async def poll_once(self) -> None:
         if self.dns_refresh_s > 0 and time.monotonic() - self._dns_at >= self.dns_refresh_s:
             self._dns_at = time.monotonic()
             await self._refresh_dns()
         await asyncio.gather(*(n.poll(self.rpc_timeout_s) for n in self.nodes))
+        self._retain_healthy()
         for node in [n for n in self._retired if n.inflight == 0]:
             self._retired.remove(node)
             await node.close()

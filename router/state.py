@@ -21,16 +21,18 @@ logger = logging.getLogger(__name__)
 class RouterState:
     def __init__(self, config: RouterConfig):
         self.config = config
+        self.metrics = RouterMetrics()
         self.pool = NodePool(
             config.decode,
             config.prefill,
             policy=config.policy,
+            cache_aware=config.cache_aware,
+            observe_choice=self.metrics.observe_choice,
             poll_interval_s=config.poll_interval_s,
             rpc_timeout_s=config.rpc_timeout_s,
             dns_refresh_s=config.dns_refresh_s,
             tls=config.tls,
         )
-        self.metrics = RouterMetrics()
         # tokenizing and rendering chat templates (a multi-MB prompt takes seconds) stay off the event loop
         self.cpu_pool = ThreadPoolExecutor(config.tokenize_threads, thread_name_prefix="pdpair-tokenize")
         self.tokenizer: RouterTokenizer | None = None

@@ -52,6 +52,33 @@ def test_least_loaded_uses_stats_then_free_pages():
     assert _in_loop(body) == ("127.0.0.1:6001", "127.0.0.1:6002", "127.0.0.1:6000")
 
 
+def _dp_stats(rank_running: list[int], rank_free: list[int], total=100, transferring=0) -> pb.NodeStats:
+    """A DP-attention decode node's Stats as node/runtime.py answers it: node-wide sums, one KV pool and one
+    RankLoad per rank."""
+    return pb.NodeStats(role="decode", running=sum(rank_running), transferring=transferring,
+                        pools=[pb.PoolStats(kind="kv", total=total, free=f, dp_rank=d) for d, f in enumerate(rank_free)],
+                        ranks=[pb.RankLoad(dp_rank=d, running=r) for d, r in enumerate(rank_running)])
+
+
+def test_least_loaded_counts_a_dp_attention_node_by_its_best_rank():
+    def body():
+        dp, plain = NodeClient("127.0.0.1:6100", "decode"), NodeClient("127.0.0.1:6101", "decode")
+        dp.stats, plain.stats = _dp_stats([4, 0], [60, 100]), _stats(running=2)
+        idle_rank = LeastLoaded().pick([plain, dp]).addr  # 4 requests in all, but rank 1 is idle
+        dp.stats = _dp_stats([3, 3], [60, 60])
+        busy_ranks = LeastLoaded().pick([plain, dp]).addr
+        dp.stats = _dp_stats([1, 1], [90, 10], transferring=4)  # 4 not yet on a rank: 2 more per rank
+        held = dp.load()
+        dp.stats = _dp_stats([2, 2], [10, 90])
+        plain.stats = _stats(running=2, free=50)
+        free_rank = LeastLoaded().pick([plain, dp]).addr  # equal load; the freest rank has 90 of 100 free
+        dp.inflight = 7  # our own streams before the next poll, spread over 2 ranks: 4 each
+        own = dp.load()
+        return idle_rank, busy_ranks, held, free_rank, own
+
+    assert _in_loop(body) == ("127.0.0.1:6100", "127.0.0.1:6101", 3, "127.0.0.1:6100", 4)
+
+
 def test_make_policy_rejects_unknown():
     with pytest.raises(ValueError, match="unknown policy"):
         make_policy("random")

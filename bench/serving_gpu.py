@@ -128,6 +128,8 @@ class Result:
     tokens: int
     transfer_s: float
     error: str = ""
+    transfer_bytes: int = 0
+    transfer_entries: int = 0
 
 
 def schedule(rate: float, duration: float, args, seed: int) -> list[tuple[float, int, int]]:
@@ -145,13 +147,13 @@ async def one(stub, pb, arrival: float, n_prompt: int, n_out: int, vocab: int, p
     sp = pb.SamplingParams(max_new_tokens=n_out, temperature=0.0, ignore_eos=True)
     req = pb.GenerateRequest(rid=f"sg-{uuid.uuid4().hex[:12]}", token_ids=ids, sampling=sp, prefill_addr=prefill_addr)
     start = time.perf_counter()
-    ttft, last, itl, tokens, transfer_s = None, None, [], 0, 0.0
+    ttft, last, itl, tokens, transfer_s, xfer = None, None, [], 0, 0.0, None
     try:
         async for chunk in stub.Generate(req, timeout=600):
             now = time.perf_counter()
             k = len(chunk.token_ids)
             if ttft is None:
-                ttft, transfer_s, gaps = now - start, chunk.transfer.seconds, k - 1
+                ttft, transfer_s, gaps, xfer = now - start, chunk.transfer.seconds, k - 1, chunk.transfer
             else:
                 gaps = k
             if last is not None and gaps:
@@ -159,7 +161,8 @@ async def one(stub, pb, arrival: float, n_prompt: int, n_out: int, vocab: int, p
             last, tokens = now, tokens + k
     except Exception as exc:  # noqa: BLE001 - a failed request counts against goodput and is reported
         return Result(arrival, n_prompt, float("inf"), [], tokens, 0.0, f"{type(exc).__name__}: {exc}"[:200])
-    return Result(arrival, n_prompt, ttft if ttft is not None else float("inf"), itl, tokens, transfer_s)
+    return Result(arrival, n_prompt, ttft if ttft is not None else float("inf"), itl, tokens, transfer_s,
+                  transfer_bytes=xfer.bytes if xfer else 0, transfer_entries=xfer.entries if xfer else 0)
 
 
 async def run_rate(stubs, pb, targets, sched, vocab, limit_s: float) -> list[Result]:
@@ -203,6 +206,9 @@ def summarize(mode: str, rate: float, res: list[Result], duration: float, args) 
             "itl_p50_ms": 1e3 * pct(gaps, 50), "itl_p99_ms": 1e3 * pct(gaps, 99),
             "req_itl_p99_ms": 1e3 * pct(mean_itl, 99), "goodput_rps": len(good) / duration,
             "transfer_share_long": (sum(r.transfer_s / r.ttft for r in long_) / len(long_)) if long_ else None,
+            "transfer_gbps_long": (sum(r.transfer_bytes for r in long_) / 1e9 / sum(r.transfer_s for r in long_))
+            if long_ and sum(r.transfer_s for r in long_) > 0 else None,
+            "transfer_entries_long": (sum(r.transfer_entries for r in long_) / len(long_)) if long_ else None,
             "first_error": next((r.error for r in res if r.error), "")}
 
 
@@ -273,9 +279,11 @@ async def run_mode(mode: str, model_dir: Path, vocab: int, args, deadline: float
 
 def print_row(r: dict) -> None:
     share = "-" if r["transfer_share_long"] is None else f"{r['transfer_share_long']:.0%}"
+    gbps = "-" if r.get("transfer_gbps_long") is None else f"{r['transfer_gbps_long']:.1f}"
+    ents = "-" if not r.get("transfer_entries_long") else f"{r['transfer_entries_long']:.0f}"
     print(f"| {r['mode']:<9} | {r['rate']:5.2f} | {r['requests']:4d} | {r['errors']:3d} | {r['ttft_p50_ms']:8.0f} | "
           f"{r['ttft_p99_ms']:8.0f} | {r['itl_p50_ms']:7.1f} | {r['itl_p99_ms']:7.1f} | {r['goodput_rps']:6.2f} | "
-          f"{share:>6} | {r['first_error'][:60]}", flush=True)
+          f"{share:>6} | {gbps:>6} | {ents:>5} | {r['first_error'][:60]}", flush=True)
 
 
 def main() -> None:
@@ -312,7 +320,7 @@ def main() -> None:
     root = write_model_dir(args.shape, Path(tempfile.mkdtemp(prefix="pdpair-seeded-")), args.device)
     vocab = hf_config(args.shape)["vocab_size"]
     print(f"model {args.shape} written to {root} in {time.perf_counter() - t0:.0f} s", flush=True)
-    print("| mode      |  rate | reqs | err | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | goodput | xfer%  | error")
+    print("| mode      |  rate | reqs | err | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | goodput | xfer%  | xGB/s  | runs  | error")
     rows = []
     for mode in args.modes:
         try:
@@ -326,7 +334,8 @@ def main() -> None:
             print(f"rate {rate}: goodput 1p1d / colocated = {a['goodput_rps'] / b['goodput_rps']:.2f}x", flush=True)
     print(f"SLO: TTFT <= {args.slo_ttft:.2f} s and mean ITL <= {args.slo_itl * 1e3:.0f} ms; xfer% = KV transfer "
           f"seconds / TTFT for prompts >= {int(0.8 * args.prompt_max)} tokens; pages over Mooncake "
-          f"{args.transfer_protocol} (tcp: through host memory; no RDMA NIC)")
+          f"{args.transfer_protocol} (tcp: through host memory; no RDMA NIC); xGB/s = their bytes / seconds inside the "
+          "transfer engine, runs = contiguous runs (entries) per request")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
 

@@ -48,3 +48,14 @@ def test_dp_attention_graph_buckets_with_an_idle_rank_and_uneven_load(reference)
     decode_steps = len(expected[0]) - 1
     # DP rank 1 replayed the decode bucket with no real row for each of rank 0's decode steps
     assert closed[1].graph_replays >= decode_steps and closed[1].idle_forwards >= decode_steps
+
+
+def test_dp_attention_on_one_dp_rank_replays_buckets_padded_to_the_attention_group(reference):
+    """tp 2, dp 1 with DP attention: buckets are multiples of 2 and the follower replays with the leader's
+    gather info and table."""
+    prompts, expected = reference
+    with _group(2, 1, True) as group:
+        outs, _ = group.generate(prompts[:1], GREEDY)
+    assert [o.token_ids for o in outs] == expected[:1]
+    (closed,) = group.closed
+    assert closed.graph_replays == len(expected[0]) - 1 and closed.idle_forwards == 0

@@ -113,7 +113,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention-backend", default=d.attention_backend, choices=["auto", "torch", "triton"],
                         help="attention kernels (default: auto = triton on CUDA, torch elsewhere)")
     parser.add_argument("--disable-cuda-graph", action="store_true",
-                        help="run decode eagerly on CUDA instead of replaying captured graphs (debugging)")
+                        help="run decode eagerly on CUDA instead of replaying captured graphs (debugging; with "
+                             "--tp-size > 1 every rank runs eagerly)")
     parser.add_argument("--transfer-protocol", default=d.transfer_protocol, choices=["tcp", "rdma"],
                         help="Mooncake transport (default: tcp)")
     parser.add_argument("--rdma-devices", default=None, help="comma-separated RDMA NICs, e.g. mlx5_0,mlx5_1")

@@ -80,7 +80,7 @@ def build_rank_engine(spec: RankSpec, rank: int):
     engine = Engine.from_loaded(local, device=device, page_size=spec.page_size, max_pages=spec.max_pages,
                                 chunk_size=spec.chunk_size, attention_backend=spec.attention_backend,
                                 max_running_requests=spec.max_running_requests, seed=spec.seed,
-                                disable_cuda_graph=True)
+                                disable_cuda_graph=True)  # the rank's graphs are captured below, collectively
     for kind in engine.pools.kinds:  # padding rows write here
         held = engine.pools.allocator(kind).alloc(1)
         assert held is not None and int(held[0]) == DUMMY_ITEM, f"{kind}: first item is {held}, not {DUMMY_ITEM}"

@@ -180,12 +180,17 @@ class DecodeCudaGraphs:
         out[:] = 0
         out[:b], out[n : n + b], out[2 * n : 2 * n + b], out[3 * n] = input_ids, positions, rows, b
 
-    def replay_staged(self, input_ids: list[int], positions: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    def replay_staged(self, input_ids: list[int], positions: np.ndarray, rows: np.ndarray,
+                      bucket: int | None = None) -> torch.Tensor:
         """Logits `[b, vocab]` of a decode batch given as host arrays (each row's token, position, table row):
-        one pinned non-blocking upload, then the graph (no other launch from the host)."""
+        one pinned non-blocking upload, then the graph (no other launch from the host). `bucket`: replay that
+        captured size (b <= bucket, b may be 0) instead of the smallest that fits (ranks replay a common one)."""
         b = len(input_ids)
-        assert self.fits(b), (b, self.max_batch_size)
-        padded = self.bucket(b)
+        if bucket is None:
+            assert self.fits(b), (b, self.max_batch_size)
+        else:
+            assert b <= bucket and bucket in self._graphs, (b, bucket, list(self._graphs))
+        padded = self.bucket(b) if bucket is None else bucket
         host = torch.empty(self.inputs.shape[0], dtype=torch.long, pin_memory=True)
         self.pack_inputs(host.numpy(), input_ids, positions, rows)
         self.inputs.copy_(host, non_blocking=True)

@@ -35,12 +35,12 @@ class ModelRunner:
         else:
             ids = [t for r, n in zip(reqs, extend_lens, strict=True) for t in r.tokens(r.num_cached, r.num_cached + n)]
         rows = np.fromiter((r.row for r in reqs), dtype=np.int64, count=len(reqs))
-        graph = mode is ForwardMode.DECODE and self.graphs is not None and self.graphs.fits(len(reqs))
+        graph = mode is ForwardMode.DECODE and self.use_graph(len(reqs))
         done = [i for i, (r, n) in enumerate(zip(reqs, extend_lens, strict=True)) if r.num_cached + n == r.seq_len]
         with torch.inference_mode():
             if graph:  # the graph builds its own metadata from (ids, positions, rows): no ForwardBatch
                 assert len(done) == len(reqs), f"decode rows without a sample: {len(reqs) - len(done)}"
-                logits = self.graphs.replay_staged(ids, prefix, rows)
+                logits = self.replay_decode(ids, prefix, rows)
             else:
                 ps = self.req_to_token.page_size
                 windowed = {k: (self.req_to_token.tables[k], w, ps) for k, w in self.windows.items()}
@@ -65,6 +65,15 @@ class ModelRunner:
                 for i, tok in zip(done, sample(logits, sb).tolist(), strict=True):
                     out[i] = tok
         return out
+
+    def use_graph(self, batch_size: int) -> bool:
+        """Whether a decode batch of `batch_size` rows replays a captured graph (a multi-rank runner decides it
+        with its peers here)."""
+        return self.graphs is not None and self.graphs.fits(batch_size)
+
+    def replay_decode(self, input_ids: list[int], positions: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        """Logits of a decode batch given as host arrays, from its graph (after `use_graph` said yes)."""
+        return self.graphs.replay_staged(input_ids, positions, rows)
 
     def forward(self, batch: ForwardBatch, logits_rows: torch.Tensor) -> torch.Tensor:
         """One eager forward: fp32 logits of `logits_rows` (a multi-rank runner joins its collectives here)."""

@@ -18,7 +18,7 @@ def engine_layout(engine: Any, node_id: str, session_id: str, protocol: str) -> 
     )
     return MemoryLayout(node_id=node_id, session_id=session_id, protocol=protocol,
                         page_size=int(engine.pools.page_size), model_fingerprint=engine.fingerprint,
-                        regions=regions)
+                        regions=regions, attn_tp_size=int(getattr(engine, "attn_tp_size", 1)))  # set by node ranks
 
 
 def layout_to_proto(layout: MemoryLayout) -> pb.MemoryLayout:
@@ -29,6 +29,7 @@ def layout_to_proto(layout: MemoryLayout) -> pb.MemoryLayout:
                                  num_items=r.num_items, dtype=r.dtype, dp_rank=r.dp_rank, window=r.window,
                                  layers=list(r.layers))
                  for r in layout.regions],
+        attn_tp_size=layout.attn_tp_size,
     )
 
 
@@ -40,4 +41,5 @@ def layout_from_proto(msg: pb.MemoryLayout) -> MemoryLayout:
         for r in msg.regions
     )
     return MemoryLayout(node_id=msg.node_id, session_id=msg.session_id, protocol=msg.protocol,
-                        page_size=msg.page_size, model_fingerprint=msg.model_fingerprint, regions=regions)
+                        page_size=msg.page_size, model_fingerprint=msg.model_fingerprint, regions=regions,
+                        attn_tp_size=msg.attn_tp_size or 1)

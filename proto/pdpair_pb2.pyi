@@ -84,20 +84,22 @@ class MemoryRegion(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., base_ptr: _Optional[int] = ..., item_bytes: _Optional[int] = ..., num_items: _Optional[int] = ..., dtype: _Optional[str] = ..., dp_rank: _Optional[int] = ..., window: _Optional[int] = ..., layers: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class MemoryLayout(_message.Message):
-    __slots__ = ("node_id", "session_id", "protocol", "page_size", "model_fingerprint", "regions")
+    __slots__ = ("node_id", "session_id", "protocol", "page_size", "model_fingerprint", "regions", "attn_tp_size")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     REGIONS_FIELD_NUMBER: _ClassVar[int]
+    ATTN_TP_SIZE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     session_id: str
     protocol: str
     page_size: int
     model_fingerprint: str
     regions: _containers.RepeatedCompositeFieldContainer[MemoryRegion]
-    def __init__(self, node_id: _Optional[str] = ..., session_id: _Optional[str] = ..., protocol: _Optional[str] = ..., page_size: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[MemoryRegion, _Mapping]]] = ...) -> None: ...
+    attn_tp_size: int
+    def __init__(self, node_id: _Optional[str] = ..., session_id: _Optional[str] = ..., protocol: _Optional[str] = ..., page_size: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[MemoryRegion, _Mapping]]] = ..., attn_tp_size: _Optional[int] = ...) -> None: ...
 
 class HandshakeRequest(_message.Message):
     __slots__ = ("decode_layout",)

@@ -46,8 +46,11 @@ class MemoryLayout(msgspec.Struct, frozen=True):
     page_size: int
     model_fingerprint: str
     regions: tuple[MemoryRegion, ...]
+    attn_tp_size: int = 1  # ranks splitting each DP rank's KV heads; a region holds one rank's share
 
     def __post_init__(self) -> None:
+        if self.attn_tp_size < 1:
+            raise ValueError(f"layout of {self.node_id!r}: attn_tp_size must be >= 1, got {self.attn_tp_size}")
         keys = [(r.kind, r.dp_rank) for r in self.regions]
         if len(set(keys)) != len(keys):
             raise ValueError(f"layout of {self.node_id!r} names a region kind twice for one DP rank: {keys}")
@@ -84,7 +87,7 @@ class MemoryLayout(msgspec.Struct, frozen=True):
             return self
         regions = tuple(msgspec.structs.replace(r, dp_rank=0) for r in self.regions if r.dp_rank == dp_rank)
         return MemoryLayout(self.node_id, self.session_id, self.protocol, self.page_size, self.model_fingerprint,
-                            regions)
+                            regions, self.attn_tp_size)
 
 
 class LayoutMismatch(Exception):
@@ -101,10 +104,11 @@ class LayoutMismatch(Exception):
 def check_compatible(local: MemoryLayout, remote: MemoryLayout) -> None:
     """Raise ``LayoutMismatch`` naming the first field on which the layouts differ.
 
-    Order: page_size, model_fingerprint, protocol, region kinds, then per region
-    window, layers, item_bytes and dtype. Item counts may differ (pools are sized per node).
+    Order: attn_tp_size (a KV-head split that differs also changes the fingerprint; name the cause), page_size,
+    model_fingerprint, protocol, region kinds, then per region window, layers, item_bytes and dtype. Item
+    counts may differ (pools are sized per node).
     """
-    for field in ("page_size", "model_fingerprint", "protocol"):
+    for field in ("attn_tp_size", "page_size", "model_fingerprint", "protocol"):
         a, b = getattr(local, field), getattr(remote, field)
         if a != b:
             raise LayoutMismatch(field, a, b)

@@ -35,6 +35,7 @@ def start_node_engine(spec: RankSpec):
         raise
     runner.processes = procs
     procs.watch(lambda rank, code: exit_node(rank, code, procs))
+    engine.attn_tp_size = topo.attn_tp_size  # the node's layout says it: a peer's KV-head split must match
     if topo.dp_size > 1:
         engine.scheduler = DPScheduler(engine.scheduler, runner, inboxes, outbox, topo.dp_size)
         engine.rank_stats = engine.scheduler.rank_stats
@@ -51,4 +52,4 @@ def node_rank_spec(cfg) -> RankSpec:
     return RankSpec(RankTopology(cfg.tp_size, cfg.dp_size, cfg.enable_dp_attention), free_init_method(),
                     model=cfg.model, device=cfg.device, dtype=cfg.dtype, page_size=cfg.page_size,
                     max_pages=cfg.max_pages, chunk_size=cfg.chunk_size, attention_backend=cfg.attention_backend,
-                    log_level=cfg.log_level)
+                    log_level=cfg.log_level, decode_graphs="off" if cfg.disable_cuda_graph else "auto")

@@ -59,6 +59,7 @@ class Closed:
     dp_rank: int
     idle_forwards: int
     idle_seconds: float
+    graph_replays: int = 0  # decode forwards replayed through graphs (idle ones included)
 
 
 class RankLoop:
@@ -91,7 +92,8 @@ class RankLoop:
                 self.outbox.put(Events(self.dp_rank, events))
             self._report()
         self.runner.stop_followers()
-        self.outbox.put(Closed(self.dp_rank, self.runner.idle_forwards, self.runner.idle_seconds))
+        self.outbox.put(Closed(self.dp_rank, self.runner.idle_forwards, self.runner.idle_seconds,
+                               self.runner.graph_replays))
         logger.info("DP rank %d stopped: %d requests, %d idle forwards, %.3f s", self.dp_rank, self.requests,
                     self.runner.idle_forwards, self.runner.idle_seconds)
 

@@ -25,6 +25,9 @@ from pdpair.engine.distributed.topology import RankTopology
 logger = logging.getLogger(__name__)
 
 
+DECODE_GRAPHS = ("auto", "off", "eager")
+
+
 @dataclass(frozen=True)
 class RankSpec:
     """What every rank of a node builds: the model, the engine knobs and the node's topology (rank 0's)."""
@@ -42,6 +45,13 @@ class RankSpec:
     seed: int = 0
     threads_per_rank: int = 1  # CPU intra-op threads of each rank process
     log_level: str = "INFO"
+    # decode graphs: "auto" (CUDA graphs on CUDA with a backend that supports them), "off", or "eager" (the
+    # eager stand-in that runs the graph control flow without capture, for tests on CPU)
+    decode_graphs: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.decode_graphs not in DECODE_GRAPHS:
+            raise ValueError(f"decode_graphs must be one of {DECODE_GRAPHS}, got {self.decode_graphs!r}")
 
     def device_of(self, rank: int) -> str:
         return f"cuda:{rank}" if self.device.startswith("cuda") else self.device
@@ -70,13 +80,26 @@ def build_rank_engine(spec: RankSpec, rank: int):
     engine = Engine.from_loaded(local, device=device, page_size=spec.page_size, max_pages=spec.max_pages,
                                 chunk_size=spec.chunk_size, attention_backend=spec.attention_backend,
                                 max_running_requests=spec.max_running_requests, seed=spec.seed,
-                                disable_cuda_graph=True)
+                                disable_cuda_graph=True)  # the rank's graphs are captured below, collectively
     for kind in engine.pools.kinds:  # padding rows write here
         held = engine.pools.allocator(kind).alloc(1)
         assert held is not None and int(held[0]) == DUMMY_ITEM, f"{kind}: first item is {held}, not {DUMMY_ITEM}"
     runner = RankRunner(engine.runner, groups, dp)
     engine.runner = engine.scheduler.runner = runner
+    graphs = _decode_graphs(spec, runner, topo, dp, device)
+    if graphs is not None:
+        runner.enable_graphs(graphs)
     return engine, runner, topo
+
+
+def _decode_graphs(spec: RankSpec, runner: RankRunner, topo: RankTopology, dp: DPGather | None, device: str):
+    from pdpair.engine.distributed.rank_graphs import EagerReplay, RankDecodeGraphs
+
+    if spec.decode_graphs == "eager":
+        return EagerReplay(runner, topo, dp, spec.max_running_requests)
+    if spec.decode_graphs == "auto" and device.startswith("cuda") and runner.backend.supports_cuda_graph:
+        return RankDecodeGraphs(runner, topo, dp, spec.max_running_requests)
+    return None
 
 
 def rank_main(rank: int, spec: RankSpec, inbox, outbox) -> None:

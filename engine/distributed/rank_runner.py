@@ -4,6 +4,10 @@ A DP leader (attention-TP rank 0) runs its DP rank's scheduler; before each forw
 the rest of its attention group, which run the same forward (`follow`). With DP attention every scheduler
 step has two forward slots (decode, then extend); in each slot the leaders gather their token counts and a
 leader without a batch runs an idle one when another has work, so that collectives always match.
+
+With decode graphs (`enable_graphs`) the decode slot replays the bucket of the GLOBAL padded batch size on
+every rank (graph_plan.py): a leader sends its followers the rows' inputs and its request-table writes
+instead of the batch, and an idle DP rank replays the same bucket with no real rows.
 """
 
 from __future__ import annotations
@@ -11,14 +15,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from typing import NoReturn
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from pdpair.engine.batch import ForwardBatch, ForwardMode
 from pdpair.engine.distributed.dp_gather import DPGather
 from pdpair.engine.distributed.dp_plan import GatherInfo, StepPlan, plan_step
+from pdpair.engine.distributed.graph_plan import graph_bucket, graph_info
 from pdpair.engine.distributed.groups import ProcessGroups
 from pdpair.engine.distributed.padding import idle_batch, pad_batch
+from pdpair.engine.distributed.rank_graphs import TableMirror, TableWrite
 from pdpair.engine.runner import ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -29,6 +37,28 @@ SLOTS = (ForwardMode.DECODE, ForwardMode.EXTEND)  # the order Scheduler.step run
 class RankFailure(BaseException):
     """A collective forward failed: the node's ranks cannot stay in step, so this rank must exit. A
     BaseException so that per-request failure isolation (which re-runs batches) does not swallow it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EagerForward:
+    """Leader -> followers: run this batch eagerly (`table`: the leader's request-table writes since the last
+    message, applied first when the followers replay graphs)."""
+
+    fields: dict
+    info: GatherInfo | None
+    table: list[TableWrite]
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphForward:
+    """Leader -> followers: replay decode bucket `bucket` with these real rows (none for an idle batch)."""
+
+    bucket: int
+    input_ids: list[int]
+    positions: np.ndarray
+    rows: np.ndarray
+    info: GatherInfo | None
+    table: list[TableWrite]
 
 
 def _to_wire(batch: ForwardBatch) -> dict:
@@ -50,19 +80,56 @@ class RankRunner(ModelRunner):
         self._leader = self.topo.leader_ranks[self.topo.dp_rank]
         self.idle_forwards = 0
         self.idle_seconds = 0.0
+        self.graph_replays = 0
         self.processes = None  # RankProcesses of the followers when this leader started them
+        self.decode_graphs = None  # RankDecodeGraphs (or its eager stand-in) once enable_graphs ran
+        self.mirror: TableMirror | None = None  # a leader's table writes for its followers' graphs
+        self._claimed: StepPlan | None = None  # the decode slot's plan, taken by use_graph
+        self._bucket: int | None = None
+
+    def enable_graphs(self, graphs) -> None:
+        """Replay decode through `graphs` (every rank of the node calls this at the same point: the capture
+        runs collectives)."""
+        if self.topo.attn_tp_size > 1 and self.topo.is_dp_leader:
+            self.mirror = TableMirror(self.req_to_token)
+        self.decode_graphs = graphs
+        graphs.capture()
 
     # ---- leader side --------------------------------------------------------------------------
+    def use_graph(self, batch_size: int) -> bool:
+        """Claims the decode slot (the DP count gather) and decides graph or eager for every rank alike."""
+        if self.decode_graphs is None:
+            return False
+        plan = self._claim(ForwardMode.DECODE, batch_size)
+        self._claimed = plan
+        self._bucket = graph_bucket(plan.info if plan is not None else None, batch_size, self.decode_graphs.buckets)
+        return self._bucket is not None
+
+    def replay_decode(self, input_ids: list[int], positions: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        plan, bucket = self._claimed, self._bucket
+        self._claimed = self._bucket = None
+        info = graph_info(plan.info if plan is not None else None, bucket)
+        return self._replay(GraphForward(bucket, list(input_ids), np.asarray(positions, dtype=np.int64),
+                                         np.asarray(rows, dtype=np.int64), info, self._table()))
+
     def forward(self, batch: ForwardBatch, logits_rows: torch.Tensor) -> torch.Tensor:
+        plan, self._claimed = self._claimed, None  # use_graph already claimed the slot when it said eager
         if self.dp is None:
             return self._run(batch, None, logits_rows)
-        slot = SLOTS.index(batch.mode)
-        assert slot >= self._cursor, f"{batch.mode} forward after slot {self._cursor} of this step"
-        self._skip_until(slot)
-        self._cursor = slot + 1
-        plan = self._plan(batch.num_tokens)
+        if plan is None:
+            plan = self._claim(batch.mode, batch.num_tokens)
         padded = pad_batch(batch, plan.info.local_tokens - batch.num_tokens)
         return self._run(padded, plan.info, logits_rows)
+
+    def _claim(self, mode: ForwardMode, local_tokens: int) -> StepPlan | None:
+        """Take part in the slots before `mode`'s, then plan its own (None without DP attention)."""
+        if self.dp is None:
+            return None
+        slot = SLOTS.index(mode)
+        assert slot >= self._cursor, f"{mode} forward after slot {self._cursor} of this step"
+        self._skip_until(slot)
+        self._cursor = slot + 1
+        return self._plan(local_tokens)
 
     def end_step(self) -> None:
         """Call after every Scheduler.step(): takes part in the slots this rank had no batch for."""
@@ -99,9 +166,16 @@ class RankRunner(ModelRunner):
             plan = self._plan(0)
             if plan.run:
                 started = time.perf_counter()
-                batch = idle_batch(mode, plan.info.local_tokens, self.groups.device)
+                graphs = self.decode_graphs if mode is ForwardMode.DECODE else None
+                bucket = graph_bucket(plan.info, 0, graphs.buckets) if graphs is not None else None
                 with torch.inference_mode():
-                    self._run(batch, plan.info, torch.zeros(0, dtype=torch.long, device=self.groups.device))
+                    if bucket is not None:  # the same bucket as the DP ranks with rows, no real row here
+                        none = np.zeros(0, dtype=np.int64)
+                        self._replay(GraphForward(bucket, [], none, none, graph_info(plan.info, bucket),
+                                                  self._table()))
+                    else:
+                        batch = idle_batch(mode, plan.info.local_tokens, self.groups.device)
+                        self._run(batch, plan.info, torch.zeros(0, dtype=torch.long, device=self.groups.device))
                 self.idle_forwards += 1
                 self.idle_seconds += time.perf_counter() - started
 
@@ -114,13 +188,29 @@ class RankRunner(ModelRunner):
             counts = out.tolist()
         return plan_step(local_tokens, counts, self.topo.dp_rank, self.topo.attn_tp_size)
 
-    def _send(self, msg: tuple | None) -> None:
+    def _send(self, msg: EagerForward | GraphForward | None) -> None:
         if self.topo.attn_tp_size > 1:
             dist.broadcast_object_list([msg], src=self._leader, group=self.groups.cpu_attn)
 
+    def _table(self) -> list[TableWrite]:
+        return self.mirror.take() if self.mirror is not None else []
+
     def _run(self, batch: ForwardBatch, info: GatherInfo | None, logits_rows: torch.Tensor) -> torch.Tensor:
-        self._send((_to_wire(batch), info))
+        self._send(EagerForward(_to_wire(batch), info, self._table()))
         return self._forward(batch, info, logits_rows)
+
+    def _replay(self, msg: GraphForward) -> torch.Tensor:
+        self._send(msg)
+        return self._replay_local(msg)
+
+    def _replay_local(self, msg: GraphForward) -> torch.Tensor:
+        if self.dp is not None:
+            self.dp.info = msg.info
+        self.graph_replays += 1
+        try:
+            return self.decode_graphs.replay_rows(msg.input_ids, msg.positions, msg.rows, msg.bucket)
+        except Exception as exc:
+            self._failed(exc)
 
     def _forward(self, batch: ForwardBatch, info: GatherInfo | None, logits_rows: torch.Tensor) -> torch.Tensor:
         if self.dp is not None:
@@ -128,14 +218,19 @@ class RankRunner(ModelRunner):
         try:
             return ModelRunner.forward(self, batch, logits_rows)
         except Exception as exc:
-            if self.processes is not None:  # the node's own rank: its peers wait in a collective for it
-                from pdpair.engine.distributed.processes import exit_node  # (processes imports this module)
+            self._failed(exc)
 
-                dead = self.processes.first_dead(2.0)  # most often a peer died: name it
-                if dead is not None:
-                    exit_node(*dead, self.processes)
-                exit_node(self.topo.rank, None, self.processes, f"failed a collective forward ({exc!r})")
-            raise RankFailure(f"rank {self.topo.rank}: collective forward failed: {exc}") from exc
+    def _failed(self, exc: Exception) -> NoReturn:
+        """A collective forward failed: the node's own rank exits the node (its peers wait in a collective
+        for it), naming a dead peer when there is one; another rank raises RankFailure."""
+        if self.processes is not None:
+            from pdpair.engine.distributed.processes import exit_node  # (processes imports this module)
+
+            dead = self.processes.first_dead(2.0)  # most often a peer died: name it
+            if dead is not None:
+                exit_node(*dead, self.processes)
+            exit_node(self.topo.rank, None, self.processes, f"failed a collective forward ({exc!r})")
+        raise RankFailure(f"rank {self.topo.rank}: collective forward failed: {exc}") from exc
 
     # ---- follower side ------------------------------------------------------------------------
     def follow(self) -> None:
@@ -146,8 +241,12 @@ class RankRunner(ModelRunner):
             dist.broadcast_object_list(box, src=self._leader, group=self.groups.cpu_attn)
             if box[0] is None:
                 return
-            fields, info = box[0]
+            msg = box[0]
+            TableMirror.apply(self.req_to_token, msg.table)
             with torch.inference_mode():
-                self._forward(_from_wire(fields, self.groups.device), info, no_rows)
+                if isinstance(msg, GraphForward):
+                    self._replay_local(msg)
+                else:
+                    self._forward(_from_wire(msg.fields, self.groups.device), msg.info, no_rows)
 
 

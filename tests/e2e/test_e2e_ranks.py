@@ -48,11 +48,14 @@ def test_tp2_decode_node_equals_one_rank_then_dies_with_a_killed_rank():
         followers = psutil.Process(node.proc.pid).children()
         assert len(followers) >= 1
         assert concurrent_generate(node) == expected
-        # rank 0 holds 2 of the 3 KV heads: a one-rank prefill node cannot fill its pages
+        # rank 0 holds 2 of the 3 KV heads: a one-rank prefill node cannot fill its pages; the handshake
+        # names both attention-TP sizes
         with pytest.raises(grpc.RpcError) as refused:
             generate(node.stub, PROMPTS[0], sampling(8), prefill_addr=prefill.addr)
-        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.value.details()
-        assert "kvh2" in refused.value.details() and "kvh3" in refused.value.details(), refused.value.details()
+        details = refused.value.details()
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, details
+        sizes = re.search(r"attn_tp_size: local (\d+), remote (\d+)", details)
+        assert sizes is not None and {sizes.group(1), sizes.group(2)} == {"1", "2"}, details
         pool = ThreadPoolExecutor(2)
         streams = [pool.submit(generate, node.stub, p, sampling(400, ignore_eos=True)) for p in PROMPTS[:2]]
         time.sleep(1.0)

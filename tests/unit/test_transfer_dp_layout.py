@@ -45,3 +45,24 @@ def test_compatibility_checks_every_dp_rank_set_on_either_side():
     for a, b in ((prefill, skewed), (skewed, prefill)):
         with pytest.raises(LayoutMismatch, match=r"regions\[kv\].item_bytes"):
             check_compatible(a, b)
+
+
+def test_protobuf_keeps_the_attention_tp_size_and_reads_an_unset_one_as_one():
+    layout = MemoryLayout("decode-1", "127.0.0.1:1", "tcp", 16, "fp", (KV0,), attn_tp_size=2)
+    assert layout_from_proto(layout_to_proto(layout)).attn_tp_size == 2
+    old = layout_to_proto(_layout(KV0))
+    old.ClearField("attn_tp_size")  # a peer that does not send the field
+    assert layout_from_proto(old).attn_tp_size == 1
+    with pytest.raises(ValueError, match="attn_tp_size must be >= 1"):
+        MemoryLayout("decode-1", "127.0.0.1:1", "tcp", 16, "fp", (KV0,), attn_tp_size=0)
+
+
+def test_a_different_attention_tp_size_is_refused_naming_both_sizes():
+    """Checked before the fingerprint: a different head split also changes the KV heads the fingerprint
+    states, and the refusal must name the cause."""
+    prefill = MemoryLayout("prefill-1", "127.0.0.1:2", "tcp", 16, "fp-kvh3", (KV0,))
+    decode = MemoryLayout("decode-1", "127.0.0.1:1", "tcp", 16, "fp-kvh2", (KV0,), attn_tp_size=2)
+    with pytest.raises(LayoutMismatch, match=r"attn_tp_size: local 1, remote 2") as exc:
+        check_compatible(prefill, decode)
+    assert (exc.value.field, exc.value.local, exc.value.remote) == ("attn_tp_size", 1, 2)
+    check_compatible(decode, MemoryLayout("prefill-2", "127.0.0.1:3", "tcp", 16, "fp-kvh2", (KV0,), attn_tp_size=2))

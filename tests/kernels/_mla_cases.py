@@ -14,6 +14,11 @@ import torch
 from tests.kernels._attention_fixtures import cat_slots, indptr, paged_batch, rel_err
 
 
+def _launch(**kw) -> dict:
+    """Launch overrides for the interpreter's small shapes; None keeps the launcher's default."""
+    return {k: v for k, v in kw.items() if v is not None}
+
+
 @dataclass
 class MlaBatch:
     latent: torch.Tensor  # one layer's [P, page_size, Dl + Dr] view of a shuffled item-major pool
@@ -55,7 +60,7 @@ def _mla64(qn: torch.Tensor, qr: torch.Tensor, keys: torch.Tensor, live: torch.T
 
 
 def decode_case(dtype, page_size: int, lengths: list[int], heads: int = 20, dl: int = 32, dr: int = 16,
-                splits=(None,), block_n: int = 16, seed: int = 0, device: str = "cpu") -> dict:
+                splits=(None,), block_n: int | None = 16, seed: int = 0, device: str = "cpu") -> dict:
     """mla_decode vs twin vs float64; rows: `lengths`, one with a -1 slot, an empty one, one on slot 0."""
     from pdpair.kernels.mla import mla_decode, mla_decode_ref
 
@@ -73,7 +78,8 @@ def decode_case(dtype, page_size: int, lengths: list[int], heads: int = 20, dl: 
     out = {"twin_vs_dense": rel_err(twin, dense), "kernel_vs_dense": [], "kernel_vs_twin": []}
     for ns in splits:
         o = torch.full_like(q_nope, float("nan"))
-        mla_decode(q_nope, q_rope, mb.latent, mb.kv_indptr, mb.kv_indices, scale, ns, o=o, block_n=block_n)
+        mla_decode(q_nope, q_rope, mb.latent, mb.kv_indptr, mb.kv_indices, scale, ns, o=o,
+                   **_launch(block_n=block_n))
         out["kernel_vs_dense"].append(rel_err(o, dense))
         out["kernel_vs_twin"].append(rel_err(o, twin))
         out.setdefault("empty_row_zero", []).append(bool((o[-2] == 0).all()))
@@ -104,7 +110,7 @@ def _selection(vis: list[int], topk: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def sparse_case(dtype, page_size: int, lengths: list[int], topk: int, heads: int = 20, dl: int = 32,
-                dr: int = 16, splits=(None,), block_n: int = 16, seed: int = 0, device: str = "cpu") -> dict:
+                dr: int = 16, splits=(None,), block_n: int | None = 16, seed: int = 0, device: str = "cpu") -> dict:
     """sparse_mla vs twin vs float64 over random selections (some rows shorter than topk, -1 interleaved,
     one query with nothing selected), and == mla_decode when a decode query selects its whole row."""
     from pdpair.kernels.mla import mla_decode, sparse_mla, sparse_mla_ref
@@ -134,7 +140,7 @@ def sparse_case(dtype, page_size: int, lengths: list[int], topk: int, heads: int
     for ns in splits:
         o = torch.full_like(q_nope, float("nan"))
         sparse_mla(q_nope, q_rope, mb.latent, mb.kv_indptr, mb.kv_indices, q_row, sel, scale, o=o,
-                   num_splits=ns, block_n=block_n)
+                   num_splits=ns, **_launch(block_n=block_n))
         out["kernel_vs_dense"].append(rel_err(o, dense))
         out["kernel_vs_twin"].append(rel_err(o, twin))
         out.setdefault("nothing_selected_zero", []).append(bool((o[-1] == 0).all()))
@@ -147,10 +153,11 @@ def sparse_case(dtype, page_size: int, lengths: list[int], topk: int, heads: int
             all_pos[j, : vis[i]] = torch.arange(vis[i], dtype=torch.int32)
         sub_rows = torch.tensor([rows[i] for i in full], dtype=torch.int32, device=device)
         sp = sparse_mla(q_nope[idx], q_rope[idx], mb.latent, mb.kv_indptr, mb.kv_indices, sub_rows, all_pos, scale,
-                        block_n=block_n)
+                        **_launch(block_n=block_n))
         sub_indptr = indptr([lengths[rows[i]] for i in full], device)
         sub_indices = cat_slots([mb.row_slots[rows[i]] for i in full], device)
-        de = mla_decode(q_nope[idx], q_rope[idx], mb.latent, sub_indptr, sub_indices, scale, block_n=block_n)
+        de = mla_decode(q_nope[idx], q_rope[idx], mb.latent, sub_indptr, sub_indices, scale,
+                        **_launch(block_n=block_n))
         out["sparse_vs_decode"] = rel_err(sp, de)
     return out
 
@@ -177,7 +184,7 @@ def topk_ok(res: torch.Tensor, s64: torch.Tensor, topk: int, tol: float) -> bool
 
 
 def indexer_case(dtype, page_size: int, lengths: list[int], topk: int, heads: int = 16, di: int = 32,
-                 block_n: int = 16, chunk: int = 32, seed: int = 0, device: str = "cpu", tol: float = 1e-5) -> dict:
+                 block_n: int | None = 16, chunk: int | None = 32, seed: int = 0, device: str = "cpu", tol: float = 1e-5) -> dict:
     """indexer scores (kernel vs twin) and top-k sets (kernel and twin vs float64 scores); a -1 slot, rows
     shorter than topk, a query seeing nothing."""
     from pdpair.kernels.mla import indexer_scores, indexer_scores_ref, indexer_topk, indexer_topk_ref
@@ -194,12 +201,12 @@ def indexer_case(dtype, page_size: int, lengths: list[int], topk: int, heads: in
     q_vis = torch.tensor(vis, dtype=torch.int32, device=device)
     width = max(vis)
     args = (q, w, mb.index_k, mb.kv_indptr, mb.kv_indices, q_row, q_vis)
-    got = indexer_scores(*args, width, block_n=block_n, chunk=chunk)
+    got = indexer_scores(*args, width, **_launch(block_n=block_n, chunk=chunk))
     ref = indexer_scores_ref(*args, width)
     finite = torch.isfinite(ref)
     out = {"inf_pattern_equal": torch.equal(finite, torch.isfinite(got)),
            "scores_vs_twin": rel_err(got[finite], ref[finite])}
-    sel = indexer_topk(*args, topk, block_n=block_n, chunk=chunk)
+    sel = indexer_topk(*args, topk, **_launch(block_n=block_n, chunk=chunk))
     sel_ref = indexer_topk_ref(*args, topk)
     ok_kernel, ok_twin = [], []
     for i in range(t):
@@ -212,3 +219,63 @@ def indexer_case(dtype, page_size: int, lengths: list[int], topk: int, heads: in
     out["twin_topk_ok"] = all(ok_twin)
     out["pad_query_all_minus_one"] = bool((sel[-1] == -1).all())
     return out
+
+
+def graph_case(device: str = "cuda", bsz: int = 8, cap: int = 4096, topk: int = 2048) -> dict:
+    """A decode step's three kernels (indexer top-k -> sparse MLA, and dense MLA decode) captured in one CUDA
+    graph at V3.2 sizes, replayed on new metadata and new queries: equal to the eager launches on that input."""
+    from pdpair.kernels.attention import decode_workspace
+    from pdpair.kernels.mla import indexer_topk, mla_decode, sparse_mla
+
+    heads, dl, dr, hi, di = 128, 512, 64, 64, 128
+    gen = torch.Generator().manual_seed(7)
+    dt = torch.bfloat16
+    mb = mla_batch([cap] * bsz, 16, dl, dr, di, dt, device, gen)
+    static = {
+        "q_nope": torch.randn(bsz, heads, dl, device=device, dtype=dt),
+        "q_rope": torch.randn(bsz, heads, dr, device=device, dtype=dt),
+        "q_idx": torch.randn(bsz, hi, di, device=device, dtype=dt),
+        "w": torch.randn(bsz, hi, device=device) * (di**-0.5 * hi**-0.5),
+        "indptr": mb.kv_indptr.clone(),
+        "indices": mb.kv_indices.clone(),
+        "visible": torch.full((bsz,), cap, dtype=torch.int32, device=device),
+    }
+    rows = torch.arange(bsz, dtype=torch.int32, device=device)
+    splits, scale = 4, (dl + dr) ** -0.5
+    ws_sparse = decode_workspace(bsz, heads, dl, splits, device)
+    ws_dense = decode_workspace(bsz, heads, dl, splits, device)
+
+    def step(s):
+        sel = indexer_topk(s["q_idx"], s["w"], mb.index_k, s["indptr"], s["indices"], rows, s["visible"], topk,
+                           max_visible=cap)
+        o_sparse = sparse_mla(s["q_nope"], s["q_rope"], mb.latent, s["indptr"], s["indices"], rows, sel, scale,
+                              num_splits=splits, workspace=ws_sparse)
+        o_dense = mla_decode(s["q_nope"], s["q_rope"], mb.latent, s["indptr"], s["indices"], scale, splits,
+                             workspace=ws_dense)
+        return sel, o_sparse, o_dense
+
+    step(static)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = step(static)
+    # a new step: shorter rows (one empty, one below top-k), other slots, new queries
+    lens = [cap, 0, 1000, cap - 5, 3000, 2048, 17, cap]
+    new_slots = [mb.row_slots[(b + 3) % bsz][:n] for b, n in enumerate(lens)]
+    static["indptr"].copy_(indptr(lens, device))
+    static["indices"].zero_()
+    flat = cat_slots(new_slots, device)
+    static["indices"][: flat.numel()].copy_(flat)
+    static["visible"].copy_(torch.tensor(lens, dtype=torch.int32))
+    for k in ("q_nope", "q_rope", "q_idx", "w"):
+        static[k].copy_(torch.randn(static[k].shape, device=device).to(static[k].dtype))
+    graph.replay()
+    torch.cuda.synchronize()
+    replayed = [x.clone() for x in outs]
+    eager = step(static)
+    return {
+        "topk_equal": torch.equal(replayed[0].sort(1).values, eager[0].sort(1).values),
+        "sparse_equal": torch.equal(replayed[1], eager[1]),
+        "dense_equal": torch.equal(replayed[2], eager[2]),
+        "finite": all(bool(torch.isfinite(x).all()) for x in replayed[1:]),
+    }

@@ -2,7 +2,8 @@
 top-k 2048, bf16, page 16, one layer's strided view of a two-layer pool).
 
 MLA decode in GB/s of latent read against the copy ceiling; sparse MLA decode at 4k and 32k context (its time
-must track top-k, not the context) beside dense MLA decode at 32k; the indexer's scores and top-k at 32k;
+must track top-k, not the context) beside dense MLA decode at 32k; the indexer's scores and top-k at 32k
+(torch.topk beside the Triton radix select);
 the prefill forms (indexer over an 8k row, sparse attention for a 4k chunk) in TFLOP/s.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from pdpair.kernels.mla import indexer_scores, mla_decode, mla_decode_ref, sparse_mla, topk_positions
+from pdpair.kernels.mla import indexer_scores, mla_decode, mla_decode_ref, row_topk, row_topk_ref, sparse_mla
 
 HEADS, DL, DR, HI, DI, TOPK, PAGE = 128, 512, 64, 64, 128, 2048, 16
 DEV = "cuda"
@@ -99,10 +100,13 @@ def bench_indexer(row: Callable[..., None], median_ms: Callable[..., float], bsz
     vis = torch.full((bsz,), ctx, dtype=torch.int32, device=DEV)
     score_ms = median_ms(lambda: indexer_scores(q, w, index_k, kv_indptr, kv_indices, rows, vis, ctx))
     scores = indexer_scores(q, w, index_k, kv_indptr, kv_indices, rows, vis, ctx)
-    topk_ms = median_ms(lambda: topk_positions(scores, TOPK))
+    topk_ms = median_ms(lambda: row_topk_ref(scores, TOPK))
+    radix_ms = median_ms(lambda: row_topk(scores, TOPK, vis))
     gbs = bsz * ctx * DI * 2 / score_ms / 1e6
     row(f"indexer scores B{bsz} ctx{ctx} 64h x 128", f"{gbs:8.0f} GB/s", f"{score_ms * 1e3:.1f} us of keys read")
-    row(f"indexer top-{TOPK} (torch.topk) B{bsz} ctx{ctx}", f"{topk_ms * 1e3:8.1f} us")
+    row(f"indexer top-{TOPK} torch.topk B{bsz} ctx{ctx}", f"{topk_ms * 1e3:8.1f} us", "indexer_topk default")
+    row(f"indexer top-{TOPK} Triton radix select B{bsz} ctx{ctx}", f"{radix_ms * 1e3:8.1f} us",
+        f"{topk_ms / radix_ms:.2f}x torch.topk (triton_topk=True)")
     # prefill: one row's last `t` tokens of an `n`-token context, causal
     t, n = prefill
     q_p = torch.randn(t, HI, DI, device=DEV, dtype=torch.bfloat16)
@@ -122,7 +126,7 @@ def bench_indexer(row: Callable[..., None], median_ms: Callable[..., float], bsz
                                         (DL + DR) ** -0.5), warmup=5, rep=50)
     flops_s = 2 * t * HEADS * TOPK * (DL + DR + DL)
     row(f"sparse MLA prefill {t} tokens top-k {TOPK}", f"{flops_s / ms_s / 1e9:6.0f} TFLOP/s", f"{ms_s:.3f} ms")
-    return {"score_ms": score_ms, "score_gbs": gbs, "topk_ms": topk_ms, "prefill_score_ms": ms_p,
+    return {"score_ms": score_ms, "score_gbs": gbs, "topk_ms": topk_ms, "radix_topk_ms": radix_ms, "prefill_score_ms": ms_p,
             "prefill_sparse_ms": ms_s}
 
 

@@ -5,7 +5,8 @@ Query t belongs to request row `q_row[t]` and sees the first `q_visible[t]` slot
 s // page_size, offset s % page_size of the per-layer view `index_k [P, page_size, Di]`.
 `score[t, j] = sum_h weights[t, h] * relu(q[t, h] . k_j)` for visible j; invisible positions and slot -1
 score -inf. The scores kernel runs one program per (query, chunk of keys) with all heads in one dot per key
-block; the top-k is `torch.topk` over the fp32 score buffer `[T, max_visible]` (graph-capturable when
+block; the top-k is `torch.topk` (default) or the Triton radix select of `topk.py` over the fp32 score buffer
+`[T, max_visible]` (graph-capturable when
 `max_visible` is given; otherwise it is read back from `q_visible`). Positions come back 0-based into the
 row's list, in no particular order, -1 where fewer than `topk` keys are visible.
 """
@@ -13,6 +14,7 @@ row's list, in no particular order, -1 where fewer than `topk` keys are visible.
 from __future__ import annotations
 
 import torch
+from pdpair.kernels.mla.topk import row_topk, row_topk_ref
 from pdpair.kernels.triton_utils import tl, triton
 
 
@@ -91,17 +93,6 @@ def indexer_scores(
     return scores
 
 
-def topk_positions(scores: torch.Tensor, topk: int) -> torch.Tensor:
-    """int32 `[T, topk]`: positions of each row's `topk` largest finite scores, -1 where fewer are finite."""
-    t, width = scores.shape
-    out = torch.full((t, topk), -1, dtype=torch.int32, device=scores.device)
-    k = min(topk, width)
-    if k > 0 and t > 0:
-        vals, idx = torch.topk(scores, k, dim=1, sorted=False)
-        out[:, :k] = torch.where(vals > float("-inf"), idx, -1).to(torch.int32)
-    return out
-
-
 def indexer_topk(
     q: torch.Tensor,
     weights: torch.Tensor,
@@ -113,18 +104,21 @@ def indexer_topk(
     topk: int,
     *,
     max_visible: int | None = None,
+    triton_topk: bool = False,
     **launch,
 ) -> torch.Tensor:
     """q `[T, Hi, Di]` (rope applied), weights fp32 `[T, Hi]` -> int32 `[T, topk]` positions into each row's list.
 
     `max_visible` bounds `q_visible` (the score buffer's width); pass it under CUDA-graph capture, otherwise
-    it is read back from the device. `launch` goes to `indexer_scores` (block_n, chunk, num_warps, num_stages).
+    it is read back from the device. `triton_topk` selects with `topk.row_topk` (radix select, reads each row
+    up to its visible count) instead of `torch.topk`. `launch` goes to `indexer_scores` (block_n, chunk,
+    num_warps, num_stages).
     """
     if max_visible is None:
         max_visible = int(q_visible[: q.shape[0]].max()) if q.shape[0] else 0
     scores = indexer_scores(q, weights, index_k, kv_indptr, kv_indices, q_row, q_visible, max(max_visible, 0),
                             **launch)
-    return topk_positions(scores, topk)
+    return row_topk(scores, topk, q_visible) if triton_topk else row_topk_ref(scores, topk)
 
 
 def indexer_scores_ref(
@@ -165,4 +159,4 @@ def indexer_topk_ref(
     """Torch twin of `indexer_topk`."""
     width = int(q_visible[: q.shape[0]].max()) if q.shape[0] else 0
     scores = indexer_scores_ref(q, weights, index_k, kv_indptr, kv_indices, q_row, q_visible, max(width, 0))
-    return topk_positions(scores, topk)
+    return row_topk_ref(scores, topk)

@@ -206,24 +206,24 @@ def indexer_case(dtype, page_size: int, lengths: list[int], topk: int, heads: in
     finite = torch.isfinite(ref)
     out = {"inf_pattern_equal": torch.equal(finite, torch.isfinite(got)),
            "scores_vs_twin": rel_err(got[finite], ref[finite])}
-    sel = indexer_topk(*args, topk, **_launch(block_n=block_n, chunk=chunk))
-    sel_ref = indexer_topk_ref(*args, topk)
-    ok_kernel, ok_twin = [], []
-    for i in range(t):
-        keys = mb.keys64(rows[i], "index")[: vis[i]]
-        s64 = (torch.relu(q[i].double() @ keys.T) * w[i].double()[:, None]).sum(0)
-        s64 = torch.where(torch.isnan(s64), float("-inf"), s64)  # the -1 slot: never selectable
-        ok_kernel.append(topk_ok(sel[i], s64, topk, tol))
-        ok_twin.append(topk_ok(sel_ref[i], s64, topk, tol))
-    out["kernel_topk_ok"] = all(ok_kernel)
-    out["twin_topk_ok"] = all(ok_twin)
-    out["pad_query_all_minus_one"] = bool((sel[-1] == -1).all())
+    sels = {"kernel_topk_ok": indexer_topk(*args, topk, **_launch(block_n=block_n, chunk=chunk)),
+            "triton_topk_ok": indexer_topk(*args, topk, triton_topk=True, **_launch(block_n=block_n, chunk=chunk)),
+            "twin_topk_ok": indexer_topk_ref(*args, topk)}
+    for name, sel in sels.items():
+        ok = []
+        for i in range(t):
+            keys = mb.keys64(rows[i], "index")[: vis[i]]
+            s64 = (torch.relu(q[i].double() @ keys.T) * w[i].double()[:, None]).sum(0)
+            s64 = torch.where(torch.isnan(s64), float("-inf"), s64)  # the -1 slot: never selectable
+            ok.append(topk_ok(sel[i], s64, topk, tol))
+        out[name] = all(ok) and bool((sel[-1] == -1).all())  # the last query sees nothing
     return out
 
 
 def graph_case(device: str = "cuda", bsz: int = 8, cap: int = 4096, topk: int = 2048) -> dict:
-    """A decode step's three kernels (indexer top-k -> sparse MLA, and dense MLA decode) captured in one CUDA
-    graph at V3.2 sizes, replayed on new metadata and new queries: equal to the eager launches on that input."""
+    """A decode step's kernels (indexer top-k through torch.topk and through the radix select, sparse MLA, dense
+    MLA decode) captured in one CUDA graph at V3.2 sizes, replayed on new metadata and new queries: equal to
+    the eager launches on that input."""
     from pdpair.kernels.attention import decode_workspace
     from pdpair.kernels.mla import indexer_topk, mla_decode, sparse_mla
 
@@ -246,13 +246,14 @@ def graph_case(device: str = "cuda", bsz: int = 8, cap: int = 4096, topk: int = 
     ws_dense = decode_workspace(bsz, heads, dl, splits, device)
 
     def step(s):
-        sel = indexer_topk(s["q_idx"], s["w"], mb.index_k, s["indptr"], s["indices"], rows, s["visible"], topk,
-                           max_visible=cap)
+        idx_args = (s["q_idx"], s["w"], mb.index_k, s["indptr"], s["indices"], rows, s["visible"], topk)
+        sel = indexer_topk(*idx_args, max_visible=cap)
+        sel_radix = indexer_topk(*idx_args, max_visible=cap, triton_topk=True)
         o_sparse = sparse_mla(s["q_nope"], s["q_rope"], mb.latent, s["indptr"], s["indices"], rows, sel, scale,
                               num_splits=splits, workspace=ws_sparse)
         o_dense = mla_decode(s["q_nope"], s["q_rope"], mb.latent, s["indptr"], s["indices"], scale, splits,
                              workspace=ws_dense)
-        return sel, o_sparse, o_dense
+        return sel, o_sparse, o_dense, sel_radix
 
     step(static)  # compile outside the capture
     torch.cuda.synchronize()
@@ -277,5 +278,35 @@ def graph_case(device: str = "cuda", bsz: int = 8, cap: int = 4096, topk: int = 
         "topk_equal": torch.equal(replayed[0].sort(1).values, eager[0].sort(1).values),
         "sparse_equal": torch.equal(replayed[1], eager[1]),
         "dense_equal": torch.equal(replayed[2], eager[2]),
-        "finite": all(bool(torch.isfinite(x).all()) for x in replayed[1:]),
+        "radix_topk_equal": torch.equal(replayed[3], eager[3]),
+        "radix_same_set": torch.equal(replayed[3].sort(1).values, eager[0].sort(1).values),
+        "finite": all(bool(torch.isfinite(x).all()) for x in replayed[1:3]),
     }
+
+
+def row_topk_case(rows: int, width: int, k: int, device: str = "cpu", block: int | None = 64,
+                  seed: int = 0) -> dict:
+    """The radix-select top-k against float64 order on rows with heavy ties, -inf tails, -0.0 and +0.0,
+    rows shorter than k and a per-row length; the torch twin on the same rows."""
+    from pdpair.kernels.mla.topk import row_topk, row_topk_ref
+
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randn(rows, width, generator=gen)
+    scores[0] = torch.round(scores[0] * 2) / 2  # few distinct values: the k-th is a tie
+    scores[1, width // 3 :] = float("-inf")  # fewer finite than k
+    scores[2, ::2] = -0.0
+    scores[2, 1::2] = 0.0
+    scores[3] = scores[3].abs().neg() * 1e-30  # tiny negatives (denormal range)
+    scores = scores.to(device)
+    lengths = torch.randint(0, width + 5, (rows,), generator=gen, dtype=torch.int32).to(device)
+    lengths[4 % rows] = k - 1
+    out = {"ok": [], "twin_ok": []}
+    for lens in (None, lengths):
+        got = row_topk(scores, k, lens, **_launch(block=block))
+        ref = row_topk_ref(scores, k, lens)
+        for i in range(rows):
+            n = width if lens is None else max(0, min(int(lens[i]), width))
+            s = scores[i, :n].double()
+            out["ok"].append(topk_ok(got[i], s, k, 0.0))
+            out["twin_ok"].append(topk_ok(ref[i], s, k, 0.0))
+    return out

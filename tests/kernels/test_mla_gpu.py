@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels._mla_cases import decode_case, graph_case, indexer_case, sparse_case
+from tests.kernels._mla_cases import decode_case, graph_case, indexer_case, row_topk_case, sparse_case
 
 pytest.importorskip("triton", reason="triton is not installed")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
@@ -38,7 +38,13 @@ def test_indexer_topk_v32(page_size):
     res = indexer_case(torch.bfloat16, page_size, [8192, 100, 3000, 2049], 2048, heads=64, di=128, block_n=None,
                        chunk=None, seed=page_size, device="cuda", tol=1e-4)
     assert res["inf_pattern_equal"] and res["scores_vs_twin"] < 1e-4, res
-    assert res["kernel_topk_ok"] and res["twin_topk_ok"] and res["pad_query_all_minus_one"], res
+    assert res["kernel_topk_ok"] and res["triton_topk_ok"] and res["twin_topk_ok"], res
+
+
+def test_row_topk_v32():
+    # decode rows of a 32k context and prefill-sized rows, k = 2048
+    res = row_topk_case(64, 32768, 2048, device="cuda", block=None)
+    assert all(res["ok"]) and all(res["twin_ok"]), res
 
 
 def test_decode_step_cuda_graph_v32():

@@ -81,7 +81,6 @@ def indexer_scores(
     scores = torch.empty(t, max_visible, dtype=torch.float32, device=q.device)
     if t == 0 or max_visible == 0:
         return scores
-    chunk = min(chunk, triton.cdiv(max_visible, block_n) * block_n)
     _indexer_score_kernel[(t, triton.cdiv(max_visible, chunk))](
         q, weights, index_k, kv_indptr, kv_indices, q_row, q_visible, scores,
         q.stride(0), q.stride(1), weights.stride(0), index_k.stride(0), index_k.stride(1), scores.stride(0),

@@ -113,9 +113,14 @@ def check_mla_inputs(q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.T
 
 
 def mla_split_attention(q_nope, q_rope, latent, kv_indptr, kv_indices, q_row, topk_idx, o, sm_scale: float,
-                        num_splits: int, workspace, block_h: int, block_n: int, num_warps: int,
+                        num_splits: int, workspace, block_h: int, block_n: int, num_warps: int | None,
                         num_stages: int) -> torch.Tensor:
-    """Launch stage 1 (and the merge when `num_splits > 1`); `topk_idx is None` selects the dense decode form."""
+    """Launch stage 1 (and the merge when `num_splits > 1`); `topk_idx is None` selects the dense decode form.
+
+    `num_warps=None`: 4 for head blocks of 16, else 8 (the fp32 accumulator is block_h x Dl).
+    """
+    if num_warps is None:
+        num_warps = 4 if block_h <= 16 else 8
     rows, heads, dl = q_nope.shape
     dr = q_rope.shape[-1]
     head_blocks = triton.cdiv(heads, block_h)
@@ -164,7 +169,7 @@ def mla_decode(
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
     block_h: int = 16,
     block_n: int = 32,
-    num_warps: int = 4,
+    num_warps: int | None = None,
     num_stages: int = 2,
 ) -> torch.Tensor:
     """q_nope `[B, H, Dl]`, q_rope `[B, H, Dr]`, latent `[P, page_size, Dl + Dr]` -> o `[B, H, Dl]` in q's dtype.

@@ -31,7 +31,7 @@ def sparse_mla(
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
     block_h: int = 16,
     block_n: int = 32,
-    num_warps: int = 4,
+    num_warps: int | None = None,
     num_stages: int = 2,
 ) -> torch.Tensor:
     """q_nope `[T, H, Dl]`, q_rope `[T, H, Dr]`, topk_idx int32 `[T, K]` -> o `[T, H, Dl]` in q's dtype.

@@ -60,7 +60,8 @@ def _mla64(qn: torch.Tensor, qr: torch.Tensor, keys: torch.Tensor, live: torch.T
 
 
 def decode_case(dtype, page_size: int, lengths: list[int], heads: int = 20, dl: int = 32, dr: int = 16,
-                splits=(None,), block_n: int | None = 16, seed: int = 0, device: str = "cpu") -> dict:
+                splits=(None,), block_n: int | None = 16, seed: int = 0, device: str = "cpu",
+                block_h: int | None = None) -> dict:
     """mla_decode vs twin vs float64; rows: `lengths`, one with a -1 slot, an empty one, one on slot 0."""
     from pdpair.kernels.mla import mla_decode, mla_decode_ref
 
@@ -79,7 +80,7 @@ def decode_case(dtype, page_size: int, lengths: list[int], heads: int = 20, dl: 
     for ns in splits:
         o = torch.full_like(q_nope, float("nan"))
         mla_decode(q_nope, q_rope, mb.latent, mb.kv_indptr, mb.kv_indices, scale, ns, o=o,
-                   **_launch(block_n=block_n))
+                   **_launch(block_n=block_n, block_h=block_h))
         out["kernel_vs_dense"].append(rel_err(o, dense))
         out["kernel_vs_twin"].append(rel_err(o, twin))
         out.setdefault("empty_row_zero", []).append(bool((o[-2] == 0).all()))
@@ -110,7 +111,8 @@ def _selection(vis: list[int], topk: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def sparse_case(dtype, page_size: int, lengths: list[int], topk: int, heads: int = 20, dl: int = 32,
-                dr: int = 16, splits=(None,), block_n: int | None = 16, seed: int = 0, device: str = "cpu") -> dict:
+                dr: int = 16, splits=(None,), block_n: int | None = 16, seed: int = 0, device: str = "cpu",
+                block_h: int | None = None) -> dict:
     """sparse_mla vs twin vs float64 over random selections (some rows shorter than topk, -1 interleaved,
     one query with nothing selected), and == mla_decode when a decode query selects its whole row."""
     from pdpair.kernels.mla import mla_decode, sparse_mla, sparse_mla_ref
@@ -140,7 +142,7 @@ def sparse_case(dtype, page_size: int, lengths: list[int], topk: int, heads: int
     for ns in splits:
         o = torch.full_like(q_nope, float("nan"))
         sparse_mla(q_nope, q_rope, mb.latent, mb.kv_indptr, mb.kv_indices, q_row, sel, scale, o=o,
-                   num_splits=ns, **_launch(block_n=block_n))
+                   num_splits=ns, **_launch(block_n=block_n, block_h=block_h))
         out["kernel_vs_dense"].append(rel_err(o, dense))
         out["kernel_vs_twin"].append(rel_err(o, twin))
         out.setdefault("nothing_selected_zero", []).append(bool((o[-1] == 0).all()))
@@ -153,11 +155,11 @@ def sparse_case(dtype, page_size: int, lengths: list[int], topk: int, heads: int
             all_pos[j, : vis[i]] = torch.arange(vis[i], dtype=torch.int32)
         sub_rows = torch.tensor([rows[i] for i in full], dtype=torch.int32, device=device)
         sp = sparse_mla(q_nope[idx], q_rope[idx], mb.latent, mb.kv_indptr, mb.kv_indices, sub_rows, all_pos, scale,
-                        **_launch(block_n=block_n))
+                        **_launch(block_n=block_n, block_h=block_h))
         sub_indptr = indptr([lengths[rows[i]] for i in full], device)
         sub_indices = cat_slots([mb.row_slots[rows[i]] for i in full], device)
         de = mla_decode(q_nope[idx], q_rope[idx], mb.latent, sub_indptr, sub_indices, scale,
-                        **_launch(block_n=block_n))
+                        **_launch(block_n=block_n, block_h=block_h))
         out["sparse_vs_decode"] = rel_err(sp, de)
     return out
 

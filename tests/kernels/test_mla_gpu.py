@@ -16,18 +16,18 @@ TOL = 1e-2  # bf16 operands against a float64 reference
 V32 = dict(heads=128, dl=512, dr=64)
 
 
-@pytest.mark.parametrize("page_size", [16, 64])
-def test_mla_decode_v32(page_size):
+@pytest.mark.parametrize("page_size,block_h", [(16, None), (64, None), (16, 64)])
+def test_mla_decode_v32(page_size, block_h):
     res = decode_case(torch.bfloat16, page_size, [4096, 1, 17, 2500, 777, 3000, 64, 1025], splits=(None, 1, 7, 32),
-                      block_n=None, seed=page_size, device="cuda", **V32)
+                      block_n=None, seed=page_size, device="cuda", block_h=block_h, **V32)
     assert max(res["kernel_vs_dense"]) < TOL and max(res["kernel_vs_twin"]) < TOL, res
     assert all(res["empty_row_zero"]), res
 
 
-@pytest.mark.parametrize("page_size", [16, 64])
-def test_sparse_mla_v32(page_size):
+@pytest.mark.parametrize("page_size,block_h", [(16, None), (64, None), (16, 64)])
+def test_sparse_mla_v32(page_size, block_h):
     res = sparse_case(torch.bfloat16, page_size, [8192, 100, 3000, 2048], 2048, splits=(None, 1, 4), block_n=None,
-                      seed=page_size, device="cuda", **V32)
+                      seed=page_size, device="cuda", block_h=block_h, **V32)
     assert max(res["kernel_vs_dense"]) < TOL and max(res["kernel_vs_twin"]) < TOL, res
     assert res["sparse_vs_decode"] < 1e-6 and all(res["nothing_selected_zero"]), res
 

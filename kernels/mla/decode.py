@@ -34,7 +34,7 @@ def _mla_split_kernel(
     pid = tl.program_id(0)
     hb = pid % HEAD_BLOCKS
     split = (pid // HEAD_BLOCKS) % NUM_SPLITS
-    b = pid // (HEAD_BLOCKS * NUM_SPLITS)
+    b = (pid // (HEAD_BLOCKS * NUM_SPLITS)).to(tl.int64)  # 64-bit offsets: long prefill chunks x 128 x 512
     if SPARSE:
         row = tl.load(q_row + b)
     else:

@@ -25,7 +25,7 @@ def _indexer_score_kernel(
     PAGE_SIZE: tl.constexpr, HEADS: tl.constexpr, DIM: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    t = tl.program_id(0)
+    t = tl.program_id(0).to(tl.int64)  # 64-bit offsets into the [T, max_visible] score buffer
     c0 = tl.program_id(1) * CHUNK
     row = tl.load(q_row + t)
     start = tl.load(kv_indptr + row)

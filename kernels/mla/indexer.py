@@ -130,18 +130,22 @@ def indexer_scores_ref(
     q_visible: torch.Tensor,
     max_visible: int,
 ) -> torch.Tensor:
-    """Torch twin of `indexer_scores`, query by query; fp32 (fp64 when given fp64)."""
+    """Torch twin of `indexer_scores`, one request row at a time; fp32 (fp64 when given fp64)."""
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     page_size = index_k.shape[1]
-    scores = torch.full((q.shape[0], max_visible), float("-inf"), dtype=cdt, device=q.device)
-    for t in range(q.shape[0]):
-        row = int(q_row[t])
+    t = q.shape[0]
+    scores = torch.full((t, max_visible), float("-inf"), dtype=cdt, device=q.device)
+    q_row = q_row[:t].long()
+    for row in q_row.unique().tolist():
+        ts = (q_row == row).nonzero().squeeze(1)
         start, end = int(kv_indptr[row]), int(kv_indptr[row + 1])
-        vis = max(0, min(int(q_visible[t]), end - start, max_visible))
-        slots = kv_indices[start : start + vis].long()
-        keys = index_k[slots.clamp_min(0) // page_size, slots.clamp_min(0) % page_size].to(cdt)
-        s = (torch.relu(q[t].to(cdt) @ keys.T) * weights[t].to(cdt)[:, None]).sum(0)
-        scores[t, :vis] = torch.where(slots >= 0, s, float("-inf"))
+        n = min(end - start, max_visible)
+        slots = kv_indices[start : start + n].long()
+        keys = index_k[slots.clamp_min(0) // page_size, slots.clamp_min(0) % page_size].to(cdt)  # [n, Di]
+        s = torch.einsum("thd,nd->thn", q[ts].to(cdt), keys).relu_()
+        s = torch.einsum("thn,th->tn", s, weights[ts].to(cdt))
+        live = (torch.arange(n, device=q.device)[None, :] < q_visible[ts].long()[:, None]) & (slots >= 0)[None, :]
+        scores[ts, :n] = torch.where(live, s, float("-inf"))
     return scores
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 from pdpair.kernels.attention.decode import default_num_splits
-from pdpair.kernels.mla.decode import check_mla_inputs, gather_latent, mla_attend_ref, mla_split_attention
+from pdpair.kernels.mla.decode import check_mla_inputs, mla_split_attention
 from pdpair.kernels.triton_utils import triton
 
 
@@ -64,15 +64,26 @@ def sparse_mla_ref(
     q_row: torch.Tensor,
     topk_idx: torch.Tensor,
     sm_scale: float,
+    chunk: int = 64,
 ) -> torch.Tensor:
-    """Torch twin of `sparse_mla`, query by query; computes in fp32 (fp64 when given fp64)."""
+    """Torch twin of `sparse_mla`, `chunk` queries at a time; computes in fp32 (fp64 when given fp64)."""
     cdt = torch.float64 if q_nope.dtype == torch.float64 else torch.float32
+    t, _, dl = q_nope.shape
+    page_size = latent.shape[1]
     o = torch.empty_like(q_nope)
-    for t in range(q_nope.shape[0]):
-        row = int(q_row[t])
-        start, end = int(kv_indptr[row]), int(kv_indptr[row + 1])
-        pos = topk_idx[t].long()
-        pos = pos[(pos >= 0) & (pos < end - start)]
-        keys = gather_latent(latent, kv_indices[start + pos], cdt)
-        o[t] = mla_attend_ref(q_nope[t].to(cdt), q_rope[t].to(cdt), keys, sm_scale).to(q_nope.dtype)
+    for lo in range(0, t, chunk):
+        hi = min(lo + chunk, t)
+        rows = q_row[lo:hi].long()
+        start = kv_indptr[rows].long()
+        pos = topk_idx[lo:hi].long()
+        live = (pos >= 0) & (pos < (kv_indptr[rows + 1].long() - start)[:, None])
+        slot = kv_indices[torch.where(live, start[:, None] + pos, 0)].long() if kv_indices.numel() else pos
+        live &= slot >= 0
+        slot = torch.where(live, slot, 0)
+        keys = latent[slot // page_size, slot % page_size].to(cdt)  # [t, K, Dl + Dr]
+        s = (torch.einsum("thd,tkd->thk", q_nope[lo:hi].to(cdt), keys[..., :dl])
+             + torch.einsum("thd,tkd->thk", q_rope[lo:hi].to(cdt), keys[..., dl:])) * sm_scale
+        s = s.masked_fill(~live[:, None, :], float("-inf"))
+        p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # a query with nothing selected: zeros
+        o[lo:hi] = torch.einsum("thk,tkd->thd", p, keys[..., :dl]).to(q_nope.dtype)
     return o

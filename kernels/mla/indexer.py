@@ -23,21 +23,28 @@ def _indexer_score_kernel(
     q, weights, index_k, kv_indptr, kv_indices, q_row, q_visible, scores,
     stride_qt, stride_qh, stride_wt, stride_kp, stride_ks, stride_st, width,
     PAGE_SIZE: tl.constexpr, HEADS: tl.constexpr, DIM: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, FILL: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)  # 64-bit offsets into the [T, max_visible] score buffer
     c0 = tl.program_id(1) * CHUNK
     row = tl.load(q_row + t)
     start = tl.load(kv_indptr + row)
-    vis = tl.minimum(tl.load(q_visible + t), tl.load(kv_indptr + row + 1) - start)
+    want = tl.load(q_visible + t)
+    vis = tl.minimum(want, tl.load(kv_indptr + row + 1) - start)  # keys that exist
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_D)
     mask_h = offs_h < HEADS
     mask_d = offs_d < DIM
+    # a chunk past the visible keys reads nothing (masked loads), and without FILL writes nothing either
+    busy_h = mask_h & ((offs_h * 0 + c0) < vis)
     qv = tl.load(q + t * stride_qt + offs_h[:, None] * stride_qh + offs_d[None, :],
-                 mask=mask_h[:, None] & mask_d[None, :], other=0.0)
-    wv = tl.load(weights + t * stride_wt + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    for j in range(c0, c0 + CHUNK, BLOCK_N):
+                 mask=busy_h[:, None] & mask_d[None, :], other=0.0)
+    wv = tl.load(weights + t * stride_wt + offs_h, mask=busy_h, other=0.0).to(tl.float32)
+    if FILL:
+        hi = c0 + CHUNK
+    else:
+        hi = tl.minimum(c0 + CHUNK, want)  # up to q_visible: a reader of that many columns sees no garbage
+    for j in range(c0, hi, BLOCK_N):
         offs_n = j + tl.arange(0, BLOCK_N)
         if j < vis:
             live = offs_n < vis
@@ -68,8 +75,13 @@ def indexer_scores(
     chunk: int = 512,
     num_warps: int = 4,
     num_stages: int = 2,
+    fill: bool = True,
 ) -> torch.Tensor:
-    """fp32 scores `[T, max_visible]` (-inf past each query's visible keys); see the module docstring."""
+    """fp32 scores `[T, max_visible]`, -inf past each query's visible keys; see the module docstring.
+
+    `fill=False` leaves the columns past a query's visible keys unwritten (a consumer that reads each row only
+    up to `q_visible`, like `topk.row_topk`, then skips writing and reading the whole `max_visible` width).
+    """
     t, heads, dim = q.shape
     assert weights.shape == (t, heads) and weights.stride(1) == 1, (weights.shape, q.shape)
     assert index_k.dim() == 3 and index_k.shape[2] == dim, (index_k.shape, q.shape)
@@ -86,7 +98,7 @@ def indexer_scores(
         q.stride(0), q.stride(1), weights.stride(0), index_k.stride(0), index_k.stride(1), scores.stride(0),
         max_visible,
         PAGE_SIZE=index_k.shape[1], HEADS=heads, DIM=dim, BLOCK_H=max(16, triton.next_power_of_2(heads)),
-        BLOCK_D=triton.next_power_of_2(dim), BLOCK_N=block_n, CHUNK=chunk, num_warps=num_warps,
+        BLOCK_D=triton.next_power_of_2(dim), BLOCK_N=block_n, CHUNK=chunk, FILL=fill, num_warps=num_warps,
         num_stages=num_stages,
     )
     return scores
@@ -109,14 +121,15 @@ def indexer_topk(
     """q `[T, Hi, Di]` (rope applied), weights fp32 `[T, Hi]` -> int32 `[T, topk]` positions into each row's list.
 
     `max_visible` bounds `q_visible` (the score buffer's width); pass it under CUDA-graph capture, otherwise
-    it is read back from the device. `triton_topk` selects with `topk.row_topk` (radix select, reads each row
-    up to its visible count) instead of `torch.topk`. `launch` goes to `indexer_scores` (block_n, chunk,
+    it is read back from the device. `triton_topk` selects with `topk.row_topk` (radix select) instead of
+    `torch.topk`: scores and selection then touch each row only up to its visible count, not the whole
+    `max_visible` width (what a CUDA graph sized for the longest context wants). `launch` goes to `indexer_scores` (block_n, chunk,
     num_warps, num_stages).
     """
     if max_visible is None:
         max_visible = int(q_visible[: q.shape[0]].max()) if q.shape[0] else 0
     scores = indexer_scores(q, weights, index_k, kv_indptr, kv_indices, q_row, q_visible, max(max_visible, 0),
-                            **launch)
+                            fill=not triton_topk, **launch)
     return row_topk(scores, topk, q_visible) if triton_topk else row_topk_ref(scores, topk)
 
 

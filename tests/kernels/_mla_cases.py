@@ -194,8 +194,8 @@ def indexer_case(dtype, page_size: int, lengths: list[int], topk: int, heads: in
     gen = torch.Generator().manual_seed(seed)
     mb = mla_batch(lengths, page_size, 16, 16, di, dtype, device, gen, hole=(0, 1))
     rows, vis = _queries(lengths, gen)
-    rows.append(len(lengths) - 1)
-    vis.append(0)
+    rows += [1, len(lengths) - 1]
+    vis += [lengths[1] + 4, 0]  # a query told it sees past its row's end (only the row's keys count); one sees nothing
     t = len(rows)
     q = torch.randn(t, heads, di, generator=gen).to(device=device, dtype=dtype)
     w = (torch.randn(t, heads, generator=gen) * (di**-0.5 * heads**-0.5)).to(device)
@@ -206,8 +206,11 @@ def indexer_case(dtype, page_size: int, lengths: list[int], topk: int, heads: in
     got = indexer_scores(*args, width, **_launch(block_n=block_n, chunk=chunk))
     ref = indexer_scores_ref(*args, width)
     finite = torch.isfinite(ref)
+    unfilled = indexer_scores(*args, width, fill=False, **_launch(block_n=block_n, chunk=chunk))
+    seen = torch.arange(width, device=device)[None, :] < q_vis[:, None]
     out = {"inf_pattern_equal": torch.equal(finite, torch.isfinite(got)),
-           "scores_vs_twin": rel_err(got[finite], ref[finite])}
+           "scores_vs_twin": rel_err(got[finite], ref[finite]),
+           "unfilled_equal_where_visible": torch.equal(unfilled[seen], got[seen])}
     sels = {"kernel_topk_ok": indexer_topk(*args, topk, **_launch(block_n=block_n, chunk=chunk)),
             "triton_topk_ok": indexer_topk(*args, topk, triton_topk=True, **_launch(block_n=block_n, chunk=chunk)),
             "twin_topk_ok": indexer_topk_ref(*args, topk)}

@@ -1,4 +1,4 @@
-"""Attention kernel benchmark (GPU): copy ceiling, split-KV decode, extend vs SDPA, model decode tokens/s.
+"""Attention kernel benchmark (GPU): copy ceiling, split-KV decode, MLA/DSA, extend vs SDPA, model decode tokens/s.
 
     python bench/kernels.py [--sweep] [--model-dir DIR] [--json OUT.json]
     python bench/kernels.py --no-model --only decode --contexts 512 4096      # quick look
@@ -367,6 +367,10 @@ def main() -> None:
 
         torch.cuda.empty_cache()
         res["mamba"] = bench_mamba(res["copy_gbs"], row, median_ms)
+        from bench.mla_rows import bench_mla
+
+        torch.cuda.empty_cache()
+        res["mla"] = bench_mla(res["copy_gbs"], row, median_ms)
     torch.cuda.empty_cache()
     if args.only in (None, "extend"):
         res["extend"] = bench_extend(args.sweep)

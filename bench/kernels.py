@@ -346,7 +346,7 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="try block sizes / warps / stages, report the best")
     ap.add_argument("--model-dir", help="HF directory for the model rows (default: seeded SmolLM2-135M shape)")
     ap.add_argument("--no-model", action="store_true", help="kernels only")
-    ap.add_argument("--only", choices=("decode", "extend"), help="one kernel only (tuning runs)")
+    ap.add_argument("--only", choices=("decode", "extend", "mla"), help="one kernel family only (tuning runs)")
     ap.add_argument("--json", help="also write the numbers here (bench/out/kernels.json is always written)")
     ap.add_argument("--contexts", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384],
                     help="context lengths of the decode-vs-context rows and plot")
@@ -367,6 +367,7 @@ def main() -> None:
 
         torch.cuda.empty_cache()
         res["mamba"] = bench_mamba(res["copy_gbs"], row, median_ms)
+    if args.only in (None, "decode", "mla"):
         from bench.mla_rows import bench_mla
 
         torch.cuda.empty_cache()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -102,6 +103,15 @@ def _decode_graphs(spec: RankSpec, runner: RankRunner, topo: RankTopology, dp: D
     return None
 
 
+def _release_graphs(runner: RankRunner, device: str) -> None:
+    """Free the captured decode graphs (they hold collectives of the groups about to be destroyed) once the
+    device is idle: a communicator torn down under live graphs can hang the rank's exit."""
+    runner.decode_graphs = None
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def rank_main(rank: int, spec: RankSpec, inbox, outbox) -> None:
     """Process entry. Exits 1 with a log line on any failure (a peer's death fails the collectives)."""
     _die_with_parent()
@@ -115,6 +125,7 @@ def rank_main(rank: int, spec: RankSpec, inbox, outbox) -> None:
             RankLoop(topo.dp_rank, engine.scheduler, runner, inbox, outbox).run()
         else:
             runner.follow()
+        _release_graphs(runner, spec.device)
         dist.destroy_process_group()
     except BaseException as exc:  # noqa: BLE001 - a rank reports every failure and exits non-zero
         logger.error("rank %d failed: %s: %s", rank, type(exc).__name__, exc, exc_info=True)

@@ -29,7 +29,8 @@ def test_sparse_mla_v32(page_size, block_h):
     res = sparse_case(torch.bfloat16, page_size, [8192, 100, 3000, 2048], 2048, splits=(None, 1, 4), block_n=None,
                       seed=page_size, device="cuda", block_h=block_h, **V32)
     assert max(res["kernel_vs_dense"]) < TOL and max(res["kernel_vs_twin"]) < TOL, res
-    assert res["sparse_vs_decode"] < 1e-6 and all(res["nothing_selected_zero"]), res
+    # same keys, other split order: bf16 outputs may differ by a rounding step, not more
+    assert res["sparse_vs_decode"] < TOL and all(res["nothing_selected_zero"]), res
 
 
 @pytest.mark.parametrize("page_size", [16, 64])

@@ -73,3 +73,28 @@ def test_indexer_pages_move_with_each_chunk_and_decode_matches(engines, n):
     for eng in (prefill, decode, colocated):
         eng.pools.check_integrity()
         assert eng.pools.all_free()
+
+
+def test_the_decode_side_reads_the_moved_indexer_pages(engines):
+    """Control: the same hand-over with the `dsa` pages left out (zero keys) decodes something else, so the
+    test above would catch indexer pages that did not arrive."""
+    from pdpair.engine import Request, SamplingParams
+
+    hf, prefill, decode, colocated = engines
+    n = 3 * INDEX_TOPK + 1
+    ids = [(31 * i + 7 * n) % (VOCAB - 3) + 3 for i in range(n)]
+    sp = SamplingParams(max_new_tokens=NEW, temperature=0.0, ignore_eos=True)
+    dst = decode.scheduler.preallocate(Request("no-dsa", ids, sp))
+    chunks, _ = prefill_only(prefill, "no-dsa", ids, sp)
+    for c in chunks:
+        src, lo = c.kind_pages["kv"], c.kind_starts["kv"]
+        decode.pools.pool("kv").buffer[dst["kv"][lo : lo + len(src)]] = prefill.pools.pool("kv").buffer[src]
+    decode.pools.pool("dsa").buffer[dst["dsa"]] = 0
+    prefill.scheduler.release("no-dsa")
+    decode.scheduler.activate("no-dsa", chunks[-1].first_token)
+    toks, _, _ = run_until_done(decode, {"no-dsa"})
+    colocated.scheduler.submit(Request("no-dsa", ids, sp))
+    ref, _, _ = run_until_done(colocated, {"no-dsa"})
+    assert toks["no-dsa"] != ref["no-dsa"]
+    for eng in (prefill, decode, colocated):
+        assert eng.pools.all_free()

@@ -50,6 +50,9 @@ class Engine:
                                         config.torch_dtype, config.device)
             self.model.bind_state(self.mamba_pool)
         if mc.mla is not None:  # latent KV in `kv`, the indexer keys in its `dsa` companion
+            if config.dump is not None:
+                raise ValueError(f"{mc.arch}: tensor dumps (--dump-dir / PDPAIR_DUMP_DIR) are not supported for "
+                                 "latent-attention models")
             from pdpair.engine.attention.mla_backend import MLABackend
             from pdpair.engine.memory.latent_pool import mla_pools
 

@@ -26,6 +26,7 @@ def save_deepseek(name: str, path: Path, seed: int = 4321):
     """Save the tiny `name` checkpoint (fp32, eager attention) with randomised norms, LayerNorm biases and
     router correction biases, plus the embedded tokenizer; returns the transformers model."""
     import transformers
+
     from tests._tiny_tokenizer import checkpoint_tokenizer
 
     layers, dense = CASES[name]

@@ -19,7 +19,11 @@ COMMON = dict(
     tie_word_embeddings=False,
 )
 # name -> (layers, first_k_dense_replace)
-CASES = {"dense": (2, 2), "moe": (3, 1)}
+CASES = {"dense": (2, 2), "moe": (3, 1), "yarn": (2, 1)}
+# YaRN with every knob away from its neutral value: interpolated low frequencies, cos/sin scaled by
+# mscale / mscale_all_dim, the softmax scale by mscale_all_dim squared
+YARN = dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=16, mscale=1.0,
+            mscale_all_dim=0.5, beta_fast=8.0, beta_slow=1.0)
 
 
 def save_deepseek(name: str, path: Path, seed: int = 4321):
@@ -30,7 +34,8 @@ def save_deepseek(name: str, path: Path, seed: int = 4321):
     from tests._tiny_tokenizer import checkpoint_tokenizer
 
     layers, dense = CASES[name]
-    config = transformers.DeepseekV32Config(num_hidden_layers=layers, first_k_dense_replace=dense, **COMMON)
+    rope = {"rope_parameters": YARN} if name == "yarn" else {}
+    config = transformers.DeepseekV32Config(num_hidden_layers=layers, first_k_dense_replace=dense, **COMMON, **rope)
     torch.manual_seed(seed)
     model = transformers.DeepseekV32ForCausalLM(config).eval()
     model.config._attn_implementation = "eager"

@@ -1,6 +1,6 @@
 """DeepSeek-V3.2 (MLA latent KV, DSA indexer, MoE) against transformers: teacher-forced logits of chunked
 prefill with contexts below and well above index_topk, the sparsity really selecting, greedy generation token
-for token through the engine (all-dense and MoE checkpoints)."""
+for token through the engine (all-dense, MoE, and MoE with YaRN rope checkpoints)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ def test_loader_reads_the_deepseek_shape(checkpoint, engine):
     name, _, _ = checkpoint
     cfg, mla = engine.model_config, engine.model_config.mla
     assert cfg.arch == "deepseek_v32" and mla.latent_dim == 32 + 16 and mla.index_topk == INDEX_TOPK
-    assert mla.moe_layers == {"dense": (), "moe": (1, 2)}[name]
+    assert mla.moe_layers == {"dense": (), "moe": (1, 2), "yarn": (1,)}[name]
+    assert (mla.yarn is not None) == (name == "yarn")
     assert engine.pools.kv.buffer.shape[1:] == (cfg.num_layers, PAGE, mla.latent_dim)  # one latent per token
     dsa = engine.pools.pool("dsa")
     assert dsa.buffer.shape[1:] == (cfg.num_layers, PAGE, mla.index_head_dim)

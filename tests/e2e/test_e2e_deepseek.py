@@ -1,6 +1,7 @@
 """DeepSeek-V3.2 (tiny, with MoE layers, `--model DIR`) through the real daemons: disaggregated == colocated ==
 transformers for prompts below and well above index_topk; the first TokenChunk reports as many `dsa` items as
-`kv` items (the indexer pages ride with the latent pages); concurrent requests leave every page free."""
+`kv` items (the indexer pages ride with the latent pages); the handshake refuses another index_topk, indexer
+head dim or latent width, naming it."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def cluster(tmp_path_factory):
     hf = save_deepseek("moe", path)
     model = ("--model", str(path))
     c = start_cluster(prefill_args=ARGS + model, decode_args=ARGS + model)
+    c.model_dir = str(path)
     yield c, hf
     codes = c.stop()
     assert codes == {"prefill": 0, "decode": 0}, codes
@@ -45,3 +47,31 @@ def test_disaggregated_equals_colocated_and_transformers(cluster, n):
     for node in c.nodes:
         st = wait_all_free(node)
         assert st.integrity_ok and {p.kind for p in st.pools} == {"kv"}  # dsa has no allocator of its own
+
+
+
+@pytest.mark.parametrize("kind, fact, value", [("dsa", "index_topk", "16"), ("dsa", "index_head_dim", "64"),
+                                               ("kv", "latent_dim", "96")])
+def test_handshake_refuses_other_indexer_or_latent_facts(cluster, kind, fact, value):
+    import grpc
+    import msgspec
+    from pdpair.engine import Engine
+    from pdpair.node.layout import engine_layout, layout_to_proto
+    from pdpair.proto import pdpair_pb2 as pb
+    from pdpair.proto import pdpair_pb2_grpc as pb_grpc
+
+    c, _ = cluster
+    eng = Engine.from_model(c.model_dir, device="cpu", dtype="float32", page_size=PAGE, max_pages=8,
+                            max_running_requests=2)
+    ours = engine_layout(eng, f"probe-{fact}", "127.0.0.1:1", "tcp")
+    assert ours.region("dsa").dtype == f"float32;index_head_dim={COMMON['index_head_dim']};index_topk={INDEX_TOPK}"
+    stub = pb_grpc.PrefillNodeStub(grpc.insecure_channel(c.prefill.addr))
+    stub.Handshake(pb.HandshakeRequest(decode_layout=layout_to_proto(ours)), timeout=30)
+    old = f"{fact}={ours.region(kind).dtype.split(fact + '=')[1].split(';')[0]}"
+    regions = tuple(msgspec.structs.replace(r, dtype=r.dtype.replace(old, f"{fact}={value}")) if r.kind == kind
+                    else r for r in ours.regions)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Handshake(pb.HandshakeRequest(decode_layout=layout_to_proto(msgspec.structs.replace(
+            ours, node_id=f"probe2-{fact}", regions=regions))), timeout=30)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"regions[{kind}].{fact}" in err.value.details()

@@ -50,9 +50,6 @@ class Engine:
                                         config.torch_dtype, config.device)
             self.model.bind_state(self.mamba_pool)
         if mc.mla is not None:  # latent KV in `kv`, the indexer keys in its `dsa` companion
-            if config.dump is not None:
-                raise ValueError(f"{mc.arch}: tensor dumps (--dump-dir / PDPAIR_DUMP_DIR) are not supported for "
-                                 "latent-attention models")
             from pdpair.engine.attention.mla_backend import MLABackend
             from pdpair.engine.memory.latent_pool import mla_pools
 
@@ -76,7 +73,10 @@ class Engine:
         if config.dump is not None:
             from pdpair.engine.debug import Dumper
 
-            self.runner.dumper = Dumper.start(config.dump, self.model, kv, loaded.model_id)
+            self.runner.dumper = Dumper.start(config.dump, self.model, kv if mc.mla is None else None,
+                                              loaded.model_id)
+            if mc.mla is not None:
+                self.runner.dumper.sources.append(backend.dump_pools)
         elif config.device.startswith("cuda") and not config.disable_cuda_graph and backend.supports_cuda_graph:
             from pdpair.engine.cuda_graph import DecodeCudaGraphs
 

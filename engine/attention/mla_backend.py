@@ -71,5 +71,17 @@ class MLABackend(AttentionBackend):
     def prepare(self, batch: ForwardBatch) -> None:
         self.lists = build_lists(batch, self.index_topk)
 
+    def dump_pools(self, dumper, batch: ForwardBatch) -> None:  # noqa: ANN001 (engine.debug.Dumper)
+        """Read back what this step wrote (`layers.N.kv.latent`, `layers.N.dsa.k`) and the indexer keys of every
+        request's context (`layers.N.dsa.context`) for a tensor dump."""
+        slots, ps = batch.out_cache_loc, self.latent.page_size
+        ctx = self.lists.indices.long() if self.lists is not None else slots
+        for layer in range(self.latent.num_layers):
+            for name, pool, where, layout in ((f"layers.{layer}.kv.latent", self.latent, slots, "token"),
+                                              (f"layers.{layer}.dsa.k", self.index, slots, "token"),
+                                              (f"layers.{layer}.dsa.context", self.index, ctx, "context")):
+                if dumper.wants(name):
+                    dumper.dump(name, pool.layers[layer][where // ps, where % ps], layout)
+
     def forward(self, q, k, v, layer, batch):  # noqa: ANN001
         raise NotImplementedError("latent attention runs through MLABackend.ops, not forward()")

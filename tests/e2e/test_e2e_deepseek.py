@@ -1,14 +1,15 @@
 """DeepSeek-V3.2 (tiny, with MoE layers, `--model DIR`) through the real daemons: disaggregated == colocated ==
 transformers for prompts below and well above index_topk; the first TokenChunk reports as many `dsa` items as
-`kv` items (the indexer pages ride with the latent pages); the handshake refuses another index_topk, indexer
-head dim or latent width, naming it."""
+`kv` items (the indexer pages ride with the latent pages); the decode node's indexer pages equal the prefill
+node's byte for byte (tensor dumps of both daemons); the handshake refuses another index_topk, indexer head dim
+or latent width, naming it."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.deepseek_models import COMMON, INDEX_TOPK, VOCAB, save_deepseek
-from tests.e2e._client import disagg_equals_colocated_and_hf, pool_transfer, wait_all_free
+from tests.e2e._client import disagg_equals_colocated_and_hf, generate, pool_transfer, sampling, wait_all_free
 from tests.e2e._nodes import start_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -75,3 +76,37 @@ def test_handshake_refuses_other_indexer_or_latent_facts(cluster, kind, fact, va
             ours, node_id=f"probe2-{fact}", regions=regions))), timeout=30)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert f"regions[{kind}].{fact}" in err.value.details()
+
+
+def test_decode_side_indexer_pages_equal_the_prefill_side_byte_for_byte(cluster, tmp_path):
+    """Both daemons dump the indexer keys of each request's context read back from their `dsa` pool: the
+    prefill node after the last chunk, the decode node at its first decode step, whose prompt rows are the
+    moved pages."""
+    import torch
+    from pdpair.engine.debug.format import read_runs
+
+    model = ("--model", cluster[0].model_dir)
+    dump = lambda d: ("--dump-dir", str(tmp_path / d), "--dump-filter", r"^layers\.\d+\.dsa\.context$")  # noqa: E731
+    c = start_cluster(prefill_args=ARGS + model + dump("prefill"), decode_args=ARGS + model + dump("decode"))
+    ids = _ids(3 * INDEX_TOPK + 2)
+    try:
+        out = generate(c.decode.stub, ids, sampling(max_new_tokens=3), c.prefill.addr, rid="dsa-bytes")
+        assert out.first.prefilled_remotely and len(out.tokens) == 3
+    finally:
+        codes = c.stop()  # every queued tensor written
+    assert codes == {"prefill": 0, "decode": 0}, codes
+    [prefill], [decode] = read_runs(tmp_path / "prefill"), read_runs(tmp_path / "decode")
+
+    def context(run, rec, layer):
+        i = rec.rids.index("dsa-bytes")
+        start = sum(rec.seq_lens[:i])
+        return run.load(rec, f"layers.{layer}.dsa.context")[start : start + rec.seq_lens[i]]
+
+    last_chunk = [r for r in prefill.records if "dsa-bytes" in r.rids][-1]
+    first_decode = next(r for r in decode.records if "dsa-bytes" in r.rids)
+    assert last_chunk.seq_lens[last_chunk.rids.index("dsa-bytes")] == len(ids)
+    assert first_decode.mode == "decode"
+    for layer in range(LAYERS):
+        sent, landed = context(prefill, last_chunk, layer), context(decode, first_decode, layer)[: len(ids)]
+        assert sent.shape == (len(ids), COMMON["index_head_dim"]) and sent.abs().sum() > 0
+        assert torch.equal(landed.view(torch.uint8), sent.view(torch.uint8)), f"layer {layer}"

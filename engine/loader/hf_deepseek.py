@@ -46,6 +46,12 @@ def deepseek_model_config(cfg: dict[str, Any], eos_token_ids: tuple[int, ...]) -
     if cfg.get("q_lora_rank") is None:
         raise ValueError("deepseek_v32 without q LoRA (q_lora_rank null) is not supported: the indexer reads "
                          "the q LoRA residual")
+    if cfg.get("quantization_config"):
+        method = (cfg["quantization_config"] or {}).get("quant_method", "?")
+        raise ValueError(f"deepseek_v32: quantised checkpoints ({method}) are not supported; convert the weights to "
+                         "bf16 first")
+    if cfg.get("scoring_func", "sigmoid") != "sigmoid":
+        raise ValueError(f"deepseek_v32: router scoring_func {cfg.get('scoring_func')!r} is not supported (sigmoid)")
     if cfg.get("hidden_act", "silu") != "silu":
         raise ValueError(f"deepseek_v32 needs hidden_act 'silu', got {cfg.get('hidden_act')!r}")
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):

@@ -42,23 +42,13 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.fingerprint = (f"{mc.arch}/L{mc.num_layers}/kvh{mc.num_kv_heads}/d{mc.head_dim}/"
                             f"{config.dtype}/p{config.page_size}/{loaded.weights_digest}")
-        pools, layer_pools = self._build_pools(mc, config)
-        kv, companions = pools[0], []
+        pools, companions, backend = self._pools_and_backend(mc, config)
+        kv = pools[0]
         self.mamba_pool = None
         if mc.hybrid is not None:  # one recurrent-state slot per resident request, allocated at admission
             self.mamba_pool = MambaPool(config.max_running_requests, config.max_running_requests, mc.hybrid,
                                         config.torch_dtype, config.device)
             self.model.bind_state(self.mamba_pool)
-        if mc.mla is not None:  # latent KV in `kv`, the indexer keys in its `dsa` companion
-            from pdpair.engine.attention.mla_backend import MLABackend
-            from pdpair.engine.memory.latent_pool import mla_pools
-
-            kv, dsa = mla_pools(mc, config)
-            pools, companions = [kv], [dsa]
-            backend = MLABackend(kv, dsa, mc.num_heads, mc.mla.index_topk)
-        else:
-            backend = create_backend(config.attention_backend, kv, mc.num_heads, mc.num_kv_heads, mc.head_dim,
-                                     config.device, mc.attn_scale, layer_pools, mc.attn_logit_softcapping)
         self.pools = PoolSet(pools, config.page_size, [self.mamba_pool] if self.mamba_pool is not None else [],
                              companions)
         self.req_to_token = ReqToTokenPool(config.max_running_requests, mc.context_length, config.page_size,
@@ -94,15 +84,29 @@ class Engine:
             config.chunk_size, config.max_running_requests, config.seed)
         self._ids = itertools.count()
         logger.info("engine %s: pools %s of %d pages of %d tokens (%.1f MiB), backend %s, %s on %s", self.model_id,
-                    {p.kind: len(p.layer_ids) for p in [*pools, *companions]}, config.max_pages, config.page_size,
-                    sum(p.buffer.nbytes for p in [*pools, *companions]) / 2**20, config.attention_backend, config.dtype, config.device)
+                    {p.kind: len(p.layer_ids) for p in [*pools, *companions]}, config.max_pages,
+                    config.page_size, sum(p.buffer.nbytes for p in [*pools, *companions]) / 2**20,
+                    config.attention_backend, config.dtype, config.device)
+
+    @classmethod
+    def _pools_and_backend(cls, mc, config: EngineConfig) -> tuple[list, list, object]:
+        """(paged pools, companion pools, attention backend). Latent attention: the `kv` pool of latent vectors,
+        its `dsa` companion of indexer keys and the MLA backend; otherwise `_build_pools` and `create_backend`."""
+        if mc.mla is not None:
+            from pdpair.engine.attention.mla_backend import MLABackend
+            from pdpair.engine.memory.latent_pool import mla_pools
+
+            kv, dsa = mla_pools(mc, config)
+            return [kv], [dsa], MLABackend(kv, dsa, mc.num_heads, mc.mla.index_topk)
+        pools, layer_pools = cls._build_pools(mc, config)
+        backend = create_backend(config.attention_backend, pools[0], mc.num_heads, mc.num_kv_heads, mc.head_dim,
+                                 config.device, mc.attn_scale, layer_pools, mc.attn_logit_softcapping)
+        return pools, [], backend
 
     @staticmethod
     def _build_pools(mc, config: EngineConfig) -> tuple[list[KVPool], list[tuple[KVPool, int]]]:
         """The full-attention pool (first) and, for sliding-window layers, the `swa` pool; each model layer's
         (pool, index in the pool)."""
-        if mc.mla is not None:  # built with the backend
-            return [None], []  # type: ignore[list-item]
         shape = (config.page_size, mc.num_kv_heads, mc.head_dim, config.torch_dtype, config.device)
         pools = [KVPool(config.max_pages, len(mc.full_layers), *shape, layer_ids=mc.full_layers)]
         if mc.swa_layers:

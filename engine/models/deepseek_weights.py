@@ -42,7 +42,10 @@ def load_deepseek_weights(model: nn.Module, weights: Iterable[tuple[str, torch.T
     params = {n: p.data for n, p in model.named_parameters()}
     params.update({n: b for n, b in model.named_buffers() if n in params})
     filled: dict[str, int] = {}
+    tied = getattr(model, "lm_head", None) is None
     for hf_name, tensor in weights:
+        if tied and hf_name == "lm_head.weight":
+            continue
         name = hf_name.removeprefix("model.")
         if name == "lm_head.weight":
             name = "lm_head"

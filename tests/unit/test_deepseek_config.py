@@ -60,3 +60,10 @@ def test_yarn_frequencies_and_factor_match_transformers():
 def test_unsupported_configs_are_refused_by_name(change, message):
     with pytest.raises(ValueError, match=message):
         deepseek_model_config({**V32, **change}, ())
+
+
+def test_parallel_ranks_are_refused_for_latent_attention():
+    from pdpair.engine.distributed.shard import local_config
+
+    with pytest.raises(ValueError, match="tensor / data parallel ranks are not supported"):
+        local_config(deepseek_model_config(V32, ()), 2, 0)

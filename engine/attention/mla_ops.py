@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _slots(kv_indices: torch.Tensor, start: int, positions: torch.Tensor) -> torch.Tensor:
-    return kv_indices[start + positions].long()
+_BLOCK = 64  # queries per gathered block: bounds the [block, k, D] key gather
 
 
 def _gather(pool: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
@@ -23,27 +21,38 @@ def _gather(pool: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     return pool[slots // page_size, slots % page_size]
 
 
-def _attend(q_nope: torch.Tensor, q_rope: torch.Tensor, keys: torch.Tensor, sm_scale: float) -> torch.Tensor:
-    """q [H, Dl] / [H, Dr] over keys [N, Dl + Dr] -> [H, Dl] (fp32 softmax)."""
+def _attend_selected(q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, kv_indptr: torch.Tensor,
+                     kv_indices: torch.Tensor, q_row: torch.Tensor, sel: torch.Tensor, sm_scale: float) -> torch.Tensor:
+    """Each query over the row positions `sel` [T, k] (-1: none), fp32 softmax -> [T, H, Dl]."""
     dl = q_nope.shape[-1]
-    scores = (q_nope.float() @ keys[:, :dl].float().T + q_rope.float() @ keys[:, dl:].float().T) * sm_scale
-    probs = torch.softmax(scores, dim=-1)
-    return (probs @ keys[:, :dl].float()).to(q_nope.dtype)
+    out = torch.empty_like(q_nope)
+    starts = kv_indptr.long()[q_row.long()]
+    for lo in range(0, q_nope.shape[0], _BLOCK):
+        hi = min(lo + _BLOCK, q_nope.shape[0])
+        pick = sel[lo:hi].long()
+        valid = pick >= 0
+        slots = kv_indices[(starts[lo:hi, None] + pick.clamp(min=0)).clamp(max=max(kv_indices.numel() - 1, 0))]
+        keys = _gather(latent, slots.long()).float()  # [t, k, Dl + Dr]
+        scores = (torch.einsum("thl,tkl->thk", q_nope[lo:hi].float(), keys[..., :dl])
+                  + torch.einsum("thr,tkr->thk", q_rope[lo:hi].float(), keys[..., dl:])) * sm_scale
+        probs = torch.softmax(scores.masked_fill(~valid[:, None, :], float("-inf")), dim=-1)
+        out[lo:hi] = torch.einsum("thk,tkl->thl", probs, keys[..., :dl]).to(out.dtype)
+    return out
 
 
 class TorchMLAOps:
-    """Reference implementations, one request or query at a time (CPU and CUDA)."""
+    """Reference implementations in plain torch (CPU and CUDA), batched over blocks of queries."""
 
     @staticmethod
     def decode(q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, kv_indptr: torch.Tensor,
                kv_indices: torch.Tensor, sm_scale: float) -> torch.Tensor:
         """Dense attention of one query per request over all its listed tokens -> o [B, H, Dl]."""
-        out = torch.empty_like(q_nope)
-        bounds = kv_indptr.tolist()
-        for b in range(q_nope.shape[0]):
-            slots = kv_indices[bounds[b] : bounds[b + 1]].long()
-            out[b] = _attend(q_nope[b], q_rope[b], _gather(latent, slots), sm_scale)
-        return out
+        lens = (kv_indptr[1:] - kv_indptr[:-1]).long()
+        width = int(lens.max()) if lens.numel() else 0
+        cols = torch.arange(width, device=q_nope.device)[None, :]
+        sel = torch.where(cols < lens[:, None], cols, -1)
+        rows = torch.arange(q_nope.shape[0], device=q_nope.device)
+        return _attend_selected(q_nope, q_rope, latent, kv_indptr, kv_indices, rows, sel, sm_scale)
 
     @staticmethod
     def indexer_topk(q: torch.Tensor, weights: torch.Tensor, index_k: torch.Tensor, kv_indptr: torch.Tensor,
@@ -55,14 +64,20 @@ class TorchMLAOps:
         (`weights` fp32 [T, Hi], already scaled by Di ** -0.5 * Hi ** -0.5); the `topk` best positions, by
         descending score, the rest -1 when fewer are visible."""
         out = torch.full((q.shape[0], topk), -1, dtype=torch.int32, device=q.device)
-        bounds, rows, visible = kv_indptr.tolist(), q_row.tolist(), q_visible.tolist()
-        for t in range(q.shape[0]):
-            n = visible[t]
-            keys = _gather(index_k, _slots(kv_indices, bounds[rows[t]], torch.arange(n, device=q.device))).float()
-            scores = torch.relu(q[t].float() @ keys.T)  # [Hi, n]
-            scores = weights[t].float() @ scores  # [n]
-            k = min(topk, n)
-            out[t, :k] = scores.topk(k).indices.to(torch.int32)
+        bounds, rows = kv_indptr.tolist(), q_row.long()
+        for r in torch.unique(rows).tolist():  # one row's keys serve all of its queries
+            mine = (rows == r).nonzero().flatten()
+            keys = _gather(index_k, kv_indices[bounds[r] : bounds[r + 1]].long()).float()  # [n, Di]
+            n = keys.shape[0]
+            for lo in range(0, mine.numel(), _BLOCK):
+                ts = mine[lo : lo + _BLOCK]
+                scores = torch.einsum("th,thn->tn", weights[ts].float(),
+                                      torch.relu(torch.einsum("thd,nd->thn", q[ts].float(), keys)))
+                seen = torch.arange(n, device=q.device)[None, :] < q_visible[ts, None]
+                scores = scores.masked_fill(~seen, float("-inf"))
+                k = min(topk, n)
+                best = scores.topk(k, dim=-1)
+                out[ts, :k] = torch.where(best.values > float("-inf"), best.indices, -1).to(torch.int32)
         return out
 
     @staticmethod
@@ -70,11 +85,4 @@ class TorchMLAOps:
                kv_indices: torch.Tensor, q_row: torch.Tensor, topk_idx: torch.Tensor,
                sm_scale: float) -> torch.Tensor:
         """Attention of each query over its selected positions (`topk_idx` [T, k], -1 = none) -> [T, H, Dl]."""
-        out = torch.empty_like(q_nope)
-        bounds, rows = kv_indptr.tolist(), q_row.tolist()
-        for t in range(q_nope.shape[0]):
-            sel = topk_idx[t]
-            sel = sel[sel >= 0].long()
-            out[t] = _attend(q_nope[t], q_rope[t], _gather(latent, _slots(kv_indices, bounds[rows[t]], sel)),
-                             sm_scale)
-        return out
+        return _attend_selected(q_nope, q_rope, latent, kv_indptr, kv_indices, q_row, topk_idx, sm_scale)

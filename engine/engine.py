@@ -42,19 +42,18 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.fingerprint = (f"{mc.arch}/L{mc.num_layers}/kvh{mc.num_kv_heads}/d{mc.head_dim}/"
                             f"{config.dtype}/p{config.page_size}/{loaded.weights_digest}")
-        pools, layer_pools = self._build_pools(mc, config)
+        pools, companions, backend = self._pools_and_backend(mc, config)
         kv = pools[0]
         self.mamba_pool = None
         if mc.hybrid is not None:  # one recurrent-state slot per resident request, allocated at admission
             self.mamba_pool = MambaPool(config.max_running_requests, config.max_running_requests, mc.hybrid,
                                         config.torch_dtype, config.device)
             self.model.bind_state(self.mamba_pool)
-        self.pools = PoolSet(pools, config.page_size, [self.mamba_pool] if self.mamba_pool is not None else [])
+        self.pools = PoolSet(pools, config.page_size, [self.mamba_pool] if self.mamba_pool is not None else [],
+                             companions)
         self.req_to_token = ReqToTokenPool(config.max_running_requests, mc.context_length, config.page_size,
                                            config.device, self.pools.paged_kinds)
-        backend = create_backend(config.attention_backend, kv, mc.num_heads, mc.num_kv_heads, mc.head_dim,
-                                 config.device, mc.attn_scale, layer_pools, mc.attn_logit_softcapping)
-        if config.fused_ops and config.dump is None and config.device.startswith("cuda") \
+        if config.fused_ops and config.dump is None and config.device.startswith("cuda") and mc.mla is None \
                 and config.attention_backend == "triton":
             from pdpair.engine.models.fused import fused_supported
 
@@ -66,7 +65,10 @@ class Engine:
         if config.dump is not None:
             from pdpair.engine.debug import Dumper
 
-            self.runner.dumper = Dumper.start(config.dump, self.model, kv, loaded.model_id)
+            self.runner.dumper = Dumper.start(config.dump, self.model, kv if mc.mla is None else None,
+                                              loaded.model_id)
+            if mc.mla is not None:
+                self.runner.dumper.sources.append(backend.dump_pools)
         elif config.device.startswith("cuda") and not config.disable_cuda_graph and backend.supports_cuda_graph:
             from pdpair.engine.cuda_graph import DecodeCudaGraphs
 
@@ -84,8 +86,24 @@ class Engine:
             config.chunk_size, config.max_running_requests, config.seed)
         self._ids = itertools.count()
         logger.info("engine %s: pools %s of %d pages of %d tokens (%.1f MiB), backend %s, %s on %s", self.model_id,
-                    {p.kind: len(p.layer_ids) for p in pools}, config.max_pages, config.page_size,
-                    sum(p.buffer.nbytes for p in pools) / 2**20, config.attention_backend, config.dtype, config.device)
+                    {p.kind: len(p.layer_ids) for p in [*pools, *companions]}, config.max_pages,
+                    config.page_size, sum(p.buffer.nbytes for p in [*pools, *companions]) / 2**20,
+                    config.attention_backend, config.dtype, config.device)
+
+    @classmethod
+    def _pools_and_backend(cls, mc, config: EngineConfig) -> tuple[list, list, object]:
+        """(paged pools, companion pools, attention backend). Latent attention: the `kv` pool of latent vectors,
+        its `dsa` companion of indexer keys and the MLA backend; otherwise `_build_pools` and `create_backend`."""
+        if mc.mla is not None:
+            from pdpair.engine.attention.mla_backend import MLABackend
+            from pdpair.engine.memory.latent_pool import mla_pools
+
+            kv, dsa = mla_pools(mc, config)
+            return [kv], [dsa], MLABackend(kv, dsa, mc.num_heads, mc.mla.index_topk)
+        pools, layer_pools = cls._build_pools(mc, config)
+        backend = create_backend(config.attention_backend, pools[0], mc.num_heads, mc.num_kv_heads, mc.head_dim,
+                                 config.device, mc.attn_scale, layer_pools, mc.attn_logit_softcapping)
+        return pools, [], backend
 
     @staticmethod
     def _build_pools(mc, config: EngineConfig) -> tuple[list[KVPool], list[tuple[KVPool, int]]]:
@@ -130,7 +148,13 @@ class Engine:
         mc = loaded.config
         dtype = next(loaded.model.parameters()).dtype
         if max_pages is None:
-            page_bytes = KVPool.page_bytes(len(mc.full_layers) + len(mc.swa_layers), page_size, mc.num_kv_heads, mc.head_dim, dtype)
+            if mc.mla is not None:
+                from pdpair.engine.memory.latent_pool import mla_page_bytes
+
+                page_bytes = mla_page_bytes(mc, page_size, dtype)
+            else:
+                page_bytes = KVPool.page_bytes(len(mc.full_layers) + len(mc.swa_layers), page_size,
+                                               mc.num_kv_heads, mc.head_dim, dtype)
             max_pages = resolve_max_pages(device, page_bytes, mem_fraction)
         config = EngineConfig(device=device, dtype=dtype_name(dtype), page_size=page_size,
                               max_pages=max_pages, chunk_size=chunk_size,

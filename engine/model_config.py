@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pdpair.engine.hybrid_config import HybridConfig
+from pdpair.engine.mla_config import MLAConfig
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 FULL_ATTENTION = "full_attention"
@@ -57,6 +58,7 @@ class ModelConfig:
     attention_bias: bool = False  # bias on q/k/v projections (Qwen2; Llama with attention_bias)
     o_proj_bias: bool = False  # bias on the output projection (Llama with attention_bias)
     hybrid: HybridConfig | None = None  # mamba2 layers and family details of a hybrid model (Bamba, Granite 4.0-H)
+    mla: MLAConfig | None = None  # latent attention, indexer and MoE of DeepSeek-V3.2 (head_dim: the rope part)
     qk_norm: bool = False  # per-head RMSNorm on q and k before rope (Qwen3)
     eos_token_ids: tuple[int, ...] = ()
     bos_token_id: int | None = None

@@ -97,7 +97,8 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
             peer = peer.for_dp_rank(request.registration.dp_rank)  # the destination DP rank's region set
             num_items = {r.kind: r.num_items for r in peer.regions}
             dst = validate_registration(((p.kind, p.ids) for p in request.registration.pools), num_items, expected,
-                                        dict.fromkeys(self.rt.engine.pools.slot_kinds, 1))
+                                        dict.fromkeys(self.rt.engine.pools.slot_kinds, 1),
+                                        self.rt.engine.pools.companions)
         except ValueError as exc:
             raise RpcError(Code.INVALID_ARGUMENT, f"request {request.rid!r}: {exc}") from None
         return peer, sampling, dst

@@ -23,12 +23,13 @@ def expected_items(windows: Mapping[str, int | None], prompt_len: int, page_size
 
 def validate_registration(
     pools: Iterable[tuple[str, Iterable[int]]], num_items: Mapping[str, int], expected: Mapping[str, int],
-    first_ids: Mapping[str, int] | None = None,
+    first_ids: Mapping[str, int] | None = None, companions: Mapping[str, str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Registration (kind, ids) pairs -> {kind: int64 ids}; ValueError says what is wrong.
 
     Every kind must be known and given once; ids in [first_ids[kind] (default 0), num_items[kind]), unique;
-    exactly expected[kind] ids. A slot kind's first ids are its padding dummies, never a request's.
+    exactly expected[kind] ids. A slot kind's first ids are its padding dummies, never a request's. A companion
+    kind (`companions`: kind -> the kind whose ids it shares, e.g. dsa -> kv) must list exactly those ids.
     """
     out: dict[str, np.ndarray] = {}
     for kind, ids in pools:
@@ -50,4 +51,9 @@ def validate_registration(
     missing = [k for k in expected if k not in out]
     if missing:
         raise ValueError(f"registration lacks pool kinds {missing}")
+    for kind, shared in (companions or {}).items():
+        if kind in out and shared in out and not np.array_equal(out[kind], out[shared]):
+            at = int(np.flatnonzero(out[kind] != out[shared])[0])
+            raise ValueError(f"{kind}: ids must equal the {shared} ids (one allocator), differ at page {at}: "
+                             f"{int(out[kind][at])} != {int(out[shared][at])}")
     return out

@@ -101,12 +101,32 @@ class LayoutMismatch(Exception):
         return type(self), (self.field, self.local, self.remote)
 
 
+def _dtype_facts(dtype: str) -> dict[str, str]:
+    """A region dtype ``base;name=value;...`` (latent pools state their widths this way) -> {"dtype": base,
+    name: value, ...}."""
+    base, *facts = dtype.split(";")
+    out = {"dtype": base}
+    for fact in facts:
+        name, _, value = fact.partition("=")
+        out[name] = value
+    return out
+
+
+def _check_dtype(kind: str, a: str, b: str) -> None:
+    """Name the first differing part of two region dtypes: e.g. ``regions[dsa].index_topk``."""
+    fa, fb = _dtype_facts(a), _dtype_facts(b)
+    for name in [*fa, *(n for n in fb if n not in fa)]:
+        if fa.get(name) != fb.get(name):
+            raise LayoutMismatch(f"regions[{kind}].{name}", fa.get(name), fb.get(name))
+
+
 def check_compatible(local: MemoryLayout, remote: MemoryLayout) -> None:
     """Raise ``LayoutMismatch`` naming the first field on which the layouts differ.
 
     Order: attn_tp_size (a KV-head split that differs also changes the fingerprint; name the cause), page_size,
-    model_fingerprint, protocol, region kinds, then per region window, layers, item_bytes and dtype. Item
-    counts may differ (pools are sized per node).
+    model_fingerprint, protocol, region kinds, then per region the facts its dtype string states
+    (``float32;latent_dim=576;rope_dim=64``: ``dtype``, ``latent_dim``, ...), window, layers, item_bytes and dtype.
+    Item counts may differ (pools are sized per node).
     """
     for field in ("attn_tp_size", "page_size", "model_fingerprint", "protocol"):
         a, b = getattr(local, field), getattr(remote, field)
@@ -118,6 +138,8 @@ def check_compatible(local: MemoryLayout, remote: MemoryLayout) -> None:
     pairs = [(m, remote.region(m.kind)) for m in local.regions]
     pairs += [(local.region(t.kind), t) for t in remote.regions if t.dp_rank]
     for mine, theirs in pairs:
+        if "=" in mine.dtype + theirs.dtype:  # stated facts first: a width mismatch also changes item_bytes
+            _check_dtype(mine.kind, mine.dtype, theirs.dtype)
         for field in ("window", "layers", "item_bytes", "dtype"):
             a, b = getattr(mine, field), getattr(theirs, field)
             if field == "layers" and not (a and b):  # a layout that does not state its layers

@@ -65,6 +65,11 @@ def request_rows(rec: StepRecord, layout: str) -> list[tuple[str, list[tuple[int
             rid, pos = owner[token_row]
             per.setdefault(rid, []).append((j, pos))
         return list(per.items())
+    if layout == "context":
+        starts = [0]
+        for n in rec.seq_lens:
+            starts.append(starts[-1] + n)
+        return [(rid, [(starts[i] + p, p) for p in range(rec.seq_lens[i])]) for i, rid in enumerate(rec.rids)]
     base = rec.gathered_offset() if layout == "gathered" else 0
     return [(rid, [(base + off[i] + k, prefix[i] + k) for k in range(rec.extend_lens[i])])
             for i, rid in enumerate(rec.rids)]

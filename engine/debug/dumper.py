@@ -5,6 +5,10 @@ and `end_batch` around each forward, and forward hooks on the model's modules ca
     embed                 embedding output                       token rows
     layers.N.attn_in      attention input (after the input norm)  token rows
     layers.N.kv.k/.v      K/V written into the pool this step    token rows (read back from the pool)
+    layers.N.kv.latent    latent vectors written (MLA models)    token rows (read back from the pool)
+    layers.N.dsa.k        indexer keys written (MLA models)      token rows (read back from the pool)
+    layers.N.dsa.context  indexer keys of every request's whole  context rows (read back from the pool)
+                          context (MLA models)
     layers.N.attn_out     attention output (after o_proj)        token rows
     layers.N.mlp_out      MLP output                             token rows
     layers.N.out          the residual stream after the layer    token rows
@@ -68,6 +72,7 @@ class Dumper:
         self.config = config
         self.writer = writer
         self.kv_pool = kv_pool
+        self.sources: list = []  # more pool read-backs after a forward: fn(dumper, batch), e.g. MLA pools
         self.step = -1  # forward steps seen, dumped or not
         self._filter = re.compile(config.filter)
         self._wanted: dict[str, bool] = {}
@@ -156,6 +161,9 @@ class Dumper:
                     k, v = self.kv_pool.read(i, batch.out_cache_loc)
                     self.dump(f"layers.{layer}.kv.k", k)
                     self.dump(f"layers.{layer}.kv.v", v)
+        if self._record is not None:
+            for source in self.sources:
+                source(self, batch)
         self.dump("logits", logits, "logits")
         self.end()
 

@@ -6,7 +6,9 @@ Row layouts say how a tensor's first dimension maps to tokens:
   `num_tokens` are padding (CUDA-graph buckets) and are ignored;
 - `gathered`: every rank's padded tokens concatenated (DP attention); this rank's rows start after the
   `global_padded_tokens` of the ranks before it, the rows of other ranks are theirs (idle ranks: padding);
-- `logits`: one row per entry of `logits_rows` (token rows whose next-token distribution was computed).
+- `logits`: one row per entry of `logits_rows` (token rows whose next-token distribution was computed);
+- `context`: every request's whole context in position order (request i owns `seq_lens[i]` rows after the
+  contexts of the requests before it), e.g. the indexer keys a step reads from the pool.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import msgspec
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 STEPS = "steps.jsonl"
-LAYOUTS = ("token", "gathered", "logits")
+LAYOUTS = ("token", "gathered", "logits", "context")
 
 
 class Manifest(msgspec.Struct, frozen=True):

@@ -44,6 +44,9 @@ def head_shard(config: ModelConfig, attn_tp: int, attn_tp_rank: int) -> HeadShar
 
 def local_config(config: ModelConfig, attn_tp: int, attn_tp_rank: int) -> ModelConfig:
     """The model config as this rank's pools and attention backend see it (its own heads only)."""
+    if config.mla is not None:
+        raise ValueError(f"{config.arch}: tensor / data parallel ranks are not supported for latent-attention "
+                         "models; run it on one rank (--tp-size 1)")
     s = head_shard(config, attn_tp, attn_tp_rank)
     return dataclasses.replace(config, num_heads=s.num_heads, num_kv_heads=s.num_kv_heads)
 

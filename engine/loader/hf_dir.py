@@ -88,6 +88,10 @@ def hf_model_config(cfg: dict[str, Any], eos_token_ids: tuple[int, ...]) -> Mode
     cfg = text_config(cfg)
     archs = cfg.get("architectures") or [str(cfg.get("model_type", "?"))]
     arch = resolve_architecture(archs[0])
+    if arch == "deepseek_v32":  # latent attention: a shape of its own
+        from pdpair.engine.loader.hf_deepseek import deepseek_model_config
+
+        return deepseek_model_config(cfg, eos_token_ids)
     if cfg.get("mlp_bias"):
         raise ValueError("mlp_bias=True is not supported")
     heads = int(cfg["num_attention_heads"])

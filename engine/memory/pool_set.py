@@ -1,4 +1,5 @@
-"""The node's pools keyed by kind: paged ("kv", "swa") and per-request slots ("mamba"), with their allocators."""
+"""The node's pools keyed by kind: paged ("kv", "swa"), per-request slots ("mamba") and companions ("dsa": a
+second buffer on the `kv` pool's item ids), with their allocators."""
 
 from __future__ import annotations
 
@@ -39,15 +40,25 @@ class SlotPool(Protocol):
 
 
 class PoolSet:
-    """Pools by kind, each with its own allocator; callers iterate kinds instead of naming pools."""
+    """Pools by kind, each with its own allocator; callers iterate kinds instead of naming pools.
 
-    def __init__(self, pools: list[ItemPool], page_size: int, slot_pools: list[SlotPool] = ()) -> None:
+    A companion pool (`shares` = a paged kind) has no allocator of its own: a request's ids of that kind are its
+    ids of the shared kind, so the scheduler never allocates it; it is registered and transferred like the rest.
+    """
+
+    def __init__(self, pools: list[ItemPool], page_size: int, slot_pools: list[SlotPool] = (),
+                 companions: list[ItemPool] = ()) -> None:
         assert pools, "a pool set needs at least one pool"
         self.page_size = page_size
         self._paged = tuple(p.kind for p in pools)
         self._slots = tuple(p.kind for p in slot_pools)
-        self._pools = {p.kind: p for p in [*pools, *slot_pools]}
-        assert len(self._pools) == len(pools) + len(slot_pools), f"duplicate pool kinds: {list(self._pools)}"
+        self._companions = {p.kind: p.shares for p in companions}
+        self._pools = {p.kind: p for p in [*pools, *slot_pools, *companions]}
+        assert len(self._pools) == len(pools) + len(slot_pools) + len(companions), (
+            f"duplicate pool kinds: {list(self._pools)}")
+        for p in companions:
+            assert p.shares in self._paged and p.num_items == self._pools[p.shares].num_items, (
+                f"companion pool {p.kind!r} must match the items of a paged pool, not {p.shares!r}")
         self._allocators = {p.kind: PageAllocator(p.num_items, p.kind) for p in pools}
         self._allocators.update({p.kind: PageAllocator(p.num_items, p.kind, p.reserved_items) for p in slot_pools})
 
@@ -66,6 +77,11 @@ class PoolSet:
         """Kinds holding one item per request whatever its length (mamba state)."""
         return self._slots
 
+    @property
+    def companions(self) -> dict[str, str]:
+        """Companion kind -> the paged kind whose item ids (and allocator) it shares."""
+        return dict(self._companions)
+
     def pool(self, kind: str) -> ItemPool:
         return self._pools[kind]
 
@@ -77,8 +93,8 @@ class PoolSet:
         return self._pools[kind].window
 
     def windows(self) -> dict[str, int | None]:
-        """Paged kind -> sliding window in tokens (None: the pool keeps the whole context), in pool order."""
-        return {k: self._pools[k].window for k in self._paged}
+        """Paged and companion kind -> sliding window in tokens (None: the pool keeps the whole context)."""
+        return {k: self._pools[k].window for k in (*self._paged, *self._companions)}
 
     def allocator(self, kind: str) -> PageAllocator:
         return self._allocators[kind]

@@ -19,19 +19,26 @@ HYBRID_ARCHITECTURES: dict[str, str] = {
     "BambaForCausalLM": "bamba",
     "GraniteMoeHybridForCausalLM": "granitemoehybrid",
 }
+# latent-attention families (ModelConfig.mla set), built as DeepseekCausalLM
+MLA_ARCHITECTURES: dict[str, str] = {"DeepseekV32ForCausalLM": "deepseek_v32"}
 
 
 def resolve_architecture(name: str) -> str:
     """Our arch name for a Hugging Face architecture name; ValueError listing the supported ones."""
-    arch = SUPPORTED_ARCHITECTURES.get(name) or HYBRID_ARCHITECTURES.get(name)
+    arch = SUPPORTED_ARCHITECTURES.get(name) or HYBRID_ARCHITECTURES.get(name) or MLA_ARCHITECTURES.get(name)
     if arch is None:
-        names = sorted({*SUPPORTED_ARCHITECTURES, *HYBRID_ARCHITECTURES})
+        names = sorted({*SUPPORTED_ARCHITECTURES, *HYBRID_ARCHITECTURES, *MLA_ARCHITECTURES})
         raise ValueError(f"unsupported model architecture {name!r}; supported: {', '.join(names)}")
     return arch
 
 
 def build_model(config: ModelConfig, dtype: torch.dtype, device: torch.device | str) -> CausalLM:
     """An eval-mode `CausalLM` (`HybridCausalLM` for a hybrid config) with uninitialised weights on `device`."""
+    if config.mla is not None:
+        from pdpair.engine.models.deepseek import DeepseekCausalLM
+
+        with torch.device(device):
+            return DeepseekCausalLM(config, dtype).eval()
     if config.hybrid is not None:
         from pdpair.engine.models.hybrid import HybridCausalLM
 

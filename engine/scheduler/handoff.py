@@ -1,6 +1,7 @@
 """Which items of each pool kind a prefill-only request hands over per chunk, and which a decode destination
 reserves: full-context kinds every page, sliding-window kinds only the window tail, slot kinds (mamba state)
-their one slot, sent after the last chunk's forward (SEEDS.md §2)."""
+their one slot, sent after the last chunk's forward (SEEDS.md §2). A companion kind (dsa) goes with the items of
+the kind whose ids it shares (kv): its pages with each chunk's, the partial tail page with the last chunk."""
 
 from __future__ import annotations
 
@@ -37,7 +38,16 @@ def chunk_items(res: ResourceManager, req: Request, last: bool) -> tuple[dict[st
         if last:
             items[kind], starts[kind] = req.items[kind].copy(), 0
             req.sent[kind] = 1
+    _add_companions(res, items, starts)
     return items, starts
+
+
+def _add_companions(res: ResourceManager, items: dict[str, np.ndarray], starts: dict[str, int] | None) -> None:
+    for kind, shared in res.companions.items():
+        if shared in items:
+            items[kind] = items[shared].copy()
+            if starts is not None:
+                starts[kind] = starts[shared]
 
 
 def destination_items(res: ResourceManager, req: Request) -> dict[str, np.ndarray]:
@@ -48,4 +58,5 @@ def destination_items(res: ResourceManager, req: Request) -> dict[str, np.ndarra
         out[kind] = req.pages(kind, first, end).copy()
     for kind in res.slot_kinds:
         out[kind] = req.items[kind].copy()
+    _add_companions(res, out, None)
     return out

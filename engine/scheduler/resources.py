@@ -22,6 +22,7 @@ class ResourceManager:
         self.kv = pools.allocator(pools.kv.kind)  # the full-attention allocator
         self.kinds = pools.paged_kinds
         self.slot_kinds = pools.slot_kinds  # one item per request (mamba state), held from admission to the end
+        self.companions = pools.companions  # kinds on another kind's item ids (dsa on kv): never allocated here
         self.windows = {k: pools.window(k) for k in self.kinds}
 
     @property

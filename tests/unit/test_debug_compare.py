@@ -166,3 +166,13 @@ def test_cli_json_text_and_exit_codes(tmp_path, capsys):
     assert "nothing to compare" in capsys.readouterr().out
     assert compare_main(["--baseline", str(tmp_path / "absent"), "--target", str(base)]) == 2
     assert "no tensor dump at" in capsys.readouterr().err
+
+
+def test_context_rows_cover_each_requests_whole_context():
+    """`context` tensors (the indexer keys a step reads) hold every request's context back to back."""
+    from pdpair.engine.debug.aligner import request_rows
+    from pdpair.engine.debug.format import StepRecord
+
+    rec = StepRecord(step=1, rank=0, mode="decode", rids=["a", "b"], seq_lens=[3, 2], extend_lens=[1, 1],
+                     logits_rows=[0, 1])
+    assert request_rows(rec, "context") == [("a", [(0, 0), (1, 1), (2, 2)]), ("b", [(3, 0), (4, 1)])]

@@ -99,7 +99,12 @@ class Engine:
             from pdpair.engine.memory.latent_pool import mla_pools
 
             kv, dsa = mla_pools(mc, config)
-            return [kv], [dsa], MLABackend(kv, dsa, mc.num_heads, mc.mla.index_topk)
+            ops = None
+            if config.device.startswith("cuda") and config.attention_backend == "triton":
+                from pdpair.engine.attention.mla_ops import TritonMLAOps
+
+                ops = TritonMLAOps()
+            return [kv], [dsa], MLABackend(kv, dsa, mc.num_heads, mc.mla.index_topk, ops=ops)
         pools, layer_pools = cls._build_pools(mc, config)
         backend = create_backend(config.attention_backend, pools[0], mc.num_heads, mc.num_kv_heads, mc.head_dim,
                                  config.device, mc.attn_scale, layer_pools, mc.attn_logit_softcapping)

@@ -86,3 +86,12 @@ class TorchMLAOps:
                sm_scale: float) -> torch.Tensor:
         """Attention of each query over its selected positions (`topk_idx` [T, k], -1 = none) -> [T, H, Dl]."""
         return _attend_selected(q_nope, q_rope, latent, kv_indptr, kv_indices, q_row, topk_idx, sm_scale)
+
+
+class TritonMLAOps:
+    """The Triton kernels of `pdpair.kernels.mla` behind the same three calls (CUDA, the triton backend)."""
+
+    def __init__(self) -> None:
+        from pdpair.kernels.mla import indexer_topk, mla_decode, sparse_mla
+
+        self.decode, self.indexer_topk, self.sparse = mla_decode, indexer_topk, sparse_mla

@@ -18,8 +18,8 @@ from pdpair.engine.memory.latent_pool import LatentPool
 class MLALists:
     indptr: torch.Tensor  # int32 [B + 1]
     indices: torch.Tensor  # int32 token slots, each row's in position order (the new tokens included)
-    q_row: torch.Tensor  # int64 [T]
-    q_visible: torch.Tensor  # int64 [T]: position + 1
+    q_row: torch.Tensor  # int32 [T]
+    q_visible: torch.Tensor  # int32 [T]: position + 1
     decode: bool
     dense: bool  # no query sees more than index_topk tokens
     dense_topk: torch.Tensor | None  # int32 [T, max visible]: every visible position, -1 after (dense only)
@@ -30,7 +30,7 @@ def build_lists(batch: ForwardBatch, index_topk: int) -> MLALists:
     seq = np.asarray(batch.seq_lens_cpu, dtype=np.int64)
     if batch.is_decode:
         indptr, indices = batch.kv_indptr, batch.kv_indices
-        q_row = torch.arange(batch.batch_size, device=device)
+        q_row = torch.arange(batch.batch_size, device=device, dtype=torch.int32)
     else:
         ext = np.asarray(batch.extend_lens_cpu, dtype=np.int64)
         kv_ptr, qo_ptr = batch.kv_indptr.tolist(), batch.qo_indptr.tolist()
@@ -40,9 +40,9 @@ def build_lists(batch: ForwardBatch, index_topk: int) -> MLALists:
                       batch.out_cache_loc[qo_ptr[b] : qo_ptr[b + 1]].to(torch.int32)]
         indices = torch.cat(parts)
         indptr = torch.from_numpy(np.concatenate([[0], np.cumsum(seq)]).astype(np.int32)).to(device)
-        q_row = torch.repeat_interleave(torch.arange(batch.batch_size, device=device),
+        q_row = torch.repeat_interleave(torch.arange(batch.batch_size, device=device, dtype=torch.int32),
                                         torch.from_numpy(ext).to(device))
-    q_visible = batch.positions + 1
+    q_visible = (batch.positions + 1).to(torch.int32)
     most = int(seq.max()) if len(seq) else 0
     dense = most <= index_topk
     dense_topk = None

@@ -73,7 +73,9 @@ def drive(groups: list[RankGroup], prompts: list[list[int]], sp: SamplingParams,
 
 
 def per_token_s(groups: list[RankGroup], prompts: list[list[int]], new: int) -> float:
-    """Seconds per decode step of this load: (time of `new` tokens - time of 1 token) / (new - 1)."""
+    """Seconds per decode step of this load: (time of `new` tokens - time of 1 token) / (new - 1), after a warm-up
+    run of the same load (a first prefill of a new shape compiles kernels, which made the 1-token run the longer)."""
+    drive(groups, prompts, SamplingParams(max_new_tokens=2, temperature=0.0, ignore_eos=True))
     one = drive(groups, prompts, SamplingParams(max_new_tokens=1, temperature=0.0, ignore_eos=True))
     full = drive(groups, prompts, SamplingParams(max_new_tokens=new, temperature=0.0, ignore_eos=True))
     return max(full - one, 1e-9) / (new - 1)

@@ -32,6 +32,7 @@ class EngineConfig:
     disable_cuda_graph: bool = False  # CUDA graphs for decode (CUDA devices with a backend that supports them)
     fused_ops: bool = True  # fused norm/rope/activation kernels (CUDA, triton backend, no dumping): fewer launches
     dump: DumpConfig | None = None  # tensor dumps for pdpair-compare (off: None); dumping runs decode eagerly
+    prefix_cache: bool = False  # keep finished requests' pages in a radix cache and reuse matching prefixes
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

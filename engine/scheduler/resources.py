@@ -140,7 +140,7 @@ class ResourceManager:
         items = self.owned(req)
         if req.cache_node is not None:
             self.cache.unlock(req.cache_node)
-        req.shared_pages, req.cache_node, req.peer_cached_pages = 0, None, 0
+        req.shared_pages, req.cache_node = 0, None
         if req.row is not None:
             for kind in self.slot_kinds:
                 self.pools.pool(kind).unbind(req.row)

@@ -96,3 +96,25 @@ def test_random_hits_aborts_and_evictions_keep_every_page_accounted_for():
     s = sched.stats()
     assert s.cache_hit_tokens > 0 and s.cache_evicted_pages > 0, s
     assert s.free_pages + s.cached_pages == s.total_pages and not live
+
+
+@pytest.mark.timeout(120)
+def test_prefill_only_hands_over_only_the_pages_the_destination_lacks():
+    """The prefill side of a decode-side hit: the whole prompt is computed (here partly from its own cache),
+    the chunk events carry pages from `peer_cached_pages` on, offset from 0 in the destination's ids."""
+    eng = make_engine(page_size=4, max_pages=100, chunk_size=8, prefix_cache=True)
+    ids = list(range(4000, 4030))
+    eng.generate([ids[:14]], SP)  # its own cache then holds 3 whole pages of this prompt (13 computed tokens)
+    req = Request("p", ids, SamplingParams(max_new_tokens=1, temperature=0.0), peer_cached_pages=5)
+    eng.scheduler.submit(req, prefill_only=True)
+    events = []
+    while not events or not events[-1].is_last:
+        events += [e for e in eng.scheduler.step() if not isinstance(e, StepEvent)]
+    held = req.items["kv"].copy()
+    assert req.shared_pages == 3
+    sent = np.concatenate([e.kind_pages["kv"] for e in events])
+    starts = [e.kind_starts["kv"] for e in events if len(e.kind_pages["kv"])]
+    assert sent.tolist() == held[5:].tolist()  # pages 5..7 of 8: the 30-token prompt's tail after 5 pages
+    assert starts[0] == 0 and events[-1].first_token is not None
+    eng.scheduler.release("p")
+    eng.check_integrity()

@@ -118,3 +118,26 @@ def test_prefill_only_hands_over_only_the_pages_the_destination_lacks():
     assert starts[0] == 0 and events[-1].first_token is not None
     eng.scheduler.release("p")
     eng.check_integrity()
+
+
+@pytest.mark.timeout(120)
+def test_a_decode_destination_borrows_the_cached_prefix_and_quarantine_never_takes_it():
+    """preallocate registers only the pages after the cached prefix; detaching (the quarantine path of a failed
+    transfer) hands over only those, while the borrowed pages stay cached and unreferenced."""
+    eng = make_engine(page_size=4, max_pages=60, prefix_cache=True)
+    ids = list(range(5000, 5022))
+    out = eng.generate([ids], SP)[0].token_ids  # 22 + 6 - 1 computed tokens: 6 whole pages cached
+    cached = set(eng.prefix_cache.items()["kv"].tolist())
+    sched = eng.scheduler
+    req = Request("d", ids + out + [1, 2, 3, 4], SP)  # 32 tokens: 8 pages, the first 6 cached
+    dst = sched.preallocate(req)
+    assert req.shared_pages == 6 and len(dst["kv"]) == 2 and not set(dst["kv"].tolist()) & cached
+    assert eng.prefix_cache.num_evictable == 0  # borrowed: locked against eviction
+    held = sched.detach("d")
+    assert held["kv"].tolist() == dst["kv"].tolist()
+    eng.check_integrity({"kv": [held["kv"]]})
+    assert set(eng.prefix_cache.items()["kv"].tolist()) == cached and eng.prefix_cache.num_evictable == 6
+    eng.pools.allocator("kv").free(held["kv"])
+    with pytest.raises(AssertionError, match="held twice|held but free|in use"):
+        eng.check_integrity({"kv": [held["kv"]]})  # the check notices a holder that no longer holds
+    eng.check_integrity()

@@ -100,3 +100,13 @@ def test_random_operations_keep_every_item_accounted_for(ops):
         cache.check()
         borrowed = {int(i) for u in users for i in u[1]}
         assert borrowed <= set(cache.items()["kv"].tolist()), "a borrowed page left the cache"
+
+
+def test_the_cache_is_refused_for_sliding_window_and_state_pools():
+    from pdpair.engine.cache import cache_unsupported
+    from pdpair.engine.memory import SWA_KIND
+
+    full = KVPool(8, 1, PS, 1, 2, torch.float32, "cpu")
+    swa = KVPool(8, 1, PS, 1, 2, torch.float32, "cpu", kind=SWA_KIND, window=4)
+    assert cache_unsupported(PoolSet([full], PS)) is None
+    assert "sliding-window" in cache_unsupported(PoolSet([full, swa], PS))

@@ -62,12 +62,15 @@ class NodeMetrics:
 
     def observe_engine(self, engine: Any, quarantined: dict[str, int], stages: dict[str, int]) -> None:
         """Pool usage and stage depths; call on the engine thread."""
+        cache = engine.prefix_cache
         for kind in engine.pools.kinds:
             alloc = engine.pools.allocator(kind)
             held = quarantined.get(kind, 0)
+            cached = cache.num_pages if cache is not None and kind in cache.kinds else 0
             self.pool_items.labels(self._role, kind, "free").set(alloc.num_free)
             self.pool_items.labels(self._role, kind, "quarantined").set(held)
-            self.pool_items.labels(self._role, kind, "used").set(alloc.num_total - alloc.num_free - held)
+            self.pool_items.labels(self._role, kind, "cached").set(cached)
+            self.pool_items.labels(self._role, kind, "used").set(alloc.num_total - alloc.num_free - held - cached)
         for stage, n in stages.items():
             self.queue_depth.labels(self._role, stage).set(n)
 

@@ -72,8 +72,11 @@ class RemotePrefill:
         """Returns once the prompt's pages landed and the request is running (first token pending as an event)."""
         peer = await self._peer(addr)
         items = await self._preallocate(req)
+        # pages our prefix cache lent the request (set on the engine thread before the items were delivered):
+        # registered as held, so that only the pages after them are sent
+        cached = req.shared_pages * self.rt.engine.pools.page_size
         registration = pb.PageRegistration(
-            decode_node_id=self.rt.layout.node_id,
+            decode_node_id=self.rt.layout.node_id, cached_prefix_len=cached,
             pools=[pb.ItemIds(kind=k, ids=v.tolist()) for k, v in items.items()])
         msg = pb.PrefillRequest(rid=req.rid, token_ids=req.input_ids, sampling=sampling, registration=registration)
         self.transfers.begin(req.rid, addr, items)

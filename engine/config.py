@@ -33,6 +33,7 @@ class EngineConfig:
     fused_ops: bool = True  # fused norm/rope/activation kernels (CUDA, triton backend, no dumping): fewer launches
     extend_sdpa: bool = True  # triton backend: prefill chunks without a cached prefix through torch SDPA (cuDNN)
     dump: DumpConfig | None = None  # tensor dumps for pdpair-compare (off: None); dumping runs decode eagerly
+    prefix_cache: bool = False  # keep finished requests' pages in a radix cache and reuse matching prefixes
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

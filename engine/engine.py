@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import torch
 from pdpair.engine.attention import create_backend
+from pdpair.engine.cache import PrefixCache, cache_unsupported
 from pdpair.engine.config import (
     DEFAULT_MEM_FRACTION,
     DumpConfig,
@@ -79,16 +80,33 @@ class Engine:
         if self.tokenizer is not None:  # tiny test models come without one
             eos |= set(self.tokenizer.eos_token_ids)
             decode = self.tokenizer.decode
+        self.prefix_cache = self._build_cache(config)
         self.scheduler = Scheduler(
-            self.runner, ResourceManager(self.pools, self.req_to_token),
+            self.runner, ResourceManager(self.pools, self.req_to_token, self.prefix_cache),
             RequestValidator(mc.vocab_size, mc.context_length, config.page_size, config.max_pages),
             StopChecker(sorted(eos), mc.context_length, decode),
             config.chunk_size, config.max_running_requests, config.seed)
         self._ids = itertools.count()
-        logger.info("engine %s: pools %s of %d pages of %d tokens (%.1f MiB), backend %s, %s on %s", self.model_id,
-                    {p.kind: len(p.layer_ids) for p in [*pools, *companions]}, config.max_pages,
+        logger.info("engine %s: pools %s of %d pages of %d tokens (%.1f MiB), backend %s, %s on %s, prefix cache %s",
+                    self.model_id, {p.kind: len(p.layer_ids) for p in [*pools, *companions]}, config.max_pages,
                     config.page_size, sum(p.buffer.nbytes for p in [*pools, *companions]) / 2**20,
-                    config.attention_backend, config.dtype, config.device)
+                    config.attention_backend, config.dtype, config.device,
+                    "on" if self.prefix_cache is not None else "off")
+
+    def _build_cache(self, config: EngineConfig) -> PrefixCache | None:
+        if not config.prefix_cache:
+            return None
+        why = cache_unsupported(self.pools)
+        if why is not None:
+            logger.info("prefix cache off for %s: %s", self.model_id, why)
+            return None
+        return PrefixCache(self.pools)
+
+    def check_integrity(self, held: dict[str, list] | None = None) -> None:
+        """Every item free, or in use by exactly one holder: a resident request, the prefix cache or `held`
+        (quarantine). AssertionError with the numbers otherwise."""
+        self.pools.check_integrity()
+        self.scheduler.check_integrity(held)
 
     @classmethod
     def _pools_and_backend(cls, mc, config: EngineConfig) -> tuple[list, list, object]:
@@ -131,7 +149,7 @@ class Engine:
                    chunk_size: int = 512, attention_backend: str = "auto", max_running_requests: int = 256,
                    seed: int = 0, mem_fraction: float = DEFAULT_MEM_FRACTION,
                    disable_cuda_graph: bool = False, dump: DumpConfig | None = None, fused_ops: bool = True,
-                   extend_sdpa: bool = True) -> Engine:
+                   extend_sdpa: bool = True, prefix_cache: bool = False) -> Engine:
         """Load a model (the embedded SmolLM2, a Hugging Face directory or a .gguf path) and build the runtime."""
         from pdpair.engine.loader import load_model
 
@@ -140,14 +158,14 @@ class Engine:
                                chunk_size=chunk_size, attention_backend=attention_backend,
                                max_running_requests=max_running_requests, seed=seed, mem_fraction=mem_fraction,
                                disable_cuda_graph=disable_cuda_graph, dump=dump, fused_ops=fused_ops,
-                               extend_sdpa=extend_sdpa)
+                               extend_sdpa=extend_sdpa, prefix_cache=prefix_cache)
 
     @classmethod
     def from_loaded(cls, loaded, device: str = "cpu", page_size: int = 16, max_pages: int | None = None,
                     chunk_size: int = 512, attention_backend: str = "auto", max_running_requests: int = 256,
                     seed: int = 0, mem_fraction: float = DEFAULT_MEM_FRACTION,
                     disable_cuda_graph: bool = False, dump: DumpConfig | None = None, fused_ops: bool = True,
-                    extend_sdpa: bool = True) -> Engine:
+                    extend_sdpa: bool = True, prefix_cache: bool = False) -> Engine:
         """Build the runtime around an already loaded model (`LoadedModel`-like: config, model, tokenizer,
         model_id, weights_digest); the dtype is the model's. `dump` None: `PDPAIR_DUMP_DIR` decides."""
         mc = loaded.config
@@ -166,7 +184,7 @@ class Engine:
                               max_running_requests=max_running_requests,
                               attention_backend=resolve_backend(attention_backend, device), seed=seed,
                               disable_cuda_graph=disable_cuda_graph, fused_ops=fused_ops, extend_sdpa=extend_sdpa,
-                              dump=dump if dump is not None else DumpConfig.from_env())
+                              dump=dump if dump is not None else DumpConfig.from_env(), prefix_cache=prefix_cache)
         return cls(loaded, config)
 
     def rank_stats(self) -> list:

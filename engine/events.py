@@ -47,3 +47,6 @@ class SchedulerStats:
     prealloc: int
     free_pages: int
     total_pages: int
+    cached_pages: int = 0  # prefix cache: pages it holds, hit tokens and evicted pages since start
+    cache_hit_tokens: int = 0
+    cache_evicted_pages: int = 0

@@ -36,6 +36,11 @@ class Request:
     items: dict[str, np.ndarray] = field(default_factory=dict)
     items_first: dict[str, int] = field(default_factory=dict)
     sent: dict[str, int] = field(default_factory=dict)  # prefill-only: per kind, pages announced in ChunkEvents
+    # prefix cache: pages [0, shared_pages) of every paged kind are borrowed from the cache (never written);
+    # cache_node is the cached page they end at, locked while the request holds them
+    shared_pages: int = 0
+    cache_node: object | None = None
+    peer_cached_pages: int = 0  # prefill-only: leading pages the destination already holds (never sent)
     seed: int = 0  # effective sampling seed (sampling.seed, or one drawn at submit)
     finish_reason: str | None = None
 

@@ -57,6 +57,7 @@ class NodeConfig:
     tp_size: int = 1  # ranks of this node (tensor parallel)
     dp_size: int = 1  # DP-attention ranks (needs enable_dp_attention)
     enable_dp_attention: bool = False
+    prefix_cache: bool = True  # --disable-prefix-cache turns it off
 
     def __post_init__(self) -> None:
         from pdpair.engine.distributed.topology import RankTopology
@@ -126,6 +127,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="CUDA prefill attention: auto (default) runs chunks without a cached prefix and "
                              "without sliding-window layers through torch SDPA (cuDNN) and the rest through the "
                              "paged Triton kernel; triton runs every chunk through the Triton kernel")
+    parser.add_argument("--disable-prefix-cache", action="store_true",
+                        help="do not keep finished requests' KV pages for reuse. By default a radix cache over "
+                             "token ids keeps them (evicting the least recently used when memory is short): a "
+                             "prompt sharing whole pages with an earlier one (a system prompt, the previous "
+                             "turns of a chat) is prefilled only after that prefix, and a decode node registers, "
+                             "and receives, only the pages it does not hold. Models with sliding-window or "
+                             "mamba layers, and nodes with --tp-size > 1, always run without it")
     parser.add_argument("--transfer-protocol", default=d.transfer_protocol, choices=list(PROTOCOLS),
                         help="Mooncake transport: tcp (default; through host memory), rdma (needs a NIC and "
                              "--rdma-devices), nvlink_intra (GPU to GPU inside one host through CUDA IPC: both "
@@ -209,5 +217,6 @@ def config_from_args(role: str, args: argparse.Namespace) -> NodeConfig:
         log_level=args.log_level, log_format=args.log_format, max_queue=args.max_queue,
         drain_timeout=args.drain_timeout, quarantine_seconds=hold, tls=tls_from_args(args),
         node_id=f"{role}-{advertise}-{os.getpid()}-{uuid.uuid4().hex[:8]}", dump=dump,
-        tp_size=args.tp_size, dp_size=args.dp_size, enable_dp_attention=args.enable_dp_attention, **extra,
+        tp_size=args.tp_size, dp_size=args.dp_size, enable_dp_attention=args.enable_dp_attention,
+        prefix_cache=not args.disable_prefix_cache, **extra,
     )

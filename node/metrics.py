@@ -35,6 +35,13 @@ class NodeMetrics:
         self.requests = Counter("pdpair_requests", "requests admitted", ["role"], registry=r).labels(**lab)
         self.aborted = Counter("pdpair_requests_aborted", "requests aborted (cancel, failure, drain)", ["role"],
                                registry=r).labels(**lab)
+        self.cache_hit_tokens = Counter("pdpair_prefix_cache_hit_tokens", "prompt tokens whose pages came from "
+                                        "the prefix cache", ["role"], registry=r).labels(**lab)
+        self.cache_evicted = Counter("pdpair_prefix_cache_evicted_pages", "pages evicted from the prefix cache",
+                                     ["role"], registry=r).labels(**lab)
+        self.cache_pages = Gauge("pdpair_prefix_cache_pages", "pages the prefix cache holds", ["role"],
+                                 registry=r).labels(**lab)
+        self._cache_seen = (0, 0)  # the engine's totals at the last observation (counters advance by the delta)
         self._role = role
 
     def serve(self, port: int | None, host: str = "0.0.0.0") -> None:
@@ -55,11 +62,22 @@ class NodeMetrics:
 
     def observe_engine(self, engine: Any, quarantined: dict[str, int], stages: dict[str, int]) -> None:
         """Pool usage and stage depths; call on the engine thread."""
+        cache = engine.prefix_cache
         for kind in engine.pools.kinds:
             alloc = engine.pools.allocator(kind)
             held = quarantined.get(kind, 0)
+            cached = cache.num_pages if cache is not None and kind in cache.kinds else 0
             self.pool_items.labels(self._role, kind, "free").set(alloc.num_free)
             self.pool_items.labels(self._role, kind, "quarantined").set(held)
-            self.pool_items.labels(self._role, kind, "used").set(alloc.num_total - alloc.num_free - held)
+            self.pool_items.labels(self._role, kind, "cached").set(cached)
+            self.pool_items.labels(self._role, kind, "used").set(alloc.num_total - alloc.num_free - held - cached)
         for stage, n in stages.items():
             self.queue_depth.labels(self._role, stage).set(n)
+
+    def observe_cache(self, hit_tokens: int, evicted_pages: int, cached_pages: int) -> None:
+        """The prefix cache's totals since start (SchedulerStats); call on the engine thread."""
+        hits, evicted = self._cache_seen
+        self.cache_hit_tokens.inc(max(hit_tokens - hits, 0))
+        self.cache_evicted.inc(max(evicted_pages - evicted, 0))
+        self.cache_pages.set(cached_pages)
+        self._cache_seen = (hit_tokens, evicted_pages)

@@ -36,12 +36,14 @@ def load_engine(cfg: NodeConfig) -> Any:
     if cfg.tp_size > 1:
         from pdpair.engine.distributed.node_ranks import node_rank_spec, start_node_engine
 
+        if cfg.prefix_cache:
+            logger.info("prefix cache off: not supported with --tp-size %d yet", cfg.tp_size)
         return start_node_engine(node_rank_spec(cfg))
     return Engine.from_model(cfg.model, device=cfg.device, dtype=cfg.dtype, page_size=cfg.page_size,
                              max_pages=cfg.max_pages, chunk_size=cfg.chunk_size,
                              attention_backend=cfg.attention_backend, disable_cuda_graph=cfg.disable_cuda_graph,
                              fused_ops=not cfg.disable_fused_ops, extend_sdpa=cfg.prefill_attention == "auto",
-                             dump=cfg.dump, **extra)
+                             dump=cfg.dump, prefix_cache=cfg.prefix_cache, **extra)
 
 
 class NodeRuntime:
@@ -143,6 +145,7 @@ class NodeRuntime:
         stages = {"waiting": s.waiting, "prefilling": s.prefilling, "running": s.running,
                   "held": s.held, "prealloc": s.prealloc, **self._stage_fn()}
         self.metrics.observe_engine(self.engine, self._quarantined(), stages)
+        self.metrics.observe_cache(s.cache_hit_tokens, s.cache_evicted_pages, s.cached_pages)
         self._snapshot = self._stats(self.engine)
 
     def _quarantined(self) -> dict[str, int]:
@@ -152,15 +155,17 @@ class NodeRuntime:
         sched = engine.scheduler
         if not sched.has_work() and self.inflight == 0:
             try:
-                engine.pools.check_integrity()
+                engine.check_integrity(self.quarantine.held_items())
                 self._integrity_ok = True
             except AssertionError as exc:
                 logger.error("pool integrity check failed: %s", exc)
                 self._integrity_ok = False
         s = sched.stats()
         held = self._quarantined()
+        cached = s.cached_pages
         pools = [pb.PoolStats(kind=k, total=engine.pools.allocator(k).num_total,
-                              free=engine.pools.allocator(k).num_free, quarantined=held[k])
+                              free=engine.pools.allocator(k).num_free, quarantined=held[k],
+                              cached=cached if k in engine.pools.paged_kinds else 0)
                  for k in engine.pools.kinds]
         primary = engine.pools.kinds[0]  # DP-attention ranks run full-attention models: one paged pool each
         others = engine.rank_stats()  # the other DP-attention ranks
@@ -180,6 +185,8 @@ class NodeRuntime:
             requests_total=c.requests_total, requests_aborted=c.requests_aborted,
             transfer_bytes_total=c.transfer_bytes_total, transfer_batches_total=c.transfer_batches_total,
             draining=self.draining, ranks=ranks,
+            prefix_cache=pb.PrefixCacheStats(enabled=engine.prefix_cache is not None, hit_tokens=s.cache_hit_tokens,
+                                             evicted_pages=s.cache_evicted_pages, cached_pages=cached),
         )
 
     # -- answers ---------------------------------------------------------------------------------

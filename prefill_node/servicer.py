@@ -19,7 +19,7 @@ from pdpair.node.status import RpcError, rpc_edge
 from pdpair.prefill_node.bootstrap import BootstrapManager, PeerRefused, UnknownPeer, peer_claim
 from pdpair.prefill_node.inflight import InflightManager
 from pdpair.prefill_node.live import AbortedEarly, Live, LiveRequests, NotYours
-from pdpair.prefill_node.validate import expected_items, validate_registration
+from pdpair.prefill_node.validate import cached_prefix_pages, expected_items, validate_registration
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
 from pdpair.transfer import LayoutMismatch, MemoryLayout, build_plan
@@ -81,7 +81,8 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
         return pb.HandshakeResponse(prefill_layout=layout_to_proto(local))
 
     # -- Prefill ---------------------------------------------------------------------------------
-    def _validate(self, request: pb.PrefillRequest, context) -> tuple[MemoryLayout, object, dict[str, np.ndarray]]:
+    def _validate(self, request: pb.PrefillRequest,
+                  context) -> tuple[MemoryLayout, object, dict[str, np.ndarray], int]:
         try:
             peer = self.bootstrap.peer(request.registration.decode_node_id, peer_claim(context))
         except UnknownPeer as exc:
@@ -92,8 +93,9 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
         try:
             sampling = sampling_from_proto(request.sampling, info.vocab_size)
             check_prompt(list(request.token_ids), info.vocab_size, info.context_length)
-            expected = expected_items(self.rt.engine.pools.windows(), len(request.token_ids), info.page_size,
-                                      self.rt.engine.pools.slot_kinds)
+            windows, n = self.rt.engine.pools.windows(), len(request.token_ids)
+            skip = cached_prefix_pages(request.registration.cached_prefix_len, n, info.page_size, windows)
+            expected = expected_items(windows, n, info.page_size, self.rt.engine.pools.slot_kinds, skip)
             peer = peer.for_dp_rank(request.registration.dp_rank)  # the destination DP rank's region set
             num_items = {r.kind: r.num_items for r in peer.regions}
             dst = validate_registration(((p.kind, p.ids) for p in request.registration.pools), num_items, expected,
@@ -101,13 +103,13 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
                                         self.rt.engine.pools.companions)
         except ValueError as exc:
             raise RpcError(Code.INVALID_ARGUMENT, f"request {request.rid!r}: {exc}") from None
-        return peer, sampling, dst
+        return peer, sampling, dst, skip
 
     @rpc_edge
     async def Prefill(self, request: pb.PrefillRequest, context) -> pb.PrefillResult:
         if self.rt.draining:
             raise RpcError(Code.UNAVAILABLE, "prefill node is draining", pb.PREFILL_DRAINING)
-        peer, sampling, dst = self._validate(request, context)
+        peer, sampling, dst, skip = self._validate(request, context)
         rid = request.rid
         try:
             self.waiting.admit(rid)
@@ -125,7 +127,7 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
         self.rt.metrics.requests.inc()
         ok = False
         try:
-            live.task = asyncio.ensure_future(self._prefill(live, list(request.token_ids), sampling, peer, dst))
+            live.task = asyncio.ensure_future(self._prefill(live, list(request.token_ids), sampling, peer, dst, skip))
             result = await _until_done(live)
             ok = True
             return result
@@ -153,11 +155,12 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
         return pb.AbortResponse(found=out.found, writes_drained=True, transfer_failed=out.transfer_failed)
 
     async def _prefill(self, live: Live, ids: list[int], sampling, peer: MemoryLayout,
-                       dst: dict[str, np.ndarray]) -> pb.PrefillResult:
-        """The request's one task: prefill, stream pages, and on any ending free or quarantine its items."""
+                       dst: dict[str, np.ndarray], skip: int) -> pb.PrefillResult:
+        """The request's one task: prefill, stream pages (not the `skip` leading pages the decode node holds),
+        and on any ending free or quarantine its items."""
         t0 = time.perf_counter()
         rid, thread = live.rid, self.rt.thread
-        req = Request(rid=rid, input_ids=ids, sampling=sampling)
+        req = Request(rid=rid, input_ids=ids, sampling=sampling, peer_cached_pages=skip)
         stream = thread.open_stream(rid)
         self.inflight.open(rid)
         try:

@@ -8,15 +8,32 @@ import numpy as np
 from pdpair.transfer.pages import registered_pages
 
 
+def cached_prefix_pages(cached_prefix_len: int, prompt_len: int, page_size: int,
+                        windows: Mapping[str, int | None]) -> int:
+    """Pages the decode node says it holds already (its prefix cache); ValueError unless `cached_prefix_len` is a
+    multiple of the page size below the prompt length, and every paged pool keeps the whole context (a
+    sliding-window pool's registration is its window tail, never a prefix)."""
+    if cached_prefix_len == 0:
+        return 0
+    if cached_prefix_len % page_size or cached_prefix_len >= prompt_len:
+        raise ValueError(f"cached_prefix_len {cached_prefix_len} must be a multiple of the page size {page_size} "
+                         f"below the prompt length {prompt_len}")
+    windowed = [k for k, w in windows.items() if w is not None]
+    if windowed:
+        raise ValueError(f"cached_prefix_len {cached_prefix_len}: sliding-window pools {windowed} cannot skip a "
+                         "cached prefix")
+    return cached_prefix_len // page_size
+
+
 def expected_items(windows: Mapping[str, int | None], prompt_len: int, page_size: int,
-                   slot_kinds: Iterable[str] = ()) -> dict[str, int]:
+                   slot_kinds: Iterable[str] = (), skip_pages: int = 0) -> dict[str, int]:
     """Destination items a prompt needs per pool kind (`windows`: paged kind -> sliding window or None): one per
-    page for a full-context kind (the partial tail included), the window tail's pages for a sliding-window kind,
-    exactly one for a slot kind (a request's mamba state)."""
+    page for a full-context kind (the partial tail included) after the `skip_pages` the destination holds, the
+    window tail's pages for a sliding-window kind, exactly one for a slot kind (a request's mamba state)."""
     out = {}
     for kind, window in windows.items():
         first, end = registered_pages(prompt_len, page_size, window)
-        out[kind] = end - first
+        out[kind] = end - first - (skip_pages if window is None else 0)
     out.update(dict.fromkeys(slot_kinds, 1))
     return out
 

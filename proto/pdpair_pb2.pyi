@@ -122,14 +122,16 @@ class ItemIds(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PageRegistration(_message.Message):
-    __slots__ = ("decode_node_id", "pools", "dp_rank")
+    __slots__ = ("decode_node_id", "pools", "dp_rank", "cached_prefix_len")
     DECODE_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     POOLS_FIELD_NUMBER: _ClassVar[int]
     DP_RANK_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PREFIX_LEN_FIELD_NUMBER: _ClassVar[int]
     decode_node_id: str
     pools: _containers.RepeatedCompositeFieldContainer[ItemIds]
     dp_rank: int
-    def __init__(self, decode_node_id: _Optional[str] = ..., pools: _Optional[_Iterable[_Union[ItemIds, _Mapping]]] = ..., dp_rank: _Optional[int] = ...) -> None: ...
+    cached_prefix_len: int
+    def __init__(self, decode_node_id: _Optional[str] = ..., pools: _Optional[_Iterable[_Union[ItemIds, _Mapping]]] = ..., dp_rank: _Optional[int] = ..., cached_prefix_len: _Optional[int] = ...) -> None: ...
 
 class PrefillRequest(_message.Message):
     __slots__ = ("rid", "token_ids", "sampling", "registration")
@@ -264,18 +266,20 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PoolStats(_message.Message):
-    __slots__ = ("kind", "total", "free", "quarantined", "dp_rank")
+    __slots__ = ("kind", "total", "free", "quarantined", "dp_rank", "cached")
     KIND_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     FREE_FIELD_NUMBER: _ClassVar[int]
     QUARANTINED_FIELD_NUMBER: _ClassVar[int]
     DP_RANK_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
     kind: str
     total: int
     free: int
     quarantined: int
     dp_rank: int
-    def __init__(self, kind: _Optional[str] = ..., total: _Optional[int] = ..., free: _Optional[int] = ..., quarantined: _Optional[int] = ..., dp_rank: _Optional[int] = ...) -> None: ...
+    cached: int
+    def __init__(self, kind: _Optional[str] = ..., total: _Optional[int] = ..., free: _Optional[int] = ..., quarantined: _Optional[int] = ..., dp_rank: _Optional[int] = ..., cached: _Optional[int] = ...) -> None: ...
 
 class RankLoad(_message.Message):
     __slots__ = ("dp_rank", "waiting", "prefilling", "running")
@@ -290,7 +294,7 @@ class RankLoad(_message.Message):
     def __init__(self, dp_rank: _Optional[int] = ..., waiting: _Optional[int] = ..., prefilling: _Optional[int] = ..., running: _Optional[int] = ...) -> None: ...
 
 class NodeStats(_message.Message):
-    __slots__ = ("role", "pools", "waiting", "prefilling", "transferring", "running", "inflight_transfers", "integrity_ok", "requests_total", "requests_aborted", "transfer_bytes_total", "transfer_batches_total", "draining", "ranks")
+    __slots__ = ("role", "pools", "waiting", "prefilling", "transferring", "running", "inflight_transfers", "integrity_ok", "requests_total", "requests_aborted", "transfer_bytes_total", "transfer_batches_total", "draining", "prefix_cache", "ranks")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     POOLS_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -304,6 +308,7 @@ class NodeStats(_message.Message):
     TRANSFER_BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_BATCHES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
     role: str
     pools: _containers.RepeatedCompositeFieldContainer[PoolStats]
@@ -318,5 +323,18 @@ class NodeStats(_message.Message):
     transfer_bytes_total: int
     transfer_batches_total: int
     draining: bool
+    prefix_cache: PrefixCacheStats
     ranks: _containers.RepeatedCompositeFieldContainer[RankLoad]
-    def __init__(self, role: _Optional[str] = ..., pools: _Optional[_Iterable[_Union[PoolStats, _Mapping]]] = ..., waiting: _Optional[int] = ..., prefilling: _Optional[int] = ..., transferring: _Optional[int] = ..., running: _Optional[int] = ..., inflight_transfers: _Optional[int] = ..., integrity_ok: _Optional[bool] = ..., requests_total: _Optional[int] = ..., requests_aborted: _Optional[int] = ..., transfer_bytes_total: _Optional[int] = ..., transfer_batches_total: _Optional[int] = ..., draining: _Optional[bool] = ..., ranks: _Optional[_Iterable[_Union[RankLoad, _Mapping]]] = ...) -> None: ...
+    def __init__(self, role: _Optional[str] = ..., pools: _Optional[_Iterable[_Union[PoolStats, _Mapping]]] = ..., waiting: _Optional[int] = ..., prefilling: _Optional[int] = ..., transferring: _Optional[int] = ..., running: _Optional[int] = ..., inflight_transfers: _Optional[int] = ..., integrity_ok: _Optional[bool] = ..., requests_total: _Optional[int] = ..., requests_aborted: _Optional[int] = ..., transfer_bytes_total: _Optional[int] = ..., transfer_batches_total: _Optional[int] = ..., draining: _Optional[bool] = ..., prefix_cache: _Optional[_Union[PrefixCacheStats, _Mapping]] = ..., ranks: _Optional[_Iterable[_Union[RankLoad, _Mapping]]] = ...) -> None: ...
+
+class PrefixCacheStats(_message.Message):
+    __slots__ = ("enabled", "hit_tokens", "evicted_pages", "cached_pages")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    HIT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_PAGES_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PAGES_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    hit_tokens: int
+    evicted_pages: int
+    cached_pages: int
+    def __init__(self, enabled: _Optional[bool] = ..., hit_tokens: _Optional[int] = ..., evicted_pages: _Optional[int] = ..., cached_pages: _Optional[int] = ...) -> None: ...

@@ -72,6 +72,14 @@ class Quarantine:
         with self._lock:
             return sum(ids.size for _, k, ids in self._held if kind is None or k == kind)
 
+    def held_items(self) -> dict[str, list[np.ndarray]]:
+        """The ids held now per kind (for integrity checks)."""
+        out: dict[str, list[np.ndarray]] = {}
+        with self._lock:
+            for _, kind, ids in self._held:
+                out.setdefault(kind, []).append(ids)
+        return out
+
     def _give_back(self, due: list[tuple[float, str, np.ndarray]]) -> int:
         for _, kind, ids in due:
             self._release(kind, ids)

@@ -64,3 +64,13 @@ class PageAllocator:
         free_ids = self._stack[: self._top]
         assert np.unique(free_ids).size == self._top, f"{self.kind} pool: duplicate ids in the free list"
         assert not self._in_use[free_ids].any(), f"{self.kind} pool: an item is both free and in use"
+
+    def check_accounted(self, ids: np.ndarray) -> None:
+        """Raise AssertionError unless `ids` (every holder's items, concatenated) are exactly the items in use,
+        each held once."""
+        ids = np.asarray(ids, dtype=np.int64)
+        vals, counts = np.unique(ids, return_counts=True)
+        assert not (counts > 1).any(), f"{self.kind} pool: item {int(vals[counts > 1][0])} held twice"
+        assert self._in_use[vals].all(), f"{self.kind} pool: item {int(vals[~self._in_use[vals]][0])} held but free"
+        used = int(self._in_use.sum())
+        assert vals.size == used, f"{self.kind} pool: {used} items in use, {vals.size} accounted for"

@@ -16,7 +16,8 @@ def chunk_items(res: ResourceManager, req: Request, last: bool) -> tuple[dict[st
 
     A full-context kind sends its complete pages per chunk (the partial tail page with the last one); a
     sliding-window kind sends once, with the last chunk, the pages over the window tail. Offsets index the
-    destination's registered ids of that kind. Pages are counted over min(len(fill_ids), len(origin_input_ids)).
+    destination's registered ids of that kind (which start after `req.peer_cached_pages` for a full-context kind).
+    Pages are counted over min(len(fill_ids), len(origin_input_ids)).
     """
     seq = min(req.num_cached, req.prompt_len)
     items: dict[str, np.ndarray] = {}
@@ -25,10 +26,11 @@ def chunk_items(res: ResourceManager, req: Request, last: bool) -> tuple[dict[st
         res.trim(req)
     for kind in res.kinds:
         window = res.windows[kind]
-        if window is None:
-            sent = req.sent.get(kind, 0)
-            upto = res.pages_for(seq) if last else seq // res.page_size
-            items[kind], starts[kind] = req.pages(kind, sent, upto).copy(), sent
+        if window is None:  # pages the destination already holds (its prefix cache) are never sent
+            skip = req.peer_cached_pages
+            sent = max(req.sent.get(kind, 0), skip)
+            upto = max(res.pages_for(seq) if last else seq // res.page_size, sent)
+            items[kind], starts[kind] = req.pages(kind, sent, upto).copy(), sent - skip
             req.sent[kind] = upto
         elif last:
             first, end = registered_pages(seq, res.page_size, window)
@@ -53,8 +55,9 @@ def _add_companions(res: ResourceManager, items: dict[str, np.ndarray], starts: 
 def destination_items(res: ResourceManager, req: Request) -> dict[str, np.ndarray]:
     """A preallocated request's ids per kind, in the order the prefill node's chunks fill them."""
     out = {}
-    for kind in res.kinds:
+    for kind in res.kinds:  # full-context kinds: not the pages borrowed from the prefix cache
         first, end = registered_pages(req.prompt_len, res.page_size, res.windows[kind])
+        first = max(first, req.shared_pages) if res.windows[kind] is None else first
         out[kind] = req.pages(kind, first, end).copy()
     for kind in res.slot_kinds:
         out[kind] = req.items[kind].copy()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from pdpair.engine.cache import PrefixCache
 from pdpair.engine.memory import PoolSet, ReqToTokenPool
 from pdpair.engine.request import Request
 from pdpair.transfer.pages import swa_window
@@ -15,8 +16,9 @@ class ResourceManager:
     future query can still see: from the page of position `q - window + 1`, q being the next query's position.
     """
 
-    def __init__(self, pools: PoolSet, req_to_token: ReqToTokenPool) -> None:
+    def __init__(self, pools: PoolSet, req_to_token: ReqToTokenPool, cache: PrefixCache | None = None) -> None:
         self.pools = pools
+        self.cache = cache  # prefix cache: its unreferenced pages count as free, evicted when allocation needs them
         self.req_to_token = req_to_token
         self.page_size = pools.page_size
         self.kv = pools.allocator(pools.kv.kind)  # the full-attention allocator
@@ -28,7 +30,12 @@ class ResourceManager:
     @property
     def min_free(self) -> int:
         """Free items of the scarcest pool (a decode step needs a page of every kind at a page boundary)."""
-        return min(self.pools.allocator(k).num_free for k in self.kinds)
+        return min(self.available(k) for k in self.kinds)
+
+    def available(self, kind: str) -> int:
+        """Items of `kind` an allocation can get: free ones plus the cache's unreferenced pages."""
+        evictable = self.cache.num_evictable if self.cache is not None and kind in self.cache.kinds else 0
+        return self.pools.allocator(kind).num_free + evictable
 
     def pages_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.page_size)
@@ -38,16 +45,17 @@ class ResourceManager:
         window = self.windows[kind]
         return 0 if window is None else swa_window(next_pos, window, self.page_size)[0]
 
-    def _need(self, kind: str, num_tokens: int, window_from: int | None) -> int:
+    def _need(self, kind: str, num_tokens: int, window_from: int | None, shared_pages: int = 0) -> int:
         if self.windows[kind] is None:
-            return self.pages_for(num_tokens)
+            return self.pages_for(num_tokens) - shared_pages
         if window_from is None:  # grown chunk by chunk
             return 0
         return self.pages_for(num_tokens) - self.first_live_page(kind, window_from) if num_tokens else 0
 
-    def can_acquire(self, num_tokens: int, reserve_pages: int, window_from: int | None = None) -> bool:
+    def can_acquire(self, num_tokens: int, reserve_pages: int, window_from: int | None = None,
+                    shared_pages: int = 0) -> bool:
         return self.req_to_token.num_free > 0 and all(
-            self.pools.allocator(k).num_free - self._need(k, num_tokens, window_from) >= reserve_pages
+            self.available(k) - self._need(k, num_tokens, window_from, shared_pages) >= reserve_pages
             for k in self.kinds) and all(self.pools.allocator(k).num_free > 0 for k in self.slot_kinds)
 
     def acquire(self, req: Request, num_tokens: int, reserve_pages: int, window_from: int | None = None) -> bool:
@@ -55,15 +63,28 @@ class ResourceManager:
 
         Sliding-window kinds: with `window_from` (a decode destination: the prompt length), the pages of those
         tokens a query at `window_from` can see; without, none yet: `grow` adds them chunk by chunk.
+        With a prefix cache, the longest cached whole-page prefix of the first `num_tokens - 1` tokens is borrowed
+        (`req.shared_pages`, `req.num_cached` set to its tokens) and only the rest is allocated.
         """
         assert req.row is None and req.num_pages == 0, f"request {req.rid} already holds resources"
-        if not self.can_acquire(num_tokens, reserve_pages, window_from):
+        node, shared = None, {}
+        if self.cache is not None:
+            node, shared = self.cache.match(req.tokens(0, num_tokens - 1))
+        n_shared = len(shared[self.kinds[0]]) if shared else 0
+        if not self.can_acquire(num_tokens, reserve_pages, window_from, n_shared):
+            if node is not None:
+                self.cache.unlock(node)
             return False
         req.row = self.req_to_token.alloc()
         for kind in self.kinds:
             live = window_from is not None and self.windows[kind] is not None and num_tokens
             req.items_first[kind] = self.first_live_page(kind, window_from) if live else 0
-            req.items[kind] = np.zeros(0, dtype=np.int32)
+            req.items[kind] = shared.get(kind, np.zeros(0, dtype=np.int32))
+            self.req_to_token.assign_pages(req.row, 0, req.items[kind], kind)
+        req.shared_pages, req.cache_node, req.num_pages = n_shared, node, n_shared
+        req.num_cached = n_shared * self.page_size
+        if self.cache is not None:
+            self.cache.hit_tokens += req.num_cached
         full = [k for k in self.kinds if self.windows[k] is None or window_from is not None]
         assert self.grow(req, num_tokens, full), "pages vanished between check and allocation"
         for kind in self.slot_kinds:  # the request's state slot, found by forward batches through its row
@@ -82,7 +103,9 @@ class ResourceManager:
                 start = req.items_first[kind] = max(start, self.first_live_page(kind, req.num_cached))
             if end <= start:
                 continue
-            pages = self.pools.allocator(kind).alloc(end - start)
+            pages = None
+            if self.cache is None or self.cache.make_room(kind, end - start):
+                pages = self.pools.allocator(kind).alloc(end - start)
             if pages is None:
                 for k, ids in new.items():
                     self.pools.allocator(k).free(ids)
@@ -106,9 +129,19 @@ class ResourceManager:
                 req.items[kind] = req.items[kind][drop:]
                 req.items_first[kind] += drop
 
+    def owned(self, req: Request) -> dict[str, np.ndarray]:
+        """The items the request owns per kind: all it holds but the pages borrowed from the prefix cache."""
+        empty = np.zeros(0, dtype=np.int32)
+        out = {k: req.items.get(k, empty)[req.shared_pages if k in self.kinds else 0:] for k in self.kinds}
+        out.update({k: req.items.get(k, empty) for k in self.slot_kinds})
+        return out
+
     def take(self, req: Request) -> dict[str, np.ndarray]:
-        """Detach everything the request holds and hand it to the caller."""
-        items = {k: req.items.get(k, np.zeros(0, dtype=np.int32)) for k in (*self.kinds, *self.slot_kinds)}
+        """Detach everything the request owns and hand it to the caller; borrowed cached pages are unlocked."""
+        items = self.owned(req)
+        if req.cache_node is not None:
+            self.cache.unlock(req.cache_node)
+        req.shared_pages, req.cache_node = 0, None
         if req.row is not None:
             for kind in self.slot_kinds:
                 self.pools.pool(kind).unbind(req.row)
@@ -119,6 +152,19 @@ class ResourceManager:
         req.num_cached = 0
         return items
 
-    def release(self, req: Request) -> None:
+    def release(self, req: Request, keep: bool = False) -> None:
+        """Free what the request owns; with `keep` and a prefix cache, its whole pages of computed context go
+        to the cache instead."""
+        if keep and self.cache is not None and req.row is not None:
+            self._give_to_cache(req)
         for kind, ids in self.take(req).items():
             self.pools.allocator(kind).free(ids)
+
+    def _give_to_cache(self, req: Request) -> None:
+        """The cache adopts the request's pages of whole pages of computed tokens (pages it already holds under
+        the same tokens stay with the request, to be freed); the request keeps only what the cache did not take."""
+        full = min(req.num_cached // self.page_size, len(req.items[self.kinds[0]]))
+        dup = self.cache.insert(req.tokens(0, full * self.page_size), {k: req.items[k][:full] for k in self.kinds})
+        shared = req.shared_pages
+        for kind in self.kinds:
+            req.items[kind] = np.concatenate([req.items[kind][:shared], dup[kind], req.items[kind][full:]])

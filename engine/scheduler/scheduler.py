@@ -144,11 +144,11 @@ class Scheduler:
             events.append(StepEvent(req.rid, [], "length"))  # the KV pool cannot hold it even alone
             self._finish(req, "length")
             return
-        self.resources.release(req)
+        self.resources.release(req, keep=True)  # with a prefix cache, re-admission finds its pages there
         self.waiting.push(req, front=True)
 
     def _finish(self, req: Request, reason: str) -> None:
-        self.resources.release(req)
+        self.resources.release(req, keep=reason in ("stop", "length"))
         req.status = ReqStatus.FINISHED
         req.finish_reason = reason
         del self._reqs[req.rid]
@@ -177,9 +177,14 @@ class Scheduler:
         return items
 
     def release(self, rid: str) -> None:
-        """detach + free."""
-        for kind, ids in self.detach(rid).items():
-            self.resources.pools.allocator(kind).free(ids)
+        """A prefill-only request whose pages were handed over: free them, or give them to the prefix cache."""
+        req = self._reqs.get(rid)
+        if req is None:
+            raise KeyError(f"unknown request {rid!r}")
+        self._unlink(req)
+        self.resources.release(req, keep=True)
+        req.status = ReqStatus.FINISHED
+        del self._reqs[rid]
 
     def _unlink(self, req: Request) -> None:
         self._activations = [(r, t) for r, t in self._activations if r is not req]
@@ -232,6 +237,20 @@ class Scheduler:
     def stats(self) -> SchedulerStats:
         held = sum(1 for r in self._reqs.values() if r.status is ReqStatus.HELD)
         prealloc = self._num_prealloc()
-        kv = self.resources.kv
+        kv, cache = self.resources.kv, self.resources.cache
         return SchedulerStats(len(self.waiting), len(self.prefill), len(self.decode), held, prealloc,
-                              kv.num_free, kv.num_total)
+                              kv.num_free, kv.num_total, cache.num_pages if cache is not None else 0,
+                              cache.hit_tokens if cache is not None else 0,
+                              cache.evicted_pages if cache is not None else 0)
+
+    def check_integrity(self, held: dict[str, list[np.ndarray]] | None = None) -> None:
+        """AssertionError unless every item in use is owned by exactly one resident request, cached, or in
+        `held` (quarantined by the caller), and every free item is none of these."""
+        res = self.resources
+        if res.cache is not None:
+            res.cache.check()
+        cached = res.cache.items() if res.cache is not None else {}
+        for kind in res.pools.kinds:
+            parts = [res.owned(r)[kind] for r in self._reqs.values() if r.row is not None]
+            parts += [cached.get(kind, np.zeros(0, dtype=np.int32)), *(held or {}).get(kind, [])]
+            res.pools.allocator(kind).check_accounted(np.concatenate(parts) if parts else np.zeros(0, np.int32))

@@ -28,7 +28,9 @@ SAMPLINGS = {
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = start_cluster(decode_args=("--local-prefill-below", str(LOCAL_BELOW)))
+    # the cache off: these cases compare whole-prompt transfers (tests/e2e/test_e2e_prefix_cache.py: on)
+    c = start_cluster(prefill_args=("--disable-prefix-cache",),
+                      decode_args=("--local-prefill-below", str(LOCAL_BELOW), "--disable-prefix-cache"))
     yield c
     codes = c.stop()
     assert codes == {"prefill": 0, "decode": 0}, codes

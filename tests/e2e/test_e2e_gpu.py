@@ -20,7 +20,8 @@ def gpu_cluster(tmp_path_factory):
     from tests.kernels._attention_engine_fixtures import make_seeded_model_dir
 
     model_dir = make_seeded_model_dir(tmp_path_factory.mktemp("seeded-smollm2"))
-    common = ("--model", str(model_dir), "--device", "cuda", "--max-pages", "4096", "--chunk-size", "64")
+    common = ("--model", str(model_dir), "--device", "cuda", "--max-pages", "4096", "--chunk-size", "64",
+              "--disable-prefix-cache")  # whole-prompt transfers are compared
     cluster = start_cluster(prefill_args=common, decode_args=(*common, "--local-prefill-below", "0"))
     yield cluster
     codes = cluster.stop()

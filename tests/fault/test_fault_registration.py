@@ -104,6 +104,21 @@ def test_malformed_registration_is_invalid_argument(node, paired, case):
     assert err is not None and err.code() == Code.INVALID_ARGUMENT, (case, err)
 
 
+@pytest.mark.parametrize("cached, ids", [
+    (PAGE + 1, GOOD[2:]),  # not whole pages
+    (6 * PAGE, []),  # past the prompt (83 tokens)
+    (2 * PAGE, GOOD),  # whole pages, but the ids still cover the cached prefix
+    (2 * PAGE, GOOD[3:]),  # one page short of the uncached suffix
+])
+def test_inconsistent_cached_prefix_is_invalid_argument(node, paired, cached, ids):
+    req = pb.PrefillRequest(rid=new_rid("cached"), token_ids=IDS, sampling=sampling(max_new_tokens=4),
+                            registration=pb.PageRegistration(decode_node_id="fake-decode", cached_prefix_len=cached,
+                                                             pools=[pb.ItemIds(kind="kv", ids=ids)]))
+    err = rpc_error(node.stub.Prefill, req, timeout=60)
+    assert err is not None and err.code() == Code.INVALID_ARGUMENT, (cached, err)
+    assert "cached_prefix_len" in err.details() or "the prompt needs exactly 4" in err.details(), err.details()
+
+
 def test_registration_for_a_dp_rank_without_region_set_is_invalid_argument(node, paired):
     req = pb.PrefillRequest(rid=new_rid("dp"), token_ids=IDS, sampling=sampling(max_new_tokens=4),
                             registration=pb.PageRegistration(decode_node_id="fake-decode", dp_rank=1,
@@ -165,7 +180,7 @@ def test_dead_transfer_target_aborts_and_pages_come_back(node, paired):
     assert err is not None and err.code() == Code.ABORTED and "transfer failed" in err.details()
     kv = node.stats().pools[0]
     # the failed write may still land: the request's 6 source pages are held, not freed (for HOLD seconds)
-    assert kv.quarantined == 6 and kv.free + kv.quarantined == kv.total, kv
+    assert kv.quarantined == 6 and kv.free + kv.cached + kv.quarantined == kv.total, kv
 
 
 def test_no_room_for_the_prompt_is_resource_exhausted(pair):

@@ -33,6 +33,9 @@ def test_prefill_defaults_and_advertise_host():
     assert cfg.model == "smollm2-135m" and cfg.transfer_protocol == "tcp" and cfg.advertise_host == "10.0.0.5"
     assert cfg.max_pages is None and cfg.metrics_port is None and cfg.host == "127.0.0.1"  # loopback unless --host says otherwise
     assert cfg.quarantine_seconds > 30  # longer than Mooncake's default transfer timeout
+    assert cfg.prefix_cache  # on unless --disable-prefix-cache
+    for role, parser in (("prefill", prefill_parser), ("decode", decode_parser)):
+        assert not config_from_args(role, parser().parse_args(["--disable-prefix-cache"])).prefix_cache
 
 
 @pytest.mark.parametrize("argv", [["--max-pages", "4", "--mem-fraction", "0.5"], ["--transfer-protocol", "udp"],

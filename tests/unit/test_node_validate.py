@@ -54,3 +54,19 @@ def test_bad_registrations_raise_value_error(pools, message):
 def test_ids_are_checked_against_the_peer_region_size():
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         validate_registration([("kv", [0, 1, 3])], {"kv": 3}, {"kv": 3})
+
+
+def test_cached_prefix_must_be_whole_pages_below_the_prompt_and_only_full_context_pools():
+    from pdpair.prefill_node.validate import cached_prefix_pages
+
+    full = {"kv": None}
+    assert cached_prefix_pages(0, 40, 16, {"kv": None, "swa": 32}) == 0
+    assert cached_prefix_pages(32, 40, 16, full) == 2
+    for bad in (8, 48, 40):  # not a page multiple; past the prompt; a 40-token prompt with 40 held is no prefill
+        with pytest.raises(ValueError, match="cached_prefix_len"):
+            cached_prefix_pages(bad, 40, 16, full)
+    with pytest.raises(ValueError, match="sliding-window"):
+        cached_prefix_pages(16, 40, 16, {"kv": None, "swa": 32})
+    # the registration then carries only the pages after the prefix (the partial tail included)
+    assert expected_items(full, 40, 16, (), skip_pages=2) == {"kv": 1}
+    assert expected_items({"kv": None}, 40, 16, ("mamba",), skip_pages=1) == {"kv": 2, "mamba": 1}

@@ -24,7 +24,8 @@ def cluster(tmp_path_factory):
     path = tmp_path_factory.mktemp("deepseek-moe")
     hf = save_deepseek("moe", path)
     model = ("--model", str(path))
-    c = start_cluster(prefill_args=ARGS + model, decode_args=ARGS + model)
+    nocache = ("--disable-prefix-cache",)  # these tests count whole-prompt transfers
+    c = start_cluster(prefill_args=ARGS + model + nocache, decode_args=ARGS + model + nocache)
     c.model_dir = str(path)
     yield c, hf
     codes = c.stop()
@@ -49,6 +50,30 @@ def test_disaggregated_equals_colocated_and_transformers(cluster, n):
         st = wait_all_free(node)
         assert st.integrity_ok and {p.kind for p in st.pools} == {"kv"}  # dsa has no allocator of its own
 
+
+
+def test_prefix_cache_sends_only_the_new_latent_and_indexer_pages(cluster):
+    """With the prefix cache (the daemons' default) a follow-up prompt extending an earlier one moves only the
+    pages after the prefix the decode node holds, as many `dsa` pages as `kv` pages, and still generates what
+    colocated and transformers generate."""
+    _, hf = cluster
+    model = ("--model", cluster[0].model_dir)
+    c = start_cluster(prefill_args=ARGS + model, decode_args=ARGS + model)
+    try:
+        first = _ids(3 * INDEX_TOPK + 3)
+        disagg_equals_colocated_and_hf(c, hf, first, 4)
+        follow = first + _ids(2 * INDEX_TOPK)
+        t = disagg_equals_colocated_and_hf(c, hf, follow, 6)
+        kv, dsa = pool_transfer(t, "kv"), pool_transfer(t, "dsa")
+        whole = -(-len(follow) // PAGE)
+        assert 0 < kv.items == dsa.items < whole - len(first) // PAGE + 1, t  # the cached prefix stays put
+        assert dsa.bytes == kv.items * LAYERS * PAGE * COMMON["index_head_dim"] * 4
+        for node in c.nodes:
+            st = wait_all_free(node)
+            assert st.integrity_ok and st.prefix_cache.enabled and st.prefix_cache.cached_pages > 0
+    finally:
+        codes = c.stop()
+    assert codes == {"prefill": 0, "decode": 0}, codes
 
 
 @pytest.mark.parametrize("kind, fact, value", [("dsa", "index_topk", "16"), ("dsa", "index_head_dim", "64"),

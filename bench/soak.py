@@ -143,7 +143,7 @@ def main() -> None:
         deadline = time.monotonic() + 100  # the quarantine (70 s by default) of the killed node's transfers
         while True:
             stats = {name: _stats(name, d.addr) for name, d in cluster.daemons.items() if name != "router"}
-            leaked = {n: sum(p.total - p.free - p.quarantined for p in s.pools) for n, s in stats.items()}
+            leaked = {n: sum(p.total - p.free - p.quarantined - p.cached for p in s.pools) for n, s in stats.items()}
             held = {n: sum(p.quarantined for p in s.pools) for n, s in stats.items()}
             idle = all(s.waiting + s.prefilling + s.running + s.transferring == 0 for s in stats.values())
             if (idle and not any(held.values()) and not any(leaked.values())) or time.monotonic() > deadline:

@@ -104,10 +104,11 @@ class NodeClient:
         return max(math.ceil(self.inflight / len(per_rank)), min(per_rank) + math.ceil(outside / len(per_rank)))
 
     def free_fraction(self) -> float:
-        """Free share of the node's KV pool (1.0 when unknown); on a DP-attention node, of its freest rank's."""
+        """Free share of the node's KV pool (1.0 when unknown); on a DP-attention node, of its freest rank's. Pages
+        the prefix cache holds count as free: the node evicts them as soon as an allocation needs them."""
         if self.stats is None:
             return 1.0
-        shares = [p.free / p.total for p in self.stats.pools if p.kind == "kv" and p.total]
+        shares = [(p.free + p.cached) / p.total for p in self.stats.pools if p.kind == "kv" and p.total]
         return max(shares, default=1.0)
 
     async def close(self) -> None:

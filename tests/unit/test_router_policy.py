@@ -52,6 +52,19 @@ def test_least_loaded_uses_stats_then_free_pages():
     assert _in_loop(body) == ("127.0.0.1:6001", "127.0.0.1:6002", "127.0.0.1:6000")
 
 
+def test_pages_held_by_the_prefix_cache_count_as_free():
+    """A node whose pool is mostly prefix-cache pages (evicted on demand) is as free as one with free pages,
+    and freer than one whose requests hold them."""
+    def body():
+        cached, busy = NodeClient("127.0.0.1:6050", "decode"), NodeClient("127.0.0.1:6051", "decode")
+        cached.stats = pb.NodeStats(role="decode", running=2,
+                                    pools=[pb.PoolStats(kind="kv", total=100, free=10, cached=80)])
+        busy.stats = _stats(running=2, free=40)
+        return cached.free_fraction(), LeastLoaded().pick([busy, cached]).addr
+
+    assert _in_loop(body) == (0.9, "127.0.0.1:6050")
+
+
 def _dp_stats(rank_running: list[int], rank_free: list[int], total=100, transferring=0) -> pb.NodeStats:
     """A DP-attention decode node's Stats as node/runtime.py answers it: node-wide sums, one KV pool and one
     RankLoad per rank."""

@@ -1,6 +1,6 @@
 """`--policy cache_aware` through the real router over two real decode nodes (embedded SmolLM2, colocated):
-a conversation's second turn goes back to the node that served its first turn even while that node is the
-busier one, and an unrelated prompt goes to the other, idle node. Where each request ran is read from the
+a conversation's later turns go back to the node that served its first turn, even while that node is the busier
+one, and an unrelated prompt goes to the other, idle node. Where each request ran is read from the
 `pdpair` response extension and confirmed by the nodes' own Stats counters."""
 
 from __future__ import annotations
@@ -57,17 +57,17 @@ def test_follow_up_turn_returns_to_its_node_and_a_new_prompt_goes_elsewhere(tmp_
         other = next(a for a in c.decode_addrs if a != home)
         time.sleep(1.0)  # the router's Stats polls (every 0.25 s) see both nodes idle again
 
-        # a long unrelated generation keeps `home` the busier node (idle tie: the first-listed node takes it)
-        busy = _chat(c.router_url, [{"role": "system", "content": "You write long stories. " + _words("story", 12)},
-                                    {"role": "user", "content": "Tell me a story."}],
+        # a long generation in the same conversation (routed by its prefix, so to `home` whatever the tie-breaks
+        # between two idle nodes) keeps `home` the busier node
+        reply = {"role": "assistant", "content": first["choices"][0]["message"]["content"]}
+        busy = _chat(c.router_url, convo + [reply, {"role": "user", "content": "Tell me a long story about it."}],
                      max_tokens=2000, stream=True, ignore_eos=True)
         try:
             assert busy.readline().startswith(b"data:")
             assert _busy(_stats(home)) == 1 and _busy(_stats(other)) == 0, "the long generation is not on home"
             time.sleep(0.6)  # the router has polled the load
 
-            follow_up = convo + [{"role": "assistant", "content": first["choices"][0]["message"]["content"]},
-                                 {"role": "user", "content": "And which one second?"}]
+            follow_up = convo + [reply, {"role": "user", "content": "And which one second?"}]
             second = _chat(c.router_url, follow_up)
             unrelated = _chat(c.router_url, [
                 {"role": "system", "content": "You answer questions about boats. " + _words("boat", 12)},
@@ -80,5 +80,5 @@ def test_follow_up_turn_returns_to_its_node_and_a_new_prompt_goes_elsewhere(tmp_
         assert [_stats(a).requests_total for a in (home, other)] == [3, 1]
         by_prefix = _metric(c.router_url, 'pdpair_router_route_choices_total{by="prefix",role="decode"}')
         by_load = _metric(c.router_url, 'pdpair_router_route_choices_total{by="load",role="decode"}')
-        assert (by_prefix, by_load) == (1, 3)
+        assert (by_prefix, by_load) == (2, 2)  # the two later turns by prefix; the first and the unrelated by load
         assert _metric(c.router_url, "pdpair_router_prefix_match_tokens_total") >= 40  # the whole first turn

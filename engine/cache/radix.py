@@ -4,6 +4,7 @@ LRU eviction of unreferenced leaves. It knows item ids, never allocators (see `P
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -42,6 +43,24 @@ class RadixTree:
         self._clock = 0
         self.num_pages = 0
         self.num_evictable = 0  # cached pages no request references
+        # evictable leaves by last use, kept as they change (entries that went stale are skipped on the way
+        # out), so eviction costs O(log n) per page instead of a walk over every cached page
+        self._heap: list[tuple[int, int, Node]] = []
+        self._seq = itertools.count()
+
+    def _offer(self, node: Node) -> None:
+        """Queue `node` for eviction if it is an unreferenced leaf (call after its use or shape changed)."""
+        if not node.children and node.ref == 0 and not node.is_root:
+            heapq.heappush(self._heap, (node.last_used, next(self._seq), node))
+            if len(self._heap) > 4 * self.num_pages + 64:  # stale entries outnumber live ones: rebuild
+                self._heap = [e for e in self._heap if self._live(e)]
+                heapq.heapify(self._heap)
+
+    @staticmethod
+    def _live(entry: tuple[int, int, Node]) -> bool:
+        used, _, node = entry
+        return (node.parent.children.get(node.key) is node and not node.children and node.ref == 0
+                and node.last_used == used)
 
     def _tick(self) -> int:
         self._clock += 1
@@ -62,6 +81,7 @@ class RadixTree:
             node = child
             node.last_used = now
             ids.append(node.items)
+        self._offer(node)
         return node, {k: np.array([it[k] for it in ids], dtype=np.int32) for k in self.kinds}
 
     def insert(self, tokens: Sequence[int], items: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -83,6 +103,7 @@ class RadixTree:
                 dup.append(page)
             child.last_used = now
             node = child
+        self._offer(node)
         return {k: np.array([p[k] for p in dup], dtype=np.int32) for k in self.kinds}
 
     def lock(self, node: Node) -> None:
@@ -99,22 +120,23 @@ class RadixTree:
             node.ref -= 1
             if node.ref == 0:
                 self.num_evictable += 1
+                self._offer(node)
             node = node.parent
 
     def evict(self, num_pages: int) -> dict[str, np.ndarray]:
         """Remove up to `num_pages` unreferenced pages, least recently used leaves first; their ids per kind."""
-        heap = [(n.last_used, id(n), n) for n in self._nodes() if not n.children and n.ref == 0]
-        heapq.heapify(heap)
         out: list[dict[str, int]] = []
-        while heap and len(out) < num_pages:
-            _, _, node = heapq.heappop(heap)
+        while self._heap and len(out) < num_pages:
+            entry = heapq.heappop(self._heap)
+            if not self._live(entry):
+                continue
+            node = entry[2]
             parent = node.parent
             del parent.children[node.key]
             out.append(node.items)
             self.num_pages -= 1
             self.num_evictable -= 1
-            if not parent.is_root and not parent.children and parent.ref == 0:
-                heapq.heappush(heap, (parent.last_used, id(parent), parent))
+            self._offer(parent)
         return {k: np.array([p[k] for p in out], dtype=np.int32) for k in self.kinds}
 
     def _nodes(self):

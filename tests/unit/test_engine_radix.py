@@ -110,3 +110,44 @@ def test_the_cache_is_refused_for_sliding_window_and_state_pools():
     swa = KVPool(8, 1, PS, 1, 2, torch.float32, "cpu", kind=SWA_KIND, window=4)
     assert cache_unsupported(PoolSet([full], PS)) is None
     assert "sliding-window" in cache_unsupported(PoolSet([full, swa], PS))
+
+
+def _evict_by_scan(tree: RadixTree, num_pages: int) -> set[int]:
+    """The eviction order by definition: repeatedly the least recently used unreferenced leaf, found by walking
+    the whole tree (what `RadixTree.evict`'s maintained heap must reproduce)."""
+    out: set[int] = set()
+    while len(out) < num_pages:
+        leaves = [n for n in tree._nodes() if not n.children and n.ref == 0]
+        if not leaves:
+            break
+        victim = min(leaves, key=lambda n: n.last_used)
+        del victim.parent.children[victim.key]
+        out.add(victim.items["kv"])
+    return out
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["insert", "lock", "unlock", "evict"]), st.integers(0, 11),
+                          st.integers(1, 5)), max_size=50))
+def test_eviction_follows_lru_over_any_history(ops):
+    """After any mix of inserts, matches (locks), unlocks and evictions, `evict` removes exactly the pages a
+    whole-tree scan for the least recently used unreferenced leaf would, and the tree stays consistent."""
+    import copy
+
+    tree, next_id, locked = RadixTree(PS, ["kv"]), 0, []
+    for op, seed, n in ops:
+        tokens = [seed % 3] * PS + [(seed * 7 + i) % 5 for i in range(n * PS)]
+        if op == "insert":
+            pages = len(tokens) // PS
+            tree.insert(tokens, {"kv": np.arange(next_id, next_id + pages)})
+            next_id += pages
+        elif op == "lock":
+            node, _ = tree.match(tokens)
+            tree.lock(node)
+            locked.append(node)
+        elif op == "unlock" and locked:
+            tree.unlock(locked.pop(seed % len(locked)))
+        elif op == "evict":
+            want = _evict_by_scan(copy.deepcopy(tree), n)
+            assert set(tree.evict(n)["kv"].tolist()) == want
+        tree.check()

@@ -104,12 +104,17 @@ class NodeClient:
         return max(math.ceil(self.inflight / len(per_rank)), min(per_rank) + math.ceil(outside / len(per_rank)))
 
     def free_fraction(self) -> float:
-        """Free share of the node's KV pool (1.0 when unknown); on a DP-attention node, of its freest rank's. Pages
-        the prefix cache holds count as free: the node evicts them as soon as an allocation needs them."""
+        """Free share of the node's tightest pool kind (1.0 when unknown): a request needs room in every kind the
+        model has (kv, swa, mamba slots). On a DP-attention node, of its freest rank. Pages the prefix cache holds
+        count as free: the node evicts them as soon as an allocation needs them."""
         if self.stats is None:
             return 1.0
-        shares = [(p.free + p.cached) / p.total for p in self.stats.pools if p.kind == "kv" and p.total]
-        return max(shares, default=1.0)
+        tightest: dict[int, float] = {}
+        for p in self.stats.pools:
+            if p.total:
+                share = (p.free + p.cached) / p.total
+                tightest[p.dp_rank] = min(tightest.get(p.dp_rank, 1.0), share)
+        return max(tightest.values(), default=1.0)
 
     async def close(self) -> None:
         await self.channel.close(grace=None)

@@ -65,6 +65,20 @@ def test_pages_held_by_the_prefix_cache_count_as_free():
     assert _in_loop(body) == (0.9, "127.0.0.1:6050")
 
 
+def test_a_node_is_as_free_as_its_tightest_pool_kind():
+    """A sliding-window model needs room in both pools: a node with a roomy `kv` pool but a nearly full `swa`
+    pool is fuller than one with both half used."""
+    def body():
+        tight, even = NodeClient("127.0.0.1:6060", "decode"), NodeClient("127.0.0.1:6061", "decode")
+        tight.stats = pb.NodeStats(role="decode", pools=[pb.PoolStats(kind="kv", total=100, free=90),
+                                                         pb.PoolStats(kind="swa", total=100, free=10)])
+        even.stats = pb.NodeStats(role="decode", pools=[pb.PoolStats(kind="kv", total=100, free=50),
+                                                        pb.PoolStats(kind="swa", total=100, free=50)])
+        return tight.free_fraction(), LeastLoaded().pick([tight, even]).addr
+
+    assert _in_loop(body) == (0.1, "127.0.0.1:6061")
+
+
 def _dp_stats(rank_running: list[int], rank_free: list[int], total=100, transferring=0) -> pb.NodeStats:
     """A DP-attention decode node's Stats as node/runtime.py answers it: node-wide sums, one KV pool and one
     RankLoad per rank."""

@@ -24,7 +24,26 @@ FULL_KIND = "kv"  # the pool of full-attention layers
 SWA_KIND = "swa"  # the pool of sliding-window layers
 
 
-class KVPool:
+class PagedBuffer:
+    """What every paged pool shares: an item-major `buffer` whose first dimension is the page (one item)."""
+
+    buffer: torch.Tensor
+    num_pages: int
+
+    @property
+    def num_items(self) -> int:
+        return self.num_pages
+
+    @property
+    def item_bytes(self) -> int:
+        return self.buffer[0].numel() * self.buffer.element_size()
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.buffer.dtype).removeprefix("torch.")
+
+
+class KVPool(PagedBuffer):
     """Paged K/V cache; an item is one page holding every layer's K and V for `page_size` tokens.
 
     `kind` "kv" holds the full-attention layers; "swa" the sliding-window layers (`window` tokens visible to a
@@ -52,17 +71,8 @@ class KVPool:
     def page_bytes(num_layers: int, page_size: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
         return num_layers * 2 * page_size * kv_heads * head_dim * dtype.itemsize
 
-    @property
-    def num_items(self) -> int:
-        return self.num_pages
-
-    @property
-    def item_bytes(self) -> int:
-        return self.buffer[0].numel() * self.buffer.element_size()
-
     def region(self) -> Region:
-        dtype = str(self.buffer.dtype).removeprefix("torch.")
-        return Region(self.kind, self.buffer.data_ptr(), self.item_bytes, self.num_pages, dtype,
+        return Region(self.kind, self.buffer.data_ptr(), self.item_bytes, self.num_pages, self.dtype_name,
                       self.window or 0, self.layer_ids)
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -4,12 +4,12 @@ and its `dsa` companion (the indexer keys), which shares the `kv` pool's item id
 from __future__ import annotations
 
 import torch
-from pdpair.engine.memory.kv_pool import FULL_KIND, Region
+from pdpair.engine.memory.kv_pool import FULL_KIND, PagedBuffer, Region
 
 DSA_KIND = "dsa"  # the indexer keys of DeepSeek sparse attention, page-aligned with the latent KV
 
 
-class LatentPool:
+class LatentPool(PagedBuffer):
     """One item-major buffer [num_pages, num_layers, page_size, width]; an item is one page of every layer.
 
     `shares`: the kind whose allocator hands out this pool's ids (None: its own). `facts` name what a pairing
@@ -33,17 +33,8 @@ class LatentPool:
     def page_bytes(num_layers: int, page_size: int, width: int, dtype: torch.dtype) -> int:
         return num_layers * page_size * width * dtype.itemsize
 
-    @property
-    def num_items(self) -> int:
-        return self.num_pages
-
-    @property
-    def item_bytes(self) -> int:
-        return self.buffer[0].numel() * self.buffer.element_size()
-
     def describe(self) -> str:
-        dtype = str(self.buffer.dtype).removeprefix("torch.")
-        return ";".join([dtype, *(f"{k}={v}" for k, v in self.facts.items())])
+        return ";".join([self.dtype_name, *(f"{k}={v}" for k, v in self.facts.items())])
 
     def region(self) -> Region:
         return Region(self.kind, self.buffer.data_ptr(), self.item_bytes, self.num_pages, self.describe(),

@@ -93,6 +93,28 @@ def prefill_only(eng: Engine, rid: str, ids: list[int], sp: SamplingParams) -> t
     return chunks, req
 
 
+def finish_like_colocated(prefill: Engine, decode: Engine, colocated: Engine, rid: str, ids: list[int],
+                          sp: SamplingParams, first_token: int, new: int, hf=None) -> None:  # noqa: ANN001
+    """The end of a hand-over twin: activate `rid` on `decode` with the prefill's first token, decode it, and
+    assert it generates what `colocated` (and, when given, the transformers model `hf`) generates; then every
+    engine's pools are intact and empty."""
+    import transformers
+
+    decode.scheduler.activate(rid, first_token)
+    toks, reasons, _ = run_until_done(decode, {rid})
+    colocated.scheduler.submit(Request(rid, ids, sp))
+    ref, _, _ = run_until_done(colocated, {rid})
+    assert toks[rid] == ref[rid] and len(toks[rid]) == new and reasons[rid] == "length"
+    if hf is not None:
+        gen = transformers.GenerationConfig(max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
+        hf.generation_config.eos_token_id = None
+        with torch.inference_mode():
+            assert toks[rid] == hf.generate(torch.tensor([ids]), generation_config=gen)[0, len(ids):].tolist()
+    for eng in (prefill, decode, colocated):
+        eng.pools.check_integrity()
+        assert eng.pools.all_free()
+
+
 def tiny_loaded(device: str, dtype: torch.dtype = torch.float32, seed: int = 0):
     """A tiny random Llama-shaped model (no tokenizer) in the `LoadedModel` shape `Engine.from_loaded` takes."""
     from pdpair.engine.model_config import ModelConfig

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _engine_runtime_fixtures import prefill_only, run_until_done
+from _engine_runtime_fixtures import finish_like_colocated, prefill_only, run_until_done
 
 from tests.deepseek_models import INDEX_TOPK, VOCAB, save_deepseek
 
@@ -61,18 +61,7 @@ def test_indexer_pages_move_with_each_chunk_and_decode_matches(engines, n):
     got = decode.pools.pool("dsa").buffer[dst["dsa"]]
     assert torch.equal(got, src_index) and got.any()  # byte for byte, every layer's indexer keys
 
-    decode.scheduler.activate(rid, chunks[-1].first_token)
-    toks, reasons, _ = run_until_done(decode, {rid})
-    colocated.scheduler.submit(Request(rid, ids, sp))
-    ref, _, _ = run_until_done(colocated, {rid})
-    assert toks[rid] == ref[rid] and len(toks[rid]) == NEW and reasons[rid] == "length"
-    gen = transformers.GenerationConfig(max_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0)
-    hf.generation_config.eos_token_id = None
-    with torch.inference_mode():
-        assert toks[rid] == hf.generate(torch.tensor([ids]), generation_config=gen)[0, n:].tolist()
-    for eng in (prefill, decode, colocated):
-        eng.pools.check_integrity()
-        assert eng.pools.all_free()
+    finish_like_colocated(prefill, decode, colocated, rid, ids, sp, chunks[-1].first_token, NEW, hf)
 
 
 def test_the_decode_side_reads_the_moved_indexer_pages(engines):

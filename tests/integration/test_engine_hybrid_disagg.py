@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _engine_runtime_fixtures import prefill_only, run_until_done
+from _engine_runtime_fixtures import finish_like_colocated, prefill_only
 
 from tests.hybrid_models import D_CONV, SSD_CHUNK, VOCAB, hf_state, save_hybrid
 
@@ -64,18 +64,7 @@ def test_state_slot_moves_once_and_decode_matches(engines, n):
     got = decode.mamba_pool.buffer[int(dst["mamba"][0])]
     assert torch.equal(got, src_bytes) and got.any()  # byte for byte, every mamba layer's conv and SSM state
 
-    decode.scheduler.activate(rid, last.first_token)
-    toks, reasons, _ = run_until_done(decode, {rid})
-    colocated.scheduler.submit(Request(rid, ids, sp))
-    ref, _, _ = run_until_done(colocated, {rid})
-    assert toks[rid] == ref[rid] and len(toks[rid]) == NEW and reasons[rid] == "length"
-    gen = transformers.GenerationConfig(max_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0)
-    hf.generation_config.eos_token_id = None
-    with torch.inference_mode():
-        assert toks[rid] == hf.generate(torch.tensor([ids]), generation_config=gen)[0, n:].tolist()
-    for eng in (prefill, decode, colocated):
-        eng.pools.check_integrity()
-        assert eng.pools.all_free()
+    finish_like_colocated(prefill, decode, colocated, rid, ids, sp, last.first_token, NEW, hf)
 
 
 def test_admission_counts_slots(engines):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _engine_runtime_fixtures import prefill_only, run_until_done
+from _engine_runtime_fixtures import finish_like_colocated, prefill_only
 
 from tests.swa_models import VOCAB, save_tiny_swa
 
@@ -68,17 +68,4 @@ def test_window_tail_moves_once_and_decode_matches(engines, n, seeded):
     got = decode.pools.pool("swa").buffer[dst["swa"]]
     assert torch.equal(got.view(torch.int32), src_swa.view(torch.int32)) and got.abs().sum() > 0
 
-    decode.scheduler.activate(rid, last.first_token)
-    toks, reasons, _ = run_until_done(decode, {rid})
-    colocated.scheduler.submit(Request(rid, ids, sp))
-    ref, _, _ = run_until_done(colocated, {rid})
-    assert toks[rid] == ref[rid] and len(toks[rid]) == NEW and reasons[rid] == "length"
-    if not seeded:
-        gen = transformers.GenerationConfig(max_new_tokens=NEW, do_sample=False, eos_token_id=None,
-                                            pad_token_id=0)
-        hf.generation_config.eos_token_id = None
-        with torch.inference_mode():
-            assert toks[rid] == hf.generate(torch.tensor([ids]), generation_config=gen)[0, n:].tolist()
-    for eng in (prefill, decode, colocated):
-        eng.pools.check_integrity()
-        assert eng.pools.all_free()
+    finish_like_colocated(prefill, decode, colocated, rid, ids, sp, last.first_token, NEW, None if seeded else hf)

@@ -54,23 +54,3 @@ def save_deepseek(name: str, path: Path, seed: int = 4321):
         json.dumps({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": tok.chat_template}),
         encoding="utf-8")
     return model
-
-
-def chunked_prefill_logits(eng, ids: list[int], chunk: int) -> tuple[torch.Tensor, int]:
-    """Prefill `ids` in chunks of `chunk` tokens; the logits of every position and the request-table row
-    (its pages and row stay allocated)."""
-    from pdpair.engine.batch import ForwardBatch, ForwardContext, ForwardMode
-
-    ps = eng.config.page_size
-    row = eng.req_to_token.alloc()
-    eng.req_to_token.assign_pages(row, 0, eng.pools.allocator("kv").alloc(-(-len(ids) // ps)))
-    runner, out = eng.runner, []
-    with torch.inference_mode():
-        for start in range(0, len(ids), chunk):
-            n = min(chunk, len(ids) - start)
-            batch = ForwardBatch.build(ForwardMode.EXTEND, [row], [start], [n], ids[start:start + n],
-                                       eng.req_to_token.table)
-            runner.backend.prepare(batch)
-            out.append(runner.model(batch.input_ids, batch.positions,
-                                    ForwardContext(runner.backend, batch, torch.arange(n))))
-    return torch.cat(out), row

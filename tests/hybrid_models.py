@@ -68,25 +68,3 @@ def hf_state(hf, ids: list[int]) -> tuple[torch.Tensor, list[torch.Tensor], list
     convs = [layer.conv_states[0][0, :, 1:].clone() for layer in layers]
     ssms = [layer.recurrent_states[0][0].clone() for layer in layers]
     return out.logits[0].float(), convs, ssms
-
-
-def chunked_prefill_logits(eng, ids: list[int], chunk: int) -> tuple[torch.Tensor, int]:
-    """Prefill `ids` on `eng` in chunks of `chunk` tokens through the real pools and backend; returns the
-    logits of every position and the request-table row (its pages, slot and row stay allocated)."""
-    from pdpair.engine.batch import ForwardBatch, ForwardContext, ForwardMode
-
-    ps = eng.config.page_size
-    row = eng.req_to_token.alloc()
-    pages = eng.pools.allocator("kv").alloc(-(-len(ids) // ps))
-    eng.req_to_token.assign_pages(row, 0, pages)
-    eng.mamba_pool.bind(row, int(eng.pools.allocator("mamba").alloc(1)[0]))
-    runner, out = eng.runner, []
-    with torch.inference_mode():
-        for start in range(0, len(ids), chunk):
-            n = min(chunk, len(ids) - start)
-            batch = ForwardBatch.build(ForwardMode.EXTEND, [row], [start], [n], ids[start:start + n],
-                                       eng.req_to_token.table)
-            runner.backend.prepare(batch)
-            out.append(runner.model(batch.input_ids, batch.positions,
-                                    ForwardContext(runner.backend, batch, torch.arange(n))))
-    return torch.cat(out), row

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.deepseek_models import CASES, INDEX_TOPK, VOCAB, chunked_prefill_logits, save_deepseek
+from tests._chunked_prefill import chunked_prefill_logits
+from tests.deepseek_models import CASES, INDEX_TOPK, VOCAB, save_deepseek
 
 pytestmark = pytest.mark.timeout(300)
 transformers = pytest.importorskip("transformers", reason="transformers is a test dependency: pip install -e .[test]")

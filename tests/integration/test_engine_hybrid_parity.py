@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.hybrid_models import CASES, D_CONV, SSD_CHUNK, VOCAB, chunked_prefill_logits, hf_state, save_hybrid
+from tests._chunked_prefill import chunked_prefill_logits
+from tests.hybrid_models import CASES, D_CONV, SSD_CHUNK, VOCAB, hf_state, save_hybrid
 
 pytestmark = pytest.mark.timeout(300)
 transformers = pytest.importorskip("transformers", reason="transformers is a test dependency: pip install -e .[test]")

@@ -1,0 +1,29 @@
+"""Chunked prefill through an engine's real pools and backend, outside the scheduler: the logits of every
+position, for teacher-forced comparisons with transformers."""
+
+from __future__ import annotations
+
+import torch
+
+
+def chunked_prefill_logits(eng, ids: list[int], chunk: int) -> tuple[torch.Tensor, int]:  # noqa: ANN001
+    """Prefill `ids` on `eng` in chunks of `chunk` tokens; returns the logits of every position and the
+    request-table row (its pages, its state slot when the model has one, and the row stay allocated)."""
+    from pdpair.engine.batch import ForwardBatch, ForwardContext, ForwardMode
+
+    ps = eng.config.page_size
+    row = eng.req_to_token.alloc()
+    for kind in eng.pools.paged_kinds:
+        eng.req_to_token.assign_pages(row, 0, eng.pools.allocator(kind).alloc(-(-len(ids) // ps)), kind)
+    if eng.mamba_pool is not None:
+        eng.mamba_pool.bind(row, int(eng.pools.allocator("mamba").alloc(1)[0]))
+    runner, out = eng.runner, []
+    with torch.inference_mode():
+        for start in range(0, len(ids), chunk):
+            n = min(chunk, len(ids) - start)
+            batch = ForwardBatch.build(ForwardMode.EXTEND, [row], [start], [n], ids[start:start + n],
+                                       eng.req_to_token.table)
+            runner.backend.prepare(batch)
+            out.append(runner.model(batch.input_ids, batch.positions,
+                                    ForwardContext(runner.backend, batch, torch.arange(n))))
+    return torch.cat(out), row

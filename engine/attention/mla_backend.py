@@ -23,6 +23,7 @@ class MLALists:
     decode: bool
     dense: bool  # no query sees more than index_topk tokens
     dense_topk: torch.Tensor | None  # int32 [T, max visible]: every visible position, -1 after (dense only)
+    max_visible: int = 0  # the most tokens any query sees (host side: the kernels need no read-back per layer)
 
 
 def build_lists(batch: ForwardBatch, index_topk: int) -> MLALists:
@@ -33,7 +34,8 @@ def build_lists(batch: ForwardBatch, index_topk: int) -> MLALists:
         q_row = torch.arange(batch.batch_size, device=device, dtype=torch.int32)
     else:
         ext = np.asarray(batch.extend_lens_cpu, dtype=np.int64)
-        kv_ptr, qo_ptr = batch.kv_indptr.tolist(), batch.qo_indptr.tolist()
+        # each row's cached prefix, then its new tokens; offsets from the host lengths (no device read-back)
+        kv_ptr, qo_ptr = (np.concatenate([[0], np.cumsum(n)]).tolist() for n in (seq - ext, ext))
         parts = []
         for b in range(batch.batch_size):
             parts += [batch.kv_indices[kv_ptr[b] : kv_ptr[b + 1]],
@@ -49,7 +51,7 @@ def build_lists(batch: ForwardBatch, index_topk: int) -> MLALists:
     if dense and not batch.is_decode:
         cols = torch.arange(most, device=device, dtype=torch.int32)[None, :]
         dense_topk = torch.where(cols < q_visible[:, None], cols, -1).to(torch.int32)
-    return MLALists(indptr, indices, q_row, q_visible, batch.is_decode, dense, dense_topk)
+    return MLALists(indptr, indices, q_row, q_visible, batch.is_decode, dense, dense_topk, most)
 
 
 class MLABackend(AttentionBackend):

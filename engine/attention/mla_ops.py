@@ -57,8 +57,9 @@ class TorchMLAOps:
     @staticmethod
     def indexer_topk(q: torch.Tensor, weights: torch.Tensor, index_k: torch.Tensor, kv_indptr: torch.Tensor,
                      kv_indices: torch.Tensor, q_row: torch.Tensor, q_visible: torch.Tensor,
-                     topk: int) -> torch.Tensor:
+                     topk: int, max_visible: int | None = None) -> torch.Tensor:
         """Lightning-indexer selection -> int32 [T, topk] positions into each query's row list, -1 = none.
+        (`max_visible`, the largest `q_visible`, spares the GPU kernels a read-back; unused here.)
 
         score_j = sum_h weights[t, h] * relu(q[t, h] . k_j) over the `q_visible[t]` first tokens of the row
         (`weights` fp32 [T, Hi], already scaled by Di ** -0.5 * Hi ** -0.5); the `topk` best positions, by

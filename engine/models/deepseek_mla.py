@@ -99,7 +99,7 @@ class MLAttention(nn.Module):
         else:
             qi, weights = self.indexer.query(x, q_resid, cos, sin)
             topk = ops.indexer_topk(qi.contiguous(), weights, index_k, lists.indptr, lists.indices, lists.q_row,
-                                    lists.q_visible, mc.index_topk)
+                                    lists.q_visible, mc.index_topk, max_visible=lists.max_visible)
             o = ops.sparse(q_abs, q_rope.contiguous(), latent, lists.indptr, lists.indices, lists.q_row, topk,
                            self.scale)
         o = torch.einsum("thl,hvl->thv", o, w_uv)

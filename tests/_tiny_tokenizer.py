@@ -29,3 +29,14 @@ def checkpoint_tokenizer():
         return gguf_tokenizer(GGUFFile(embedded_gguf_path()))
     except FileNotFoundError:
         return StandInTokenizer()
+
+
+def write_checkpoint_tokenizer(path) -> None:  # noqa: ANN001 (a pathlib.Path)
+    """Put `checkpoint_tokenizer()`'s tokenizer.json and tokenizer_config.json beside a saved checkpoint."""
+    import json
+
+    tok = checkpoint_tokenizer()
+    (path / "tokenizer.json").write_text(tok.to_json(), encoding="utf-8")
+    (path / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": tok.chat_template}),
+        encoding="utf-8")

@@ -3,7 +3,6 @@ chunked-prefill driver through the engine's real pools and latent-attention back
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ def save_deepseek(name: str, path: Path, seed: int = 4321):
     router correction biases, plus the embedded tokenizer; returns the transformers model."""
     import transformers
 
-    from tests._tiny_tokenizer import checkpoint_tokenizer
+    from tests._tiny_tokenizer import write_checkpoint_tokenizer
 
     layers, dense = CASES[name]
     rope = {"rope_parameters": YARN} if name == "yarn" else {}
@@ -48,9 +47,5 @@ def save_deepseek(name: str, path: Path, seed: int = 4321):
             elif pname.endswith("e_score_correction_bias"):
                 p.copy_(0.2 * torch.randn_like(p))
     model.save_pretrained(path)
-    tok = checkpoint_tokenizer()
-    (path / "tokenizer.json").write_text(tok.to_json(), encoding="utf-8")
-    (path / "tokenizer_config.json").write_text(
-        json.dumps({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": tok.chat_template}),
-        encoding="utf-8")
+    write_checkpoint_tokenizer(path)
     return model

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -34,7 +33,7 @@ def hybrid_case(name: str):
 def save_hybrid(name: str, path: Path, seed: int = 1234):
     """Save a tiny random `name` checkpoint (fp32, eager attention) with randomised norms, biases and SSM
     parameters, plus the embedded tokenizer; returns the HF model."""
-    from tests._tiny_tokenizer import checkpoint_tokenizer
+    from tests._tiny_tokenizer import write_checkpoint_tokenizer
 
     config, model_cls = hybrid_case(name)
     config.vocab_size = VOCAB
@@ -52,11 +51,7 @@ def save_hybrid(name: str, path: Path, seed: int = 1234):
             elif pname.endswith(".D"):
                 p.copy_(1 + 0.5 * torch.randn_like(p))
     model.save_pretrained(path)
-    tok = checkpoint_tokenizer()
-    (path / "tokenizer.json").write_text(tok.to_json(), encoding="utf-8")
-    (path / "tokenizer_config.json").write_text(
-        json.dumps({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": tok.chat_template}),
-        encoding="utf-8")
+    write_checkpoint_tokenizer(path)
     return model
 
 

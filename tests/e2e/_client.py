@@ -59,17 +59,12 @@ def pool_transfer(msg: pb.TransferStats, kind: str) -> pb.PoolTransfer:
 def disagg_equals_colocated_and_hf(cluster, hf, ids: list[int], max_new_tokens: int) -> pb.TransferStats:
     """Greedy through the decode node alone, through the pair, and through transformers' `hf`: all three
     equal (asserted); returns the disaggregated request's transfer figures."""
-    import torch
-    import transformers
+    from tests._oracle import hf_greedy
 
     sp = sampling(max_new_tokens=max_new_tokens)
     colocated = generate(cluster.decode.stub, ids, sp)
     disagg = generate(cluster.decode.stub, ids, sp, prefill_addr=cluster.prefill.addr)
-    gen = transformers.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None,
-                                        pad_token_id=0)
-    hf.generation_config.eos_token_id = None
-    with torch.inference_mode():
-        ref = hf.generate(torch.tensor([ids]), generation_config=gen)[0, len(ids):].tolist()
+    ref = hf_greedy(hf, ids, max_new_tokens)
     assert disagg.tokens == colocated.tokens == ref
     assert disagg.first.prefilled_remotely and not colocated.first.prefilled_remotely
     return disagg.first.transfer

@@ -98,7 +98,7 @@ def finish_like_colocated(prefill: Engine, decode: Engine, colocated: Engine, ri
     """The end of a hand-over twin: activate `rid` on `decode` with the prefill's first token, decode it, and
     assert it generates what `colocated` (and, when given, the transformers model `hf`) generates; then every
     engine's pools are intact and empty."""
-    import transformers
+    from tests._oracle import hf_greedy
 
     decode.scheduler.activate(rid, first_token)
     toks, reasons, _ = run_until_done(decode, {rid})
@@ -106,10 +106,7 @@ def finish_like_colocated(prefill: Engine, decode: Engine, colocated: Engine, ri
     ref, _, _ = run_until_done(colocated, {rid})
     assert toks[rid] == ref[rid] and len(toks[rid]) == new and reasons[rid] == "length"
     if hf is not None:
-        gen = transformers.GenerationConfig(max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
-        hf.generation_config.eos_token_id = None
-        with torch.inference_mode():
-            assert toks[rid] == hf.generate(torch.tensor([ids]), generation_config=gen)[0, len(ids):].tolist()
+        assert toks[rid] == hf_greedy(hf, ids, new)
     for eng in (prefill, decode, colocated):
         eng.pools.check_integrity()
         assert eng.pools.all_free()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests._chunked_prefill import chunked_prefill_logits
+from tests._oracle import chunked_prefill_logits, hf_greedy
 from tests.hybrid_models import CASES, D_CONV, SSD_CHUNK, VOCAB, hf_state, save_hybrid
 
 pytestmark = pytest.mark.timeout(300)
@@ -84,11 +84,8 @@ def test_greedy_generation_matches_transformers(checkpoint, engine):
                              attention_backend="torch", max_running_requests=8)
     prompts = [_prompt(n, salt=3) for n, _ in SHAPES]
     outs = eng.generate(prompts, SamplingParams(max_new_tokens=8, temperature=0.0, ignore_eos=True))
-    hf.generation_config.eos_token_id = None
-    gen = transformers.GenerationConfig(max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
     for ids, out in zip(prompts, outs, strict=True):
-        with torch.inference_mode():
-            ref = hf.generate(torch.tensor([ids]), generation_config=gen)[0, len(ids):].tolist()
+        ref = hf_greedy(hf, ids, 8)
         assert list(out.token_ids) == ref, f"prompt of {len(ids)} tokens"
     eng.pools.check_integrity()
     assert eng.pools.all_free() and eng.pools.kinds == ("kv", "mamba")  # every page and state slot is back

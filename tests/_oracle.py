@@ -1,5 +1,6 @@
-"""Chunked prefill through an engine's real pools and backend, outside the scheduler: the logits of every
-position, for teacher-forced comparisons with transformers."""
+"""The references the model-family tests compare against: transformers' greedy continuation, and the engine's
+own chunked prefill through its real pools and backend outside the scheduler (every position's logits, for
+teacher-forced comparisons)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,13 @@ def chunked_prefill_logits(eng, ids: list[int], chunk: int) -> tuple[torch.Tenso
             out.append(runner.model(batch.input_ids, batch.positions,
                                     ForwardContext(runner.backend, batch, torch.arange(n))))
     return torch.cat(out), row
+
+
+def hf_greedy(hf, ids: list[int], n: int) -> list[int]:  # noqa: ANN001 (a transformers causal LM)
+    """transformers' greedy continuation of `ids`, `n` tokens, ignoring EOS."""
+    import transformers
+
+    gen = transformers.GenerationConfig(max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+    hf.generation_config.eos_token_id = None
+    with torch.inference_mode():
+        return hf.generate(torch.tensor([ids]), generation_config=gen)[0, len(ids):].tolist()

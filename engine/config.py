@@ -34,6 +34,9 @@ class EngineConfig:
     extend_sdpa: bool = True  # triton backend: prefill chunks without a cached prefix through torch SDPA (cuDNN)
     dump: DumpConfig | None = None  # tensor dumps for pdpair-compare (off: None); dumping runs decode eagerly
     prefix_cache: bool = False  # keep finished requests' pages in a radix cache and reuse matching prefixes
+    # decode: launch step k before reading step k-1's tokens, so the host work overlaps the device's (engines
+    # built with `overlap_schedule=None` turn it on for CUDA; on CPU torch ops are synchronous: nothing to gain)
+    overlap_schedule: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

@@ -32,9 +32,11 @@ class DecodeCudaGraphs:
     def __init__(self, model: torch.nn.Module, backend: AttentionBackend, req_to_token: torch.Tensor,
                  max_batch_size: int, max_context: int, buckets: tuple[int, ...] = DEFAULT_BUCKETS,
                  windows: dict[str, tuple[torch.Tensor, int, int]] | None = None,
-                 state_rows: torch.Tensor | None = None) -> None:
+                 state_rows: torch.Tensor | None = None, token_source: torch.Tensor | None = None) -> None:
         """`windows`: sliding-window pool kind -> (its request table, window, page size). `state_rows`: a hybrid
-        model's row -> mamba slot map; rows get their slot in a static buffer, padding rows the dummy slot 0."""
+        model's row -> mamba slot map; rows get their slot in a static buffer, padding rows the dummy slot 0.
+        `token_source`: per request-table row, the token a staged input id of PENDING_TOKEN (-1) stands for (the
+        runner's `row_tokens`, for overlap scheduling); the graph gathers it before the model runs."""
         self.model = model
         self.backend = backend
         self.table = req_to_token  # [rows, max_context] int32 token slots
@@ -56,6 +58,7 @@ class DecodeCudaGraphs:
         self.qo_indptr = torch.arange(n + 1, dtype=torch.int32, device=dev)
         self.logits_rows = torch.arange(n, dtype=torch.long, device=dev)
         self.state_rows = state_rows
+        self.token_source = token_source
         self.state_slots = torch.zeros(n, dtype=torch.long, device=dev) if state_rows is not None else None
         self.max_context = max_context
         self.windows = dict(windows or {})
@@ -79,7 +82,8 @@ class DecodeCudaGraphs:
         """Capture graphs for a ModelRunner (its model and backend) over a ReqToTokenPool."""
         windows = {k: (req_to_token.tables[k], w, req_to_token.page_size) for k, w in runner.windows.items()}
         graphs = cls(runner.model, runner.backend, req_to_token.table, min(max_batch_size, DEFAULT_BUCKETS[-1]),
-                     req_to_token.max_context, windows=windows, state_rows=state_rows)
+                     req_to_token.max_context, windows=windows, state_rows=state_rows,
+                     token_source=runner.row_tokens)
         graphs.capture()
         return graphs
 
@@ -130,6 +134,9 @@ class DecodeCudaGraphs:
         rows list the keys from the page of `seq_len - window` on."""
         real = self.row_ids[:bs] < self.num_real
         pos, rows = self.positions[:bs], self.req_pool_indices[:bs]
+        if self.token_source is not None:  # ids the host has not read yet: the previous step's sampled token
+            ids = self.input_ids[:bs]
+            ids.copy_(torch.where(ids < 0, self.token_source[rows], ids))
         seq = self.seq_lens[:bs]
         seq.copy_(torch.where(real, pos + 1, 1))
         self.out_cache_loc[:bs].copy_(torch.where(real, self.table[rows, pos].long(), -1))

@@ -85,7 +85,7 @@ class Engine:
             self.runner, ResourceManager(self.pools, self.req_to_token, self.prefix_cache),
             RequestValidator(mc.vocab_size, mc.context_length, config.page_size, config.max_pages),
             StopChecker(sorted(eos), mc.context_length, decode),
-            config.chunk_size, config.max_running_requests, config.seed)
+            config.chunk_size, config.max_running_requests, config.seed, overlap=config.overlap_schedule)
         self._ids = itertools.count()
         logger.info("engine %s: pools %s of %d pages of %d tokens (%.1f MiB), backend %s, %s on %s, prefix cache %s",
                     self.model_id, {p.kind: len(p.layer_ids) for p in [*pools, *companions]}, config.max_pages,
@@ -149,7 +149,8 @@ class Engine:
                    chunk_size: int = 512, attention_backend: str = "auto", max_running_requests: int = 256,
                    seed: int = 0, mem_fraction: float = DEFAULT_MEM_FRACTION,
                    disable_cuda_graph: bool = False, dump: DumpConfig | None = None, fused_ops: bool = True,
-                   extend_sdpa: bool = True, prefix_cache: bool = False) -> Engine:
+                   extend_sdpa: bool = True, prefix_cache: bool = False,
+                   overlap_schedule: bool | None = None) -> Engine:
         """Load a model (the embedded SmolLM2, a Hugging Face directory or a .gguf path) and build the runtime."""
         from pdpair.engine.loader import load_model
 
@@ -158,16 +159,18 @@ class Engine:
                                chunk_size=chunk_size, attention_backend=attention_backend,
                                max_running_requests=max_running_requests, seed=seed, mem_fraction=mem_fraction,
                                disable_cuda_graph=disable_cuda_graph, dump=dump, fused_ops=fused_ops,
-                               extend_sdpa=extend_sdpa, prefix_cache=prefix_cache)
+                               extend_sdpa=extend_sdpa, prefix_cache=prefix_cache, overlap_schedule=overlap_schedule)
 
     @classmethod
     def from_loaded(cls, loaded, device: str = "cpu", page_size: int = 16, max_pages: int | None = None,
                     chunk_size: int = 512, attention_backend: str = "auto", max_running_requests: int = 256,
                     seed: int = 0, mem_fraction: float = DEFAULT_MEM_FRACTION,
                     disable_cuda_graph: bool = False, dump: DumpConfig | None = None, fused_ops: bool = True,
-                    extend_sdpa: bool = True, prefix_cache: bool = False) -> Engine:
+                    extend_sdpa: bool = True, prefix_cache: bool = False,
+                    overlap_schedule: bool | None = None) -> Engine:
         """Build the runtime around an already loaded model (`LoadedModel`-like: config, model, tokenizer,
-        model_id, weights_digest); the dtype is the model's. `dump` None: `PDPAIR_DUMP_DIR` decides."""
+        model_id, weights_digest); the dtype is the model's. `dump` None: `PDPAIR_DUMP_DIR` decides.
+        `overlap_schedule` None: on for CUDA, off elsewhere."""
         mc = loaded.config
         dtype = next(loaded.model.parameters()).dtype
         if max_pages is None:
@@ -184,7 +187,9 @@ class Engine:
                               max_running_requests=max_running_requests,
                               attention_backend=resolve_backend(attention_backend, device), seed=seed,
                               disable_cuda_graph=disable_cuda_graph, fused_ops=fused_ops, extend_sdpa=extend_sdpa,
-                              dump=dump if dump is not None else DumpConfig.from_env(), prefix_cache=prefix_cache)
+                              dump=dump if dump is not None else DumpConfig.from_env(), prefix_cache=prefix_cache,
+                              overlap_schedule=device.startswith("cuda") if overlap_schedule is None
+                              else overlap_schedule)
         return cls(loaded, config)
 
     def rank_stats(self) -> list:
@@ -221,4 +226,5 @@ class Engine:
                 if ev.finish_reason is not None:
                     reasons[i] = ev.finish_reason
                     remaining -= 1
+        self.scheduler.drain()  # overlap: free what requests that stopped in the last launched batch hold
         return [GenerateOutput(t, r) for t, r in zip(tokens, reasons, strict=True)]

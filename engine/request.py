@@ -8,6 +8,10 @@ from enum import Enum
 import numpy as np
 from pdpair.engine.sampling import SamplingParams
 
+# An output id sampled on the device whose value the host has not read yet (overlap scheduling): the last
+# output id of a request in the in-flight decode batch, replaced by the real id one step later.
+PENDING_TOKEN = -1
+
 
 class ReqStatus(Enum):
     WAITING = "waiting"  # queued, holds nothing

@@ -7,13 +7,15 @@ import torch
 from pdpair.engine.attention import AttentionBackend
 from pdpair.engine.batch import ForwardBatch, ForwardContext, ForwardMode
 from pdpair.engine.memory import ReqToTokenPool
-from pdpair.engine.request import Request
+from pdpair.engine.request import PENDING_TOKEN, Request
+from pdpair.engine.sampled_tokens import SampledTokens
 from pdpair.engine.sampler import SamplingBatch, sample
 
 
 class ModelRunner:
     """Builds the batch metadata, calls the model under inference mode, samples; one host sync per call (the read of
-    the sampled tokens; on CUDA the metadata goes up in pinned non-blocking copies)."""
+    the sampled tokens; on CUDA the metadata goes up in pinned non-blocking copies). `launch_decode` leaves
+    that read to the caller, one step later (overlap scheduling)."""
 
     def __init__(self, model: torch.nn.Module, backend: AttentionBackend, req_to_token: ReqToTokenPool,
                  vocab_size: int, windows: dict[str, int] | None = None) -> None:
@@ -24,10 +26,38 @@ class ModelRunner:
         self.vocab_size = vocab_size
         self.graphs = None  # DecodeCudaGraphs when decode replays captured CUDA graphs
         self.dumper = None  # a debug Dumper when tensor dumping is on (then graphs stay off)
+        # per request-table row: the last token `launch_decode` sampled for it, the input of its next decode step
+        self.row_tokens = torch.zeros(req_to_token.table.shape[0], dtype=torch.long, device=req_to_token.table.device)
 
     def run(self, mode: ForwardMode, reqs: list[Request], extend_lens: list[int]) -> list[int | None]:
         """Advance each request by its extend length; returns the sampled token of every request whose
         pending tokens are now all cached, None for requests mid-prompt."""
+        done, toks, _ = self._forward_sample(mode, reqs, extend_lens)
+        out: list[int | None] = [None] * len(reqs)
+        if done:
+            for i, tok in zip(done, toks.tolist(), strict=True):
+                out[i] = tok
+        return out
+
+    def launch_decode(self, reqs: list[Request]) -> SampledTokens:
+        """Forward and sample a decode batch without waiting for the device: the tokens go to `row_tokens`
+        (where the next launch finds a PENDING_TOKEN input) and, copied behind an event, to the host."""
+        _, toks, rows = self._forward_sample(ForwardMode.DECODE, reqs, [1] * len(reqs))
+        with torch.inference_mode():
+            self.row_tokens.index_copy_(0, rows, toks)
+        return SampledTokens.start(toks)
+
+    @property
+    def supports_overlap(self) -> bool:
+        """Whether decode may be launched ahead of reading the previous step's tokens: a local forward (a
+        multi-rank runner's forward slots are collectives in the step's order) and no tensor dumping."""
+        local = type(self).forward is ModelRunner.forward and type(self).replay_decode is ModelRunner.replay_decode
+        return local and self.dumper is None
+
+    def _forward_sample(self, mode: ForwardMode, reqs: list[Request],
+                        extend_lens: list[int]) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """(indices of the requests that sampled, their tokens on the device, the batch's request-table rows on
+        the device) after one forward."""
         prefix = np.fromiter((r.num_cached for r in reqs), dtype=np.int64, count=len(reqs))
         ext = np.asarray(extend_lens, dtype=np.int64)
         if mode is ForwardMode.DECODE:
@@ -41,10 +71,15 @@ class ModelRunner:
             if graph:  # the graph builds its own metadata from (ids, positions, rows): no ForwardBatch
                 assert len(done) == len(reqs), f"decode rows without a sample: {len(reqs) - len(done)}"
                 logits = self.replay_decode(ids, prefix, rows)
+                rows_t = self.graphs.req_pool_indices[: len(reqs)]
             else:
                 ps = self.req_to_token.page_size
                 windowed = {k: (self.req_to_token.tables[k], w, ps) for k, w in self.windows.items()}
                 batch = ForwardBatch.build(mode, rows, prefix, ext, ids, self.req_to_token.table, windowed)
+                rows_t = batch.req_pool_indices
+                if mode is ForwardMode.DECODE and PENDING_TOKEN in ids:  # tokens the host has not read yet
+                    pending = batch.input_ids == PENDING_TOKEN
+                    batch.input_ids = torch.where(pending, self.row_tokens[batch.req_pool_indices], batch.input_ids)
                 if not done:
                     logits_rows = torch.zeros(0, dtype=torch.long, device=batch.input_ids.device)
                 elif len(done) == len(reqs):
@@ -56,15 +91,13 @@ class ModelRunner:
                 logits = self.forward(batch, logits_rows)
                 if self.dumper is not None:
                     self.dumper.end_batch(batch, logits)
-            out: list[int | None] = [None] * len(reqs)
-            if done:
-                picked = [reqs[i] for i in done]
-                sb = SamplingBatch.build([r.sampling for r in picked], [r.seed for r in picked],
-                                         [r.seq_len for r in picked], self.vocab_size, logits.device,
-                                         [r.input_ids for r in picked], [r.output_ids for r in picked])
-                for i, tok in zip(done, sample(logits, sb).tolist(), strict=True):
-                    out[i] = tok
-        return out
+            if not done:
+                return done, torch.zeros(0, dtype=torch.long), rows_t
+            picked = [reqs[i] for i in done]
+            sb = SamplingBatch.build([r.sampling for r in picked], [r.seed for r in picked],
+                                     [r.seq_len for r in picked], self.vocab_size, logits.device,
+                                     [r.input_ids for r in picked], [r.output_ids for r in picked])
+            return done, sample(logits, sb), rows_t
 
     def use_graph(self, batch_size: int) -> bool:
         """Whether a decode batch of `batch_size` rows replays a captured graph (a multi-rank runner decides it

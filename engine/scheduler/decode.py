@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from collections.abc import Callable
+
 from pdpair.engine.request import Request
 from pdpair.engine.scheduler.resources import ResourceManager
 
@@ -24,16 +26,23 @@ class DecodeManager:
     def remove(self, req: Request) -> None:
         self.reqs.remove(req)
 
-    def next_batch(self) -> tuple[list[Request], list[Request]]:
+    def discard(self, req: Request) -> None:
+        """Remove the request if it is here (a retracted one is not)."""
+        if any(r is req for r in self.reqs):
+            self.reqs.remove(req)
+
+    def next_batch(self, skip: Callable[[Request], bool] | None = None) -> tuple[list[Request], list[Request]]:
         """(batch, retracted): pages for the next token of every request; when the pool runs dry the
-        newest requests are retracted: removed here, the caller frees them and re-queues them for prefill."""
+        newest requests are retracted: removed here, the caller frees them and re-queues them for prefill.
+        Requests `skip` says yes to stay here but are neither grown nor batched (overlap scheduling: their
+        token in flight is their last)."""
         retracted: list[Request] = []
         res = self.resources
         ps = res.page_size
         for req in self.reqs:  # sliding-window pages behind the next token's window go back first
             res.trim(req)
         while self.reqs:
-            need = sum(1 for r in self.reqs if r.num_cached >= r.num_pages * ps)
+            need = sum(1 for r in self.reqs if r.num_cached >= r.num_pages * ps and not (skip and skip(r)))
             free = res.min_free
             if need <= free or len(self.reqs) == 1:
                 break
@@ -43,6 +52,8 @@ class DecodeManager:
             retracted.append(victim)
         batch = []
         for req in list(self.reqs):
+            if skip is not None and skip(req):
+                continue
             if self.resources.grow(req, req.num_cached + 1):
                 batch.append(req)
             else:

@@ -8,11 +8,12 @@ import numpy as np
 from pdpair.engine.batch import ForwardMode
 from pdpair.engine.events import ChunkEvent, SchedulerStats, StepEvent
 from pdpair.engine.faults import Faults, InjectedFault
-from pdpair.engine.request import ReqStatus, Request
+from pdpair.engine.request import PENDING_TOKEN, ReqStatus, Request
 from pdpair.engine.runner import ModelRunner
 from pdpair.engine.scheduler.decode import DecodeManager
 from pdpair.engine.scheduler.handoff import chunk_items, destination_items
 from pdpair.engine.scheduler.isolate import Isolator
+from pdpair.engine.scheduler.overlap import InFlight
 from pdpair.engine.scheduler.prefill import PrefillManager
 from pdpair.engine.scheduler.resources import ResourceManager
 from pdpair.engine.scheduler.stop import StopChecker
@@ -25,11 +26,14 @@ logger = logging.getLogger(__name__)
 class Scheduler:
     """Continuous batching over small managers: admission (waiting), chunked prefill, decode.
 
-    Owned by one thread. `step()` runs at most one decode batch and one prefill batch.
+    Owned by one thread. `step()` runs at most one decode batch and one prefill batch. With `overlap`, a step
+    of decode only launches its batch before resolving the one launched the step before (overlap.py), so its
+    events are those of the previous batch; every other step first drains the in-flight batch and runs serially.
     """
 
     def __init__(self, runner: ModelRunner, resources: ResourceManager, validator: RequestValidator,
-                 stop: StopChecker, chunk_size: int, max_running_requests: int, seed: int = 0) -> None:
+                 stop: StopChecker, chunk_size: int, max_running_requests: int, seed: int = 0,
+                 overlap: bool = False) -> None:
         self.runner = runner
         self.resources = resources
         self.validator = validator
@@ -44,6 +48,8 @@ class Scheduler:
         self.faults = Faults.from_env()
         self.isolator = Isolator(self.faults.poison_token)
         self._rng = np.random.default_rng(seed)
+        self.overlap = overlap
+        self._inflight: InFlight | None = None  # overlap: the decode batch launched and not read yet
 
     # ---- submission ---------------------------------------------------------------------------
     def submit(self, req: Request, prefill_only: bool = False) -> None:
@@ -66,7 +72,7 @@ class Scheduler:
     # ---- stepping -----------------------------------------------------------------------------
     def has_work(self) -> bool:
         return bool(self._pending or self._activations or len(self.waiting) or len(self.prefill)
-                    or len(self.decode))
+                    or len(self.decode) or self._inflight is not None)
 
     def step(self) -> list[StepEvent | ChunkEvent]:
         if self.faults.step_error:
@@ -75,15 +81,14 @@ class Scheduler:
         self._pending = []
         self._activate_ready(events)
         self._admit()
+        if self._can_overlap():
+            self._overlap_decode(events)
+            return events
+        self._drain(events)
         batch, retracted = self.decode.next_batch()
         for req in retracted:
             self._retract(req, events)
-        if batch:
-            done, failed = self.isolator.run(lambda r, n: self.runner.run(ForwardMode.DECODE, r, n),
-                                             batch, [1] * len(batch))
-            self._fail(failed, events)
-            for req, _, tok in done:
-                self._on_token(req, tok, events)
+        self._run_decode(batch, events)
         planned = self.prefill.next_batch()
         if planned is not None:
             done, failed = self.isolator.run(lambda r, n: self.runner.run(ForwardMode.EXTEND, r, n), *planned)
@@ -96,6 +101,79 @@ class Scheduler:
                 else:
                     self.prefill.remove(req)
                     self._on_token(req, tok, events)
+        return events
+
+    def _run_decode(self, batch: list[Request], events: list) -> None:
+        """The serial decode step: forward, sample, read the tokens, with failure isolation."""
+        if batch:
+            done, failed = self.isolator.run(lambda r, n: self.runner.run(ForwardMode.DECODE, r, n),
+                                             batch, [1] * len(batch))
+            self._fail(failed, events)
+            for req, _, tok in done:
+                self._on_token(req, tok, events)
+
+    # ---- overlap scheduling (overlap.py) ------------------------------------------------------
+    def _can_overlap(self) -> bool:
+        """Overlap is exact only for decode-only steps of a local runner without penalties (they need every
+        output id on the host) and without fault injection by token (the serial path isolates it)."""
+        return (self.overlap and not len(self.prefill) and self.runner.supports_overlap
+                and self.isolator.poison_token is None
+                and not any(r.sampling.uses_penalties for r in self.decode.reqs))
+
+    def _last_in_flight(self, req: Request) -> bool:
+        return bool(req.output_ids) and req.output_ids[-1] == PENDING_TOKEN and self.stop.length_reached(req)
+
+    def _overlap_decode(self, events: list) -> None:
+        """Launch this step's decode batch, then resolve the previous one while the device runs it."""
+        prev, self._inflight = self._inflight, None
+        batch, retracted = self.decode.next_batch(skip=self._last_in_flight)
+        if retracted:  # the pool ran dry: retraction frees pages and re-queues, so it needs every token read
+            self._inflight, prev = prev, None
+            self._drain(events)
+            for req in retracted:
+                if req.status is ReqStatus.RUNNING:
+                    self._retract(req, events)
+            batch = [r for r in batch if r.status is ReqStatus.RUNNING]
+        if batch:
+            try:
+                self._inflight = InFlight(batch, self.runner.launch_decode(batch))
+            except Exception as exc:  # no request state changed: read what is in flight, isolate serially
+                logger.warning("overlapped decode launch of %d failed (%s): running it serially", len(batch), exc)
+                self._inflight, prev = prev, None
+                self._drain(events)
+                self._run_decode([r for r in batch if r.status is ReqStatus.RUNNING], events)
+                return
+        if prev is not None:
+            self._resolve(prev, events)
+        if self._inflight is not None:
+            for req in self._inflight.reqs:
+                if self._inflight.holds(req):  # its token is cached by the forward in flight, its next one pending
+                    req.num_cached = req.seq_len
+                    req.output_ids.append(PENDING_TOKEN)
+
+    def _resolve(self, done: InFlight, events: list) -> None:
+        """Read a launched batch's tokens (its forward is complete then): emit them, finish the requests they
+        stop, and free what waited for that forward."""
+        for req, tok in done.resolve():
+            req.output_ids[-1] = tok
+            reason = self.stop.finish_reason(req)
+            events.append(StepEvent(req.rid, [tok], reason))
+            if reason is not None:
+                self.decode.discard(req)
+                self._finish(req, reason)
+        for req, keep in done.deferred:
+            self.resources.release(req, keep=keep)
+
+    def _drain(self, events: list) -> None:
+        """Resolve the in-flight decode batch, if any: afterwards no output id is pending."""
+        done, self._inflight = self._inflight, None
+        if done is not None:
+            self._resolve(done, events)
+
+    def drain(self) -> list[StepEvent]:
+        """Resolve the in-flight decode batch now (its events, which the next step would have returned)."""
+        events: list[StepEvent] = []
+        self._drain(events)
         return events
 
     def _fail(self, failed: list, events: list) -> None:
@@ -148,7 +226,11 @@ class Scheduler:
         self.waiting.push(req, front=True)
 
     def _finish(self, req: Request, reason: str) -> None:
-        self.resources.release(req, keep=reason in ("stop", "length"))
+        keep = reason in ("stop", "length")
+        if self._inflight is not None and self._inflight.holds(req):
+            self._inflight.defer(req, keep)  # the forward in flight still writes its K/V: freed when it is done
+        else:
+            self.resources.release(req, keep=keep)
         req.status = ReqStatus.FINISHED
         req.finish_reason = reason
         del self._reqs[req.rid]
@@ -251,6 +333,7 @@ class Scheduler:
             res.cache.check()
         cached = res.cache.items() if res.cache is not None else {}
         for kind in res.pools.kinds:
-            parts = [res.owned(r)[kind] for r in self._reqs.values() if r.row is not None]
+            deferred = [r for r, _ in self._inflight.deferred] if self._inflight is not None else []
+            parts = [res.owned(r)[kind] for r in [*self._reqs.values(), *deferred] if r.row is not None]
             parts += [cached.get(kind, np.zeros(0, dtype=np.int32)), *(held or {}).get(kind, [])]
             res.pools.allocator(kind).check_accounted(np.concatenate(parts) if parts else np.zeros(0, np.int32))

@@ -22,9 +22,13 @@ class StopChecker:
             return "stop"
         if sp.stop and self._hits_stop_string(req):
             return "stop"
-        if len(req.output_ids) >= sp.max_new_tokens or req.seq_len >= self.context_length:
+        if self.length_reached(req):
             return "length"
         return None
+
+    def length_reached(self, req: Request) -> bool:
+        """No token may follow the last output id (max_new_tokens or the context is used up), whatever it is."""
+        return len(req.output_ids) >= req.sampling.max_new_tokens or req.seq_len >= self.context_length
 
     def _hits_stop_string(self, req: Request) -> bool:
         assert self.decode is not None, "stop strings need a tokenizer"

@@ -1,0 +1,172 @@
+"""Overlap scheduling (engine/scheduler/overlap.py) on the embedded SmolLM2: token-exact with the serial path.
+
+Overlap is forced on here (CPU engines default to the serial path). A decode step then launches its batch
+before reading the previous one's tokens, so stops are found one step late and aborts land while a forward
+is in flight: no token after a stop may be emitted and no page may leak.
+"""
+
+from __future__ import annotations
+
+import pytest
+from _engine_runtime_fixtures import make_engine, one_thread, prompts
+from pdpair.engine import Request, SamplingParams, StepEvent
+from pdpair.engine.batch import ForwardMode
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+_ = one_thread
+
+
+@pytest.fixture(scope="module")
+def engines():
+    return make_engine(max_pages=128, overlap_schedule=False), make_engine(max_pages=128, overlap_schedule=True)
+
+
+class Spy:
+    """Records the rids of every overlapped launch and every serial decode forward of an engine's runner."""
+
+    def __init__(self, eng) -> None:
+        self.launched: list[list[str]] = []
+        self.serial: list[list[str]] = []
+        runner = eng.runner
+        launch, run = runner.launch_decode, runner.run
+        runner.launch_decode = lambda reqs: (self.launched.append([r.rid for r in reqs]), launch(reqs))[1]
+
+        def spy_run(mode, reqs, lens):
+            if mode is ForwardMode.DECODE:
+                self.serial.append([r.rid for r in reqs])
+            return run(mode, reqs, lens)
+
+        runner.run = spy_run
+        self.undo = lambda: (vars(runner).pop("launch_decode"), vars(runner).pop("run"))
+
+
+def drive(eng, plan: dict[int, list[Request]], on_step=None) -> list[StepEvent]:
+    """Submit each step's requests, step until idle; every event in order (`on_step(step, events)` first)."""
+    events: list[StepEvent] = []
+    step = 0
+    while step <= max(plan) or eng.scheduler.has_work():
+        for req in plan.get(step, []):
+            eng.scheduler.submit(req)
+        if on_step is not None:
+            on_step(step, events)
+        events += [ev for ev in eng.scheduler.step() if isinstance(ev, StepEvent)]
+        step += 1
+        assert step < 400, f"no progress: {eng.scheduler.stats()}"
+    return events
+
+
+def outputs(events: list[StepEvent]) -> dict[str, tuple[list[int], str]]:
+    """rid -> (tokens, finish reason); asserts every request finished once, with its last event."""
+    toks: dict[str, list[int]] = {}
+    reasons: dict[str, str] = {}
+    for ev in events:
+        assert ev.rid not in reasons, f"{ev.rid}: event after its finish ({reasons[ev.rid]}): {ev}"
+        toks.setdefault(ev.rid, []).extend(ev.new_token_ids)
+        if ev.finish_reason is not None:
+            reasons[ev.rid] = ev.finish_reason
+    assert set(reasons) == set(toks)
+    return {rid: (toks[rid], reasons[rid]) for rid in toks}
+
+
+def assert_clean(eng) -> None:
+    assert not eng.scheduler.has_work()
+    assert eng.pools.all_free(), eng.scheduler.stats()
+    assert eng.req_to_token.num_free == eng.req_to_token.num_total
+    eng.check_integrity()
+
+
+def mixed_plan(eng, stop_tok: int) -> dict[int, list[Request]]:
+    chat, fib, fox, paris = prompts(eng)
+    greedy = dict(temperature=0.0)
+    return {
+        0: [Request("eos", chat, SamplingParams(max_new_tokens=30, **greedy)),  # EOS after 13 tokens
+            Request("seeded", fox, SamplingParams(max_new_tokens=9, temperature=0.8, seed=5)),
+            Request("stop-token", fib, SamplingParams(max_new_tokens=30, stop_token_ids=(stop_tok,), **greedy)),
+            Request("stop-string", paris, SamplingParams(max_new_tokens=30, stop=" love", **greedy))],
+        3: [Request("join-topk", paris, SamplingParams(max_new_tokens=7, temperature=0.9, top_k=20, seed=9))],
+        20: [Request("penalised", fib, SamplingParams(max_new_tokens=4, repetition_penalty=1.3, **greedy))],
+        26: [Request("join-late", fox, SamplingParams(max_new_tokens=6, temperature=1.0, top_p=0.9, seed=2**63))],
+    }
+
+
+@pytest.mark.timeout(300)
+def test_mixed_batch_matches_the_serial_path_token_for_token(engines):
+    serial, overlap = engines
+    fib = prompts(serial)[1]
+    stop_tok = serial.generate([fib], SamplingParams(max_new_tokens=12, temperature=0.0))[0].token_ids[6]
+    ref = outputs(drive(serial, mixed_plan(serial, stop_tok)))
+    for rid in ("eos", "stop-token", "stop-string"):  # the plan stops these mid-batch
+        assert ref[rid][1] == "stop" and len(ref[rid][0]) < 30, (rid, ref[rid])
+    assert ref["stop-token"][0][-1] == stop_tok and stop_tok not in ref["stop-token"][0][:-1]
+    spy = Spy(overlap)
+    try:
+        got = outputs(drive(overlap, mixed_plan(overlap, stop_tok)))
+    finally:
+        spy.undo()
+    assert got == ref
+    assert len(spy.launched) >= 8, "overlap never ran"
+    assert any("join-late" in b for b in spy.launched)  # overlap resumed after the penalised request left
+    forwards = {rid: sum(rid in b for b in spy.launched + spy.serial) for rid in ref}
+    for rid in ("eos", "stop-token", "stop-string", "seeded", "join-topk"):  # they finish while overlapped
+        toks, reason = got[rid]
+        # the first token comes from prefill; a stop is found one step late (one discarded row), a length
+        # finish is known ahead (never launched past max_new_tokens)
+        assert forwards[rid] == len(toks) - (reason == "length"), (rid, forwards[rid], len(toks), reason)
+    assert all("penalised" not in b for b in spy.launched)  # penalties need the host's output ids
+    assert any("penalised" in b for b in spy.serial)
+    assert_clean(overlap)
+    assert_clean(serial)
+
+
+@pytest.mark.timeout(300)
+def test_abort_while_in_flight_frees_after_the_forward_and_emits_nothing(engines):
+    serial, overlap = engines
+    ps = prompts(serial)
+    sp = SamplingParams(max_new_tokens=16, temperature=0.0, ignore_eos=True)
+    ref = [o.token_ids for o in serial.generate(ps, sp)]
+    sched = overlap.scheduler
+    free_at_abort = {}
+
+    def abort_in_flight(step: int, events: list[StepEvent]) -> None:
+        if step == 8:
+            free_at_abort["emitted"] = sum(len(e.new_token_ids) for e in events if e.rid == "a1")
+            inflight = sched._inflight
+            assert inflight is not None and any(r.rid == "a1" for r in inflight.reqs), "nothing in flight"
+            free = sched.resources.kv.num_free
+            assert sched.abort("a1")
+            # a1's pages are still written by the forward in flight: they are freed when it is read
+            free_at_abort["after"] = sched.resources.kv.num_free
+            free_at_abort["before"] = free
+
+    events = drive(overlap, {0: [Request(f"a{i}", p, sp) for i, p in enumerate(ps)]}, abort_in_flight)
+    assert free_at_abort["after"] == free_at_abort["before"]
+    got = {rid: toks for rid, (toks, _) in outputs([e for e in events if e.rid != "a1"]).items()}
+    assert got == {f"a{i}": ref[i] for i in range(len(ps)) if i != 1}
+    a1 = [t for e in events if e.rid == "a1" for t in e.new_token_ids]
+    assert len(a1) == free_at_abort["emitted"] and 0 < len(a1) < 16 and a1 == ref[1][: len(a1)]
+    assert all(e.finish_reason is None for e in events if e.rid == "a1")
+    assert_clean(overlap)
+
+
+@pytest.mark.timeout(300)
+def test_retraction_and_prefix_cache_under_overlap_match_serial():
+    """A tight pool retracts decode requests while a batch is in flight; the prefix cache adopts the pages
+    of requests that stopped a step late. Outputs equal the serial path's; every page is accounted for."""
+    ps = [list(range(100 + i, 110 + i)) for i in range(4)]
+    sps = [SamplingParams(max_new_tokens=14, temperature=0.0, ignore_eos=True),
+           SamplingParams(max_new_tokens=12, temperature=0.7, seed=11, ignore_eos=True),
+           SamplingParams(max_new_tokens=14, temperature=0.0, ignore_eos=True),
+           SamplingParams(max_new_tokens=10, temperature=0.0, ignore_eos=True)]
+    outs = {}
+    for overlap in (False, True):
+        eng = make_engine(page_size=4, max_pages=14, overlap_schedule=overlap, prefix_cache=True)
+        retracted = []
+        orig = eng.scheduler._retract
+        eng.scheduler._retract = lambda req, events, o=orig, r=retracted: (r.append(req.rid), o(req, events))
+        outs[overlap] = [(o.token_ids, o.finish_reason) for o in eng.generate(ps, sps)]
+        assert retracted, "the pool was large enough: nothing exercised retraction"
+        assert not eng.scheduler.has_work()
+        eng.check_integrity()
+        kv = eng.scheduler.resources.kv
+        assert kv.num_free + eng.prefix_cache.num_pages == kv.num_total  # nothing held but the cache's pages
+    assert outs[True] == outs[False]

@@ -45,7 +45,7 @@ class ModelRunner:
         _, toks, rows = self._forward_sample(ForwardMode.DECODE, reqs, [1] * len(reqs))
         with torch.inference_mode():
             self.row_tokens.index_copy_(0, rows, toks)
-        return SampledTokens.start(toks)
+            return SampledTokens.start(toks)
 
     @property
     def supports_overlap(self) -> bool:

@@ -36,6 +36,7 @@ class NodeConfig:
     chunk_size: int = 512
     attention_backend: str = "auto"
     disable_cuda_graph: bool = False
+    disable_overlap_schedule: bool = False
     disable_fused_ops: bool = False
     prefill_attention: str = "auto"  # auto: SDPA for prefill without a cached prefix, Triton otherwise; triton
     transfer_protocol: str = "tcp"
@@ -120,6 +121,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disable-cuda-graph", action="store_true",
                         help="run decode eagerly on CUDA instead of replaying captured graphs (debugging; with "
                              "--tp-size > 1 every rank runs eagerly)")
+    parser.add_argument("--disable-overlap-schedule", action="store_true",
+                        help="CUDA: run every decode step serially (read its sampled tokens before scheduling the "
+                             "next) instead of launching step k before reading step k-1's tokens so that the host "
+                             "work overlaps the device's; outputs are the same, only speed changes (CPU always "
+                             "runs serially; multi-rank nodes too)")
     parser.add_argument("--disable-fused-ops", action="store_true",
                         help="CUDA: run the unfused norm / rope / activation kernels instead of the fused ones "
                              "(more launches per step; for comparing outputs)")
@@ -211,6 +217,7 @@ def config_from_args(role: str, args: argparse.Namespace) -> NodeConfig:
         device=args.device, dtype=args.dtype, page_size=args.page_size, max_pages=args.max_pages,
         mem_fraction=args.mem_fraction, chunk_size=args.chunk_size,
         attention_backend=args.attention_backend, disable_cuda_graph=args.disable_cuda_graph,
+        disable_overlap_schedule=args.disable_overlap_schedule,
         disable_fused_ops=args.disable_fused_ops, prefill_attention=args.prefill_attention,
         transfer_protocol=args.transfer_protocol,
         rdma_devices=args.rdma_devices, transfer_threads=args.transfer_threads, metrics_port=args.metrics_port,

@@ -43,7 +43,8 @@ def load_engine(cfg: NodeConfig) -> Any:
                              max_pages=cfg.max_pages, chunk_size=cfg.chunk_size,
                              attention_backend=cfg.attention_backend, disable_cuda_graph=cfg.disable_cuda_graph,
                              fused_ops=not cfg.disable_fused_ops, extend_sdpa=cfg.prefill_attention == "auto",
-                             dump=cfg.dump, prefix_cache=cfg.prefix_cache, **extra)
+                             dump=cfg.dump, prefix_cache=cfg.prefix_cache,
+                             overlap_schedule=False if cfg.disable_overlap_schedule else None, **extra)
 
 
 class NodeRuntime:

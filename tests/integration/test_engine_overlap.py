@@ -8,6 +8,7 @@ is in flight: no token after a stop may be emitted and no page may leak.
 from __future__ import annotations
 
 import pytest
+import torch
 from _engine_runtime_fixtures import make_engine, one_thread, prompts
 from pdpair.engine import Request, SamplingParams, StepEvent
 from pdpair.engine.batch import ForwardMode
@@ -170,3 +171,35 @@ def test_retraction_and_prefix_cache_under_overlap_match_serial():
         kv = eng.scheduler.resources.kv
         assert kv.num_free + eng.prefix_cache.num_pages == kv.num_total  # nothing held but the cache's pages
     assert outs[True] == outs[False]
+
+
+def test_overlap_is_on_for_cuda_only_unless_asked():
+    assert not make_engine().config.overlap_schedule  # CPU: torch ops are synchronous, nothing to overlap
+    assert make_engine(overlap_schedule=True).scheduler.overlap
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(300)
+def test_cuda_graphs_overlapped_match_serial():
+    """On CUDA (triton backend, decode graphs gathering the pending tokens on the device) overlap is the
+    default and matches the serial path token for token."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from pdpair.engine import Engine
+    from pdpair.engine.loader import load_model
+
+    loaded = load_model("smollm2-135m", device="cuda", dtype=torch.float32)
+    serial = Engine.from_loaded(loaded, device="cuda", max_pages=256, overlap_schedule=False)
+    overlap = Engine.from_loaded(loaded, device="cuda", max_pages=256)
+    assert overlap.config.overlap_schedule and overlap.runner.graphs is not None
+    stop_tok = serial.generate([prompts(serial)[1]], SamplingParams(max_new_tokens=12, temperature=0.0))[0].token_ids[6]
+    ref = outputs(drive(serial, mixed_plan(serial, stop_tok)))
+    replays = overlap.runner.graphs.num_replays
+    spy = Spy(overlap)
+    try:
+        got = outputs(drive(overlap, mixed_plan(overlap, stop_tok)))
+    finally:
+        spy.undo()
+    assert got == ref
+    assert len(spy.launched) >= 8 and overlap.runner.graphs.num_replays - replays >= len(spy.launched)
+    assert_clean(overlap)

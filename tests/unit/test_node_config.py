@@ -76,7 +76,7 @@ def test_help_describes_every_flag(script):
     for flag in ("--model", "--host", "--port", "--advertise-host", "--device", "--dtype", "--page-size",
                  "--max-pages", "--mem-fraction", "--chunk-size", "--transfer-protocol", "--rdma-devices",
                  "--metrics-port", "--log-level", "--tls-cert", "--tls-key", "--tls-ca", "--tls-server-name",
-                 "--tp-size", "--dp-size", "--enable-dp-attention"):
+                 "--tp-size", "--dp-size", "--enable-dp-attention", "--disable-overlap-schedule"):
         assert flag in out.stdout, flag
     assert ("--local-prefill-below" in out.stdout) == script.startswith("pdpair.decode")
     assert ("--prefill-allow" in out.stdout) == script.startswith("pdpair.decode")
@@ -113,10 +113,12 @@ def test_kernel_route_flags_reach_the_engine_config():
     from pdpair.node.runtime import load_engine
 
     plain = config_from_args("decode", decode_parser().parse_args(["--max-pages", "32"]))
-    assert (plain.disable_fused_ops, plain.prefill_attention) == (False, "auto")
+    assert (plain.disable_fused_ops, plain.prefill_attention, plain.disable_overlap_schedule) == (False, "auto", False)
     cfg = config_from_args("decode", decode_parser().parse_args(
-        ["--max-pages", "32", "--disable-fused-ops", "--prefill-attention", "triton"]))
+        ["--max-pages", "32", "--disable-fused-ops", "--prefill-attention", "triton", "--disable-overlap-schedule"]))
+    assert cfg.disable_overlap_schedule
     engine = load_engine(cfg)
     assert (engine.config.fused_ops, engine.config.extend_sdpa) == (False, False)
+    assert not engine.config.overlap_schedule and not engine.scheduler.overlap
     with pytest.raises(SystemExit):
         decode_parser().parse_args(["--prefill-attention", "sdpa"])

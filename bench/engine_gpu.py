@@ -7,7 +7,9 @@ checkpoint), paged KV (page 16), triton attention, decode CUDA graphs. Rows per 
 - the same step through `DecodeCudaGraphs.replay` (host metadata fill included);
 - prefill of 8 x 4,096 tokens (one eager extend forward): FLOPs / measured bf16 GEMM peak;
 - scheduler decode steps at batch 64 (what `engine.generate` runs: batch build, graph replay, sampling, one
-  host read per step) against the bare graph at the same batch and context: the host path's share.
+  host read per step), with overlap scheduling off (serial: the device idles during the host's work) and on
+  (step k launched before step k-1's tokens are read), against the bare graph at the same batch and context:
+  the host path's share.
 With `--fused-ops both` every row runs with the fused kernels on and off.
 
     python bench/engine_gpu.py --json OUT.json            # all three shapes, about 3-5 minutes on an H200
@@ -134,24 +136,53 @@ def set_fused(eng, on: bool) -> bool:
     return True
 
 
-def _bench_engine_module():
-    """bench/engine.py (its scheduler decode loop), by path: the checkout's `engine/` folder shadows its name."""
-    import importlib.util
+def overlap_graphs(eng, max_batch_size: int, buckets: tuple[int, ...]):
+    """Decode graphs over the engine's runner, as the engine captures them (their input staging gathers the
+    tokens an overlapped step has not read yet), for the given buckets."""
+    from pdpair.engine.cuda_graph import DecodeCudaGraphs
 
-    spec = importlib.util.spec_from_file_location("bench_engine", Path(__file__).with_name("engine.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    r2t, runner = eng.req_to_token, eng.runner
+    windows = {k: (r2t.tables[k], w, r2t.page_size) for k, w in runner.windows.items()}
+    graphs = DecodeCudaGraphs(runner.model, runner.backend, r2t.table, max_batch_size, r2t.max_context, buckets,
+                              windows=windows, token_source=runner.row_tokens)
+    graphs.capture()
+    return graphs
+
+
+def scheduler_decode_tps(eng, ids: list[int], batch: int, steps: int, overlap: bool) -> float:
+    """Tokens/s of `steps` scheduler steps once `batch` requests are decoding (ragged prompts of about
+    len(ids) tokens), with overlap scheduling on or off; the last launched batch is read inside the timing."""
+    from pdpair.engine import Request, SamplingParams
+
+    sched = eng.scheduler
+    sched.overlap = overlap
+    sp = SamplingParams(max_new_tokens=steps + 8, temperature=0.0, ignore_eos=True)
+    rids = [f"sched-{overlap}-{i}-{time.monotonic_ns()}" for i in range(batch)]
+    for i, rid in enumerate(rids):
+        sched.submit(Request(rid, ids[: len(ids) - i % 7], sp))
+    while sched.stats().running < batch:
+        sched.step()
+    for _ in range(2):  # warm-up: with overlap, one batch is in flight from here on
+        sched.step()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        sched.step()
+    sched.drain()
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t
+    for rid in rids:
+        sched.abort(rid)
+    sched.drain()  # what the aborted requests held is freed once the forward in flight is read
+    return batch * steps / elapsed
 
 
 def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args, fused_modes) -> None:
-    scheduler_decode_tps = _bench_engine_module().bench_decode
     from pdpair.engine import Engine
     from pdpair.engine.batch import ForwardBatch, ForwardMode
 
     from tests.kernels._attention_engine_fixtures import (
         decode_batch,
-        decode_graphs,
         eager_logits,
         fill_kv_random,
         hold_rows,
@@ -172,7 +203,7 @@ def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args
         tag = "" if fused is None else (" fused" if fused else " unfused")
         if fused is not None and not set_fused(eng, fused):
             continue
-        graphs = decode_graphs(eng, max_bs, buckets=tuple(sorted(set(batches) | {min(64, max_bs)})))
+        graphs = overlap_graphs(eng, max_bs, tuple(sorted(set(batches) | {min(64, max_bs)})))
         eng.runner.graphs = graphs
         for bs in batches:
             batch, release = decode_batch(eng, [ctx] * bs, seed=bs)
@@ -190,11 +221,11 @@ def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args
                 batch=bs, tokens_per_s=bs / bare * 1e3)
             row(name, f"decode b{bs} ctx{ctx} runner replay{tag}", full, floor,
                 "host upload + graph, as ModelRunner runs it" if staged else "metadata fill + graph", batch=bs)
-        # scheduler decode steps at batch 64 against the bare graph at the same batch and context
+        # scheduler decode steps at batch 64, overlap off and on, against the bare graph at the same batch and context
         bs, prompt, steps = min(64, max_bs), args.sched_prompt, args.sched_steps
         gen = torch.Generator().manual_seed(1)
         ids = torch.randint(3, cfg.vocab_size, (prompt,), generator=gen).tolist()
-        sched_tps = scheduler_decode_tps(eng, ids, bs, steps)
+        sched_tps = {ov: scheduler_decode_tps(eng, ids, bs, steps, ov) for ov in (False, True)}
         batch, release = decode_batch(eng, [prompt + steps // 2] * bs, seed=7)
         try:
             graphs.replay(batch)
@@ -202,9 +233,10 @@ def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args
         finally:
             release()
         bare_tps = bs / bare * 1e3
-        row(name, f"scheduler decode b{bs} ctx~{prompt + steps // 2}{tag}", bs / sched_tps * 1e3, bare,
-            f"{sched_tps:.0f} tok/s = {sched_tps / bare_tps:.0%} of bare graph {bare_tps:.0f} tok/s "
-            "(floor column: bare graph)", tokens_per_s=sched_tps, bare_tokens_per_s=bare_tps)
+        for ov, tps in sched_tps.items():
+            row(name, f"scheduler decode b{bs} ctx~{prompt + steps // 2} overlap {'on' if ov else 'off'}{tag}",
+                bs / tps * 1e3, bare, f"{tps:.0f} tok/s = {tps / bare_tps:.0%} of bare graph {bare_tps:.0f} tok/s "
+                "(floor column: bare graph)", tokens_per_s=tps, bare_tokens_per_s=bare_tps, overlap=ov)
         eng.runner.graphs = None
         del graphs
         torch.cuda.empty_cache()

@@ -206,6 +206,10 @@ class DecodeCudaGraphs:
         self.num_replays += 1
         return self._outputs[padded][:b]
 
+    def staged_rows(self, batch_size: int) -> torch.Tensor:
+        """The request-table rows of the last replayed batch, on the device (valid until the next replay)."""
+        return self.req_pool_indices[:batch_size]
+
     def replay(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits `[batch_size, vocab]` of a decode batch, as the eager forward of the padded batch gives."""
         assert self.can_run(batch), (batch.mode, batch.batch_size, self.max_batch_size)

@@ -43,6 +43,8 @@ class ModelRunner:
         """Forward and sample a decode batch without waiting for the device: the tokens go to `row_tokens`
         (where the next launch finds a PENDING_TOKEN input) and, copied behind an event, to the host."""
         _, toks, rows = self._forward_sample(ForwardMode.DECODE, reqs, [1] * len(reqs))
+        if rows is None:  # a graph replay: its staged rows
+            rows = self.graphs.staged_rows(len(reqs))
         with torch.inference_mode():
             self.row_tokens.index_copy_(0, rows, toks)
             return SampledTokens.start(toks)
@@ -55,9 +57,9 @@ class ModelRunner:
         return local and self.dumper is None
 
     def _forward_sample(self, mode: ForwardMode, reqs: list[Request],
-                        extend_lens: list[int]) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+                        extend_lens: list[int]) -> tuple[list[int], torch.Tensor, torch.Tensor | None]:
         """(indices of the requests that sampled, their tokens on the device, the batch's request-table rows on
-        the device) after one forward."""
+        the device, None after a graph replay) after one forward."""
         prefix = np.fromiter((r.num_cached for r in reqs), dtype=np.int64, count=len(reqs))
         ext = np.asarray(extend_lens, dtype=np.int64)
         if mode is ForwardMode.DECODE:
@@ -71,7 +73,7 @@ class ModelRunner:
             if graph:  # the graph builds its own metadata from (ids, positions, rows): no ForwardBatch
                 assert len(done) == len(reqs), f"decode rows without a sample: {len(reqs) - len(done)}"
                 logits = self.replay_decode(ids, prefix, rows)
-                rows_t = self.graphs.req_pool_indices[: len(reqs)]
+                rows_t = None
             else:
                 ps = self.req_to_token.page_size
                 windowed = {k: (self.req_to_token.tables[k], w, ps) for k, w in self.windows.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from pdpair.engine.request import Request
+from pdpair.engine.request import PENDING_TOKEN, Request
 from pdpair.engine.scheduler.resources import ResourceManager
 
 logger = logging.getLogger(__name__)
@@ -38,8 +38,9 @@ class DecodeManager:
         retracted: list[Request] = []
         res = self.resources
         ps = res.page_size
-        for req in self.reqs:  # sliding-window pages behind the next token's window go back first
-            res.trim(req)
+        for req in self.reqs:  # sliding-window pages behind the next token's window go back first, but not
+            # the ones the decode forward in flight (overlap: a pending last token) still reads
+            res.trim(req, int(req.output_ids[-1] == PENDING_TOKEN))
         while self.reqs:
             need = sum(1 for r in self.reqs if r.num_cached >= r.num_pages * ps and not (skip and skip(r)))
             free = res.min_free

@@ -118,12 +118,14 @@ class ResourceManager:
         req.num_pages = max(req.num_pages, end)
         return True
 
-    def trim(self, req: Request) -> None:
-        """Give back the sliding-window pages no query from `req.num_cached` on can see."""
+    def trim(self, req: Request, in_flight: int = 0) -> None:
+        """Give back the sliding-window pages no query from `req.num_cached - in_flight` on can see (`in_flight`:
+        positions a forward still running reads, e.g. the decode batch launched but not read yet)."""
         for kind in self.kinds:
             if self.windows[kind] is None or kind not in req.items:
                 continue
-            drop = min(self.first_live_page(kind, req.num_cached) - req.items_first[kind], len(req.items[kind]))
+            live = self.first_live_page(kind, req.num_cached - in_flight)
+            drop = min(live - req.items_first[kind], len(req.items[kind]))
             if drop > 0:
                 self.pools.allocator(kind).free(req.items[kind][:drop])
                 req.items[kind] = req.items[kind][drop:]

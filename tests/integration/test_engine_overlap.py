@@ -214,3 +214,38 @@ def test_cuda_graphs_overlapped_match_serial():
     assert got == ref and not spy.failures
     assert len(spy.launched) >= 8 and overlap.runner.graphs.num_replays - replays >= len(spy.launched)
     assert_clean(overlap)
+
+
+@pytest.mark.timeout(300)
+def test_sliding_window_pages_outlive_the_forward_in_flight(tmp_path):
+    """A sliding-window model: trimming before a launch keeps the window pages of the batch still in flight
+    (another owner could write a page freed too early while that forward reads it), and outputs equal the
+    serial path's."""
+    from pdpair.engine import Engine
+    from pdpair.engine.request import PENDING_TOKEN
+
+    from tests.swa_models import FAMILIES, VOCAB, save_tiny_swa
+
+    save_tiny_swa(FAMILIES[0], 8, tmp_path)
+    seqs = [[(97 + 131 * i + 7 * n) % (VOCAB - 3) + 3 for i in range(n)] for n in (5, 9, 17)]
+    sp = SamplingParams(max_new_tokens=20, temperature=0.0, ignore_eos=True)
+    outs = {}
+    for overlap in (False, True):
+        eng = Engine.from_model(str(tmp_path), device="cpu", dtype="float32", page_size=4, max_pages=64,
+                                overlap_schedule=overlap)
+        res, launch, checked, trimmed_early = eng.scheduler.resources, eng.runner.launch_decode, [], []
+
+        def check_then_launch(reqs, res=res, launch=launch, checked=checked, early=trimmed_early):
+            for r in reqs:
+                if r.output_ids[-1] == PENDING_TOKEN:  # the batch launched before reads position num_cached - 1
+                    checked.append(r.rid)
+                    if r.items_first["swa"] > res.first_live_page("swa", r.num_cached - 1):
+                        early.append((r.rid, r.num_cached))  # (raising here would only fall back to serial)
+            return launch(reqs)
+
+        eng.runner.launch_decode = check_then_launch
+        outs[overlap] = [o.token_ids for o in eng.generate(seqs, sp)]
+        assert bool(checked) == overlap and not trimmed_early, trimmed_early
+        assert eng.pools.all_free()
+        eng.check_integrity()
+    assert outs[True] == outs[False]

@@ -86,6 +86,7 @@ class Engine:
             RequestValidator(mc.vocab_size, mc.context_length, config.page_size, config.max_pages),
             StopChecker(sorted(eos), mc.context_length, decode),
             config.chunk_size, config.max_running_requests, config.seed, overlap=config.overlap_schedule)
+        self.scheduler.device = config.device
         self._ids = itertools.count()
         logger.info("engine %s: pools %s of %d pages of %d tokens (%.1f MiB), backend %s, %s on %s, prefix cache %s",
                     self.model_id, {p.kind: len(p.layer_ids) for p in [*pools, *companions]}, config.max_pages,

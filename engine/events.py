@@ -28,6 +28,9 @@ class ChunkEvent:
     kind_starts: dict[str, int]
     is_last: bool
     first_token: int | None = None
+    # CUDA: an event that completes when the forward that wrote these items has run (see engine/streams.py);
+    # a transfer of them must wait for it. None off CUDA.
+    ready: object | None = None
 
 
 @dataclass(frozen=True)

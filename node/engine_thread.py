@@ -20,6 +20,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from pdpair.engine.streams import use_compute_stream
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,6 +51,7 @@ class EngineThread:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self.steps = 0
+        self.device = str(getattr(getattr(engine, "config", None), "device", "cpu"))
 
     # -- loop side -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -130,6 +133,7 @@ class EngineThread:
         self._loop.call_soon_threadsafe(self._resolve, fut, result, error)
 
     def _run(self) -> None:
+        use_compute_stream(self.device)  # CUDA: off the legacy stream Mooncake's copies block on
         sched = self.engine.scheduler
         busy = False
         while not self._stop.is_set():

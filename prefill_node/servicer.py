@@ -214,7 +214,7 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
                 sent[kind] = lo + n
             plan = build_plan(self.rt.layout, peer, pairs)
             if len(plan):
-                cf = self.rt.workers.submit(rid, peer.session_id, plan)
+                cf = self.rt.workers.submit(rid, peer.session_id, plan, ready=ev.ready)
                 self.inflight.add(rid, asyncio.wrap_future(cf), plan.num_items, plan.kind_totals)
             error = self.inflight.failed(rid)
             if error is not None:

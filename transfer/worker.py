@@ -38,6 +38,7 @@ class _Job:
     error: str | None = None
     cancelled: bool = False
     resolved: bool = False
+    ready: object | None = None  # has .synchronize(): the items are written once it returns
 
     @property
     def stopped(self) -> bool:
@@ -73,12 +74,15 @@ class TransferWorkers:
         for t in self._threads:
             t.start()
 
-    def submit(self, rid: str, target: str, plan: TransferPlan) -> Future[TransferResult]:
-        """Queue ``plan`` for ``target``; the future's result is the whole plan's ``TransferResult``."""
+    def submit(self, rid: str, target: str, plan: TransferPlan, ready: object | None = None) -> Future[TransferResult]:
+        """Queue ``plan`` for ``target``; the future's result is the whole plan's ``TransferResult``.
+
+        ``ready`` (a CUDA event, or anything with ``synchronize()``) is waited for before each of the plan's
+        batches is written: the source items are complete only then (see engine/streams.py)."""
         future: Future[TransferResult] = Future()
         future.set_running_or_notify_cancel()  # cancellation goes through cancel(rid)
         batches = plan.batches(self.batch_entries)
-        job = _Job(rid, target, future, queued=len(batches))
+        job = _Job(rid, target, future, queued=len(batches), ready=ready)
         with self._lock:
             if self._closed:
                 raise RuntimeError("transfer workers are shut down")
@@ -132,6 +136,8 @@ class TransferWorkers:
                     continue
                 job.running += 1
             try:
+                if job.ready is not None:
+                    job.ready.synchronize()  # the forward that wrote the source items has run
                 res = self.engine.write(job.target, batch)
             except Exception as err:  # a bug below must fail the request, not kill the worker
                 logger.exception("transfer %s: write raised", job.rid, extra={"rid": job.rid})

@@ -19,6 +19,7 @@ from pdpair.engine.scheduler.resources import ResourceManager
 from pdpair.engine.scheduler.stop import StopChecker
 from pdpair.engine.scheduler.validate import RequestValidator
 from pdpair.engine.scheduler.waiting import WaitingQueue
+from pdpair.engine.streams import work_done
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Scheduler:
         self.faults = Faults.from_env()
         self.isolator = Isolator(self.faults.poison_token)
         self._rng = np.random.default_rng(seed)
+        self.device = "cpu"  # the engine's device (set by Engine): CUDA chunk hand-overs carry a ready event
         self.overlap = overlap
         self._inflight: InFlight | None = None  # overlap: the decode batch launched and not read yet
 
@@ -215,7 +217,8 @@ class Scheduler:
 
     def _chunk_event(self, req: Request, last: bool) -> ChunkEvent:
         items, starts = chunk_items(self.resources, req, last)
-        return ChunkEvent(req.rid, items, starts, last, req.output_ids[-1] if last else None)
+        return ChunkEvent(req.rid, items, starts, last, req.output_ids[-1] if last else None,
+                          ready=work_done(self.device))
 
     def _retract(self, req: Request, events: list) -> None:
         if self.resources.pages_for(req.seq_len + 1) > self.resources.kv.num_total:

@@ -28,7 +28,7 @@ def gpu_cluster(tmp_path_factory):
     assert codes == {"prefill": 0, "decode": 0}, codes
 
 
-@pytest.mark.parametrize("length", [5, 160, 327])
+@pytest.mark.parametrize("length", [5, 160, 327, 1500])  # 1500: 24 chunks, sent while later chunks compute
 @pytest.mark.parametrize("seed", [None, 7])
 def test_disaggregated_equals_colocated_on_cuda(gpu_cluster, length, seed):
     stub, prefill = gpu_cluster.decode.stub, gpu_cluster.prefill.addr

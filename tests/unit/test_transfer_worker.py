@@ -186,3 +186,34 @@ def test_a_failed_write_stops_the_requests_other_plans():
     assert b.cancelled and not b.needs_quarantine and b.batches == 0
     assert c.ok
     workers.shutdown()
+
+
+class _Gate:
+    """Stands in for a chunk's CUDA event: the source items are written only when the gate opens."""
+
+    def __init__(self, src: np.ndarray, ids, fill: np.ndarray) -> None:
+        self.opened = threading.Event()
+        self.src, self.ids, self.fill = src, ids, fill
+
+    def synchronize(self) -> None:
+        self.opened.wait(10)
+        self.src.reshape(-1, ITEM)[self.ids] = self.fill  # the forward that wrote the items has run
+
+
+@pytest.mark.timeout(30)
+def test_writes_wait_for_the_chunk_ready_mark():
+    """A plan's batches move only after its ready mark completes, so they carry what the forward wrote."""
+    src, dst, src_l, dst_l = pools()
+    eng, peer = MemmoveEngine(), MemmoveEngine()
+    peer.register(list(dst_l.regions))
+    eng.register(list(src_l.regions))
+    workers = TransferWorkers(eng, num_threads=2, batch_entries=3)
+    written = np.full((20, ITEM), 7, dtype=np.uint8)
+    gate = _Gate(src, np.arange(0, 40, 2), written)
+    fut = workers.submit("r1", peer.session_id, fragmented_plan(src_l, dst_l), ready=gate)
+    assert not fut.done() and not items(dst, np.arange(20)).any()  # nothing moved before the mark
+    gate.opened.set()
+    res = fut.result(timeout=10)
+    assert res.ok and res.batches == 7
+    assert np.array_equal(items(dst, np.arange(20)), written)
+    workers.shutdown()

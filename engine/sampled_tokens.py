@@ -25,7 +25,11 @@ class SampledTokens:
         event.record()
         return cls(host, event)
 
-    def read(self) -> list[int]:
+    def wait(self) -> None:
+        """Until the tokens (and the work queued before them: their forward) are done."""
         if self.event is not None:
             self.event.synchronize()
+
+    def read(self) -> list[int]:
+        self.wait()
         return self.host.tolist()

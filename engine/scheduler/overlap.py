@@ -30,6 +30,11 @@ class InFlight:
         self._live.discard(req)
         self.deferred.append((req, keep))
 
+    def take_out(self, req: Request) -> None:
+        """Drop the request's token and wait for this batch's forward (the caller takes its items now)."""
+        self._live.discard(req)
+        self.tokens.wait()
+
     def resolve(self) -> list[tuple[Request, int]]:
         """Wait for the sampled tokens: (request, token) of every live request, in batch order."""
         toks = self.tokens.read()

@@ -255,6 +255,8 @@ class Scheduler:
         req = self._reqs.get(rid)
         if req is None:
             raise KeyError(f"unknown request {rid!r}")
+        if self._inflight is not None and self._inflight.holds(req):  # its K/V is being written: wait for that
+            self._inflight.take_out(req)
         self._unlink(req)
         items = self.resources.take(req)
         req.status = ReqStatus.FINISHED

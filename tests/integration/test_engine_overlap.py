@@ -249,3 +249,29 @@ def test_sliding_window_pages_outlive_the_forward_in_flight(tmp_path):
         assert eng.pools.all_free()
         eng.check_integrity()
     assert outs[True] == outs[False]
+
+
+@pytest.mark.timeout(300)
+def test_detach_while_in_flight_hands_items_over_and_emits_nothing(engines):
+    """A quarantining abort detaches a running request: its items go to the caller once the forward in flight
+    that writes them has run, and its token of that batch is never emitted."""
+    _, overlap = engines
+    sched = overlap.scheduler
+    sp = SamplingParams(max_new_tokens=10, temperature=0.0, ignore_eos=True)
+    held, emitted = {}, {}
+
+    def detach_in_flight(step: int, events: list[StepEvent]) -> None:
+        if step == 5:
+            assert sched._inflight is not None and any(r.rid == "d1" for r in sched._inflight.reqs)
+            emitted["before"] = sum(len(e.new_token_ids) for e in events if e.rid == "d1")
+            held.update(sched.detach("d1"))
+
+    events = drive(overlap, {0: [Request(f"d{i}", p, sp) for i, p in enumerate(prompts(overlap)[1:])]},
+                   detach_in_flight)
+    assert sum(len(e.new_token_ids) for e in events if e.rid == "d1") == emitted["before"] > 0
+    assert {rid for rid, (toks, _) in outputs([e for e in events if e.rid != "d1"]).items() if len(toks) == 10} \
+        == {"d0", "d2"}
+    overlap.check_integrity(held={k: [v] for k, v in held.items()})
+    for kind, ids in held.items():
+        overlap.pools.allocator(kind).free(ids)
+    assert_clean(overlap)

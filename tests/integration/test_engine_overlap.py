@@ -7,6 +7,7 @@ is in flight: no token after a stop may be emitted and no page may leak.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from _engine_runtime_fixtures import make_engine, one_thread, prompts
@@ -275,3 +276,49 @@ def test_detach_while_in_flight_hands_items_over_and_emits_nothing(engines):
     for kind, ids in held.items():
         overlap.pools.allocator(kind).free(ids)
     assert_clean(overlap)
+
+
+def _random_plan(seed: int) -> dict[int, list[tuple]]:
+    rng = np.random.default_rng(seed)
+    plan: dict[int, list[tuple]] = {}
+    for i in range(40):
+        kind = rng.random()
+        sp = SamplingParams(max_new_tokens=int(rng.integers(1, 20)), temperature=float(rng.choice([0.0, 0.8])),
+                            seed=int(rng.integers(1000)), ignore_eos=bool(kind > 0.5),
+                            stop_token_ids=tuple(int(t) for t in rng.integers(0, 512, 30)) if kind < 0.4 else (),
+                            repetition_penalty=1.2 if kind > 0.9 else 1.0)
+        plan.setdefault(int(rng.integers(0, 60)), []).append(
+            (f"r{i}", rng.integers(3, 512, int(rng.integers(1, 30))).tolist(), sp))
+    return plan
+
+
+@pytest.mark.timeout(120)
+def test_random_traffic_matches_serial_under_page_pressure():
+    """Random arrivals, lengths, samplers, stop ids and a few penalised requests on a tight pool (admission
+    waits, decode retracts) through a tiny model, with and without the prefix cache: overlapped events equal
+    the serial ones and every page is accounted for after every step."""
+    from pdpair.engine import Engine
+
+    from tests.integration._engine_runtime_fixtures import tiny_loaded
+
+    totals = {"launched": 0, "retracted": 0}
+    for seed in range(6):
+        plan = _random_plan(seed)
+        for prefix_cache in (False, True):
+            results = {}
+            for overlap in (False, True):
+                eng = Engine.from_loaded(tiny_loaded("cpu"), device="cpu", page_size=4, max_pages=40, chunk_size=32,
+                                         max_running_requests=12, overlap_schedule=overlap, prefix_cache=prefix_cache)
+                spy, retracted = Spy(eng), []
+                orig = eng.scheduler._retract
+                eng.scheduler._retract = lambda req, events, o=orig, r=retracted: (r.append(req.rid), o(req, events))
+                reqs = {step: [Request(rid, ids, sp) for rid, ids, sp in group] for step, group in plan.items()}
+                results[overlap] = outputs(drive(eng, reqs, lambda step, events, e=eng: e.check_integrity()))
+                assert not spy.failures and bool(spy.launched) == overlap
+                if overlap:
+                    totals["launched"] += len(spy.launched)
+                    totals["retracted"] += len(retracted)
+                kv = eng.scheduler.resources.kv
+                assert kv.num_free + (eng.prefix_cache.num_pages if prefix_cache else 0) == kv.num_total
+            assert results[True] == results[False], (seed, prefix_cache)
+    assert totals["launched"] > 100 and totals["retracted"] > 0, totals

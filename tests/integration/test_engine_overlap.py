@@ -322,3 +322,32 @@ def test_random_traffic_matches_serial_under_page_pressure():
                 assert kv.num_free + (eng.prefix_cache.num_pages if prefix_cache else 0) == kv.num_total
             assert results[True] == results[False], (seed, prefix_cache)
     assert totals["launched"] > 100 and totals["retracted"] > 0, totals
+
+
+def test_a_runner_with_its_own_forward_stays_serial(engines):
+    """A multi-rank runner (RankRunner) overrides the forward hooks to join collectives in the step's slot
+    order: overlap must stay off for it, whatever the config says."""
+    from pdpair.engine.distributed.rank_runner import RankRunner
+    from pdpair.engine.runner import ModelRunner
+
+    rank_runner = RankRunner.__new__(RankRunner)  # no process groups needed to ask
+    rank_runner.dumper = None
+    assert not rank_runner.supports_overlap
+    serial, overlap = engines
+
+    class OwnForward(ModelRunner):
+        def forward(self, batch, logits_rows):
+            return ModelRunner.forward(self, batch, logits_rows)
+
+    runner = overlap.runner
+    assert runner.supports_overlap
+    runner.__class__ = OwnForward
+    spy = Spy(overlap)
+    try:
+        sp = SamplingParams(max_new_tokens=6, temperature=0.0, ignore_eos=True)
+        got = overlap.generate(prompts(overlap)[1:3], sp)
+    finally:
+        spy.undo()
+        runner.__class__ = ModelRunner
+    assert not spy.launched and spy.serial
+    assert [o.token_ids for o in got] == [o.token_ids for o in serial.generate(prompts(serial)[1:3], sp)]

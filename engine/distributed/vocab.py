@@ -63,10 +63,6 @@ class VocabShard:
         return out
 
 
-def _param(t: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(t, requires_grad=False)
-
-
 class VocabParallelEmbedding(nn.Module):
     """`embed(ids)` with only this rank's slice of the table; `weight` is that slice `[rows, hidden]`."""
 
@@ -74,7 +70,7 @@ class VocabParallelEmbedding(nn.Module):
         super().__init__()
         self.shard = shard
         self.group = group
-        self.weight = _param(shard.slice_of(full))
+        self.weight = nn.Parameter(shard.slice_of(full), requires_grad=False)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         local = input_ids - self.shard.start
@@ -128,7 +124,8 @@ def shard_vocab(model: nn.Module, group: dist.ProcessGroup, rank: int) -> VocabS
         return None
     shard = VocabShard(model.config.vocab_size, size, rank)
     embed = VocabParallelEmbedding(model.embed_tokens.weight.data, shard, group)
-    head = embed.weight if model.lm_head is None else _param(shard.slice_of(model.lm_head.data))
+    head = embed.weight if model.lm_head is None else nn.Parameter(shard.slice_of(model.lm_head.data),
+                                                                   requires_grad=False)
     model.embed_tokens = embed
     model.lm_head = None  # the head is `model.vocab_head` now (tied or not)
     model.vocab_head = VocabParallelHead(head, shard, group)

@@ -42,11 +42,13 @@ class RankFailure(BaseException):
 @dataclasses.dataclass(frozen=True)
 class EagerForward:
     """Leader -> followers: run this batch eagerly (`table`: the leader's request-table writes since the last
-    message, applied first when the followers replay graphs)."""
+    message, applied first when the followers replay graphs; `logits_rows`: the rows whose logits the
+    vocab-parallel head gathers over the group)."""
 
     fields: dict
     info: GatherInfo | None
     table: list[TableWrite]
+    logits_rows: torch.Tensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +198,7 @@ class RankRunner(ModelRunner):
         return self.mirror.take() if self.mirror is not None else []
 
     def _run(self, batch: ForwardBatch, info: GatherInfo | None, logits_rows: torch.Tensor) -> torch.Tensor:
-        self._send(EagerForward(_to_wire(batch), info, self._table()))
+        self._send(EagerForward(_to_wire(batch), info, self._table(), logits_rows.cpu()))
         return self._forward(batch, info, logits_rows)
 
     def _replay(self, msg: GraphForward) -> torch.Tensor:
@@ -235,7 +237,6 @@ class RankRunner(ModelRunner):
     # ---- follower side ------------------------------------------------------------------------
     def follow(self) -> None:
         """Run the leader's forwards until it says stop (attention-TP ranks other than 0)."""
-        no_rows = torch.zeros(0, dtype=torch.long, device=self.groups.device)
         while True:
             box = [None]
             dist.broadcast_object_list(box, src=self._leader, group=self.groups.cpu_attn)
@@ -247,6 +248,7 @@ class RankRunner(ModelRunner):
                 if isinstance(msg, GraphForward):
                     self._replay_local(msg)
                 else:
-                    self._forward(_from_wire(msg.fields, self.groups.device), msg.info, no_rows)
+                    rows = msg.logits_rows.to(self.groups.device)  # the leader's: the head gathers them
+                    self._forward(_from_wire(msg.fields, self.groups.device), msg.info, rows)
 
 

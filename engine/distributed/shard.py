@@ -2,8 +2,13 @@
 
 Attention is split by KV-head groups over the attention group (each rank keeps its KV heads' query heads;
 sizes may differ by one group when the KV heads do not divide evenly), so each rank's KV pool holds only
-its KV heads. The MLP is split over every rank (column-parallel gate/up, row-parallel down). Embeddings and
-the LM head stay whole on every rank, so every rank computes full logits and no vocabulary gather is needed.
+its KV heads. The MLP is split over every rank (column-parallel gate/up, row-parallel down). The embedding
+and the LM head are vocab-parallel over the attention-TP group (vocab.py): each rank keeps a contiguous slice
+of the (padded) vocabulary rows, the embedding all-reduces over that group and the head all-gathers every
+rank's logits slice, so each rank of the group samples from the same full fp32 logits. The attention group
+is the one whose ranks hold the same tokens (under DP attention each DP rank has its own); with attn_tp = 1
+the vocabulary stays whole. Only the Llama/Qwen/Gemma decoder family is split; hybrid and latent-attention
+models refuse ranks.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pdpair.engine.distributed.dp_gather import DPGather
 from pdpair.engine.distributed.groups import ProcessGroups
 from pdpair.engine.distributed.layers import DPGatheredMLP, RowParallelLinear
 from pdpair.engine.distributed.topology import split_range
+from pdpair.engine.distributed.vocab import shard_vocab
 from pdpair.engine.model_config import ModelConfig
 from torch import nn
 
@@ -42,11 +48,19 @@ def head_shard(config: ModelConfig, attn_tp: int, attn_tp_rank: int) -> HeadShar
     return HeadShard(start, end, config.num_heads // config.num_kv_heads)
 
 
-def local_config(config: ModelConfig, attn_tp: int, attn_tp_rank: int) -> ModelConfig:
-    """The model config as this rank's pools and attention backend see it (its own heads only)."""
+def check_shardable(config: ModelConfig) -> None:
+    """ValueError unless `config` is of the decoder family that ranks split."""
     if config.mla is not None:
         raise ValueError(f"{config.arch}: tensor / data parallel ranks are not supported for latent-attention "
                          "models; run it on one rank (--tp-size 1)")
+    if config.hybrid is not None:
+        raise ValueError(f"{config.arch}: tensor / data parallel ranks are not supported for hybrid mamba2 models; "
+                         "run it on one rank (--tp-size 1)")
+
+
+def local_config(config: ModelConfig, attn_tp: int, attn_tp_rank: int) -> ModelConfig:
+    """The model config as this rank's pools and attention backend see it (its own heads only)."""
+    check_shardable(config)
     s = head_shard(config, attn_tp, attn_tp_rank)
     return dataclasses.replace(config, num_heads=s.num_heads, num_kv_heads=s.num_kv_heads)
 
@@ -83,9 +97,12 @@ def _shard_mlp(mlp: nn.Module, cfg: ModelConfig, groups: ProcessGroups) -> None:
 
 
 def shard_model(model: nn.Module, groups: ProcessGroups, dp: DPGather | None) -> None:
-    """Keep this rank's share of every attention and MLP weight; with DP attention (`dp` given) each MLP
-    gathers the tokens of every DP rank first and scatters its output back."""
+    """Keep this rank's share of every attention and MLP weight and of the vocabulary (over the attention-TP
+    group); with DP attention (`dp` given) each MLP gathers the tokens of every DP rank first and scatters
+    its output back."""
     cfg, topo = model.config, groups.topo
+    check_shardable(cfg)
+    shard_vocab(model, groups.attn, topo.attn_tp_rank)
     s = head_shard(cfg, topo.attn_tp_size, topo.attn_tp_rank)
     for layer in model.layers:
         _shard_attention(layer.self_attn, cfg, s, groups)

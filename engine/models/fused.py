@@ -65,5 +65,4 @@ def fused_forward(model, input_ids: torch.Tensor, positions: torch.Tensor, ctx: 
             h = add_rmsnorm(mlp_out, residual, nxt.weight, nxt.eps)
     rows = ctx.logits_indices
     x = add_rmsnorm(mlp_out[rows], residual[rows], model.norm.weight, model.norm.eps)  # only the wanted rows
-    head = model.embed_tokens.weight if model.lm_head is None else model.lm_head
-    return F.linear(x, head).float()
+    return model.logits(x)

@@ -69,6 +69,7 @@ class CausalLM(nn.Module):
             self.lm_head = nn.Parameter(
                 torch.empty(config.vocab_size, config.hidden_size, dtype=dtype), requires_grad=False
             )
+        self.vocab_head: nn.Module | None = None  # a vocab-parallel rank's head (engine/distributed/vocab.py)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: Any) -> torch.Tensor:
         if isinstance(ctx.backend, AttentionBackend) and ctx.backend.fused_ops:
@@ -83,12 +84,18 @@ class CausalLM(nn.Module):
         local = self.rotary_local.cos_sin(positions, x.dtype) if self.rotary_local is not None else rope
         for layer, is_local in zip(self.layers, self._local, strict=True):
             x = layer(x, *(local if is_local else rope), ctx)
-        x = self.norm(x[ctx.logits_indices])
-        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head
-        logits = F.linear(x, head).float()
+        logits = self.logits(self.norm(x[ctx.logits_indices]))
         if cfg.final_logit_softcapping is not None:
             logits = torch.tanh(logits / cfg.final_logit_softcapping) * cfg.final_logit_softcapping
         return logits
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """fp32 logits `[rows, vocab]` of final-normed hidden rows, before softcapping: the LM head (the embedding
+        when tied), or on a vocab-parallel rank its slice gathered over the group (`vocab_head`)."""
+        if self.vocab_head is not None:
+            return self.vocab_head(x)
+        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head
+        return F.linear(x, head).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy Hugging Face-named tensors (`model.layers.0.self_attn.q_proj.weight`, ...) in place."""

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from pdpair.node.config import NodeConfig
 from pdpair.node.engine_thread import EngineThread
-from pdpair.node.layout import engine_layout
+from pdpair.node.layout import engine_layout, pool_regions
 from pdpair.node.metrics import NodeMetrics
 from pdpair.proto import pdpair_pb2 as pb
 
@@ -65,7 +65,7 @@ class NodeRuntime:
             import torch  # Mooncake's CUDA transports look the pools up (nvlink_intra: cuMemGetAddressRange)
 
             torch.cuda.synchronize(torch.device(cfg.device))
-        self.transfer.register(self.layout.regions)
+        self.transfer.register(pool_regions(engine.pools))  # this process's pools; rank processes register theirs
         self.layout = engine_layout(engine, cfg.node_id, self.transfer.session_id, cfg.transfer_protocol)
         self.workers = TransferWorkers(self.transfer, num_threads=cfg.transfer_threads)
         self.quarantine = Quarantine(cfg.quarantine_seconds, release=self._release_quarantined)
@@ -169,7 +169,9 @@ class NodeRuntime:
                  for k in engine.pools.kinds]
         primary = engine.pools.kinds[0]  # DP-attention ranks run full-attention models: one paged pool each
         others = engine.rank_stats()  # the other DP-attention ranks
-        pools += [pb.PoolStats(kind=primary, total=r.total_pages, free=r.free_pages, dp_rank=d) for d, r in others]
+        held_on = getattr(sched, "rank_quarantined", dict)()  # DP rank -> {kind: items} its quarantine holds
+        pools += [pb.PoolStats(kind=primary, total=r.total_pages, free=r.free_pages, dp_rank=d,
+                               quarantined=held_on.get(d, {}).get(primary, 0)) for d, r in others]
         ranks = [pb.RankLoad(dp_rank=d, waiting=r.waiting, prefilling=r.prefilling, running=r.running)
                  for d, r in others]
         if ranks:  # rank 0's queues: the node-wide sums less the other ranks'

@@ -9,7 +9,7 @@ import logging
 import torch.multiprocessing as mp
 from pdpair.engine.distributed.dp_scheduler import DPScheduler
 from pdpair.engine.distributed.processes import RankProcesses, exit_node
-from pdpair.engine.distributed.rank_loop import Ready
+from pdpair.engine.distributed.rank_messages import Ready
 from pdpair.engine.distributed.rank_main import RankSpec, build_rank_engine
 
 logger = logging.getLogger(__name__)
@@ -27,15 +27,18 @@ def start_node_engine(spec: RankSpec):
     procs = RankProcesses(spec, list(range(1, topo.world_size)), inboxes, outbox)
     try:
         engine, runner, _ = build_rank_engine(spec, 0)
+        rank_regions = []  # the pools the other DP leaders registered with their own transfer engines
         for _ in range(topo.dp_size - 1):  # the other DP leaders have built their engines
             msg = outbox.get(timeout=START_TIMEOUT_S)
             assert isinstance(msg, Ready), f"expected Ready from a DP leader, got {msg!r}"
+            rank_regions.extend(msg.regions)
     except BaseException:
         procs.kill()
         raise
     runner.processes = procs
     procs.watch(lambda rank, code: exit_node(rank, code, procs))
     engine.attn_tp_size = topo.attn_tp_size  # the node's layout says it: a peer's KV-head split must match
+    engine.rank_regions = tuple(sorted(rank_regions, key=lambda r: (r.dp_rank, r.attn_tp_rank, r.kind)))
     if topo.dp_size > 1:
         engine.scheduler = DPScheduler(engine.scheduler, runner, inboxes, outbox, topo.dp_size)
         engine.rank_stats = engine.scheduler.rank_stats
@@ -49,7 +52,11 @@ def node_rank_spec(cfg) -> RankSpec:
     from pdpair.engine.distributed.processes import free_init_method
     from pdpair.engine.distributed.topology import RankTopology
 
+    from pdpair.engine.distributed.rank_transfer import TransferSpec
+
+    transfer = TransferSpec(cfg.transfer_protocol, cfg.advertise_host, tuple(cfg.rdma_device_list or ()))
     return RankSpec(RankTopology(cfg.tp_size, cfg.dp_size, cfg.enable_dp_attention), free_init_method(),
                     model=cfg.model, device=cfg.device, dtype=cfg.dtype, page_size=cfg.page_size,
                     max_pages=cfg.max_pages, chunk_size=cfg.chunk_size, attention_backend=cfg.attention_backend,
-                    log_level=cfg.log_level, decode_graphs="off" if cfg.disable_cuda_graph else "auto")
+                    log_level=cfg.log_level, decode_graphs="off" if cfg.disable_cuda_graph else "auto",
+                    transfer=transfer, quarantine_seconds=cfg.quarantine_seconds)

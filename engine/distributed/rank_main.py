@@ -17,8 +17,10 @@ import torch.distributed as dist
 from pdpair.engine.distributed.dp_gather import DPGather
 from pdpair.engine.distributed.groups import init_groups
 from pdpair.engine.distributed.padding import DUMMY_ITEM
-from pdpair.engine.distributed.rank_loop import RankLoop, Ready
+from pdpair.engine.distributed.rank_loop import RankLoop
+from pdpair.engine.distributed.rank_messages import Ready
 from pdpair.engine.distributed.rank_runner import RankRunner
+from pdpair.engine.distributed.rank_transfer import TransferSpec, start_rank_transfer
 from pdpair.engine.distributed.shard import local_config, shard_model
 from pdpair.engine.distributed.symm_mem import SymmetricBuffers
 from pdpair.engine.distributed.topology import RankTopology
@@ -49,6 +51,10 @@ class RankSpec:
     # decode graphs: "auto" (CUDA graphs on CUDA with a backend that supports them), "off", or "eager" (the
     # eager stand-in that runs the graph control flow without capture, for tests on CPU)
     decode_graphs: str = "auto"
+    # a disaggregating node: every DP leader but rank 0 (the node process, which has its own) runs a transfer
+    # engine for its pools; None: no rank receives pages
+    transfer: TransferSpec | None = None
+    quarantine_seconds: float = 70.0  # how long a DP leader holds the pages of a failed remote prefill
 
     def __post_init__(self) -> None:
         if self.decode_graphs not in DECODE_GRAPHS:
@@ -120,11 +126,18 @@ def rank_main(rank: int, spec: RankSpec, inbox, outbox) -> None:
         torch.set_num_threads(spec.threads_per_rank)
     try:
         engine, runner, topo = build_rank_engine(spec, rank)
-        if topo.is_dp_leader:
-            outbox.put(Ready(topo.dp_rank, engine.pools.kv.num_items - 1))
-            RankLoop(topo.dp_rank, engine.scheduler, runner, inbox, outbox).run()
-        else:
-            runner.follow()
+        transfer, regions = None, ()
+        if spec.transfer is not None and topo.is_dp_leader:
+            transfer, regions = start_rank_transfer(spec.transfer, engine.pools, spec.device_of(rank), topo.dp_rank)
+        try:
+            if topo.is_dp_leader:
+                outbox.put(Ready(topo.dp_rank, engine.pools.kv.num_items - 1, regions))
+                RankLoop(topo.dp_rank, engine.scheduler, runner, inbox, outbox, spec.quarantine_seconds).run()
+            else:
+                runner.follow()
+        finally:
+            if transfer is not None:
+                transfer.close()
         _release_graphs(runner, spec.device)
         dist.destroy_process_group()
     except BaseException as exc:  # noqa: BLE001 - a rank reports every failure and exits non-zero

@@ -172,12 +172,14 @@ class NodeRuntime:
         held_on = getattr(sched, "rank_quarantined", dict)()  # DP rank -> {kind: items} its quarantine holds
         pools += [pb.PoolStats(kind=primary, total=r.total_pages, free=r.free_pages, dp_rank=d,
                                quarantined=held_on.get(d, {}).get(primary, 0)) for d, r in others]
-        ranks = [pb.RankLoad(dp_rank=d, waiting=r.waiting, prefilling=r.prefilling, running=r.running)
-                 for d, r in others]
+        landed = getattr(sched, "remote_prefills", None) or [0] * (len(others) + 1)  # per DP rank
+        ranks = [pb.RankLoad(dp_rank=d, waiting=r.waiting, prefilling=r.prefilling, running=r.running,
+                             remote_prefills=landed[d]) for d, r in others]
         if ranks:  # rank 0's queues: the node-wide sums less the other ranks'
             ranks.insert(0, pb.RankLoad(dp_rank=0, waiting=s.waiting - sum(r.waiting for r in ranks),
                                         prefilling=s.prefilling - sum(r.prefilling for r in ranks),
-                                        running=s.running - sum(r.running for r in ranks)))
+                                        running=s.running - sum(r.running for r in ranks),
+                                        remote_prefills=landed[0]))
         stages = self._stage_fn()
         c = self.counters
         return pb.NodeStats(

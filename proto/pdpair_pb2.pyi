@@ -286,16 +286,18 @@ class PoolStats(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., total: _Optional[int] = ..., free: _Optional[int] = ..., quarantined: _Optional[int] = ..., dp_rank: _Optional[int] = ..., cached: _Optional[int] = ...) -> None: ...
 
 class RankLoad(_message.Message):
-    __slots__ = ("dp_rank", "waiting", "prefilling", "running")
+    __slots__ = ("dp_rank", "waiting", "prefilling", "running", "remote_prefills")
     DP_RANK_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
     PREFILLING_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_PREFILLS_FIELD_NUMBER: _ClassVar[int]
     dp_rank: int
     waiting: int
     prefilling: int
     running: int
-    def __init__(self, dp_rank: _Optional[int] = ..., waiting: _Optional[int] = ..., prefilling: _Optional[int] = ..., running: _Optional[int] = ...) -> None: ...
+    remote_prefills: int
+    def __init__(self, dp_rank: _Optional[int] = ..., waiting: _Optional[int] = ..., prefilling: _Optional[int] = ..., running: _Optional[int] = ..., remote_prefills: _Optional[int] = ...) -> None: ...
 
 class NodeStats(_message.Message):
     __slots__ = ("role", "pools", "waiting", "prefilling", "transferring", "running", "inflight_transfers", "integrity_ok", "requests_total", "requests_aborted", "transfer_bytes_total", "transfer_batches_total", "draining", "prefix_cache", "ranks")

@@ -19,8 +19,17 @@ import queue
 import time
 
 from pdpair.engine.distributed.rank_loop import IDLE_WAIT_S
-from pdpair.engine.distributed.rank_messages import (Abort, Activate, Closed, Events, Prealloc, Preallocated,
-                                                     RankStats, Ready, Submit)
+from pdpair.engine.distributed.rank_messages import (
+    Abort,
+    Activate,
+    Closed,
+    Events,
+    Prealloc,
+    Preallocated,
+    RankStats,
+    Ready,
+    Submit,
+)
 from pdpair.engine.distributed.rank_runner import RankRunner
 from pdpair.engine.events import SchedulerStats, StepEvent
 from pdpair.engine.request import Request
@@ -41,6 +50,7 @@ class DPScheduler:
         self._remote_held: dict[int, dict] = {}  # DP rank -> {kind: items its quarantine holds}
         self._asked: dict[str, int] = {}  # rid -> the DP rank (>= 1) asked to preallocate it, not answered yet
         self._answers: dict[str, Preallocated] = {}  # answers not yet taken by `preallocate`
+        self.remote_prefills = [0] * dp_size  # remote prefills activated per DP rank
 
     def __getattr__(self, name: str):  # DP rank 0's scheduler for everything that is not routed
         return getattr(self.inner, name)
@@ -112,9 +122,10 @@ class DPScheduler:
         d = self.dp_rank_of(rid)
         if d == 0:
             self.inner.activate(rid, first_token)
-            return
-        self.inner.validator.check_token(first_token)  # every DP rank serves the same vocabulary
-        self.inboxes[d].put(Activate(rid, int(first_token)))
+        else:
+            self.inner.validator.check_token(first_token)  # every DP rank serves the same vocabulary
+            self.inboxes[d].put(Activate(rid, int(first_token)))
+        self.remote_prefills[d] += 1
 
     def detach(self, rid: str) -> dict:
         """DP rank 0: its items, for the caller to free or quarantine. Another DP rank quarantines the

@@ -9,8 +9,8 @@ import logging
 import torch.multiprocessing as mp
 from pdpair.engine.distributed.dp_scheduler import DPScheduler
 from pdpair.engine.distributed.processes import RankProcesses, exit_node
-from pdpair.engine.distributed.rank_messages import Ready
 from pdpair.engine.distributed.rank_main import RankSpec, build_rank_engine
+from pdpair.engine.distributed.rank_messages import Ready
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +50,8 @@ def start_node_engine(spec: RankSpec):
 def node_rank_spec(cfg) -> RankSpec:
     """The RankSpec of a node daemon's `NodeConfig`."""
     from pdpair.engine.distributed.processes import free_init_method
-    from pdpair.engine.distributed.topology import RankTopology
-
     from pdpair.engine.distributed.rank_transfer import TransferSpec
+    from pdpair.engine.distributed.topology import RankTopology
 
     transfer = TransferSpec(cfg.transfer_protocol, cfg.advertise_host, tuple(cfg.rdma_device_list or ()))
     return RankSpec(RankTopology(cfg.tp_size, cfg.dp_size, cfg.enable_dp_attention), free_init_method(),

@@ -6,7 +6,16 @@ import logging
 import queue
 import time
 
-from pdpair.engine.distributed.rank_messages import Abort, Activate, Closed, Events, Prealloc, RankStats, Stop, Submit
+from pdpair.engine.distributed.rank_messages import (
+    Abort,
+    Activate,
+    Closed,
+    Events,
+    Prealloc,
+    RankStats,
+    Stop,
+    Submit,
+)
 from pdpair.engine.distributed.rank_remote import LeaderPages
 from pdpair.engine.distributed.rank_runner import RankRunner
 from pdpair.engine.events import StepEvent

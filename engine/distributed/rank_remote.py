@@ -12,11 +12,10 @@ import logging
 from collections import OrderedDict
 
 import numpy as np
+from pdpair.engine.distributed.rank_messages import Abort, Activate, Events, Prealloc, Preallocated
 from pdpair.engine.events import StepEvent
 from pdpair.engine.request import Request
 from pdpair.engine.scheduler import Scheduler
-
-from pdpair.engine.distributed.rank_messages import Abort, Activate, Events, Prealloc, Preallocated
 
 logger = logging.getLogger(__name__)
 

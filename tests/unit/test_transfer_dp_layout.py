@@ -66,3 +66,17 @@ def test_a_different_attention_tp_size_is_refused_naming_both_sizes():
         check_compatible(prefill, decode)
     assert (exc.value.field, exc.value.local, exc.value.remote) == ("attn_tp_size", 1, 2)
     check_compatible(decode, MemoryLayout("prefill-2", "127.0.0.1:3", "tcp", 16, "fp-kvh2", (KV0,), attn_tp_size=2))
+
+
+def test_each_region_set_names_the_session_that_serves_it():
+    rank1 = MemoryRegion("kv", 2 << 30, 1024, 12, "float32", dp_rank=1, session_id="127.0.0.1:7")
+    layout = _layout(KV0, rank1)
+    assert layout.for_dp_rank(1).session_id == "127.0.0.1:7"  # the prefill node writes there
+    assert layout.for_dp_rank(0).session_id == "127.0.0.1:1"  # empty: the layout's own session
+    assert layout.sessions == ("127.0.0.1:1", "127.0.0.1:7")
+    assert layout_from_proto(layout_to_proto(layout)) == layout
+    follower = MemoryRegion("kv", 3 << 30, 512, 12, "float32", attn_tp_rank=1, session_id="127.0.0.1:8")
+    assert layout_from_proto(layout_to_proto(_layout(KV0, follower))).region("kv", 0, 1) == follower
+    swa = MemoryRegion("swa", 4 << 30, 64, 12, "float32", dp_rank=1, session_id="127.0.0.1:9")
+    with pytest.raises(ValueError, match="different transfer sessions"):
+        _layout(KV0, MemoryRegion("swa", 1 << 20, 64, 10, "float32"), rank1, swa)

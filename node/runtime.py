@@ -76,8 +76,10 @@ class NodeRuntime:
         self._stage_fn = lambda: {}
         self._observed_at = 0.0
         self._snapshot = pb.NodeStats(role=cfg.role)
-        logger.info("%s node %s: model %s, pools %s, transfer session %s", cfg.role, cfg.node_id,
-                    engine.model_id, {r.kind: r.num_items for r in self.layout.regions}, self.transfer.session_id)
+        logger.info("%s node %s: model %s, pools %s, transfer session %s%s", cfg.role, cfg.node_id,
+                    engine.model_id, {r.kind: r.num_items for r in self.layout.regions if r.dp_rank == 0},
+                    self.transfer.session_id, f" (ranks: {len(self.layout.rank_sets) - 1} more region sets, "
+                    f"sessions {list(self.layout.sessions)})" if len(self.layout.rank_sets) > 1 else "")
 
     # -- lifecycle -----------------------------------------------------------------------------
     def attach(self, loop: asyncio.AbstractEventLoop, on_fatal=None) -> EngineThread:

@@ -153,8 +153,9 @@ def check_compatible(local: MemoryLayout, remote: MemoryLayout) -> None:
     """Raise ``LayoutMismatch`` naming the first field on which the layouts differ.
 
     Order: attn_tp_size (a KV-head split that differs also changes the fingerprint; name the cause), page_size,
-    model_fingerprint, protocol, region kinds, then per region the facts its dtype string states
-    (``float32;latent_dim=576;rope_dim=64``: ``dtype``, ``latent_dim``, ...), window, layers, item_bytes and dtype.
+    model_fingerprint, protocol, region kinds, a region set for every attention-TP rank, then per region the
+    facts its dtype string states (``float32;latent_dim=576;rope_dim=64``: ``dtype``, ``latent_dim``, ...),
+    window, layers, item_bytes and dtype.
     Item counts may differ (pools are sized per node).
     """
     for field in ("attn_tp_size", "page_size", "model_fingerprint", "protocol"):
@@ -163,6 +164,11 @@ def check_compatible(local: MemoryLayout, remote: MemoryLayout) -> None:
             raise LayoutMismatch(field, a, b)
     if sorted(local.kinds) != sorted(remote.kinds):
         raise LayoutMismatch("regions", sorted(local.kinds), sorted(remote.kinds))
+    if local.attn_tp_size > 1:  # each attention-TP rank's share moves between the same-numbered ranks
+        everyone = list(range(local.attn_tp_size))
+        mine, theirs = (sorted({t for _, t in x.rank_sets}) for x in (local, remote))
+        if mine != everyone or theirs != everyone:
+            raise LayoutMismatch("regions.attn_tp_rank", mine, theirs)
     # every rank's region set against the other side's DP rank 0 set of the same attention-TP rank (the head
     # splits must be equal; a side that does not list that attention-TP rank is not compared on it)
     pairs = [(m, _same_share(remote, m)) for m in local.regions]

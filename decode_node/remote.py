@@ -65,18 +65,18 @@ class RemotePrefill:
         self.transfers = TransferManager()
         self.peers = PrefillPeers(rt.layout, tls=rt.cfg.tls)
         rt.thread.add_hook(lambda: self.prealloc.poll(rt.engine.scheduler.preallocate))
-        rt.add_abort_hook(self.prealloc.remove)
+        rt.add_abort_hook(self._forget_waiting)
         rt.on_shutdown.append(self.peers.close)
 
     async def run(self, req: Request, sampling: pb.SamplingParams, addr: str) -> pb.PrefillResult:
         """Returns once the prompt's pages landed and the request is running (first token pending as an event)."""
         peer = await self._peer(addr)
-        items = await self._preallocate(req)
+        items, dp_rank = await self._preallocate(req)
         # pages our prefix cache lent the request (set on the engine thread before the items were delivered):
         # registered as held, so that only the pages after them are sent
         cached = req.shared_pages * self.rt.engine.pools.page_size
         registration = pb.PageRegistration(
-            decode_node_id=self.rt.layout.node_id, cached_prefix_len=cached,
+            decode_node_id=self.rt.layout.node_id, cached_prefix_len=cached, dp_rank=dp_rank,
             pools=[pb.ItemIds(kind=k, ids=v.tolist()) for k, v in items.items()])
         msg = pb.PrefillRequest(rid=req.rid, token_ids=req.input_ids, sampling=sampling, registration=registration)
         self.transfers.begin(req.rid, addr, items)
@@ -88,7 +88,8 @@ class RemotePrefill:
         finally:
             self.transfers.end(req.rid)
         self._count(result.transfer)
-        corrupt_transferred(self.rt.engine.pools, items)  # test-only fault hook; a no-op unless its env is set
+        if dp_rank == 0:  # test-only fault hook on this process's pools; a no-op unless its env is set
+            corrupt_transferred(self.rt.engine.pools, items)
         try:
             await self.rt.thread.call(lambda e: e.scheduler.activate(req.rid, result.first_token))
         except ValueError as exc:  # a first token outside the vocabulary
@@ -155,8 +156,18 @@ class RemotePrefill:
             side = pb.PREFILL_FAILED if code == Code.FAILED_PRECONDITION else pb.PREFILL_UNAVAILABLE
             raise RpcError(code, f"handshake with prefill node {addr}: {err.details()}", side) from None
 
-    async def _preallocate(self, req: Request) -> dict:
-        """Destination items for the prompt; waits (bounded) while the pools cannot hold it."""
+    def _forget_waiting(self, rid: str) -> bool:
+        """Abort hook (engine thread): rid stops waiting for destination items, wherever they were asked for."""
+        if not self.prealloc.remove(rid):
+            return False
+        cancel = getattr(self.rt.engine.scheduler, "cancel_prealloc", None)  # DP attention: another rank's
+        if cancel is not None:
+            cancel(rid)
+        return True
+
+    async def _preallocate(self, req: Request) -> tuple[dict, int]:
+        """(destination items for the prompt, the DP rank whose pools hold them); waits (bounded) while the
+        pools cannot hold it."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
 
@@ -169,6 +180,9 @@ class RemotePrefill:
                 fut.set_result(items)
 
         def on_ready(items) -> None:  # engine thread
+            if not isinstance(items, Exception):
+                owner = getattr(self.rt.engine.scheduler, "dp_rank_of", None)  # DP attention: any DP rank
+                items = (items, owner(req.rid) if owner is not None else 0)
             loop.call_soon_threadsafe(deliver, items)
 
         added = self.rt.thread.call(lambda e: self.prealloc.add(req, on_ready))

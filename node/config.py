@@ -64,12 +64,10 @@ class NodeConfig:
         from pdpair.engine.distributed.topology import RankTopology
 
         RankTopology(self.tp_size, self.dp_size, self.enable_dp_attention)  # ValueError naming the sizes
-        if self.tp_size > 1 and self.role == "prefill":
-            raise ValueError(f"--tp-size {self.tp_size}: a prefill node runs one rank (it sends pages from its own "
-                             "process's pool; sending each attention-TP rank's share of the KV heads to the same-"
-                             "numbered decode rank is not implemented, see docs/ranks.md). Use --tp-size 1: it "
-                             "pairs with decode nodes of attention-TP size 1 (--tp-size 1, or --dp-size equal to "
-                             "--tp-size with --enable-dp-attention)")
+        if self.enable_dp_attention and self.role == "prefill":
+            raise ValueError(f"--enable-dp-attention (--dp-size {self.dp_size}): a prefill node runs attention "
+                             "tensor-parallel only (prefill-only requests are not spread over DP ranks); use "
+                             f"--tp-size {self.tp_size} without --dp-size / --enable-dp-attention")
         if self.tp_size > 1 and (self.dump is not None or self.mem_fraction is not None):
             raise ValueError("--dump-dir and --mem-fraction are not supported with --tp-size > 1 yet (use --max-pages)")
         if self.role not in ROLES:
@@ -163,8 +161,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     ranks = parser.add_argument_group("parallel ranks (one process per rank: NCCL on CUDA, gloo on CPU)")
     ranks.add_argument("--tp-size", type=int, default=d.tp_size,
                        help="tensor-parallel ranks: attention heads (by KV-head groups) and MLP split across this "
-                            "many processes, one GPU each on CUDA; decode nodes only, a prefill node runs one rank "
-                            "(default: 1)")
+                            "many processes, one GPU each on CUDA. A prefill node pairs with decode nodes of the "
+                            "same attention-TP size (each rank sends its heads' pages to the same-numbered decode "
+                            "rank) (default: 1)")
     ranks.add_argument("--dp-size", type=int, default=d.dp_size,
                        help="data-parallel attention ranks, each with its own requests and KV pool; needs "
                             "--enable-dp-attention and divides --tp-size (attention-TP = tp / dp) (default: 1)")

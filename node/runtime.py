@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from pdpair.node.config import NodeConfig
 from pdpair.node.engine_thread import EngineThread
-from pdpair.node.layout import engine_layout
+from pdpair.node.layout import engine_layout, pool_regions
 from pdpair.node.metrics import NodeMetrics
 from pdpair.proto import pdpair_pb2 as pb
 
@@ -66,7 +66,7 @@ class NodeRuntime:
             import torch  # Mooncake's CUDA transports look the pools up (nvlink_intra: cuMemGetAddressRange)
 
             torch.cuda.synchronize(torch.device(cfg.device))
-        self.transfer.register(self.layout.regions)
+        self.transfer.register(pool_regions(engine.pools))  # this process's pools; rank processes register theirs
         self.layout = engine_layout(engine, cfg.node_id, self.transfer.session_id, cfg.transfer_protocol)
         self.workers = TransferWorkers(self.transfer, num_threads=cfg.transfer_threads)
         self.quarantine = Quarantine(cfg.quarantine_seconds, release=self._release_quarantined)
@@ -77,8 +77,10 @@ class NodeRuntime:
         self._stage_fn = lambda: {}
         self._observed_at = 0.0
         self._snapshot = pb.NodeStats(role=cfg.role)
-        logger.info("%s node %s: model %s, pools %s, transfer session %s", cfg.role, cfg.node_id,
-                    engine.model_id, {r.kind: r.num_items for r in self.layout.regions}, self.transfer.session_id)
+        logger.info("%s node %s: model %s, pools %s, transfer session %s%s", cfg.role, cfg.node_id,
+                    engine.model_id, {r.kind: r.num_items for r in self.layout.regions if r.dp_rank == 0},
+                    self.transfer.session_id, f" (ranks: {len(self.layout.rank_sets) - 1} more region sets, "
+                    f"sessions {list(self.layout.sessions)})" if len(self.layout.rank_sets) > 1 else "")
 
     # -- lifecycle -----------------------------------------------------------------------------
     def attach(self, loop: asyncio.AbstractEventLoop, on_fatal=None) -> EngineThread:
@@ -156,7 +158,10 @@ class NodeRuntime:
         sched = engine.scheduler
         if not sched.has_work() and self.inflight == 0:
             try:
-                engine.check_integrity(self.quarantine.held_items())
+                held = self.quarantine.held_items()
+                for kind, ids in getattr(engine, "reserved_items", {}).items():  # a rank engine's padding item
+                    held[kind] = held.get(kind, []) + ids
+                engine.check_integrity(held)
                 self._integrity_ok = True
             except AssertionError as exc:
                 logger.error("pool integrity check failed: %s", exc)
@@ -170,13 +175,17 @@ class NodeRuntime:
                  for k in engine.pools.kinds]
         primary = engine.pools.kinds[0]  # DP-attention ranks run full-attention models: one paged pool each
         others = engine.rank_stats()  # the other DP-attention ranks
-        pools += [pb.PoolStats(kind=primary, total=r.total_pages, free=r.free_pages, dp_rank=d) for d, r in others]
-        ranks = [pb.RankLoad(dp_rank=d, waiting=r.waiting, prefilling=r.prefilling, running=r.running)
-                 for d, r in others]
+        held_on = getattr(sched, "rank_quarantined", dict)()  # DP rank -> {kind: items} its quarantine holds
+        pools += [pb.PoolStats(kind=primary, total=r.total_pages, free=r.free_pages, dp_rank=d,
+                               quarantined=held_on.get(d, {}).get(primary, 0)) for d, r in others]
+        landed = getattr(sched, "remote_prefills", None) or [0] * (len(others) + 1)  # per DP rank
+        ranks = [pb.RankLoad(dp_rank=d, waiting=r.waiting, prefilling=r.prefilling, running=r.running,
+                             remote_prefills=landed[d]) for d, r in others]
         if ranks:  # rank 0's queues: the node-wide sums less the other ranks'
             ranks.insert(0, pb.RankLoad(dp_rank=0, waiting=s.waiting - sum(r.waiting for r in ranks),
                                         prefilling=s.prefilling - sum(r.prefilling for r in ranks),
-                                        running=s.running - sum(r.running for r in ranks)))
+                                        running=s.running - sum(r.running for r in ranks),
+                                        remote_prefills=landed[0]))
         stages = self._stage_fn()
         c = self.counters
         return pb.NodeStats(

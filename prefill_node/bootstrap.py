@@ -90,11 +90,11 @@ class BootstrapManager:
         if not remote.session_id:
             raise ValueError(f"decode layout of {remote.node_id!r} has no transfer session id")
         if claim.identity is None:
-            session_host = remote.session_id.rsplit(":", 1)[0]
-            if not _same_host(session_host, claim.host):
-                raise PeerRefused(f"decode node {remote.node_id!r} declares transfer session {remote.session_id} "
-                                  f"but calls from {claim.host}: without mutual TLS a node may only pair its "
-                                  f"own host's session (advertise the address it connects from)")
+            for session in remote.sessions:  # its ranks' sessions too: each receives writes
+                if not _same_host(session.rsplit(":", 1)[0], claim.host):
+                    raise PeerRefused(f"decode node {remote.node_id!r} declares transfer session {session} "
+                                      f"but calls from {claim.host}: without mutual TLS a node may only pair its "
+                                      f"own host's sessions (advertise the address it connects from)")
         self._expire()
         entry = self._peers.get(remote.node_id)
         if entry is not None:

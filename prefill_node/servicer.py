@@ -55,6 +55,11 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
         rt.set_stage_counts(lambda: {"transferring": self.inflight.num_transferring,
                                      "inflight_transfers": self.inflight.num_batches})
         self._info = rt.model_info()
+        # what each attention-TP rank sends from: its own region set and its transfer workers (rank 0's are this
+        # process's; a follower's run in its process, see engine/distributed/rank_sender.py)
+        self._src = [rt.layout.for_dp_rank(0, r) for r in range(rt.layout.attn_tp_size)]
+        writers = getattr(rt.engine, "rank_writers", None)
+        self._senders = [rt.workers] + [writers.writer(r) for r in range(1, rt.layout.attn_tp_size)]
 
     def _on_result(self, res) -> None:
         ok = not res.needs_quarantine  # a cancel that dropped unsent batches is no failure
@@ -82,7 +87,9 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
 
     # -- Prefill ---------------------------------------------------------------------------------
     def _validate(self, request: pb.PrefillRequest,
-                  context) -> tuple[MemoryLayout, object, dict[str, np.ndarray], int]:
+                  context) -> tuple[list[MemoryLayout], object, dict[str, np.ndarray], int]:
+        """(the destination's region set per attention-TP rank, sampling, destination ids per kind, cached
+        prefix pages)."""
         try:
             peer = self.bootstrap.peer(request.registration.decode_node_id, peer_claim(context))
         except UnknownPeer as exc:
@@ -96,20 +103,21 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
             windows, n = self.rt.engine.pools.windows(), len(request.token_ids)
             skip = cached_prefix_pages(request.registration.cached_prefix_len, n, info.page_size, windows)
             expected = expected_items(windows, n, info.page_size, self.rt.engine.pools.slot_kinds, skip)
-            peer = peer.for_dp_rank(request.registration.dp_rank)  # the destination DP rank's region set
-            num_items = {r.kind: r.num_items for r in peer.regions}
+            # the destination DP rank's region set of every attention-TP rank: the ids index each of them
+            peers = [peer.for_dp_rank(request.registration.dp_rank, r) for r in range(len(self._src))]
+            num_items = {r.kind: min(p.region(r.kind).num_items for p in peers) for r in peers[0].regions}
             dst = validate_registration(((p.kind, p.ids) for p in request.registration.pools), num_items, expected,
                                         dict.fromkeys(self.rt.engine.pools.slot_kinds, 1),
                                         self.rt.engine.pools.companions)
         except ValueError as exc:
             raise RpcError(Code.INVALID_ARGUMENT, f"request {request.rid!r}: {exc}") from None
-        return peer, sampling, dst, skip
+        return peers, sampling, dst, skip
 
     @rpc_edge
     async def Prefill(self, request: pb.PrefillRequest, context) -> pb.PrefillResult:
         if self.rt.draining:
             raise RpcError(Code.UNAVAILABLE, "prefill node is draining", pb.PREFILL_DRAINING)
-        peer, sampling, dst, skip = self._validate(request, context)
+        peers, sampling, dst, skip = self._validate(request, context)
         rid = request.rid
         try:
             self.waiting.admit(rid)
@@ -118,7 +126,7 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
         except ValueError as exc:
             raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from None
         try:
-            live = self.live.open(rid, peer.node_id)
+            live = self.live.open(rid, peers[0].node_id)
         except AbortedEarly:
             self.waiting.done(rid)
             raise RpcError(Code.CANCELLED, f"request {rid!r} was aborted before it arrived") from None
@@ -127,7 +135,7 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
         self.rt.metrics.requests.inc()
         ok = False
         try:
-            live.task = asyncio.ensure_future(self._prefill(live, list(request.token_ids), sampling, peer, dst, skip))
+            live.task = asyncio.ensure_future(self._prefill(live, list(request.token_ids), sampling, peers, dst, skip))
             result = await _until_done(live)
             ok = True
             return result
@@ -154,7 +162,7 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
         logger.debug("abort %s: found=%s transfer_failed=%s", request.rid, out.found, out.transfer_failed)
         return pb.AbortResponse(found=out.found, writes_drained=True, transfer_failed=out.transfer_failed)
 
-    async def _prefill(self, live: Live, ids: list[int], sampling, peer: MemoryLayout,
+    async def _prefill(self, live: Live, ids: list[int], sampling, peers: list[MemoryLayout],
                        dst: dict[str, np.ndarray], skip: int) -> pb.PrefillResult:
         """The request's one task: prefill, stream pages (not the `skip` leading pages the decode node holds),
         and on any ending free or quarantine its items."""
@@ -168,7 +176,7 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
                 await thread.call(lambda e: e.scheduler.submit(req, prefill_only=True))
             except ValueError as exc:
                 raise RpcError(Code.INVALID_ARGUMENT, f"request {rid!r}: {exc}") from None
-            first_token, t_first_chunk = await self._stream_chunks(rid, stream, peer, dst)
+            first_token, t_first_chunk = await self._stream_chunks(rid, stream, peers, dst)
             tr = await self.inflight.wait(rid)
             if tr.error is not None:
                 raise RpcError(Code.ABORTED, f"request {rid!r}: page transfer failed: {tr.error}",
@@ -188,9 +196,11 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
             self.inflight.close(rid)
             self.live.close(live)
 
-    async def _stream_chunks(self, rid: str, stream: asyncio.Queue, peer: MemoryLayout,
+    async def _stream_chunks(self, rid: str, stream: asyncio.Queue, peers: list[MemoryLayout],
                              dst: dict[str, np.ndarray]) -> tuple[int, float]:
-        """Consume the request's events; send each chunk's completed pages as soon as it is reported."""
+        """Consume the request's events; send each chunk's completed pages as soon as it is reported, every
+        attention-TP rank its share of the heads into the same-numbered destination rank's regions (the same
+        item ids: only the leaders allocate). The pages are ready once every rank's writes completed."""
         sent = dict.fromkeys(dst, 0)
         t_first = None
         while True:
@@ -212,10 +222,13 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
                                                   f"{len(dst[kind])} registered")
                 pairs[kind] = (np.asarray(src), dst[kind][lo:lo + n])
                 sent[kind] = lo + n
-            plan = build_plan(self.rt.layout, peer, pairs)
-            if len(plan):
-                cf = self.rt.workers.submit(rid, peer.session_id, plan, ready=ev.ready)
-                self.inflight.add(rid, asyncio.wrap_future(cf), plan.num_items, plan.kind_totals)
+            for r, (src, peer) in enumerate(zip(self._src, peers, strict=True)):
+                plan = build_plan(src, peer, pairs)
+                if len(plan):
+                    cf = self._senders[r].submit(rid, peer.session_id, plan, ready=ev.ready)
+                    # items count once (rank 0's); every rank's bytes and entries count
+                    kinds = plan.kind_totals if r == 0 else {k: (0, b, e) for k, (_, b, e) in plan.kind_totals.items()}
+                    self.inflight.add(rid, asyncio.wrap_future(cf), plan.num_items if r == 0 else 0, kinds)
             error = self.inflight.failed(rid)
             if error is not None:
                 raise RpcError(Code.ABORTED, f"request {rid!r}: page transfer failed: {error}", pb.TRANSFER_FAILED)
@@ -230,7 +243,8 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
         future means nothing of it moves any more). Then free the pages, or quarantine them when a write
         failed (it may still land)."""
         rid = live.rid
-        self.rt.workers.cancel(rid)
+        for sender in self._senders:  # every rank's: a failed or aborted request drains them all
+            sender.cancel(rid)
         tr = await self.inflight.wait(rid)
         live.transfer_failed = tr.error is not None
         await self.rt.thread.call(lambda e: self.rt.abort_request(e, rid, hold=live.transfer_failed))

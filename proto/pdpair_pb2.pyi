@@ -64,7 +64,7 @@ class SamplingParams(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., logit_bias: _Optional[_Mapping[int, float]] = ...) -> None: ...
 
 class MemoryRegion(_message.Message):
-    __slots__ = ("kind", "base_ptr", "item_bytes", "num_items", "dtype", "dp_rank", "window", "layers")
+    __slots__ = ("kind", "base_ptr", "item_bytes", "num_items", "dtype", "dp_rank", "window", "layers", "session_id", "attn_tp_rank")
     KIND_FIELD_NUMBER: _ClassVar[int]
     BASE_PTR_FIELD_NUMBER: _ClassVar[int]
     ITEM_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,8 @@ class MemoryRegion(_message.Message):
     DP_RANK_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTN_TP_RANK_FIELD_NUMBER: _ClassVar[int]
     kind: str
     base_ptr: int
     item_bytes: int
@@ -81,7 +83,9 @@ class MemoryRegion(_message.Message):
     dp_rank: int
     window: int
     layers: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, kind: _Optional[str] = ..., base_ptr: _Optional[int] = ..., item_bytes: _Optional[int] = ..., num_items: _Optional[int] = ..., dtype: _Optional[str] = ..., dp_rank: _Optional[int] = ..., window: _Optional[int] = ..., layers: _Optional[_Iterable[int]] = ...) -> None: ...
+    session_id: str
+    attn_tp_rank: int
+    def __init__(self, kind: _Optional[str] = ..., base_ptr: _Optional[int] = ..., item_bytes: _Optional[int] = ..., num_items: _Optional[int] = ..., dtype: _Optional[str] = ..., dp_rank: _Optional[int] = ..., window: _Optional[int] = ..., layers: _Optional[_Iterable[int]] = ..., session_id: _Optional[str] = ..., attn_tp_rank: _Optional[int] = ...) -> None: ...
 
 class MemoryLayout(_message.Message):
     __slots__ = ("node_id", "session_id", "protocol", "page_size", "model_fingerprint", "regions", "attn_tp_size")
@@ -282,16 +286,18 @@ class PoolStats(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., total: _Optional[int] = ..., free: _Optional[int] = ..., quarantined: _Optional[int] = ..., dp_rank: _Optional[int] = ..., cached: _Optional[int] = ...) -> None: ...
 
 class RankLoad(_message.Message):
-    __slots__ = ("dp_rank", "waiting", "prefilling", "running")
+    __slots__ = ("dp_rank", "waiting", "prefilling", "running", "remote_prefills")
     DP_RANK_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
     PREFILLING_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_PREFILLS_FIELD_NUMBER: _ClassVar[int]
     dp_rank: int
     waiting: int
     prefilling: int
     running: int
-    def __init__(self, dp_rank: _Optional[int] = ..., waiting: _Optional[int] = ..., prefilling: _Optional[int] = ..., running: _Optional[int] = ...) -> None: ...
+    remote_prefills: int
+    def __init__(self, dp_rank: _Optional[int] = ..., waiting: _Optional[int] = ..., prefilling: _Optional[int] = ..., running: _Optional[int] = ..., remote_prefills: _Optional[int] = ...) -> None: ...
 
 class NodeStats(_message.Message):
     __slots__ = ("role", "pools", "waiting", "prefilling", "transferring", "running", "inflight_transfers", "integrity_ok", "requests_total", "requests_aborted", "transfer_bytes_total", "transfer_batches_total", "draining", "prefix_cache", "ranks")

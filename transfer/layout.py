@@ -18,10 +18,12 @@ class MemoryRegion(msgspec.Struct, frozen=True):
     dp_rank: int = 0  # the DP-attention rank whose pool this is (a layout has one region set per DP rank)
     window: int = 0  # sliding-window pools: tokens a query sees (its own included); 0: none
     layers: tuple[int, ...] = ()  # the model layers whose state an item holds (empty: not stated)
+    session_id: str = ""  # the transfer session that serves this pool (a rank process's); "": the layout's
+    attn_tp_rank: int = 0  # the attention-TP rank of `dp_rank` whose share of the KV heads this pool holds
 
     def __post_init__(self) -> None:
-        if self.dp_rank < 0:
-            raise ValueError(f"bad region {self.kind!r}: dp_rank={self.dp_rank}")
+        if self.dp_rank < 0 or self.attn_tp_rank < 0:
+            raise ValueError(f"bad region {self.kind!r}: dp_rank={self.dp_rank} attn_tp_rank={self.attn_tp_rank}")
         if self.base_ptr < 0 or self.item_bytes < 1 or self.num_items < 0:
             raise ValueError(
                 f"bad region {self.kind!r}: base_ptr={self.base_ptr} item_bytes={self.item_bytes} "
@@ -51,42 +53,61 @@ class MemoryLayout(msgspec.Struct, frozen=True):
     def __post_init__(self) -> None:
         if self.attn_tp_size < 1:
             raise ValueError(f"layout of {self.node_id!r}: attn_tp_size must be >= 1, got {self.attn_tp_size}")
-        keys = [(r.kind, r.dp_rank) for r in self.regions]
+        keys = [(r.kind, r.dp_rank, r.attn_tp_rank) for r in self.regions]
         if len(set(keys)) != len(keys):
-            raise ValueError(f"layout of {self.node_id!r} names a region kind twice for one DP rank: {keys}")
+            raise ValueError(f"layout of {self.node_id!r} names a region kind twice for one rank: {keys}")
         if self.page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {self.page_size}")
-        for d in self.dp_ranks:
-            if sorted(r.kind for r in self.regions if r.dp_rank == d) != sorted(self.kinds):
-                raise ValueError(f"layout of {self.node_id!r}: DP rank {d} lacks some of the kinds {self.kinds}")
+        for d, t in self.rank_sets:
+            if sorted(r.kind for r in self.regions if (r.dp_rank, r.attn_tp_rank) == (d, t)) != sorted(self.kinds):
+                raise ValueError(f"layout of {self.node_id!r}: DP rank {d} lacks some of the kinds {self.kinds} "
+                                 f"(attention-TP rank {t})")
+        for d, t in self.rank_sets:
+            if len({r.session_id for r in self.regions if (r.dp_rank, r.attn_tp_rank) == (d, t)}) != 1:
+                raise ValueError(f"layout of {self.node_id!r}: the regions of DP rank {d} (attention-TP rank {t}) "
+                                 "name different transfer sessions")
+        if self.regions and (0, 0) not in self.rank_sets:
+            raise ValueError(f"layout of {self.node_id!r} has no region set for DP rank 0")
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        """The pool kinds (every DP rank has the same set)."""
-        return tuple(r.kind for r in self.regions if r.dp_rank == 0)
+        """The pool kinds (every rank's set has the same)."""
+        return tuple(r.kind for r in self.regions if r.dp_rank == 0 and r.attn_tp_rank == 0)
 
     @property
     def dp_ranks(self) -> tuple[int, ...]:
         """The DP ranks with a region set: 0..n-1 (just 0 without DP attention)."""
         return tuple(sorted({r.dp_rank for r in self.regions}))
 
-    def region(self, kind: str, dp_rank: int = 0) -> MemoryRegion:
-        for r in self.regions:
-            if r.kind == kind and r.dp_rank == dp_rank:
-                return r
-        raise KeyError(f"layout of {self.node_id!r} has no region {kind!r} for DP rank {dp_rank} "
-                       f"(kinds {list(self.kinds)}, DP ranks {list(self.dp_ranks)})")
+    @property
+    def rank_sets(self) -> tuple[tuple[int, int], ...]:
+        """The (DP rank, attention-TP rank) pairs with a region set."""
+        return tuple(sorted({(r.dp_rank, r.attn_tp_rank) for r in self.regions}))
 
-    def for_dp_rank(self, dp_rank: int) -> MemoryLayout:
-        """One DP rank's region set as a single-rank layout (its regions renumbered to DP rank 0, which is
-        what plans look up); ValueError naming the DP ranks there are."""
-        if dp_rank not in self.dp_ranks:
-            raise ValueError(f"DP rank {dp_rank} has no region set in the layout of {self.node_id!r} "
-                             f"(DP ranks {list(self.dp_ranks)})")
-        if self.dp_ranks == (0,):
+    @property
+    def sessions(self) -> tuple[str, ...]:
+        """Every transfer session the layout names (its own and its regions')."""
+        return tuple(sorted({self.session_id, *(r.session_id for r in self.regions if r.session_id)}))
+
+    def region(self, kind: str, dp_rank: int = 0, attn_tp_rank: int = 0) -> MemoryRegion:
+        for r in self.regions:
+            if r.kind == kind and r.dp_rank == dp_rank and r.attn_tp_rank == attn_tp_rank:
+                return r
+        raise KeyError(f"layout of {self.node_id!r} has no region {kind!r} for DP rank {dp_rank} (attention-TP "
+                       f"rank {attn_tp_rank}; kinds {list(self.kinds)}, rank sets {list(self.rank_sets)})")
+
+    def for_dp_rank(self, dp_rank: int, attn_tp_rank: int = 0) -> MemoryLayout:
+        """One rank's region set as a single-rank layout whose session is the one serving that set (its regions
+        renumbered to rank (0, 0), which is what plans look up); ValueError naming the DP ranks there are."""
+        if (dp_rank, attn_tp_rank) not in self.rank_sets:
+            raise ValueError(f"DP rank {dp_rank} has no region set for attention-TP rank {attn_tp_rank} in the "
+                             f"layout of {self.node_id!r} (DP ranks {list(self.dp_ranks)})")
+        if self.rank_sets == ((0, 0),) and not any(r.session_id for r in self.regions):
             return self
-        regions = tuple(msgspec.structs.replace(r, dp_rank=0) for r in self.regions if r.dp_rank == dp_rank)
-        return MemoryLayout(self.node_id, self.session_id, self.protocol, self.page_size, self.model_fingerprint,
+        mine = [r for r in self.regions if (r.dp_rank, r.attn_tp_rank) == (dp_rank, attn_tp_rank)]
+        session = mine[0].session_id or self.session_id
+        regions = tuple(msgspec.structs.replace(r, dp_rank=0, attn_tp_rank=0, session_id="") for r in mine)
+        return MemoryLayout(self.node_id, session, self.protocol, self.page_size, self.model_fingerprint,
                             regions, self.attn_tp_size)
 
 
@@ -120,12 +141,21 @@ def _check_dtype(kind: str, a: str, b: str) -> None:
             raise LayoutMismatch(f"regions[{kind}].{name}", fa.get(name), fb.get(name))
 
 
+def _same_share(layout: MemoryLayout, r: MemoryRegion) -> MemoryRegion | None:
+    """`layout`'s DP rank 0 region of r's kind and attention-TP rank (None when it lists no such rank)."""
+    try:
+        return layout.region(r.kind, 0, r.attn_tp_rank)
+    except KeyError:
+        return None
+
+
 def check_compatible(local: MemoryLayout, remote: MemoryLayout) -> None:
     """Raise ``LayoutMismatch`` naming the first field on which the layouts differ.
 
     Order: attn_tp_size (a KV-head split that differs also changes the fingerprint; name the cause), page_size,
-    model_fingerprint, protocol, region kinds, then per region the facts its dtype string states
-    (``float32;latent_dim=576;rope_dim=64``: ``dtype``, ``latent_dim``, ...), window, layers, item_bytes and dtype.
+    model_fingerprint, protocol, region kinds, a region set for every attention-TP rank, then per region the
+    facts its dtype string states (``float32;latent_dim=576;rope_dim=64``: ``dtype``, ``latent_dim``, ...),
+    window, layers, item_bytes and dtype.
     Item counts may differ (pools are sized per node).
     """
     for field in ("attn_tp_size", "page_size", "model_fingerprint", "protocol"):
@@ -134,9 +164,16 @@ def check_compatible(local: MemoryLayout, remote: MemoryLayout) -> None:
             raise LayoutMismatch(field, a, b)
     if sorted(local.kinds) != sorted(remote.kinds):
         raise LayoutMismatch("regions", sorted(local.kinds), sorted(remote.kinds))
-    # every DP rank's region set against the other side's first one: the head splits must be equal
-    pairs = [(m, remote.region(m.kind)) for m in local.regions]
-    pairs += [(local.region(t.kind), t) for t in remote.regions if t.dp_rank]
+    if local.attn_tp_size > 1:  # each attention-TP rank's share moves between the same-numbered ranks
+        everyone = list(range(local.attn_tp_size))
+        mine, theirs = (sorted({t for _, t in x.rank_sets}) for x in (local, remote))
+        if mine != everyone or theirs != everyone:
+            raise LayoutMismatch("regions.attn_tp_rank", mine, theirs)
+    # every rank's region set against the other side's DP rank 0 set of the same attention-TP rank (the head
+    # splits must be equal; a side that does not list that attention-TP rank is not compared on it)
+    pairs = [(m, _same_share(remote, m)) for m in local.regions]
+    pairs += [(_same_share(local, t), t) for t in remote.regions if t.dp_rank or t.attn_tp_rank]
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
     for mine, theirs in pairs:
         if "=" in mine.dtype + theirs.dtype:  # stated facts first: a width mismatch also changes item_bytes
             _check_dtype(mine.kind, mine.dtype, theirs.dtype)

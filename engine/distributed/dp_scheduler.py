@@ -3,8 +3,13 @@
 DP rank 0's Scheduler runs in the node process; the other DP leaders run theirs in their own processes
 (`RankLoop`). New requests go to the DP rank with the fewest outstanding tokens. Every `step()` is one
 collective iteration shared with the other leaders (a tick, then the scheduler step with its forward
-slots when any DP rank has work), and it also returns the events the other DP ranks sent. Everything
-else (preallocation for remote prefill, activation, stats, validation) is DP rank 0's.
+slots when any DP rank has work), and it also returns the events the other DP ranks sent.
+
+Remote prefills (a decode node's preallocated pages) also go to the DP rank with the fewest outstanding
+tokens. On DP rank d > 0 preallocation is asynchronous: `preallocate` sends a `Prealloc` and answers None
+until the leader's `Preallocated` arrives (picked up by `step`), so the engine thread never waits on
+another leader. Activation, abort and quarantine (`detach`) go to the owning DP rank. Everything else
+(stats, validation) is DP rank 0's.
 """
 
 from __future__ import annotations
@@ -13,7 +18,18 @@ import logging
 import queue
 import time
 
-from pdpair.engine.distributed.rank_loop import IDLE_WAIT_S, Abort, Closed, Events, RankStats, Ready, Submit
+from pdpair.engine.distributed.rank_loop import IDLE_WAIT_S
+from pdpair.engine.distributed.rank_messages import (
+    Abort,
+    Activate,
+    Closed,
+    Events,
+    Prealloc,
+    Preallocated,
+    RankStats,
+    Ready,
+    Submit,
+)
 from pdpair.engine.distributed.rank_runner import RankRunner
 from pdpair.engine.events import SchedulerStats, StepEvent
 from pdpair.engine.request import Request
@@ -31,6 +47,10 @@ class DPScheduler:
         self.load = [0] * dp_size  # outstanding tokens per DP rank
         self._cost: dict[str, tuple[int, int]] = {}  # rid -> (DP rank, tokens charged)
         self._remote_stats: dict[int, SchedulerStats] = {}  # the latest each other DP leader reported
+        self._remote_held: dict[int, dict] = {}  # DP rank -> {kind: items its quarantine holds}
+        self._asked: dict[str, int] = {}  # rid -> the DP rank (>= 1) asked to preallocate it, not answered yet
+        self._answers: dict[str, Preallocated] = {}  # answers not yet taken by `preallocate`
+        self.remote_prefills = [0] * dp_size  # remote prefills activated per DP rank
 
     def __getattr__(self, name: str):  # DP rank 0's scheduler for everything that is not routed
         return getattr(self.inner, name)
@@ -45,24 +65,82 @@ class DPScheduler:
         if req.rid in self._cost:
             raise ValueError(f"request id {req.rid!r} is already in flight")
         self.inner.validator.check(req)
-        d = min(range(len(self.load)), key=lambda i: (self.load[i], i))
+        d = self._least_loaded()
         if d == 0:
             self.inner.submit(req)
         else:
             self.inboxes[d].put(Submit(req.rid, tuple(req.input_ids), req.sampling))
-        cost = req.prompt_len + req.sampling.max_new_tokens
-        self._cost[req.rid] = (d, cost)
-        self.load[d] += cost
-        logger.debug("request %s -> DP rank %d (loads %s)", req.rid, d, self.load)
+        self._charge(req, d)
 
     def abort(self, rid: str) -> bool:
-        owner = self._cost.get(rid)
-        if owner is not None and owner[0] != 0:
-            self.inboxes[owner[0]].put(Abort(rid))
-            self._settle(rid)
+        d = self.dp_rank_of(rid)
+        self._forget(rid)
+        if d != 0:
+            self.inboxes[d].put(Abort(rid))
             return True
-        self._settle(rid)
         return self.inner.abort(rid)
+
+    # -- remote prefill: pages from a prefill node ------------------------------------------------------
+    def preallocate(self, req: Request) -> dict | None:
+        """Destination items on the least loaded DP rank (see `dp_rank_of`), or None until they are ready."""
+        asked = self._asked.get(req.rid)
+        if asked is None:
+            if req.rid in self._cost:
+                raise ValueError(f"request id {req.rid!r} is already in flight")
+            self.inner.validator.check(req)
+            d = self._least_loaded()
+            if d == 0:
+                items = self.inner.preallocate(req)
+                if items is not None:
+                    self._charge(req, 0)
+                return items
+            self.inboxes[d].put(Prealloc(req.rid, tuple(req.input_ids), req.sampling))
+            self._asked[req.rid] = d
+            self._charge(req, d)
+            return None
+        answer = self._answers.pop(req.rid, None)
+        if answer is None:
+            return None
+        del self._asked[req.rid]
+        if answer.error is not None:
+            self._settle(req.rid)
+            raise ValueError(answer.error)
+        req.shared_pages = answer.shared_pages
+        return answer.items
+
+    def dp_rank_of(self, rid: str) -> int:
+        """The DP rank that holds (or was asked to hold) rid; 0 for a request this scheduler does not know."""
+        owner = self._cost.get(rid)
+        return owner[0] if owner is not None else 0
+
+    def cancel_prealloc(self, rid: str) -> None:
+        """rid stopped waiting for its pages: withdraw a preallocation asked of another DP rank."""
+        if rid in self._asked:
+            self.abort(rid)
+
+    def activate(self, rid: str, first_token: int) -> None:
+        d = self.dp_rank_of(rid)
+        if d == 0:
+            self.inner.activate(rid, first_token)
+        else:
+            self.inner.validator.check_token(first_token)  # every DP rank serves the same vocabulary
+            self.inboxes[d].put(Activate(rid, int(first_token)))
+        self.remote_prefills[d] += 1
+
+    def detach(self, rid: str) -> dict:
+        """DP rank 0: its items, for the caller to free or quarantine. Another DP rank quarantines the
+        request's pages itself (they are its pools), so nothing comes back."""
+        d = self.dp_rank_of(rid)
+        if d == 0:
+            self._forget(rid)
+            return self.inner.detach(rid)
+        self._forget(rid)
+        self.inboxes[d].put(Abort(rid, hold=True))
+        return {}
+
+    def rank_quarantined(self) -> dict[int, dict]:
+        """DP rank (>= 1) -> {kind: items} its quarantine holds (the latest it reported)."""
+        return dict(self._remote_held)
 
     def step(self) -> list:
         _, work = self.runner.tick(False, self.inner.has_work())
@@ -91,6 +169,20 @@ class DPScheduler:
         """(DP rank, its latest stats) for the other DP ranks, in rank order."""
         return sorted(self._remote_stats.items())
 
+    def _least_loaded(self) -> int:
+        return min(range(len(self.load)), key=lambda i: (self.load[i], i))
+
+    def _charge(self, req: Request, d: int) -> None:
+        cost = req.prompt_len + req.sampling.max_new_tokens
+        self._cost[req.rid] = (d, cost)
+        self.load[d] += cost
+        logger.debug("request %s -> DP rank %d (loads %s)", req.rid, d, self.load)
+
+    def _forget(self, rid: str) -> None:
+        self._asked.pop(rid, None)
+        self._answers.pop(rid, None)
+        self._settle(rid)
+
     def _settle(self, rid: str) -> None:
         owner = self._cost.pop(rid, None)
         if owner is not None:
@@ -107,5 +199,9 @@ class DPScheduler:
                 out.extend(msg.events)
             elif isinstance(msg, RankStats):
                 self._remote_stats[msg.dp_rank] = msg.stats
+                self._remote_held[msg.dp_rank] = msg.quarantined or {}
+            elif isinstance(msg, Preallocated):
+                if self._asked.get(msg.rid) == msg.dp_rank:  # else withdrawn: its Abort follows the Prealloc
+                    self._answers[msg.rid] = msg
             elif not isinstance(msg, Ready | Closed):
                 logger.warning("unexpected message from a DP rank: %r", msg)

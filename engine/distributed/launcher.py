@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import torch.multiprocessing as mp
 from pdpair.engine.distributed.processes import RankDied, RankProcesses
-from pdpair.engine.distributed.rank_loop import Abort, Closed, Events, Ready, Stop, Submit
 from pdpair.engine.distributed.rank_main import RankSpec
+from pdpair.engine.distributed.rank_messages import Abort, Closed, Events, Ready, Stop, Submit
 from pdpair.engine.events import GenerateOutput, StepEvent
 from pdpair.engine.sampling import SamplingParams
 

@@ -27,14 +27,16 @@ def free_init_method() -> str:
 
 class RankProcesses:
     """Ranks `ranks` of `spec` as spawned processes (daemonic; each also dies with its parent). A DP leader
-    gets its DP rank's inbox; every rank reports to `outbox`."""
+    gets its DP rank's inbox, a follower its own from `follower_inboxes` (page writes of a prefill node);
+    every rank reports to `outbox`."""
 
-    def __init__(self, spec: RankSpec, ranks: list[int], inboxes: dict[int, object], outbox) -> None:
+    def __init__(self, spec: RankSpec, ranks: list[int], inboxes: dict[int, object], outbox,
+                 follower_inboxes: dict[int, object] | None = None) -> None:
         ctx = mp.get_context("spawn")
         self.procs: dict[int, mp.Process] = {}
         for r in ranks:
             t = spec.topo.for_rank(r)
-            inbox = inboxes.get(t.dp_rank) if t.is_dp_leader else None
+            inbox = inboxes.get(t.dp_rank) if t.is_dp_leader else (follower_inboxes or {}).get(r)
             p = ctx.Process(target=rank_main, args=(r, spec, inbox, outbox), name=f"pdpair-rank{r}", daemon=True)
             p.start()
             self.procs[r] = p

@@ -5,12 +5,21 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from dataclasses import dataclass
 
+from pdpair.engine.distributed.rank_messages import (
+    Abort,
+    Activate,
+    Closed,
+    Events,
+    Prealloc,
+    RankStats,
+    Stop,
+    Submit,
+)
+from pdpair.engine.distributed.rank_remote import LeaderPages
 from pdpair.engine.distributed.rank_runner import RankRunner
-from pdpair.engine.events import SchedulerStats, StepEvent
+from pdpair.engine.events import StepEvent
 from pdpair.engine.request import Request
-from pdpair.engine.sampling import SamplingParams
 from pdpair.engine.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
@@ -19,54 +28,12 @@ IDLE_WAIT_S = 0.01  # how long leaders wait for commands when no DP rank has wor
 STATS_EVERY_S = 0.1  # how often a leader reports its queues and pool
 
 
-@dataclass(frozen=True)
-class Submit:
-    rid: str
-    input_ids: tuple[int, ...]
-    sampling: SamplingParams
-
-
-@dataclass(frozen=True)
-class Abort:
-    rid: str
-
-
-@dataclass(frozen=True)
-class Stop:
-    pass
-
-
-@dataclass(frozen=True)
-class Ready:
-    dp_rank: int
-    kv_pages: int  # usable KV pages of this DP rank (item 0 is reserved for padding rows)
-
-
-@dataclass(frozen=True)
-class Events:
-    dp_rank: int
-    events: list  # StepEvent / ChunkEvent
-
-
-@dataclass(frozen=True)
-class RankStats:
-    dp_rank: int
-    stats: SchedulerStats
-
-
-@dataclass(frozen=True)
-class Closed:
-    dp_rank: int
-    idle_forwards: int
-    idle_seconds: float
-    graph_replays: int = 0  # decode forwards replayed through graphs (idle ones included)
-
-
 class RankLoop:
     """Every leader runs the same number of iterations: each starts with a collective tick (stop? work?),
     then, when some DP rank has work, one scheduler step with its two collective forward slots."""
 
-    def __init__(self, dp_rank: int, scheduler: Scheduler, runner: RankRunner, inbox, outbox) -> None:
+    def __init__(self, dp_rank: int, scheduler: Scheduler, runner: RankRunner, inbox, outbox,
+                 quarantine_seconds: float = 70.0) -> None:
         self.dp_rank = dp_rank
         self.scheduler = scheduler
         self.runner = runner
@@ -75,10 +42,12 @@ class RankLoop:
         self._stop = False
         self.requests = 0  # submitted to this DP rank
         self._stats_at = 0.0
+        self.remote = LeaderPages(dp_rank, scheduler, outbox, quarantine_seconds)
 
     def run(self) -> None:
         while True:
             self._drain(timeout=None)
+            self.remote.poll()
             stop, work = self.runner.tick(self._stop, self.scheduler.has_work())
             if stop:
                 break
@@ -94,14 +63,14 @@ class RankLoop:
         self.runner.stop_followers()
         self.outbox.put(Closed(self.dp_rank, self.runner.idle_forwards, self.runner.idle_seconds,
                                self.runner.graph_replays))
-        logger.info("DP rank %d stopped: %d requests, %d idle forwards, %.3f s", self.dp_rank, self.requests,
-                    self.runner.idle_forwards, self.runner.idle_seconds)
+        logger.info("DP rank %d stopped: %d requests, %d idle forwards, %.3f s; %d remote prefills", self.dp_rank,
+                    self.requests, self.runner.idle_forwards, self.runner.idle_seconds, self.remote.served)
 
     def _report(self) -> None:
         now = time.monotonic()
         if now - self._stats_at >= STATS_EVERY_S:
             self._stats_at = now
-            self.outbox.put(RankStats(self.dp_rank, self.scheduler.stats()))
+            self.outbox.put(RankStats(self.dp_rank, self.scheduler.stats(), self.remote.quarantined()))
 
     def _drain(self, timeout: float | None) -> None:
         """Apply queued commands; with a timeout, wait that long for the first one."""
@@ -117,7 +86,7 @@ class RankLoop:
         if isinstance(cmd, Stop):
             self._stop = True
         elif isinstance(cmd, Abort):
-            if self.scheduler.abort(cmd.rid):
+            if self.remote.abort(cmd):
                 self.outbox.put(Events(self.dp_rank, [StepEvent(cmd.rid, [], "abort")]))
         elif isinstance(cmd, Submit):
             self.requests += 1
@@ -126,5 +95,10 @@ class RankLoop:
             except ValueError as exc:
                 logger.warning("DP rank %d refused %s: %s", self.dp_rank, cmd.rid, exc)
                 self.outbox.put(Events(self.dp_rank, [StepEvent(cmd.rid, [], "error")]))
+        elif isinstance(cmd, Prealloc):
+            self.requests += 1
+            self.remote.prealloc(cmd)
+        elif isinstance(cmd, Activate):
+            self.remote.activate(cmd)
         else:
             raise TypeError(f"unknown rank command {type(cmd).__name__}")

@@ -17,8 +17,11 @@ import torch.distributed as dist
 from pdpair.engine.distributed.dp_gather import DPGather
 from pdpair.engine.distributed.groups import init_groups
 from pdpair.engine.distributed.padding import DUMMY_ITEM
-from pdpair.engine.distributed.rank_loop import RankLoop, Ready
+from pdpair.engine.distributed.rank_loop import RankLoop
+from pdpair.engine.distributed.rank_messages import Ready
 from pdpair.engine.distributed.rank_runner import RankRunner
+from pdpair.engine.distributed.rank_sender import serve_writes
+from pdpair.engine.distributed.rank_transfer import TransferSpec, start_rank_transfer
 from pdpair.engine.distributed.shard import local_config, shard_model
 from pdpair.engine.distributed.symm_mem import SymmetricBuffers
 from pdpair.engine.distributed.topology import RankTopology
@@ -49,8 +52,16 @@ class RankSpec:
     # decode graphs: "auto" (CUDA graphs on CUDA with a backend that supports them), "off", or "eager" (the
     # eager stand-in that runs the graph control flow without capture, for tests on CPU)
     decode_graphs: str = "auto"
+    # a disaggregating node: every rank but rank 0 (the node process, which has its own) runs a transfer engine
+    # for its pools; None: no rank receives or sends pages
+    transfer: TransferSpec | None = None
+    send_pages: bool = False  # a prefill node: attention-TP followers write their share of each chunk's pages
+    quarantine_seconds: float = 70.0  # how long a DP leader holds the pages of a failed remote prefill
 
     def __post_init__(self) -> None:
+        if self.send_pages and (self.transfer is None or self.topo.dp_size > 1):
+            raise ValueError("send_pages needs a transfer spec and one DP rank (DP attention on a prefill node is "
+                             "not supported)")
         if self.decode_graphs not in DECODE_GRAPHS:
             raise ValueError(f"decode_graphs must be one of {DECODE_GRAPHS}, got {self.decode_graphs!r}")
 
@@ -82,9 +93,11 @@ def build_rank_engine(spec: RankSpec, rank: int):
                                 chunk_size=spec.chunk_size, attention_backend=spec.attention_backend,
                                 max_running_requests=spec.max_running_requests, seed=spec.seed,
                                 disable_cuda_graph=True)  # the rank's graphs are captured below, collectively
+    engine.reserved_items = {}  # held outside any request: integrity checks count them as accounted for
     for kind in engine.pools.kinds:  # padding rows write here
         held = engine.pools.allocator(kind).alloc(1)
         assert held is not None and int(held[0]) == DUMMY_ITEM, f"{kind}: first item is {held}, not {DUMMY_ITEM}"
+        engine.reserved_items[kind] = [held]
     runner = RankRunner(engine.runner, groups, dp)
     engine.runner = engine.scheduler.runner = runner
     graphs = _decode_graphs(spec, runner, topo, dp, device)
@@ -120,11 +133,22 @@ def rank_main(rank: int, spec: RankSpec, inbox, outbox) -> None:
         torch.set_num_threads(spec.threads_per_rank)
     try:
         engine, runner, topo = build_rank_engine(spec, rank)
-        if topo.is_dp_leader:
-            outbox.put(Ready(topo.dp_rank, engine.pools.kv.num_items - 1))
-            RankLoop(topo.dp_rank, engine.scheduler, runner, inbox, outbox).run()
-        else:
-            runner.follow()
+        transfer, regions = None, ()
+        if spec.transfer is not None:  # rank 0's pools are the node process's engine's
+            transfer, regions = start_rank_transfer(spec.transfer, engine.pools, spec.device_of(rank), topo.dp_rank,
+                                                    topo.attn_tp_rank)
+        try:
+            if transfer is not None or topo.is_dp_leader:
+                outbox.put(Ready(topo.dp_rank, engine.pools.kv.num_items - 1, regions, rank))
+            if topo.is_dp_leader:
+                RankLoop(topo.dp_rank, engine.scheduler, runner, inbox, outbox, spec.quarantine_seconds).run()
+            else:
+                if spec.send_pages:  # a prefill node's follower sends its share of the heads itself
+                    serve_writes(rank, transfer, inbox, outbox)
+                runner.follow()
+        finally:
+            if transfer is not None:
+                transfer.close()
         _release_graphs(runner, spec.device)
         dist.destroy_process_group()
     except BaseException as exc:  # noqa: BLE001 - a rank reports every failure and exits non-zero

@@ -49,16 +49,18 @@ def test_bad_flags_are_rejected(argv):
                                   dict(mem_fraction=1.5), dict(local_prefill_below=-1),
                                   dict(quarantine_seconds=0), dict(tp_size=0), dict(tp_size=2, dp_size=2),
                                   dict(tp_size=3, dp_size=2, enable_dp_attention=True),
-                                  dict(role="prefill", tp_size=2), dict(tp_size=2, mem_fraction=0.5)])
+                                  dict(role="prefill", tp_size=2, dp_size=2, enable_dp_attention=True),
+                                  dict(tp_size=2, mem_fraction=0.5)])
 def test_bad_config_values_raise(over):
     with pytest.raises(ValueError):
         NodeConfig(**{"role": "decode", **over})
 
 
-def test_a_prefill_node_with_ranks_is_refused_naming_what_pairs():
-    with pytest.raises(ValueError, match=r"--tp-size 2: a prefill node runs one rank") as exc:
-        NodeConfig(role="prefill", tp_size=2)
-    assert "--tp-size 1" in str(exc.value) and "attention-TP size 1" in str(exc.value)
+def test_a_prefill_node_runs_tensor_parallel_ranks_but_refuses_dp_attention():
+    assert NodeConfig(role="prefill", tp_size=2).tp_size == 2
+    with pytest.raises(ValueError, match=r"--enable-dp-attention \(--dp-size 2\): a prefill node") as exc:
+        NodeConfig(role="prefill", tp_size=2, dp_size=2, enable_dp_attention=True)
+    assert "use --tp-size 2 without --dp-size" in str(exc.value)
 
 
 def test_rank_flags():

@@ -156,3 +156,18 @@ def test_plaintext_non_loopback_bind_warns(caplog, tmp_path):
         warn_if_exposed("0.0.0.0", None, "prefill node gRPC server")
     (record,) = caplog.records
     assert record.levelname == "WARNING" and "without TLS" in record.getMessage()
+
+
+def test_plaintext_handshake_refuses_a_dp_rank_session_on_another_host():
+    """Every DP rank's pools receive writes through their own session: each must be the caller's."""
+    b = BootstrapManager(_layout("p", "127.0.0.1:2"))
+
+    def ranked(session: str) -> MemoryLayout:
+        return MemoryLayout(node_id="dp", session_id="10.0.0.5:1", protocol="tcp", page_size=16,
+                            model_fingerprint="fp", regions=(MemoryRegion("kv", 4096, 1024, 10, "float32"),
+                                                             MemoryRegion("kv", 8192, 1024, 10, "float32",
+                                                                          dp_rank=1, session_id=session)))
+
+    with pytest.raises(PeerRefused, match="declares transfer session 10.0.0.99:3"):
+        b.handshake(ranked("10.0.0.99:3"), HOST_A)
+    b.handshake(ranked("10.0.0.5:3"), HOST_A)

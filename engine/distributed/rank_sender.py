@@ -94,19 +94,29 @@ class RankWriters:
         self._seq = itertools.count()
         self._lock = threading.Lock()
         self._posts: queue.SimpleQueue = queue.SimpleQueue()  # (ready, inbox, command), in order
+        self._post_lock = threading.Lock()
+        self._waiting_posts = 0  # commands queued behind a ready event
         threading.Thread(target=self._collect, name="rank-writes", daemon=True).start()
         threading.Thread(target=self._post, name="rank-write-posts", daemon=True).start()
 
     def post(self, inbox, cmd, ready: object | None = None) -> None:
-        """Hand cmd to a follower once `ready` (a CUDA event, or None) has completed, after every earlier one."""
-        self._posts.put((ready, inbox, cmd))
+        """Hand cmd to a follower once `ready` (a CUDA event, or None) has completed, after every earlier one
+        (at once when nothing waits before it)."""
+        with self._post_lock:
+            if ready is None and not self._waiting_posts:
+                inbox.put(cmd)
+                return
+            self._waiting_posts += 1
+            self._posts.put((ready, inbox, cmd))
 
     def _post(self) -> None:
         while True:
             ready, inbox, cmd = self._posts.get()
             if ready is not None:
                 ready.synchronize()
-            inbox.put(cmd)
+            with self._post_lock:
+                inbox.put(cmd)
+                self._waiting_posts -= 1
 
     def writer(self, rank: int) -> _Writer:
         return self._writers[rank]

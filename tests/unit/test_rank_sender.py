@@ -64,3 +64,28 @@ def test_follower_writes_resolve_the_nodes_futures_per_rank():
     inbox.put(None)
     thread.join(10)
     assert not thread.is_alive()
+
+
+def test_a_write_waits_for_its_ready_event_and_nothing_overtakes_it():
+    """A follower's Write leaves only when the chunk's ready event completes; later commands queue behind it."""
+    from pdpair.engine.distributed.rank_sender import CancelWrites, Write
+
+    class Gate:
+        def __init__(self) -> None:
+            self.open = threading.Event()
+
+        def synchronize(self) -> None:
+            self.open.wait(10)
+
+    inbox, outbox, gate = queue.Queue(), queue.Queue(), Gate()
+    w = RankWriters({1: inbox}, outbox).writer(1)
+    w.submit("a", "peer", _plan(2), ready=gate)
+    w.cancel("a")
+    w.submit("b", "peer", _plan(1))
+    time.sleep(0.2)
+    assert inbox.empty()  # held behind the ready event, the cancel and the next write too
+    gate.open.set()
+    got = [inbox.get(timeout=5) for _ in range(3)]
+    assert [type(c) for c in got] == [Write, CancelWrites, Write] and [c.rid for c in got] == ["a", "a", "b"]
+    w.cancel("b")  # nothing waits any more: handed over at once
+    assert isinstance(inbox.get_nowait(), CancelWrites)

@@ -88,8 +88,8 @@ def assert_clean(eng) -> None:
     eng.check_integrity()
 
 
-def mixed_plan(eng, stop_tok: int) -> dict[int, list[Request]]:
-    chat, fib, fox, paris = prompts(eng)
+def mixed_plan(eng, stop_tok: int, ids: list[list[int]] | None = None) -> dict[int, list[Request]]:
+    chat, fib, fox, paris = ids or prompts(eng)
     greedy = dict(temperature=0.0)
     return {
         0: [Request("eos", chat, SamplingParams(max_new_tokens=30, **greedy)),  # EOS after 13 tokens
@@ -192,24 +192,29 @@ def test_overlap_is_on_for_cuda_only_unless_asked():
 
 @pytest.mark.gpu
 @pytest.mark.timeout(300)
-def test_cuda_graphs_overlapped_match_serial():
+def test_cuda_graphs_overlapped_match_serial(tmp_path):
     """On CUDA (triton backend, decode graphs gathering the pending tokens on the device) overlap is the
-    default and matches the serial path token for token."""
+    default and matches the serial path token for token (fp32 seeded weights of SmolLM2's shape: the embedded
+    checkpoint does not travel to GPU machines)."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     from pdpair.engine import Engine
     from pdpair.engine.loader import load_model
 
-    loaded = load_model("smollm2-135m", device="cuda", dtype=torch.float32)
+    from tests.kernels._attention_engine_fixtures import make_seeded_model_dir
+
+    model_dir = make_seeded_model_dir(tmp_path, dtype=torch.float32)
+    loaded = load_model(str(model_dir), device="cuda", dtype=torch.float32)
     serial = Engine.from_loaded(loaded, device="cuda", max_pages=256, overlap_schedule=False)
     overlap = Engine.from_loaded(loaded, device="cuda", max_pages=256)
     assert overlap.config.overlap_schedule and overlap.runner.graphs is not None
-    stop_tok = serial.generate([prompts(serial)[1]], SamplingParams(max_new_tokens=12, temperature=0.0))[0].token_ids[6]
-    ref = outputs(drive(serial, mixed_plan(serial, stop_tok)))
+    ids = [list(range(100, 113)), list(range(200, 207)), list(range(300, 318)), list(range(400, 403))]
+    stop_tok = serial.generate([ids[1]], SamplingParams(max_new_tokens=12, temperature=0.0))[0].token_ids[6]
+    ref = outputs(drive(serial, mixed_plan(serial, stop_tok, ids)))
     replays = overlap.runner.graphs.num_replays
     spy = Spy(overlap)
     try:
-        got = outputs(drive(overlap, mixed_plan(overlap, stop_tok)))
+        got = outputs(drive(overlap, mixed_plan(overlap, stop_tok, ids)))
     finally:
         spy.undo()
     assert got == ref and not spy.failures

@@ -139,7 +139,10 @@ def _tiny_case(tmp_path, device: str):
         assert got[0]["logits"][i].shape == ref.shape == (len(seq), TINY_VOCAB)  # the padded column dropped
         scale = ref.abs().max().item()
         err = (got[0]["logits"][i] - ref).abs().max().item()
-        assert err < 1e-4 * scale, f"seq {i}: max |diff| {err:.3g} vs logits scale {scale:.3g}"
+        # CUDA: the Triton attention kernels multiply fp32 at TF32 (about 1e-3 relative); a wrong slice or gather
+        # would be off by the logits' whole scale
+        rel = 1e-4 if device == "cpu" else 5e-3
+        assert err < rel * scale, f"seq {i}: max |diff| {err:.3g} vs logits scale {scale:.3g}"
     return hf, path
 
 

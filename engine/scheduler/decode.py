@@ -38,24 +38,29 @@ class DecodeManager:
         retracted: list[Request] = []
         res = self.resources
         ps = res.page_size
-        for req in self.reqs:  # sliding-window pages behind the next token's window go back first, but not
-            # the ones the decode forward in flight (overlap: a pending last token) still reads
-            res.trim(req, int(req.output_ids[-1] == PENDING_TOKEN))
+        if res.has_windows:  # sliding-window pages behind the next token's window go back first, but not the
+            # ones the decode forward in flight (overlap: a pending last token) still reads
+            for req in self.reqs:
+                res.trim(req, int(req.output_ids[-1] == PENDING_TOKEN))
+        skipped = {r for r in self.reqs if skip(r)} if skip is not None else set()
+        # a request at a page boundary needs a new page (of every kind) for its next token
+        needs = [r.num_cached >= r.num_pages * ps and r not in skipped for r in self.reqs]
+        need = sum(needs)
         while self.reqs:
-            need = sum(1 for r in self.reqs if r.num_cached >= r.num_pages * ps and not (skip and skip(r)))
             free = res.min_free
             if need <= free or len(self.reqs) == 1:
                 break
             victim = self.reqs.pop()
             logger.debug("retracting %s: %d pages free, %d needed", victim.rid, free, need,
                          extra={"rid": victim.rid})
+            need -= needs.pop()
             retracted.append(victim)
         batch = []
-        for req in list(self.reqs):
-            if skip is not None and skip(req):
+        for req, needs_page in zip(list(self.reqs), needs, strict=True):
+            if req in skipped:
                 continue
-            if self.resources.grow(req, req.num_cached + 1):
-                batch.append(req)
+            if (not needs_page and not res.has_windows) or res.grow(req, req.num_cached + 1):
+                batch.append(req)  # (without sliding windows, a request off a page boundary holds its next slot)
             else:
                 self.reqs.remove(req)
                 retracted.append(req)

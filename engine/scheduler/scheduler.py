@@ -148,10 +148,9 @@ class Scheduler:
         if prev is not None:
             self._resolve(prev, events)
         if self._inflight is not None:
-            for req in self._inflight.reqs:
-                if self._inflight.holds(req):  # its token is cached by the forward in flight, its next one pending
-                    req.num_cached = req.seq_len
-                    req.output_ids.append(PENDING_TOKEN)
+            for req in self._inflight.live():  # its token is cached by the forward in flight, its next one pending
+                req.num_cached = req.seq_len
+                req.output_ids.append(PENDING_TOKEN)
 
     def _resolve(self, done: InFlight, events: list) -> None:
         """Read a launched batch's tokens (its forward is complete then): emit them, finish the requests they
@@ -190,9 +189,11 @@ class Scheduler:
 
     def _admit(self) -> None:
         # preallocated requests will decode soon too: they count against slots and the page reserve
+        if not len(self.waiting):
+            return
         resident = len(self.prefill) + len(self.decode) + self._num_prealloc()
         slots = self.max_running_requests - resident
-        if slots <= 0 or not len(self.waiting):
+        if slots <= 0:
             return
         reserve = resident  # one page of headroom per request that will decode soon
         self.prefill.add(self.waiting.next_batch(reserve, slots))

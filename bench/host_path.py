@@ -21,9 +21,13 @@ import time
 from types import SimpleNamespace
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from pdpair.engine import Engine, Request, SamplingParams
 from pdpair.engine.cuda_graph import DecodeCudaGraphs
 from pdpair.engine.model_config import ModelConfig
+
+
+OP_STEPS = 16  # steps counted by OpCounter (a page boundary every 16 tokens: every step of a cycle)
 
 
 class StubModel(torch.nn.Module):
@@ -49,6 +53,23 @@ class StubGraphs(DecodeCudaGraphs):
             self._outputs[bs] = self.model.logits[:bs, :vocab]
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen ops that compute or copy (not views, not tensor-literal bookkeeping): on a GPU each
+    is a launch or a copy the host issues, so their number per step is this bench's proxy for device calls."""
+
+    SKIP = frozenset({"aten.detach_.default", "aten.detach.default", "aten.lift_fresh.default"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        ret = func._schema.returns
+        view = bool(ret) and ret[0].alias_info is not None and not ret[0].alias_info.is_write
+        self.count += not view and str(func) not in self.SKIP
+        return func(*args, **(kwargs or {}))
+
+
 def stub_engine(vocab: int, max_batch: int, prompt: int, steps: int) -> Engine:
     mc = ModelConfig(arch="llama", num_layers=1, hidden_size=64, num_heads=2, num_kv_heads=1, head_dim=32,
                      intermediate_size=64, vocab_size=vocab, context_length=prompt + steps + 64)
@@ -66,18 +87,21 @@ def stub_engine(vocab: int, max_batch: int, prompt: int, steps: int) -> Engine:
 
 
 def measure(eng: Engine, batch: int, prompt: int, steps: int, overlap: bool, sampling: SamplingParams,
-            profile: cProfile.Profile | None) -> list[float]:
-    """Seconds of each of `steps` scheduler steps once `batch` requests are decoding."""
+            profile: cProfile.Profile | None) -> tuple[list[float], float]:
+    """(seconds of each of `steps` scheduler steps once `batch` requests are decoding, torch ops per step)."""
     sched = eng.scheduler
     sched.overlap = overlap
     ids = [3 + i % 200 for i in range(prompt)]
     rids = [f"h{batch}-{overlap}-{i}-{time.monotonic_ns()}" for i in range(batch)]
     for i, rid in enumerate(rids):
-        sched.submit(Request(rid, ids[: prompt - i % 7], sampling))
+        sched.submit(Request(rid, ids[: prompt - i % 7], sampling))  # ragged: page boundaries spread out
     while sched.stats().running < batch:
         sched.step()
     for _ in range(3):
         sched.step()
+    with OpCounter() as ops:  # a few steps, untimed
+        for _ in range(OP_STEPS):
+            sched.step()
     times = []
     if profile is not None:
         profile.enable()
@@ -91,7 +115,7 @@ def measure(eng: Engine, batch: int, prompt: int, steps: int, overlap: bool, sam
         sched.abort(rid)
     sched.drain()
     eng.check_integrity()
-    return times
+    return times, ops.count / OP_STEPS
 
 
 def main() -> None:
@@ -108,24 +132,25 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print a cProfile top-15 (own time) of each row")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    sp = SamplingParams(max_new_tokens=args.steps + 16, temperature=0.0, ignore_eos=True)
-    if args.sampling == "random":
-        sp = SamplingParams(max_new_tokens=args.steps + 16, temperature=0.8, top_p=0.9, seed=7, ignore_eos=True)
+    knobs = dict(temperature=0.8, top_p=0.9, seed=7) if args.sampling == "random" else dict(temperature=0.0)
+    sp = SamplingParams(max_new_tokens=args.steps + OP_STEPS + 16, ignore_eos=True, **knobs)
     modes = {"on": [True], "off": [False], "both": [False, True]}[args.overlap]
-    eng = stub_engine(args.vocab, max(args.batches), args.prompt, args.steps)
+    eng = stub_engine(args.vocab, max(args.batches), args.prompt, args.steps + OP_STEPS)
     if args.eager:
         eng.runner.graphs = None
     print(f"host path per decode step ({'eager' if args.eager else 'graph replay stubbed'}, {args.sampling}, "
           f"vocab {args.vocab}, prompt {args.prompt}, {args.steps} steps, torch {torch.__version__})")
-    print("| batch | overlap | host us/step (median) | p90 us | us per request |")
-    print("|-------|---------|-----------------------|--------|----------------|")
+    print("| batch | overlap | host us/step (median) | mean us | p90 us | us/request | torch ops/step |")
+    print("|-------|---------|-----------------------|---------|--------|------------|----------------|")
     for bs in args.batches:
         for ov in modes:
             prof = cProfile.Profile() if args.profile else None
-            times = sorted(measure(eng, bs, args.prompt, args.steps, ov, sp, prof))
+            times, ops = measure(eng, bs, args.prompt, args.steps, ov, sp, prof)
+            times.sort()
             med, p90 = statistics.median(times) * 1e6, times[int(0.9 * (len(times) - 1))] * 1e6
-            print(f"| {bs:5d} | {'on' if ov else 'off':>7} | {med:21.1f} | {p90:6.1f} | {med / bs:14.2f} |",
-                  flush=True)
+            mean = statistics.mean(times) * 1e6  # with the garbage collector's pauses
+            print(f"| {bs:5d} | {'on' if ov else 'off':>7} | {med:21.1f} | {mean:7.1f} | {p90:6.1f} "
+                  f"| {med / bs:10.2f} | {ops:14.1f} |", flush=True)
             if prof is not None:
                 out = io.StringIO()
                 pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(15)

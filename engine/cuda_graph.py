@@ -76,7 +76,8 @@ class DecodeCudaGraphs:
         self._outputs: dict[int, torch.Tensor] = {}
         self._batches: dict[int, ForwardBatch] = {}
         self.num_replays = 0
-        self._staging = HostRing(self.inputs.shape[0], torch.long, 2, self.inputs.is_cuda)  # replay_staged's uploads
+        # replay_staged's uploads: a buffer is reused once the copy of two replays ago is done (long since)
+        self._staging = HostRing(self.inputs.shape[0], torch.long, 2, self.inputs.is_cuda)
 
     @classmethod
     def for_runner(cls, runner, req_to_token, max_batch_size: int,

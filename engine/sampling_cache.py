@@ -31,12 +31,11 @@ class SamplingCache:
         """The SamplingBatch of `reqs`, row i sampling the token at `positions[i]`."""
         params = [r.sampling for r in reqs]
         seeds = [r.seed for r in reqs]
-        if any(p.uses_penalties for p in params):
+        if self._batch is None or params != self._params or seeds != self._seeds:  # (cached: no penalties)
             self.builds += 1
-            return SamplingBatch.build(params, seeds, positions, self.vocab, self.device,
-                                       [r.input_ids for r in reqs], [r.output_ids for r in reqs])
-        if self._batch is None or params != self._params or seeds != self._seeds:
-            self.builds += 1
+            if any(p.uses_penalties for p in params):
+                return SamplingBatch.build(params, seeds, positions, self.vocab, self.device,
+                                           [r.input_ids for r in reqs], [r.output_ids for r in reqs])
             self._params, self._seeds = params, seeds
             self._batch = SamplingBatch.build(params, seeds, positions, self.vocab, self.device)
             return self._batch

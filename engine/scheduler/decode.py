@@ -56,12 +56,13 @@ class DecodeManager:
             need -= needs.pop()
             retracted.append(victim)
         batch = []
-        for req, needs_page in zip(list(self.reqs), needs, strict=True):
-            if req in skipped:
-                continue
-            if (not needs_page and not res.has_windows) or res.grow(req, req.num_cached + 1):
-                batch.append(req)  # (without sliding windows, a request off a page boundary holds its next slot)
-            else:
-                self.reqs.remove(req)
-                retracted.append(req)
+        with res.req_to_token.batched():  # the new pages of every request go to the request table at once
+            for req, needs_page in zip(list(self.reqs), needs, strict=True):
+                if req in skipped:
+                    continue
+                if (not needs_page and not res.has_windows) or res.grow(req, req.num_cached + 1):
+                    batch.append(req)  # (no sliding windows: off a page boundary, its next slot is held)
+                else:
+                    self.reqs.remove(req)
+                    retracted.append(req)
         return batch, retracted

@@ -120,10 +120,12 @@ class Scheduler:
         output id on the host) and without fault injection by token (the serial path isolates it)."""
         return (self.overlap and not len(self.prefill) and self.runner.supports_overlap
                 and self.isolator.poison_token is None
-                and not any(r.sampling.uses_penalties for r in self.decode.reqs))
+                and not self.decode.uses_penalties)
 
-    def _last_in_flight(self, req: Request) -> bool:
-        return bool(req.output_ids) and req.output_ids[-1] == PENDING_TOKEN and self.stop.length_reached(req)
+    def _last_in_flight(self, reqs: list[Request]) -> set[Request]:
+        """The requests whose token in flight is their last (nothing may be launched after it)."""
+        pending = [r for r in reqs if r.output_ids and r.output_ids[-1] == PENDING_TOKEN]
+        return self.stop.length_reached_set(pending)
 
     def _overlap_decode(self, events: list) -> None:
         """Launch this step's decode batch, then resolve the previous one while the device runs it."""

@@ -32,6 +32,12 @@ class StopChecker:
         n = len(req.output_ids)
         return n >= req.sampling.max_new_tokens or len(req.input_ids) + n >= self.context_length
 
+    def length_reached_set(self, reqs: list[Request]) -> set[Request]:
+        """The requests of `reqs` that `length_reached` says yes to (one pass, no call per request)."""
+        ctx = self.context_length
+        return {r for r in reqs if len(r.output_ids) >= r.sampling.max_new_tokens
+                or len(r.input_ids) + len(r.output_ids) >= ctx}
+
     def _hits_stop_string(self, req: Request) -> bool:
         assert self.decode is not None, "stop strings need a tokenizer"
         # every token decodes to at least one byte, so 4 tokens per character cover any stop string

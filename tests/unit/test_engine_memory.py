@@ -122,3 +122,19 @@ def test_req_to_token_batched_writes_equal_one_by_one():
     with grouped.batched():
         grouped.assign_pages(0, 2, np.array([6]), "kv")
     assert grouped.tables["kv"][0, 8:12].tolist() == [24, 25, 26, 27]
+
+
+def test_batched_writes_reach_a_table_mirror_once_each():
+    """A multi-rank leader's table writes made inside `batched()` are logged once each and a follower replaying
+    the log ends with the leader's table."""
+    from pdpair.engine.distributed.rank_graphs import TableMirror
+
+    leader, follower = ReqToTokenPool(4, 64, 4, "cpu"), ReqToTokenPool(4, 64, 4, "cpu")
+    mirror = TableMirror(leader)
+    with leader.batched():
+        leader.assign_pages(2, 0, np.array([5, 7]))
+        leader.assign_pages(0, 3, np.array([1]))
+    log = mirror.take()
+    assert len(log) == 2
+    TableMirror.apply(follower, log)
+    assert torch.equal(follower.table, leader.table) and leader.table[0, 12:16].tolist() == [4, 5, 6, 7]

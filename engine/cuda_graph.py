@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from pdpair.engine.attention.base import AttentionBackend
 from pdpair.engine.batch import ForwardBatch, ForwardContext, ForwardMode, WindowView
+from pdpair.engine.staging import HostRing
 from pdpair.kernels.attention import build_kv_indices, build_kv_indptr
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class DecodeCudaGraphs:
         self._outputs: dict[int, torch.Tensor] = {}
         self._batches: dict[int, ForwardBatch] = {}
         self.num_replays = 0
+        # replay_staged's uploads: a buffer is reused once the copy of two replays ago is done (long since)
+        self._staging = HostRing(self.inputs.shape[0], torch.long, 2, self.inputs.is_cuda)
 
     @classmethod
     def for_runner(cls, runner, req_to_token, max_batch_size: int,
@@ -198,9 +201,10 @@ class DecodeCudaGraphs:
         else:
             assert b <= bucket and bucket in self._graphs, (b, bucket, list(self._graphs))
         padded = self.bucket(b) if bucket is None else bucket
-        host = torch.empty(self.inputs.shape[0], dtype=torch.long, pin_memory=True)
+        _, host = self._staging.take()
         self.pack_inputs(host.numpy(), input_ids, positions, rows)
         self.inputs.copy_(host, non_blocking=True)
+        self._staging.issued()
         self.backend.prepare_for_replay(self._batches[padded], padded)
         self._graphs[padded].replay()
         self.num_replays += 1

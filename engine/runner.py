@@ -9,7 +9,9 @@ from pdpair.engine.batch import ForwardBatch, ForwardContext, ForwardMode
 from pdpair.engine.memory import ReqToTokenPool
 from pdpair.engine.request import PENDING_TOKEN, Request
 from pdpair.engine.sampled_tokens import SampledTokens
-from pdpair.engine.sampler import SamplingBatch, sample
+from pdpair.engine.sampler import sample
+from pdpair.engine.sampling_cache import SamplingCache
+from pdpair.engine.staging import HostRing
 
 
 class ModelRunner:
@@ -28,6 +30,9 @@ class ModelRunner:
         self.dumper = None  # a debug Dumper when tensor dumping is on (then graphs stay off)
         # per request-table row: the last token `launch_decode` sampled for it, the input of its next decode step
         self.row_tokens = torch.zeros(req_to_token.table.shape[0], dtype=torch.long, device=req_to_token.table.device)
+        self.sampling = SamplingCache(vocab_size, req_to_token.table.device)
+        # pinned buffers the sampled tokens of `launch_decode` come back through (read one step later)
+        self._token_ring = HostRing(req_to_token.table.shape[0], torch.long, 4, req_to_token.table.is_cuda)
 
     def run(self, mode: ForwardMode, reqs: list[Request], extend_lens: list[int]) -> list[int | None]:
         """Advance each request by its extend length; returns the sampled token of every request whose
@@ -47,7 +52,7 @@ class ModelRunner:
             rows = self.graphs.staged_rows(len(reqs))
         with torch.inference_mode():
             self.row_tokens.index_copy_(0, rows, toks)
-            return SampledTokens.start(toks)
+            return SampledTokens.start(toks, self._token_ring)
 
     @property
     def supports_overlap(self) -> bool:
@@ -62,16 +67,17 @@ class ModelRunner:
         the device, None after a graph replay) after one forward."""
         prefix = np.fromiter((r.num_cached for r in reqs), dtype=np.int64, count=len(reqs))
         ext = np.asarray(extend_lens, dtype=np.int64)
-        if mode is ForwardMode.DECODE:
+        if mode is ForwardMode.DECODE:  # one pending token per request (the scheduler's invariant): all sample
             ids = [r.output_ids[-1] if r.output_ids else r.input_ids[-1] for r in reqs]
+            done = list(range(len(reqs)))
         else:
             ids = [t for r, n in zip(reqs, extend_lens, strict=True) for t in r.tokens(r.num_cached, r.num_cached + n)]
+            done = [i for i, (r, n) in enumerate(zip(reqs, extend_lens, strict=True))
+                    if r.num_cached + n == r.seq_len]
         rows = np.fromiter((r.row for r in reqs), dtype=np.int64, count=len(reqs))
         graph = mode is ForwardMode.DECODE and self.use_graph(len(reqs))
-        done = [i for i, (r, n) in enumerate(zip(reqs, extend_lens, strict=True)) if r.num_cached + n == r.seq_len]
         with torch.inference_mode():
             if graph:  # the graph builds its own metadata from (ids, positions, rows): no ForwardBatch
-                assert len(done) == len(reqs), f"decode rows without a sample: {len(reqs) - len(done)}"
                 logits = self.replay_decode(ids, prefix, rows)
                 rows_t = None
             else:
@@ -95,10 +101,8 @@ class ModelRunner:
                     self.dumper.end_batch(batch, logits)
             if not done:
                 return done, torch.zeros(0, dtype=torch.long), rows_t
-            picked = [reqs[i] for i in done]
-            sb = SamplingBatch.build([r.sampling for r in picked], [r.seed for r in picked],
-                                     [r.seq_len for r in picked], self.vocab_size, logits.device,
-                                     [r.input_ids for r in picked], [r.output_ids for r in picked])
+            picked = reqs if len(done) == len(reqs) else [reqs[i] for i in done]
+            sb = self.sampling.batch(picked, (prefix + ext)[done])  # positions: the sampled tokens' = seq_len
             return done, sample(logits, sb), rows_t
 
     def use_graph(self, batch_size: int) -> bool:

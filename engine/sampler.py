@@ -43,16 +43,25 @@ def uniform_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab: int) -> t
     return (bits.float() + 0.5) * (1.0 / (1 << 24))
 
 
+def upload(arrays: Sequence, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+    """1-D host arrays as `dtype` tensors on `device`: on CUDA through one pinned non-blocking copy."""
+    if device.type == "cuda":
+        from pdpair.engine.staging import stage
+
+        return stage(arrays, device, dtype)
+    return [torch.tensor(a, dtype=dtype, device=device) for a in arrays]
+
+
 @dataclass
 class SamplingBatch:
-    """Per-row sampling tensors of one batch (built once per step)."""
+    """Per-row sampling tensors of one batch (a decode batch reuses them across steps: sampling_cache.py)."""
 
     temperatures: torch.Tensor  # fp32 [B]; 0 = greedy
     top_ks: torch.Tensor  # int64 [B]; vocab size = off
     top_ps: torch.Tensor  # fp32 [B]
     min_ps: torch.Tensor  # fp32 [B]
     seeds: torch.Tensor  # int64 [B]
-    positions: torch.Tensor  # int64 [B]: position of the token being sampled
+    positions: torch.Tensor  # int64 [B]: position of the token being sampled (read only when not all_greedy)
     all_greedy: bool
     need_top_k_top_p: bool
     need_min_p: bool
@@ -72,19 +81,10 @@ class SamplingBatch:
             penalties = PenaltyBatch.build(params, prompts, outputs, vocab, device)
         temps = [0.0 if p.greedy else p.temperature for p in params]
         bits = [seed_bits(s) for s in seeds]
-        if torch.device(device).type == "cuda":  # two pinned non-blocking copies instead of six synchronous ones
-            from pdpair.engine.staging import stage
-
-            ks_t, seeds_t, pos_t = stage([top_ks, bits, positions], torch.device(device))
-            temps_t, top_ps_t, min_ps_t = stage([temps, [p.top_p for p in params], [p.min_p for p in params]],
-                                                torch.device(device), torch.float32)
-        else:
-            temps_t = torch.tensor(temps, dtype=torch.float32, device=device)
-            ks_t = torch.tensor(top_ks, dtype=torch.long, device=device)
-            top_ps_t = torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device)
-            min_ps_t = torch.tensor([p.min_p for p in params], dtype=torch.float32, device=device)
-            seeds_t = torch.tensor(bits, dtype=torch.long, device=device)
-            pos_t = torch.tensor(positions, dtype=torch.long, device=device)
+        dev = torch.device(device)
+        ks_t, seeds_t, pos_t = upload([top_ks, bits, positions], dev, torch.int64)
+        temps_t, top_ps_t, min_ps_t = upload([temps, [p.top_p for p in params], [p.min_p for p in params]], dev,
+                                             torch.float32)
         return cls(
             temperatures=temps_t, top_ks=ks_t, top_ps=top_ps_t, min_ps=min_ps_t, seeds=seeds_t, positions=pos_t,
             all_greedy=all_greedy,

@@ -27,3 +27,34 @@ def stage(arrays: Sequence[np.ndarray | Sequence], device: torch.device,
     if sizes and sum(sizes):
         np.concatenate(parts, out=host.numpy())
     return list(host.to(device, non_blocking=True).split(sizes))
+
+
+class HostRing:
+    """`depth` host buffers of `numel` elements, used in turn for the copies of one per-step transfer: pinned
+    on CUDA (allocated once, so the step loop never meets a pinned allocation or its events), plain memory
+    elsewhere. `take()` hands out the next buffer once the copy issued from it `depth` turns ago has
+    completed; `issued()` marks the copy just queued from (or into) it. Each turn has a number, so a reader
+    can check that its buffer was not handed out again in between (`owns`)."""
+
+    def __init__(self, numel: int, dtype: torch.dtype, depth: int, cuda: bool) -> None:
+        assert depth >= 2, f"a ring needs two buffers at least, got {depth}"
+        self.buffers = [torch.empty(numel, dtype=dtype, pin_memory=cuda) for _ in range(depth)]
+        self.events = [torch.cuda.Event() for _ in range(depth)] if cuda else None
+        self.turn = -1  # turns taken so far, minus one: buffer `turn % depth` is the current one
+
+    def take(self) -> tuple[int, torch.Tensor]:
+        """(turn, buffer): the next buffer, free for the host to fill or the device to write."""
+        self.turn += 1
+        i = self.turn % len(self.buffers)
+        if self.events is not None:
+            self.events[i].synchronize()  # the copy of `depth` turns ago (long done in a step loop)
+        return self.turn, self.buffers[i]
+
+    def issued(self) -> None:
+        """A copy from or into the current buffer was queued on the current stream."""
+        if self.events is not None:
+            self.events[self.turn % len(self.buffers)].record()
+
+    def owns(self, turn: int) -> bool:
+        """Turn `turn`'s buffer has not been handed out again since."""
+        return self.turn - turn < len(self.buffers)

@@ -25,6 +25,10 @@ class InFlight:
         """The request is in this batch and still wants its token."""
         return req in self._live
 
+    def live(self) -> list[Request]:
+        """The requests whose token of this batch will be emitted, in batch order."""
+        return [r for r in self.reqs if r in self._live]
+
     def defer(self, req: Request, keep: bool) -> None:
         """Drop the request's token; free what it holds once this batch's forward is done."""
         self._live.discard(req)

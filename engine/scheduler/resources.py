@@ -26,6 +26,7 @@ class ResourceManager:
         self.slot_kinds = pools.slot_kinds  # one item per request (mamba state), held from admission to the end
         self.companions = pools.companions  # kinds on another kind's item ids (dsa on kv): never allocated here
         self.windows = {k: pools.window(k) for k in self.kinds}
+        self.has_windows = any(w is not None for w in self.windows.values())
 
     @property
     def min_free(self) -> int:

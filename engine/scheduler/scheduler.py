@@ -120,10 +120,12 @@ class Scheduler:
         output id on the host) and without fault injection by token (the serial path isolates it)."""
         return (self.overlap and not len(self.prefill) and self.runner.supports_overlap
                 and self.isolator.poison_token is None
-                and not any(r.sampling.uses_penalties for r in self.decode.reqs))
+                and not self.decode.uses_penalties)
 
-    def _last_in_flight(self, req: Request) -> bool:
-        return bool(req.output_ids) and req.output_ids[-1] == PENDING_TOKEN and self.stop.length_reached(req)
+    def _last_in_flight(self, reqs: list[Request]) -> set[Request]:
+        """The requests whose token in flight is their last (nothing may be launched after it)."""
+        pending = [r for r in reqs if r.output_ids and r.output_ids[-1] == PENDING_TOKEN]
+        return self.stop.length_reached_set(pending)
 
     def _overlap_decode(self, events: list) -> None:
         """Launch this step's decode batch, then resolve the previous one while the device runs it."""
@@ -148,10 +150,9 @@ class Scheduler:
         if prev is not None:
             self._resolve(prev, events)
         if self._inflight is not None:
-            for req in self._inflight.reqs:
-                if self._inflight.holds(req):  # its token is cached by the forward in flight, its next one pending
-                    req.num_cached = req.seq_len
-                    req.output_ids.append(PENDING_TOKEN)
+            for req in self._inflight.live():  # its token is cached by the forward in flight, its next one pending
+                req.num_cached = req.seq_len
+                req.output_ids.append(PENDING_TOKEN)
 
     def _resolve(self, done: InFlight, events: list) -> None:
         """Read a launched batch's tokens (its forward is complete then): emit them, finish the requests they
@@ -190,9 +191,11 @@ class Scheduler:
 
     def _admit(self) -> None:
         # preallocated requests will decode soon too: they count against slots and the page reserve
+        if not len(self.waiting):
+            return
         resident = len(self.prefill) + len(self.decode) + self._num_prealloc()
         slots = self.max_running_requests - resident
-        if slots <= 0 or not len(self.waiting):
+        if slots <= 0:
             return
         reserve = resident  # one page of headroom per request that will decode soon
         self.prefill.add(self.waiting.next_batch(reserve, slots))

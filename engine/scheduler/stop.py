@@ -22,13 +22,21 @@ class StopChecker:
             return "stop"
         if sp.stop and self._hits_stop_string(req):
             return "stop"
-        if self.length_reached(req):
+        n = len(req.output_ids)  # length_reached, inlined: this runs for every request of every step
+        if n >= sp.max_new_tokens or len(req.input_ids) + n >= self.context_length:
             return "length"
         return None
 
     def length_reached(self, req: Request) -> bool:
         """No token may follow the last output id (max_new_tokens or the context is used up), whatever it is."""
-        return len(req.output_ids) >= req.sampling.max_new_tokens or req.seq_len >= self.context_length
+        n = len(req.output_ids)
+        return n >= req.sampling.max_new_tokens or len(req.input_ids) + n >= self.context_length
+
+    def length_reached_set(self, reqs: list[Request]) -> set[Request]:
+        """The requests of `reqs` that `length_reached` says yes to (one pass, no call per request)."""
+        ctx = self.context_length
+        return {r for r in reqs if len(r.output_ids) >= r.sampling.max_new_tokens
+                or len(r.input_ids) + len(r.output_ids) >= ctx}
 
     def _hits_stop_string(self, req: Request) -> bool:
         assert self.decode is not None, "stop strings need a tokenizer"

@@ -59,3 +59,41 @@ def test_cuda_request_table_pages_equal_cpu():
         cpu.assign_pages(row, first, pages)
         gpu.assign_pages(row, first, pages)
     assert torch.equal(gpu.table.cpu(), cpu.table)
+
+
+@pytest.mark.timeout(60)
+def test_cuda_batched_table_writes_equal_cpu():
+    from pdpair.engine.memory import ReqToTokenPool
+
+    cpu, gpu = ReqToTokenPool(4, 256, 16, "cpu"), ReqToTokenPool(4, 256, 16, "cuda")
+    gen = np.random.default_rng(4)
+    writes = [(0, 0, 3), (2, 1, 5), (3, 0, 16), (1, 4, 1)]
+    with gpu.batched():
+        for row, first, n in writes:
+            pages = gen.integers(0, 10_000, n)
+            cpu.assign_pages(row, first, pages)
+            gpu.assign_pages(row, first, pages)
+    assert torch.equal(gpu.table.cpu(), cpu.table)
+
+
+@pytest.mark.timeout(60)
+def test_sampled_tokens_through_a_pinned_ring():
+    """Each launch's tokens come back right through a ring of pinned buffers, read one turn later, for more
+    turns than the ring has buffers; a read after the ring came round to its buffer again is refused."""
+    from pdpair.engine.sampled_tokens import SampledTokens
+    from pdpair.engine.staging import HostRing
+
+    ring = HostRing(64, torch.long, 3, cuda=True)
+    assert ring.buffers[0].is_pinned()
+    prev, prev_ref = None, None
+    for k in range(8):
+        toks = torch.arange(k, k + 40, device="cuda") * 3
+        cur = SampledTokens.start(toks, ring)
+        if prev is not None:
+            assert prev.read() == prev_ref
+        prev, prev_ref = cur, (torch.arange(k, k + 40) * 3).tolist()
+    stale = SampledTokens.start(torch.zeros(4, dtype=torch.long, device="cuda"), ring)
+    for _ in range(3):
+        SampledTokens.start(torch.ones(4, dtype=torch.long, device="cuda"), ring)
+    with pytest.raises(AssertionError):
+        stale.read()

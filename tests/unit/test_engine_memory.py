@@ -101,3 +101,40 @@ def test_req_to_token_assign_pages():
     assert t.alloc() is not None and t.alloc() is None
     t.free(row)
     assert t.num_free == 1
+
+
+def test_req_to_token_batched_writes_equal_one_by_one():
+    """Inside `batched()` writes wait for the exit and land in one scatter per kind, equal to writing each at
+    once; a lone write takes the plain path."""
+    writes = [(0, 0, [7, 2], "kv"), (3, 1, [5], "kv"), (1, 2, [9, 4, 1], "swa"), (2, 0, [3], "kv"),
+              (1, 0, [8], "swa")]
+    plain = ReqToTokenPool(num_rows=4, max_context=24, page_size=4, device="cpu", kinds=("kv", "swa"))
+    for row, first, pages, kind in writes:
+        plain.assign_pages(row, first, np.array(pages), kind)
+    grouped = ReqToTokenPool(num_rows=4, max_context=24, page_size=4, device="cpu", kinds=("kv", "swa"))
+    with grouped.batched():
+        for row, first, pages, kind in writes:
+            grouped.assign_pages(row, first, np.array(pages, dtype=np.int32), kind)
+        assert not grouped.tables["kv"].any() and not grouped.tables["swa"].any()  # nothing written yet
+    for kind in ("kv", "swa"):
+        assert torch.equal(grouped.tables[kind], plain.tables[kind]), kind
+    assert plain.tables["kv"][3, 4:8].tolist() == [20, 21, 22, 23]  # page 5, page index 1 of row 3
+    with grouped.batched():
+        grouped.assign_pages(0, 2, np.array([6]), "kv")
+    assert grouped.tables["kv"][0, 8:12].tolist() == [24, 25, 26, 27]
+
+
+def test_batched_writes_reach_a_table_mirror_once_each():
+    """A multi-rank leader's table writes made inside `batched()` are logged once each and a follower replaying
+    the log ends with the leader's table."""
+    from pdpair.engine.distributed.rank_graphs import TableMirror
+
+    leader, follower = ReqToTokenPool(4, 64, 4, "cpu"), ReqToTokenPool(4, 64, 4, "cpu")
+    mirror = TableMirror(leader)
+    with leader.batched():
+        leader.assign_pages(2, 0, np.array([5, 7]))
+        leader.assign_pages(0, 3, np.array([1]))
+    log = mirror.take()
+    assert len(log) == 2
+    TableMirror.apply(follower, log)
+    assert torch.equal(follower.table, leader.table) and leader.table[0, 12:16].tolist() == [4, 5, 6, 7]

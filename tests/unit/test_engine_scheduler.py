@@ -69,6 +69,39 @@ def test_decode_grows_a_page_at_boundaries_and_retracts_newest():
     assert res.pools.all_free() and res.req_to_token.num_free == 8
 
 
+def test_decode_manager_knows_when_a_penalised_request_is_running():
+    """The flag that keeps overlap scheduling off follows every way a request enters and leaves: add, remove,
+    discard and retraction (the newest request goes when the pool runs dry)."""
+    res = _resources(pages=5)
+    dm = DecodeManager(res)
+    plain, pen = _req("plain", 8), _req("pen", 8, repetition_penalty=1.2)
+    for r in (plain, pen):
+        assert res.acquire(r, 8, 0)
+        r.num_cached, r.output_ids = 8, [5]
+        dm.add(r)
+    assert dm.uses_penalties
+    _, retracted = dm.next_batch()  # 1 free page, 2 needed: the penalised request (newest) is retracted
+    assert retracted == [pen] and not dm.uses_penalties
+    dm.add(pen)
+    dm.discard(pen)
+    dm.discard(pen)  # not here any more: nothing changes
+    assert not dm.uses_penalties and dm.reqs == [plain]
+    dm.add(pen)
+    dm.remove(plain)
+    assert dm.uses_penalties
+    dm.remove(pen)
+    assert not dm.uses_penalties and not dm.reqs
+
+
+def test_length_reached_set_agrees_with_length_reached():
+    sc = StopChecker([2], context_length=12, decode=None)
+    reqs = [_req("a", 3, max_new_tokens=2), _req("b", 10, max_new_tokens=50), _req("c", 4, max_new_tokens=9)]
+    for outs in ([1], [1, 1], [1, 1, 1]):
+        for r in reqs:
+            r.output_ids = list(outs)
+        assert sc.length_reached_set(reqs) == {r for r in reqs if sc.length_reached(r)}
+    assert sc.length_reached_set(reqs) == set(reqs[:2])  # a: 3 >= 2 new tokens; b: 10 + 3 >= 12 context
+
 def test_stop_checker():
     sc = StopChecker([2], context_length=20, decode=lambda ids: "".join(chr(96 + t) for t in ids))
     r = _req("r", 3, max_new_tokens=4, stop=("cd",), stop_token_ids=(9,))

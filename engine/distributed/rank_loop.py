@@ -58,8 +58,9 @@ class RankLoop:
             if not work:
                 self._drain(timeout=IDLE_WAIT_S)
         self.runner.stop_followers()
-        self.outbox.put(Closed(self.dp_rank, self.runner.idle_forwards, self.runner.idle_seconds,
-                               self.runner.graph_replays))
+        r = self.runner
+        self.outbox.put(Closed(self.dp_rank, r.idle_forwards, r.idle_seconds, r.graph_replays, r.iterations,
+                               r.sync.gathers, r.gather_seconds))
         logger.info("DP rank %d stopped: %d requests, %d idle forwards, %.3f s; %d remote prefills", self.dp_rank,
                     self.requests, self.runner.idle_forwards, self.runner.idle_seconds, self.remote.served)
 

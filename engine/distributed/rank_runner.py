@@ -82,6 +82,8 @@ class RankRunner(ModelRunner):
         self.idle_forwards = 0
         self.idle_seconds = 0.0
         self.graph_replays = 0
+        self.iterations = 0  # `iterate` calls
+        self.gather_seconds = 0.0  # host time in the leaders' gathers
         self.processes = None  # RankProcesses of the followers when this leader started them
         self.decode_graphs = None  # RankDecodeGraphs (or its eager stand-in) once enable_graphs ran
         self.mirror: TableMirror | None = None  # a leader's table writes for its followers' graphs
@@ -139,6 +141,7 @@ class RankRunner(ModelRunner):
         """One collective iteration of a DP leader: its scheduler step when it has work (the step gather runs
         at its first forward slot), then the slots it had no batch for. Returns (some leader stops after this
         iteration, some leader had work, this leader's events)."""
+        self.iterations += 1
         work = scheduler.has_work()
         self.sync.begin(stop, work, lambda: len(scheduler.prefill) > 0)
         events = scheduler.step() if work else []
@@ -197,8 +200,10 @@ class RankRunner(ModelRunner):
 
     def _gather_leaders(self, row: list[int]) -> list[list[int]]:
         """All-gather one int row per DP leader (gloo, `cpu_leaders`)."""
+        started = time.perf_counter()
         out = torch.zeros(self.topo.dp_size, len(row), dtype=torch.int64)
         dist.all_gather(list(out), torch.tensor(row, dtype=torch.int64), group=self.groups.cpu_leaders)
+        self.gather_seconds += time.perf_counter() - started
         return out.tolist()
 
     def _send(self, msg: EagerForward | GraphForward | None) -> None:

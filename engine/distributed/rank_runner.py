@@ -214,7 +214,8 @@ class RankRunner(ModelRunner):
         return self.mirror.take() if self.mirror is not None else []
 
     def _run(self, batch: ForwardBatch, info: GatherInfo | None, logits_rows: torch.Tensor) -> torch.Tensor:
-        self._send(EagerForward(_to_wire(batch), info, self._table(), logits_rows.cpu()))
+        if self.topo.attn_tp_size > 1:  # the batch goes to the host only when a follower needs it
+            self._send(EagerForward(_to_wire(batch), info, self._table(), logits_rows.cpu()))
         return self._forward(batch, info, logits_rows)
 
     def _replay(self, msg: GraphForward) -> torch.Tensor:

@@ -8,7 +8,8 @@ is left out. Configurations (rank processes, NCCL, CUDA-graph decode):
 - 2 replicas: two one-rank nodes, one per GPU, the requests alternating between them.
 Idle-batch cost: one request alone on DP-attn=2 (DP rank 1 steps idle: it replays the decode graph with no
 real row so the collectives line up) against one request alone on a replica (no peer stepping), both in ms
-per decode step; plus the idle rank's mean host time per idle forward.
+per decode step; plus the idle rank's mean host time per idle forward, and per DP leader the leader gathers per
+iteration and the host time spent in them (mostly waiting for the other leader) over the DP-attn=2 run.
 
 Seeded random weights in a Hugging Face directory (bench/serving_gpu.py's writer): the SmolLM2 shape and an
 8B shape. Results are printed and, when $OUT is set, written to $OUT/ranks_gpu.json.
@@ -112,10 +113,17 @@ def bench_shape(name: str, model: str, vocab: int, args) -> dict:
             for g in groups:
                 g.close()
         if label == "DP-attn=2":
-            closed = {c.dp_rank: c for c in groups[0].closed}.get(1)
+            by_rank = {c.dp_rank: c for c in groups[0].closed}
+            closed = by_rank.get(1)
             if closed is not None and closed.idle_forwards:
                 idle["idle_forward_host_ms"] = closed.idle_seconds / closed.idle_forwards * 1e3
                 idle["idle_forwards"] = closed.idle_forwards
+            for d, c in sorted(by_rank.items()):
+                if c.iterations:
+                    idle[f"dp{d}_gathers_per_iteration"] = c.gathers / c.iterations
+                    idle[f"dp{d}_gather_ms_per_iteration"] = c.gather_seconds / c.iterations * 1e3
+                    print(f"{name:<8} DP rank {d}: {c.iterations} iterations, {c.gathers / c.iterations:.2f} leader "
+                          f"gathers and {c.gather_seconds / c.iterations * 1e3:.3f} ms in them per iteration", flush=True)
     idle["cost_ms"] = idle["dp_step_ms"] - idle["alone_step_ms"]
     print(f"{name:<8} idle batch: one request on DP-attn=2 {idle['dp_step_ms']:.2f} ms/step (DP rank 1 idle) vs "
           f"alone on a replica {idle['alone_step_ms']:.2f} ms/step: {idle['cost_ms']:+.2f} ms per step; idle "

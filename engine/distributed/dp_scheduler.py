@@ -2,8 +2,8 @@
 
 DP rank 0's Scheduler runs in the node process; the other DP leaders run theirs in their own processes
 (`RankLoop`). New requests go to the DP rank with the fewest outstanding tokens. Every `step()` is one
-collective iteration shared with the other leaders (a tick, then the scheduler step with its forward
-slots when any DP rank has work), and it also returns the events the other DP ranks sent.
+collective iteration shared with the other leaders (the scheduler step with its forward slots, planned
+from one gather of every leader's stop/work flags and token counts), and it also returns the events the other DP ranks sent.
 
 Remote prefills (a decode node's preallocated pages) also go to the DP rank with the fewest outstanding
 tokens. On DP rank d > 0 preallocation is asynchronous: `preallocate` sends a `Prealloc` and answers None
@@ -56,7 +56,7 @@ class DPScheduler:
         return getattr(self.inner, name)
 
     def has_work(self) -> bool:
-        """Always: every engine-thread iteration must take part in the leaders' collective tick."""
+        """Always: every engine-thread iteration must take part in the leaders' step gather."""
         return True
 
     def submit(self, req: Request, prefill_only: bool = False) -> None:
@@ -143,12 +143,8 @@ class DPScheduler:
         return dict(self._remote_held)
 
     def step(self) -> list:
-        _, work = self.runner.tick(False, self.inner.has_work())
-        events: list = []
-        if work:
-            events = self.inner.step()
-            self.runner.end_step()
-        else:
+        _, work, events = self.runner.iterate(self.inner, False)
+        if not work:
             time.sleep(IDLE_WAIT_S)
         events.extend(self._remote_events())
         for ev in events:

@@ -29,8 +29,9 @@ STATS_EVERY_S = 0.1  # how often a leader reports its queues and pool
 
 
 class RankLoop:
-    """Every leader runs the same number of iterations: each starts with a collective tick (stop? work?),
-    then, when some DP rank has work, one scheduler step with its two collective forward slots."""
+    """Every leader runs the same number of iterations: each is one scheduler step (when this leader has work)
+    with its two collective forward slots, the first of which also gathers every leader's stop and work flags
+    (`RankRunner.iterate`); the leaders stop after the iteration in which one of them said stop."""
 
     def __init__(self, dp_rank: int, scheduler: Scheduler, runner: RankRunner, inbox, outbox,
                  quarantine_seconds: float = 70.0) -> None:
@@ -48,21 +49,18 @@ class RankLoop:
         while True:
             self._drain(timeout=None)
             self.remote.poll()
-            stop, work = self.runner.tick(self._stop, self.scheduler.has_work())
-            if stop:
-                break
-            if not work:
-                self._report()
-                self._drain(timeout=IDLE_WAIT_S)
-                continue
-            events = self.scheduler.step()
-            self.runner.end_step()
+            stop, work, events = self.runner.iterate(self.scheduler, self._stop)
             if events:
                 self.outbox.put(Events(self.dp_rank, events))
+            if stop:
+                break
             self._report()
+            if not work:
+                self._drain(timeout=IDLE_WAIT_S)
         self.runner.stop_followers()
-        self.outbox.put(Closed(self.dp_rank, self.runner.idle_forwards, self.runner.idle_seconds,
-                               self.runner.graph_replays))
+        r = self.runner
+        self.outbox.put(Closed(self.dp_rank, r.idle_forwards, r.idle_seconds, r.graph_replays, r.iterations,
+                               r.sync.gathers, r.gather_seconds))
         logger.info("DP rank %d stopped: %d requests, %d idle forwards, %.3f s; %d remote prefills", self.dp_rank,
                     self.requests, self.runner.idle_forwards, self.runner.idle_seconds, self.remote.served)
 

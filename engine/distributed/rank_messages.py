@@ -81,3 +81,6 @@ class Closed:
     idle_forwards: int
     idle_seconds: float
     graph_replays: int = 0  # decode forwards replayed through graphs (idle ones included)
+    iterations: int = 0  # collective iterations (scheduler steps, idle ones included)
+    gathers: int = 0  # leader gathers (the step gather, and the extend counts' when a chunk may follow decode)
+    gather_seconds: float = 0.0  # host time in those gathers (mostly waiting for the other leaders)

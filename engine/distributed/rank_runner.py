@@ -2,8 +2,9 @@
 
 A DP leader (attention-TP rank 0) runs its DP rank's scheduler; before each forward it sends the batch to
 the rest of its attention group, which run the same forward (`follow`). With DP attention every scheduler
-step has two forward slots (decode, then extend); in each slot the leaders gather their token counts and a
-leader without a batch runs an idle one when another has work, so that collectives always match.
+step has two forward slots (decode, then extend), both planned from one gather of every leader's counts
+(step_sync.py); a leader without a batch runs an idle one when another has work, so that collectives always
+match.
 
 With decode graphs (`enable_graphs`) the decode slot replays the bucket of the GLOBAL padded batch size on
 every rank (graph_plan.py): a leader sends its followers the rows' inputs and its request-table writes
@@ -22,17 +23,15 @@ import torch
 import torch.distributed as dist
 from pdpair.engine.batch import ForwardBatch, ForwardMode
 from pdpair.engine.distributed.dp_gather import DPGather
-from pdpair.engine.distributed.dp_plan import GatherInfo, StepPlan, plan_step
+from pdpair.engine.distributed.dp_plan import GatherInfo, StepPlan
 from pdpair.engine.distributed.graph_plan import graph_bucket, graph_info
 from pdpair.engine.distributed.groups import ProcessGroups
 from pdpair.engine.distributed.padding import idle_batch, pad_batch
 from pdpair.engine.distributed.rank_graphs import TableMirror, TableWrite
+from pdpair.engine.distributed.step_sync import SLOTS, StepProtocolError, StepSync
 from pdpair.engine.runner import ModelRunner
 
 logger = logging.getLogger(__name__)
-
-SLOTS = (ForwardMode.DECODE, ForwardMode.EXTEND)  # the order Scheduler.step runs its batches in
-
 
 class RankFailure(BaseException):
     """A collective forward failed: the node's ranks cannot stay in step, so this rank must exit. A
@@ -83,11 +82,15 @@ class RankRunner(ModelRunner):
         self.idle_forwards = 0
         self.idle_seconds = 0.0
         self.graph_replays = 0
+        self.iterations = 0  # `iterate` calls
+        self.gather_seconds = 0.0  # host time in the leaders' gathers
         self.processes = None  # RankProcesses of the followers when this leader started them
         self.decode_graphs = None  # RankDecodeGraphs (or its eager stand-in) once enable_graphs ran
         self.mirror: TableMirror | None = None  # a leader's table writes for its followers' graphs
         self._claimed: StepPlan | None = None  # the decode slot's plan, taken by use_graph
         self._bucket: int | None = None
+        gather = self._gather_leaders if self.topo.dp_size > 1 and self.topo.is_dp_leader else None
+        self.sync = StepSync(self.topo.dp_rank, self.topo.dp_size, self.topo.attn_tp_size, gather)
 
     def enable_graphs(self, graphs) -> None:
         """Replay decode through `graphs` (every rank of the node calls this at the same point: the capture
@@ -129,24 +132,31 @@ class RankRunner(ModelRunner):
             return None
         slot = SLOTS.index(mode)
         assert slot >= self._cursor, f"{mode} forward after slot {self._cursor} of this step"
+        self.sync.open_at(mode, local_tokens)
         self._skip_until(slot)
         self._cursor = slot + 1
-        return self._plan(local_tokens)
+        return self._sync_plan(mode, local_tokens)
+
+    def iterate(self, scheduler, stop: bool) -> tuple[bool, bool, list]:
+        """One collective iteration of a DP leader: its scheduler step when it has work (the step gather runs
+        at its first forward slot), then the slots it had no batch for. Returns (some leader stops after this
+        iteration, some leader had work, this leader's events)."""
+        self.iterations += 1
+        work = scheduler.has_work()
+        self.sync.begin(stop, work, lambda: len(scheduler.prefill) > 0)
+        events = scheduler.step() if work else []
+        self.end_step()
+        rows = self.sync.rows
+        return rows.stop, rows.work, events
 
     def end_step(self) -> None:
         """Call after every Scheduler.step(): takes part in the slots this rank had no batch for."""
         if self.dp is not None:
+            self.sync.open_at(None, 0)
             self._skip_until(len(SLOTS))
             self._cursor = 0
-
-    def tick(self, stop: bool, has_work: bool) -> tuple[bool, bool]:
-        """Start of a loop iteration on every leader: (any leader stopping, any leader with work)."""
-        flags = torch.tensor([int(stop), int(has_work)], dtype=torch.int64)
-        if self.topo.dp_size > 1:
-            out = torch.zeros(self.topo.dp_size, 2, dtype=torch.int64)
-            dist.all_gather(list(out), flags, group=self.groups.cpu_leaders)
-            flags = out.max(dim=0).values
-        return bool(flags[0]), bool(flags[1])
+        elif not self.sync.opened:
+            self.sync.open(0, 0)  # no DP attention: nothing to gather, only this leader's flags
 
     def stop_followers(self) -> None:
         self._send(None)
@@ -155,8 +165,9 @@ class RankRunner(ModelRunner):
         """Stop and reap the followers this leader started (after its last forward)."""
         if self.processes is not None and not self.processes.stopping:
             self.processes.stopping = True
-            if self.topo.dp_size > 1:
-                self.tick(True, False)  # the other DP leaders stop at this same iteration
+            if self.topo.dp_size > 1:  # the other DP leaders stop after this same iteration
+                self.sync.begin(True, False, lambda: False)
+                self.end_step()
             self.stop_followers()
             self.processes.join(10)
             self.processes.kill()
@@ -165,7 +176,7 @@ class RankRunner(ModelRunner):
         while self._cursor < slot:
             mode = SLOTS[self._cursor]
             self._cursor += 1
-            plan = self._plan(0)
+            plan = self._sync_plan(mode, 0)
             if plan.run:
                 started = time.perf_counter()
                 graphs = self.decode_graphs if mode is ForwardMode.DECODE else None
@@ -181,14 +192,19 @@ class RankRunner(ModelRunner):
                 self.idle_forwards += 1
                 self.idle_seconds += time.perf_counter() - started
 
-    def _plan(self, local_tokens: int) -> StepPlan:
-        counts = None
-        if self.topo.dp_size > 1:
-            out = torch.zeros(self.topo.dp_size, dtype=torch.int64)
-            dist.all_gather(list(out.view(-1, 1)), torch.tensor([local_tokens], dtype=torch.int64),
-                            group=self.groups.cpu_leaders)
-            counts = out.tolist()
-        return plan_step(local_tokens, counts, self.topo.dp_rank, self.topo.attn_tp_size)
+    def _sync_plan(self, mode: ForwardMode, local_tokens: int) -> StepPlan:
+        try:
+            return self.sync.plan(mode, local_tokens)
+        except StepProtocolError as exc:
+            raise RankFailure(f"rank {self.topo.rank}: {exc}") from exc
+
+    def _gather_leaders(self, row: list[int]) -> list[list[int]]:
+        """All-gather one int row per DP leader (gloo, `cpu_leaders`)."""
+        started = time.perf_counter()
+        out = torch.zeros(self.topo.dp_size, len(row), dtype=torch.int64)
+        dist.all_gather(list(out), torch.tensor(row, dtype=torch.int64), group=self.groups.cpu_leaders)
+        self.gather_seconds += time.perf_counter() - started
+        return out.tolist()
 
     def _send(self, msg: EagerForward | GraphForward | None) -> None:
         if self.topo.attn_tp_size > 1:
@@ -198,7 +214,8 @@ class RankRunner(ModelRunner):
         return self.mirror.take() if self.mirror is not None else []
 
     def _run(self, batch: ForwardBatch, info: GatherInfo | None, logits_rows: torch.Tensor) -> torch.Tensor:
-        self._send(EagerForward(_to_wire(batch), info, self._table(), logits_rows.cpu()))
+        if self.topo.attn_tp_size > 1:  # the batch goes to the host only when a follower needs it
+            self._send(EagerForward(_to_wire(batch), info, self._table(), logits_rows.cpu()))
         return self._forward(batch, info, logits_rows)
 
     def _replay(self, msg: GraphForward) -> torch.Tensor:

@@ -76,15 +76,13 @@ def _logits_worker(rank: int, spec: RankSpec, prompt: list[int], results) -> Non
     if topo.dp_rank == 0:
         sched.submit(Request("r", list(prompt), SamplingParams(max_new_tokens=NEW, temperature=0.0, ignore_eos=True)))
     while True:  # the leaders step together until DP rank 0's request is done (the others run idle)
-        stop, work = runner.tick(done, sched.has_work())
+        stop, _, events = runner.iterate(sched, done)
+        for ev in events:
+            if isinstance(ev, StepEvent) and ev.rid == "r":
+                tokens.extend(ev.new_token_ids)
+                done = done or ev.finish_reason is not None
         if stop:
             break
-        if work:
-            for ev in sched.step():
-                if isinstance(ev, StepEvent) and ev.rid == "r":
-                    tokens.extend(ev.new_token_ids)
-                    done = done or ev.finish_reason is not None
-            runner.end_step()
     runner.stop_followers()
     results.put((topo.dp_rank, tokens, steps, runner.graph_replays))
     dist.destroy_process_group()

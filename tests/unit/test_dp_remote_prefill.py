@@ -51,8 +51,8 @@ class Inner:
 
 
 class Runner:
-    def tick(self, stop, work):
-        return False, False
+    def iterate(self, scheduler, stop):
+        return False, False, []
 
 
 def _req(rid: str, n: int = 10, new: int = 5) -> Request:

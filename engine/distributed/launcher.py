@@ -31,7 +31,6 @@ class RankGroup:
                                    self._outbox)
         self.procs = list(self.ranks.procs.values())
         self.load = [0] * topo.dp_size  # outstanding tokens per DP rank
-        self.kv_pages = [0] * topo.dp_size
         self._owner: dict[str, tuple[int, int]] = {}  # rid -> (dp rank, tokens charged)
         self.closed: list[Closed] = []
         ready, deadline = 0, time.monotonic() + start_timeout
@@ -41,7 +40,6 @@ class RankGroup:
                 raise RankDied(f"ranks not ready after {start_timeout:.0f} s")
             msg = self._get(0.1)
             if isinstance(msg, Ready):
-                self.kv_pages[msg.dp_rank] = msg.kv_pages
                 ready += 1
         logger.info("%d ranks ready: tp %d, dp %d, attention-TP %d", topo.world_size, topo.tp_size, topo.dp_size,
                     topo.attn_tp_size)

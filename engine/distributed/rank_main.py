@@ -139,7 +139,7 @@ def rank_main(rank: int, spec: RankSpec, inbox, outbox) -> None:
                                                     topo.attn_tp_rank)
         try:
             if transfer is not None or topo.is_dp_leader:
-                outbox.put(Ready(topo.dp_rank, engine.pools.kv.num_items - 1, regions, rank))
+                outbox.put(Ready(topo.dp_rank, regions, rank))
             if topo.is_dp_leader:
                 RankLoop(topo.dp_rank, engine.scheduler, runner, inbox, outbox, spec.quarantine_seconds).run()
             else:

@@ -48,7 +48,6 @@ class Activate:
 @dataclass(frozen=True)
 class Ready:
     dp_rank: int
-    kv_pages: int  # usable KV pages of this DP rank (item 0 is reserved for padding rows)
     regions: tuple = ()  # MemoryRegions of its pools, served by its own transfer session (disaggregating nodes)
     rank: int = 0  # the rank that is ready (DP leaders, and every rank of a disaggregating node, report)
 

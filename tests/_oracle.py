@@ -1,10 +1,26 @@
 """The references the model-family tests compare against: transformers' greedy continuation, and the engine's
 own chunked prefill through its real pools and backend outside the scheduler (every position's logits, for
-teacher-forced comparisons)."""
+teacher-forced comparisons); and the randomisation of the tiny checkpoints they are built from."""
 
 from __future__ import annotations
 
 import torch
+
+
+def randomise_norms_and_biases(model, extra: dict[str, tuple[float, float]] | None = None) -> None:  # noqa: ANN001
+    """transformers initialises norms to 1 and biases to 0: draw them (norm weights 1 + 0.2 N, biases 0.3 N) so
+    that a checkpoint exercises them; `extra` maps other parameter-name suffixes to (offset, scale)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.3 * torch.randn_like(p))
+            else:
+                for suffix, (offset, scale) in (extra or {}).items():
+                    if name.endswith(suffix):
+                        p.copy_(offset + scale * torch.randn_like(p))
+                        break
 
 
 def chunked_prefill_logits(eng, ids: list[int], chunk: int) -> tuple[torch.Tensor, int]:  # noqa: ANN001

@@ -33,6 +33,7 @@ def hybrid_case(name: str):
 def save_hybrid(name: str, path: Path, seed: int = 1234):
     """Save a tiny random `name` checkpoint (fp32, eager attention) with randomised norms, biases and SSM
     parameters, plus the embedded tokenizer; returns the HF model."""
+    from tests._oracle import randomise_norms_and_biases
     from tests._tiny_tokenizer import write_checkpoint_tokenizer
 
     config, model_cls = hybrid_case(name)
@@ -40,16 +41,7 @@ def save_hybrid(name: str, path: Path, seed: int = 1234):
     torch.manual_seed(seed)
     model = model_cls(config).eval()
     model.config._attn_implementation = "eager"
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if pname.endswith("norm.weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            elif pname.endswith(".bias"):
-                p.copy_(0.3 * torch.randn_like(p))
-            elif pname.endswith(("A_log", "dt_bias")):
-                p.copy_(0.5 * torch.randn_like(p))
-            elif pname.endswith(".D"):
-                p.copy_(1 + 0.5 * torch.randn_like(p))
+    randomise_norms_and_biases(model, {"A_log": (0.0, 0.5), "dt_bias": (0.0, 0.5), ".D": (1.0, 0.5)})
     model.save_pretrained(path)
     write_checkpoint_tokenizer(path)
     return model

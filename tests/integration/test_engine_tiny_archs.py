@@ -9,6 +9,8 @@ import pytest
 import torch
 from _engine_model_fixtures import dense_logits, engine_importable
 
+from tests._oracle import randomise_norms_and_biases
+
 pytestmark = pytest.mark.timeout(300)
 transformers = pytest.importorskip("transformers", reason="transformers is a test dependency: pip install -e .[test]")
 
@@ -51,12 +53,7 @@ def checkpoint(request, tmp_path_factory, tokenizer_parts):
     tok_json, template, vocab = tokenizer_parts
     torch.manual_seed(1234)
     model = model_cls(config_cls(vocab_size=vocab, **COMMON, **extra)).eval()
-    with torch.no_grad():  # HF initialises norms to 1 and biases to 0: randomise them so they are exercised
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            elif name.endswith(".bias"):
-                p.copy_(0.3 * torch.randn_like(p))
+    randomise_norms_and_biases(model)
     path = tmp_path_factory.mktemp(f"tiny-{arch}")
     model.save_pretrained(path, **({"max_shard_size": shard} if shard else {}))
     (path / "tokenizer.json").write_text(tok_json, encoding="utf-8")

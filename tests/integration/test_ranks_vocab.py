@@ -16,7 +16,7 @@ from pdpair.engine.distributed import RankGroup, RankSpec, RankTopology
 from pdpair.engine.distributed.processes import free_init_method
 from pdpair.engine.distributed.rank_main import build_rank_engine
 
-from tests._oracle import chunked_prefill_logits, hf_greedy
+from tests._oracle import chunked_prefill_logits, hf_greedy, randomise_norms_and_biases
 
 transformers = pytest.importorskip("transformers", reason="transformers is a test dependency: pip install -e .[test]")
 
@@ -36,12 +36,7 @@ def _tiny_checkpoint(root):
         num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, initializer_range=0.3,
         bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, attention_bias=True)
     hf = transformers.LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            elif name.endswith(".bias"):
-                p.copy_(0.3 * torch.randn_like(p))
+    randomise_norms_and_biases(hf)
     hf.save_pretrained(root)
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({f"<t{i}>": i for i in range(TINY_VOCAB)}, unk_token="<t0>"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()

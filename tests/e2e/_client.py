@@ -78,13 +78,14 @@ def wait_for(cond, what: str, timeout: float = 120.0) -> None:
         time.sleep(0.01)
 
 
-def wait_all_free(node, timeout: float = 30.0) -> pb.NodeStats:
+def wait_all_free(node, timeout: float = 30.0, reserved: int = 0) -> pb.NodeStats:
     """Poll Stats until every pool item is free or in the prefix cache (none quarantined, none held by a
-    request) and integrity holds; returns the Stats."""
+    request) but `reserved` per pool (a node with ranks keeps item 0 for padding rows) and integrity holds;
+    returns the Stats."""
     deadline = time.monotonic() + timeout
     while True:
         st = node.stats()
-        if all(p.free + p.cached == p.total and p.quarantined == 0 for p in st.pools) and st.integrity_ok:
+        if all(p.free + p.cached + reserved == p.total and p.quarantined == 0 for p in st.pools) and st.integrity_ok:
             return st
         if time.monotonic() > deadline:
             raise AssertionError(f"{node.role} node still holds pages after {timeout:.0f}s: {st}")

@@ -17,7 +17,7 @@ import pytest
 from pdpair.engine import Engine, SamplingParams
 from pdpair.proto import pdpair_pb2 as pb
 
-from tests.e2e._client import generate, new_rid, prompt, sampling, wait_for
+from tests.e2e._client import generate, new_rid, prompt, sampling, wait_all_free, wait_for
 from tests.e2e._nodes import start_node, wait_healthy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -56,15 +56,9 @@ def _landed(node) -> list[int]:
     return [r.remote_prefills for r in node.stats().ranks]
 
 
-def _wait_whole(node, timeout: float = 20.0) -> dict[int, pb.PoolStats]:
-    """Every DP rank's pool free but item 0 (padding rows), nothing quarantined."""
-    deadline = time.monotonic() + timeout
-    while True:
-        pools = _pools(node)
-        if all(p.free == p.total - 1 and p.quarantined == 0 for p in pools.values()):
-            return pools
-        assert time.monotonic() < deadline, f"pages still held: {pools}"
-        time.sleep(0.1)
+def _wait_whole(node) -> dict[int, pb.PoolStats]:
+    """Every DP rank's pool free but item 0 (padding rows), nothing quarantined: the pools by DP rank."""
+    return {p.dp_rank: p for p in wait_all_free(node, timeout=20.0, reserved=1).pools}
 
 
 def test_remote_prefills_land_in_both_dp_ranks_equal_one_rank_and_leave_no_page(pair, expected):

@@ -8,13 +8,12 @@ GPU only: needs two CUDA devices (both nodes put rank r on cuda:r)."""
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
-from tests.e2e._client import generate, prompt, sampling
+from tests.e2e._client import generate, prompt, sampling, wait_all_free
 from tests.e2e._nodes import start_cluster
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(600),
@@ -22,18 +21,6 @@ pytestmark = [pytest.mark.gpu, pytest.mark.timeout(600),
 
 PROMPTS = [prompt(1500, salt=21), prompt(37, salt=22), prompt(700, salt=23), prompt(260, salt=24)]
 NEW = 16
-
-
-def _all_free(node, ranks: bool, timeout: float = 30.0) -> None:
-    """Every page free but item 0 on a node with ranks (their padding rows' item), nothing quarantined."""
-    reserved = 1 if ranks else 0
-    deadline = time.monotonic() + timeout
-    while True:
-        st = node.stats()
-        if all(p.free == p.total - reserved and p.quarantined == 0 for p in st.pools) and st.integrity_ok:
-            return
-        assert time.monotonic() < deadline, st
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +47,8 @@ def test_rank_nodes_on_two_gpus_equal_colocated(model_dir, prefill_ranks, decode
             disagg = list(pool.map(lambda p: generate(stub, p, sp, prefill_addr=prefill), PROMPTS))
         assert all(g.first.prefilled_remotely for g in disagg)
         assert [g.tokens for g in disagg] == colocated
-        _all_free(cluster.decode, ranks=True)
-        _all_free(cluster.prefill, ranks=bool(prefill_ranks))
+        wait_all_free(cluster.decode, reserved=1)  # a node with ranks keeps item 0 for padding rows
+        wait_all_free(cluster.prefill, reserved=1 if prefill_ranks else 0)
     finally:
         codes = cluster.stop()
     assert codes == {"prefill": 0, "decode": 0}, codes

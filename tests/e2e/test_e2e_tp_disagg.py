@@ -7,7 +7,6 @@ end with every page free."""
 from __future__ import annotations
 
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,24 +15,13 @@ import pytest
 from pdpair.engine import Engine, SamplingParams
 from pdpair.proto import pdpair_pb2 as pb
 
-from tests.e2e._client import generate, new_rid, prompt, sampling, wait_for
+from tests.e2e._client import generate, new_rid, prompt, sampling, wait_all_free, wait_for
 from tests.e2e._nodes import start_node, wait_healthy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 PROMPTS = [prompt(40, salt=11), prompt(9, salt=12), prompt(150, salt=13), prompt(70, salt=14)]
 NEW = 8
-
-
-def _all_free(node, timeout: float = 20.0) -> None:
-    """Every pool free but item 0 (the ranks' padding rows), nothing quarantined, the pools' integrity held."""
-    deadline = time.monotonic() + timeout
-    while True:
-        st = node.stats()
-        if all(p.free == p.total - 1 and p.quarantined == 0 for p in st.pools) and st.integrity_ok:
-            return
-        assert time.monotonic() < deadline, st
-        time.sleep(0.1)
 
 
 def test_tp2_prefill_node_to_tp2_decode_node_equals_one_rank():
@@ -67,8 +55,8 @@ def test_tp2_prefill_node_to_tp2_decode_node_equals_one_rank():
         with pytest.raises(grpc.RpcError) as cancelled:
             list(call)
         assert cancelled.value.code() == grpc.StatusCode.CANCELLED
-        _all_free(decode)
-        _all_free(prefill)
+        wait_all_free(decode, reserved=1)  # both nodes run ranks: item 0 holds their padding rows
+        wait_all_free(prefill, reserved=1)
     finally:
         codes = decode.stop(), prefill.stop()
     assert codes == (0, 0)

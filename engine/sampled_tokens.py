@@ -10,10 +10,9 @@ from pdpair.engine.staging import HostRing
 
 @dataclass
 class SampledTokens:
-    """A device tensor of token ids copied into pinned host memory behind an event (CUDA), or the ids
-    themselves where ops are synchronous (CPU). `read()` waits for the copy, not for the whole device.
-    With a `HostRing` the copy lands in its next buffer (no pinned allocation per step); it must be read
-    before the ring comes round to that buffer again."""
+    """A device tensor of token ids copied into the next pinned buffer of a `HostRing` behind the ring's event
+    (CUDA), or the ids themselves where ops are synchronous (CPU). `read()` waits for the copy, not for the
+    whole device, and must come before the ring comes round to that buffer again."""
 
     host: torch.Tensor
     event: torch.cuda.Event | None = None
@@ -21,15 +20,9 @@ class SampledTokens:
     turn: int = 0
 
     @classmethod
-    def start(cls, tokens: torch.Tensor, ring: HostRing | None = None) -> SampledTokens:
+    def start(cls, tokens: torch.Tensor, ring: HostRing) -> SampledTokens:
         if tokens.device.type != "cuda":
             return cls(tokens)
-        if ring is None:
-            host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
-            host.copy_(tokens, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            return cls(host, event)
         turn, buf = ring.take()
         host = buf[: tokens.shape[0]]
         host.copy_(tokens, non_blocking=True)

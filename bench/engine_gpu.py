@@ -136,6 +136,30 @@ def set_fused(eng, on: bool) -> bool:
     return True
 
 
+def profile_kernels(name: str, what: str, fn, reps: int = 20, top: int = 14) -> None:
+    """Per-kernel device time of one `fn()` (a graph replay), from the profiler over `reps` runs: launches per
+    step, the sum of kernel times, and the kernels taking the most time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    kernels: dict[str, list[float]] = {}
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA and "memcpy" not in ev.name.lower():
+            k = kernels.setdefault(ev.name, [0, 0.0])
+            k[0] += 1
+            k[1] += ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total
+    launches = sum(c for c, _ in kernels.values()) / reps
+    busy_us = sum(t for _, t in kernels.values()) / reps
+    print(f"{name} {what}: {launches:.0f} kernels per step, {busy_us:.1f} us of kernel time per step", flush=True)
+    for kname, (c, t) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:top]:
+        print(f"    {t / reps:8.1f} us  {c / reps:5.0f}x  {t / c:6.2f} us each  {kname[:90]}", flush=True)
+
+
 def overlap_graphs(eng, max_batch_size: int, buckets: tuple[int, ...]):
     """Decode graphs over the engine's runner, as the engine captures them (their input staging gathers the
     tokens an overlapped step has not read yet), for the given buckets."""
@@ -211,6 +235,8 @@ def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args
             try:
                 graphs.replay(batch)  # fills the static buffers
                 bare = cuda_ms(lambda b=bs, g=graphs: g.replay_bucket(b), args.reps)
+                if bs in args.profile:
+                    profile_kernels(name, f"decode b{bs}{tag}", lambda b=bs, g=graphs: g.replay_bucket(b))
                 staged = hasattr(graphs, "replay_staged")
                 full = cuda_ms((lambda g=graphs, h=host: g.replay_staged(*h)) if staged
                                else (lambda b=batch, g=graphs: g.replay(b)), args.reps)
@@ -221,25 +247,28 @@ def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args
                 batch=bs, tokens_per_s=bs / bare * 1e3)
             row(name, f"decode b{bs} ctx{ctx} runner replay{tag}", full, floor,
                 "host upload + graph, as ModelRunner runs it" if staged else "metadata fill + graph", batch=bs)
-        # scheduler decode steps at batch 64, overlap off and on, against the bare graph at the same batch and context
-        bs, prompt, steps = min(64, max_bs), args.sched_prompt, args.sched_steps
         gen = torch.Generator().manual_seed(1)
-        ids = torch.randint(3, cfg.vocab_size, (prompt,), generator=gen).tolist()
-        sched_tps = {ov: scheduler_decode_tps(eng, ids, bs, steps, ov) for ov in (False, True)}
-        batch, release = decode_batch(eng, [prompt + steps // 2] * bs, seed=7)
-        try:
-            graphs.replay(batch)
-            bare = cuda_ms(lambda b=bs, g=graphs: g.replay_bucket(b), args.reps)
-        finally:
-            release()
-        bare_tps = bs / bare * 1e3
-        for ov, tps in sched_tps.items():
-            row(name, f"scheduler decode b{bs} ctx~{prompt + steps // 2} overlap {'on' if ov else 'off'}{tag}",
-                bs / tps * 1e3, bare, f"{tps:.0f} tok/s = {tps / bare_tps:.0%} of bare graph {bare_tps:.0f} tok/s "
-                "(floor column: bare graph)", tokens_per_s=tps, bare_tokens_per_s=bare_tps, overlap=ov)
+        if "scheduler" not in args.skip:
+            # scheduler decode steps at batch 64, overlap off and on, against the bare graph at the same batch and context
+            bs, prompt, steps = min(64, max_bs), args.sched_prompt, args.sched_steps
+            ids = torch.randint(3, cfg.vocab_size, (prompt,), generator=gen).tolist()
+            sched_tps = {ov: scheduler_decode_tps(eng, ids, bs, steps, ov) for ov in (False, True)}
+            batch, release = decode_batch(eng, [prompt + steps // 2] * bs, seed=7)
+            try:
+                graphs.replay(batch)
+                bare = cuda_ms(lambda b=bs, g=graphs: g.replay_bucket(b), args.reps)
+            finally:
+                release()
+            bare_tps = bs / bare * 1e3
+            for ov, tps in sched_tps.items():
+                row(name, f"scheduler decode b{bs} ctx~{prompt + steps // 2} overlap {'on' if ov else 'off'}{tag}",
+                    bs / tps * 1e3, bare, f"{tps:.0f} tok/s = {tps / bare_tps:.0%} of bare graph {bare_tps:.0f} tok/s "
+                    "(floor column: bare graph)", tokens_per_s=tps, bare_tokens_per_s=bare_tps, overlap=ov)
         eng.runner.graphs = None
         del graphs
         torch.cuda.empty_cache()
+        if "prefill" in args.skip:
+            continue
         # prefill: one eager extend forward of rows x length new tokens, attention through SDPA and through Triton
         rows_n, length = args.prefill_rows, args.prefill_len
         rows, release = hold_rows(eng, [length] * rows_n)
@@ -282,6 +311,10 @@ def main() -> None:
     ap.add_argument("--sched-steps", type=int, default=64, help="decode steps timed in the scheduler row")
     ap.add_argument("--fused-ops", choices=["on", "off", "both", "default"], default="both",
                     help="run rows with the fused kernels on, off, both, or as the engine defaults")
+    ap.add_argument("--profile", type=int, nargs="*", default=[], metavar="BATCH",
+                    help="print the per-kernel breakdown of the decode graph at these batch sizes")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["scheduler", "prefill"],
+                    help="leave these rows out")
     ap.add_argument("--quick", action="store_true", help="small sizes: a few seconds per shape")
     ap.add_argument("--json", type=Path, help="write every row here")
     args = ap.parse_args()

@@ -21,11 +21,10 @@ import time
 from types import SimpleNamespace
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from pdpair.engine import Engine, Request, SamplingParams
 from pdpair.engine.cuda_graph import DecodeCudaGraphs
 from pdpair.engine.model_config import ModelConfig
-
+from torch.utils._python_dispatch import TorchDispatchMode
 
 OP_STEPS = 16  # steps counted by OpCounter (a page boundary every 16 tokens: every step of a cycle)
 

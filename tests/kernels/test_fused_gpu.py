@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels._fused_cases import add_rmsnorm_case, qk_rope_store_case, silu_mul_case
+from tests.kernels._fused_cases import add_rmsnorm_case, qk_rope_store_case, silu_mul_case, skinny_linear_case
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -39,3 +39,66 @@ def test_qk_rope_store_gpu(dtype, heads, kv_heads, head_dim, qk_norm, tokens):
     r = qk_rope_store_case(dtype, tokens, heads, kv_heads, head_dim, qk_norm, device="cuda", seed=tokens)
     assert r["v_exact"] and r["cache_others_untouched"], r
     assert max(r["q"], r["k"], r["cache"], r["q64"], r["k64"]) < 2 * TOL[dtype], r
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k,gated,bias", [(960, 576, False, False), (576, 1536, False, False),
+                                            (1536, 576, True, False), (6144, 4096, False, True),
+                                            (4096, 14336, False, False), (14336, 4096, True, False)])
+@pytest.mark.parametrize("rows", [1, 7, 16])
+def test_skinny_linear_gpu(dtype, n, k, gated, bias, rows):
+    """Model shapes (SmolLM2, an 8B model) at the default launch config against cuBLAS and float64."""
+    r = skinny_linear_case(dtype, rows, n, k, gated, bias, device="cuda", seed=rows + n)
+    assert r["shape"] and r["tail_untouched"], r
+    assert max(r["out"], r["out64"]) < TOL[dtype], r
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_fused_forward_bf16_small_batches_match_unfused(arch):
+    """bf16 decode batches of 1, 3 and 16 rows (the skinny linear, gated MLP included) and of 17 rows
+    (cuBLAS) through the fused forward against the unfused forward of the same engine."""
+    from types import SimpleNamespace
+
+    import pdpair.engine.models.fused as fused_mod
+    from pdpair.engine import Engine
+    from pdpair.engine.model_config import ModelConfig
+    from pdpair.engine.models import build_model
+
+    from tests.kernels._attention_engine_fixtures import decode_batch, eager_logits, fill_kv_random
+    from tests.kernels._attention_fixtures import rel_err
+
+    cfg = ModelConfig(arch=arch, num_layers=2, hidden_size=256, num_heads=4, num_kv_heads=2, head_dim=64,
+                      intermediate_size=640, vocab_size=1024, context_length=1024, qk_norm=arch == "qwen3",
+                      attention_bias=arch == "qwen2")
+    model = build_model(cfg, torch.bfloat16, "cuda")
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, device="cuda")
+            p.copy_(1 + 0.3 * noise if name.endswith("norm.weight") else 0.05 * noise)
+    loaded = SimpleNamespace(config=cfg, model=model, tokenizer=None, model_id=f"tiny-{arch}", weights_digest="t")
+    eng = Engine.from_loaded(loaded, device="cuda", page_size=16, max_pages=256, attention_backend="triton",
+                             max_running_requests=32, disable_cuda_graph=True)
+    fill_kv_random(eng, 1)
+    calls = []
+    real = fused_mod.skinny_linear
+    fused_mod.skinny_linear = lambda *a, **k: calls.append(k.get("gated", False)) or real(*a, **k)
+    try:
+        for rows in (1, 3, 16, 17):
+            batch, release = decode_batch(eng, [5 + 37 * i % 300 for i in range(rows)], seed=rows)
+            eng.runner.backend.fused_ops = True
+            before = len(calls)
+            fused = eager_logits(eng, batch)
+            ran = calls[before:]
+            eng.runner.backend.fused_ops = False
+            plain = eager_logits(eng, batch)
+            release()
+            assert rel_err(fused, plain) < 2e-2, (rows, rel_err(fused, plain))
+            # per layer: qkv, o, gated gate/up, down through the skinny kernel at <= 16 rows; none above
+            assert len(ran) == (4 * cfg.num_layers if rows <= 16 else 0) and ran.count(True) == (
+                cfg.num_layers if rows <= 16 else 0), (rows, ran)
+    finally:
+        fused_mod.skinny_linear = real
+    eng.pools.check_integrity()

@@ -13,6 +13,7 @@ from tests.kernels._fused_cases import (
     graph_body_case,
     qk_rope_store_case,
     silu_mul_case,
+    skinny_linear_case,
     wrapped_modules_case,
 )
 
@@ -35,6 +36,17 @@ def test_add_rmsnorm_matches_twin(dtype):
 def test_silu_and_mul_matches_twin(dtype):
     r = interpreted(silu_mul_case, dtype, 3, 1100)  # two column blocks, the second partial
     assert r["shape"] and r["out"] < TOL[dtype] and r["out64"] < 10 * TOL[dtype], r
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("rows,gated,bias", [(1, False, True), (5, True, False), (3, True, True)])
+def test_skinny_linear_matches_twin(dtype, rows, gated, bias):
+    # N = 40: two column blocks of 32, the second partial; K = 200: two K steps of 128, the second partial
+    cfg = {"BLOCK_N": 32, "BLOCK_K": 128, "num_warps": 4, "num_stages": 2}
+    r = interpreted(skinny_linear_case, dtype, rows, 40, 200, gated, bias, cfg)
+    assert r["shape"] and r["tail_untouched"], r
+    assert r["out"] < 5 * TOL[dtype] and r["out64"] < 5 * TOL[dtype], r
 
 
 @pytest.mark.timeout(300)

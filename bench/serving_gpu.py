@@ -130,6 +130,8 @@ class Result:
     error: str = ""
     transfer_bytes: int = 0
     transfer_entries: int = 0
+    first_chunk_s: float = 0.0  # 1p1d: the prefill node's own view (from the request's arrival there)
+    prefill_node_s: float = 0.0
 
 
 def schedule(rate: float, duration: float, args, seed: int) -> list[tuple[float, int, int]]:
@@ -147,13 +149,13 @@ async def one(stub, pb, arrival: float, n_prompt: int, n_out: int, vocab: int, p
     sp = pb.SamplingParams(max_new_tokens=n_out, temperature=0.0, ignore_eos=True)
     req = pb.GenerateRequest(rid=f"sg-{uuid.uuid4().hex[:12]}", token_ids=ids, sampling=sp, prefill_addr=prefill_addr)
     start = time.perf_counter()
-    ttft, last, itl, tokens, transfer_s, xfer = None, None, [], 0, 0.0, None
+    ttft, last, itl, tokens, transfer_s, xfer, first = None, None, [], 0, 0.0, None, None
     try:
         async for chunk in stub.Generate(req, timeout=600):
             now = time.perf_counter()
             k = len(chunk.token_ids)
             if ttft is None:
-                ttft, transfer_s, gaps, xfer = now - start, chunk.transfer.seconds, k - 1, chunk.transfer
+                ttft, transfer_s, gaps, xfer, first = now - start, chunk.transfer.seconds, k - 1, chunk.transfer, chunk
             else:
                 gaps = k
             if last is not None and gaps:
@@ -162,7 +164,9 @@ async def one(stub, pb, arrival: float, n_prompt: int, n_out: int, vocab: int, p
     except Exception as exc:  # noqa: BLE001 - a failed request counts against goodput and is reported
         return Result(arrival, n_prompt, float("inf"), [], tokens, 0.0, f"{type(exc).__name__}: {exc}"[:200])
     return Result(arrival, n_prompt, ttft if ttft is not None else float("inf"), itl, tokens, transfer_s,
-                  transfer_bytes=xfer.bytes if xfer else 0, transfer_entries=xfer.entries if xfer else 0)
+                  transfer_bytes=xfer.bytes if xfer else 0, transfer_entries=xfer.entries if xfer else 0,
+                  first_chunk_s=first.prefill_first_chunk_seconds if first else 0.0,
+                  prefill_node_s=first.prefill_node_seconds if first else 0.0)
 
 
 async def run_rate(stubs, pb, targets, sched, vocab, limit_s: float) -> list[Result]:
@@ -212,6 +216,11 @@ def summarize(mode: str, rate: float, res: list[Result], duration: float, args) 
             "transfer_gbps_long": (sum(r.transfer_bytes for r in long_) / 1e9 / sum(r.transfer_s for r in long_))
             if long_ and sum(r.transfer_s for r in long_) > 0 else None,
             "transfer_entries_long": (sum(r.transfer_entries for r in long_) / len(long_)) if long_ else None,
+            # 1p1d: where the TTFT goes - the prefill node's wait + first chunk, its whole part, and the rest
+            # (decode-side preallocation, the RPC, activation, the answer's way back)
+            "first_chunk_p50_ms": 1e3 * pct([r.first_chunk_s for r in ok if r.prefill_node_s], 50),
+            "prefill_node_p50_ms": 1e3 * pct([r.prefill_node_s for r in ok if r.prefill_node_s], 50),
+            "outside_p50_ms": 1e3 * pct([r.ttft - r.prefill_node_s for r in ok if r.prefill_node_s], 50),
             "first_error": next((r.error for r in res if r.error), "")}
 
 
@@ -287,7 +296,13 @@ def print_row(r: dict) -> None:
     print(f"| {r['mode']:<9} | {r['rate']:5.2f} | {r['requests']:4d} | {r['errors']:3d} | {r['ttft_p50_ms']:8.0f} | "
           f"{r['ttft_p99_ms']:8.0f} | {r['itl_p50_ms']:7.1f} | {r['itl_p99_ms']:7.1f} | {r['goodput_rps']:6.2f} | "
           f"{r['goodput_p99_rps']:6.2f} | "
-          f"{share:>6} | {gbps:>6} | {ents:>5} | {r['first_error'][:60]}", flush=True)
+          f"{share:>6} | {gbps:>6} | {ents:>5} | {_ms(r, 'first_chunk_p50_ms')} | {_ms(r, 'prefill_node_p50_ms')} | "
+          f"{_ms(r, 'outside_p50_ms')} | {r['first_error'][:60]}", flush=True)
+
+
+def _ms(r: dict, key: str) -> str:
+    v = r.get(key)
+    return "     -" if v is None or v != v else f"{v:6.0f}"
 
 
 def main() -> None:
@@ -324,7 +339,7 @@ def main() -> None:
     root = write_model_dir(args.shape, Path(tempfile.mkdtemp(prefix="pdpair-seeded-")), args.device)
     vocab = hf_config(args.shape)["vocab_size"]
     print(f"model {args.shape} written to {root} in {time.perf_counter() - t0:.0f} s", flush=True)
-    print("| mode      |  rate | reqs | err | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | goodput | good99 | xfer%  | xGB/s  | runs  | error")
+    print("| mode      |  rate | reqs | err | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | goodput | good99 | xfer%  | xGB/s  | runs  | 1st chunk | P node | outside | error")
     rows = []
     for mode in args.modes:
         try:

@@ -97,6 +97,8 @@ class DecodeServicer(pb_grpc.DecodeNodeServicer):
                 echo = result.first_token
                 self.running.tokens(rid, 1)
                 first.transfer.CopyFrom(result.transfer)
+                first.prefill_first_chunk_seconds = result.queue_seconds
+                first.prefill_node_seconds = result.prefill_seconds
                 first.token_ids.append(echo)
                 first.ttft_seconds = info.ttft or 0.0
                 await context.write(first)

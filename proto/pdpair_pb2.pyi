@@ -222,20 +222,24 @@ class GenerateRequest(_message.Message):
     def __init__(self, rid: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., prefill_addr: _Optional[str] = ...) -> None: ...
 
 class TokenChunk(_message.Message):
-    __slots__ = ("token_ids", "finish_reason", "prompt_tokens", "ttft_seconds", "prefilled_remotely", "transfer")
+    __slots__ = ("token_ids", "finish_reason", "prompt_tokens", "ttft_seconds", "prefilled_remotely", "transfer", "prefill_first_chunk_seconds", "prefill_node_seconds")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TTFT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PREFILLED_REMOTELY_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_FIRST_CHUNK_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_NODE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     finish_reason: str
     prompt_tokens: int
     ttft_seconds: float
     prefilled_remotely: bool
     transfer: TransferStats
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., ttft_seconds: _Optional[float] = ..., prefilled_remotely: _Optional[bool] = ..., transfer: _Optional[_Union[TransferStats, _Mapping]] = ...) -> None: ...
+    prefill_first_chunk_seconds: float
+    prefill_node_seconds: float
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., ttft_seconds: _Optional[float] = ..., prefilled_remotely: _Optional[bool] = ..., transfer: _Optional[_Union[TransferStats, _Mapping]] = ..., prefill_first_chunk_seconds: _Optional[float] = ..., prefill_node_seconds: _Optional[float] = ...) -> None: ...
 
 class ModelInfoRequest(_message.Message):
     __slots__ = ()

@@ -48,6 +48,10 @@ def test_disaggregated_equals_colocated(cluster, case, sname):
     assert disagg.finish_reason == colocated.finish_reason == "length"
     assert not colocated.first.prefilled_remotely and disagg.first.prefilled_remotely
     assert disagg.first.prompt_tokens == len(ids) and disagg.first.ttft_seconds > 0
+    # the prefill node's own timings: inside the decode node's TTFT, the first chunk inside the whole
+    f = disagg.first
+    assert 0 < f.prefill_first_chunk_seconds <= f.prefill_node_seconds < f.ttft_seconds, f
+    assert colocated.first.prefill_node_seconds == 0
     pages = -(-len(ids) // PAGE)
     assert disagg.first.transfer.items == pages
     assert disagg.first.transfer.bytes == pages * cluster_item_bytes(cluster)

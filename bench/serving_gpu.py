@@ -224,6 +224,15 @@ def summarize(mode: str, rate: float, res: list[Result], duration: float, args) 
             "first_error": next((r.error for r in res if r.error), "")}
 
 
+def triton_cache_entries() -> int:
+    """Kernels in Triton's on-disk cache (shared by the daemons this bench starts): growth during a rate means
+    a daemon compiled, and stalled, while serving it."""
+    import os
+
+    root = Path(os.environ.get("TRITON_CACHE_DIR", Path.home() / ".triton" / "cache"))
+    return sum(1 for _ in root.glob("*/*.json")) if root.is_dir() else 0
+
+
 def clusters(mode: str, model_dir: Path, args):
     """The daemons of `mode` as LocalClusters (one per GPU): (clusters, decode stubs' targets)."""
     from pdpair.router.local_cluster import LocalCluster
@@ -272,6 +281,10 @@ async def run_mode(mode: str, model_dir: Path, vocab: int, args, deadline: float
             step = max(1, (args.prompt_max - args.prompt_min) // 7)  # then a concurrent batch across the range
             await asyncio.gather(*(one(stubs[i], pb, 0.0, n, 16, vocab, targets[i])
                                    for n in range(args.prompt_min, args.prompt_max + 1, step)))
+        if args.warmup_seconds > 0:  # open-loop traffic, discarded: batch shapes the sequential warm-up missed
+            await run_rate(stubs, pb, targets, schedule(max(args.rates), args.warmup_seconds, args, seed=99), vocab,
+                           args.warmup_seconds + args.drain)
+        print(f"{mode}: {triton_cache_entries()} compiled Triton kernels cached after the warm-up", flush=True)
         for k, rate in enumerate(args.rates):
             if time.perf_counter() + args.duration + args.drain > deadline:
                 print(f"{mode}: time budget reached, rates from {rate} on skipped", flush=True)
@@ -281,6 +294,7 @@ async def run_mode(mode: str, model_dir: Path, vocab: int, args, deadline: float
             row = summarize(mode, rate, res, args.duration, args)
             rows.append(row)
             print_row(row)
+            print(f"{mode}: {triton_cache_entries()} compiled Triton kernels cached", flush=True)
         for c in channels:
             await c.close()
     finally:
@@ -318,6 +332,8 @@ def main() -> None:
     ap.add_argument("--prompt-max", type=int, default=8192, help="longest prompt (tokens)")
     ap.add_argument("--output-min", type=int, default=128, help="fewest output tokens")
     ap.add_argument("--output-max", type=int, default=512, help="most output tokens")
+    ap.add_argument("--warmup-seconds", type=float, default=6.0,
+                    help="seconds of discarded open-loop traffic at the highest rate before the measured rates")
     ap.add_argument("--slo-ttft", type=float, default=1.0, help="TTFT bound of the SLO, seconds")
     ap.add_argument("--slo-itl", type=float, default=0.05, help="mean inter-token latency bound of the SLO, seconds")
     ap.add_argument("--chunk-size", type=int, default=4096, help="chunked-prefill budget of every node")

@@ -1,4 +1,4 @@
-"""Fused kernels (add + RMSNorm, SiLU-and-mul, q/k norm + rope + K/V store) in the Triton interpreter against
+"""Fused kernels (add + RMSNorm, SiLU-and-mul, q/k norm + rope + K/V store, qkv projection + rope + K/V store) in the Triton interpreter against
 their torch twins."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from tests.kernels._fused_cases import (
     qk_rope_store_case,
     silu_mul_case,
     skinny_linear_case,
+    skinny_qkv_case,
     wrapped_modules_case,
 )
 
@@ -58,6 +59,19 @@ def test_qk_rope_store_matches_twin(dtype, qk_norm):
     # fp16: the twin rounds each rope product, the kernel once
     assert max(r["q"], r["k"], r["cache"]) < 5 * TOL[dtype], r
     assert max(r["q64"], r["k64"]) < 5 * TOL[dtype], r
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("rows,bias", [(1, True), (5, False), (5, True)])
+def test_skinny_qkv_rope_store_matches_twin(dtype, rows, bias):
+    # 3 q heads, 1 kv head (not powers of two in total: 5 heads), head_dim 32: 2 pair blocks of 8 per head;
+    # K = 200: two K steps of 128, the second partial; 5 rows: row 1 is padding (slot -1)
+    cfg = {"BLOCK_N": 16, "BLOCK_K": 128, "num_warps": 2, "num_stages": 2}
+    r = interpreted(skinny_qkv_case, dtype, rows, 3, 1, 32, 200, bias, cfg)
+    assert r["shape"] and r["others_untouched"] and r["stored"] == (rows - 1 if rows > 2 else rows), r
+    assert max(r["q"], r["k_cache"], r["v_cache"]) < 5 * TOL[dtype], r
+    assert max(r["q64"], r["k_cache64"], r["v_cache64"]) < 5 * TOL[dtype], r
 
 
 @pytest.mark.timeout(300)

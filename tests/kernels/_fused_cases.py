@@ -145,7 +145,8 @@ def skinny_qkv_case(dtype, rows: int, heads: int, kv_heads: int, head_dim: int, 
 def fused_engine_case(arch: str) -> dict:
     """A tiny seeded model of `arch` through the engine on CPU with the (interpreted) triton backend, fused
     kernels off and on (and on with no-prefix prefill chunks through SDPA): greedy tokens, one decode batch's
-    logits, and how often the fused forward ran."""
+    logits, how often the fused forward ran and how often its decode steps ran the qkv projection with rope
+    and the K/V store fused (models without q/k norm)."""
     from types import SimpleNamespace
 
     import pdpair.engine.models.fused as fused_mod
@@ -165,9 +166,10 @@ def fused_engine_case(arch: str) -> dict:
             noise = torch.randn(p.shape, generator=gen)
             p.copy_(1 + 0.3 * noise if name.endswith("norm.weight") else 0.2 * noise)
     loaded = SimpleNamespace(config=cfg, model=model, tokenizer=None, model_id=f"tiny-{arch}", weights_digest="t")
-    calls = []
-    real = fused_mod.fused_forward
+    calls, qkv_calls = [], []
+    real, real_qkv = fused_mod.fused_forward, fused_mod.skinny_qkv_rope_store
     fused_mod.fused_forward = lambda *a: calls.append(1) or real(*a)
+    fused_mod.skinny_qkv_rope_store = lambda *a, **k: qkv_calls.append(a[0].shape[0]) or real_qkv(*a, **k)
     prompts = [torch.randint(3, 256, (n,), generator=gen).tolist() for n in (1, 5, 11)]
     tokens, logits = {}, {}
     try:
@@ -185,10 +187,11 @@ def fused_engine_case(arch: str) -> dict:
             release()
             eng.pools.check_integrity()
     finally:
-        fused_mod.fused_forward = real
+        fused_mod.fused_forward, fused_mod.skinny_qkv_rope_store = real, real_qkv
     base = tokens[False, False]
     return {"tokens_equal": base == tokens[True, False] == tokens[True, True], "tokens": base,
-            "rel_err": rel_err(logits[True, False], logits[False, False]), "fused_calls": len(calls)}
+            "rel_err": rel_err(logits[True, False], logits[False, False]), "fused_calls": len(calls),
+            "qkv_calls": len(qkv_calls)}
 
 
 def graph_body_case(fused: bool) -> dict:

@@ -4,7 +4,10 @@
   cuBLAS (`F.linear`) for the projections of the SmolLM2, Llama-3.1-8B and Qwen3-8B shapes at 1-16 rows, in
   microseconds per call inside a CUDA graph (launch cost included, as a decode graph pays it) and in weight
   GB/s against the read bandwidth of a 2 GiB sum; the gate/up projection also with SiLU-and-mul folded
-  into its epilogue, against cuBLAS + `silu_and_mul`. `--sweep` tries every launch config per shape and prints the best.
+  into its epilogue, against cuBLAS + `silu_and_mul`; the qkv projection also with rope and the K/V store
+  folded into its epilogue (`kernels/fused/skinny_qkv.py`, shapes without q/k norm), against skinny qkv +
+  `qk_rope_store` (the two launches it replaces). `--sweep` tries every launch config per shape and prints
+  the best.
 - decode attention: split-KV decode at batch 1-8, context 2,048, against the KV bytes / copy bandwidth, for
   each split count (`--sweep`) and at the default.
 
@@ -27,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pdpair.kernels.attention import decode_attention, decode_workspace  # noqa: E402
 from pdpair.kernels.attention.decode import default_num_splits  # noqa: E402
-from pdpair.kernels.fused import silu_and_mul  # noqa: E402
+from pdpair.kernels.fused import qk_rope_store, silu_and_mul  # noqa: E402
 from pdpair.kernels.fused.skinny_linear import skinny_config, skinny_linear  # noqa: E402
+from pdpair.kernels.fused.skinny_qkv import skinny_qkv_config, skinny_qkv_rope_store  # noqa: E402
 
 # (name, N, K) of each shape's projections; "down" also runs with SiLU-and-mul folded in
 SHAPES = {
@@ -36,7 +40,7 @@ SHAPES = {
     "llama3-8b": [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)],
     "qwen3-8b": [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 24576, 4096), ("down", 4096, 12288)],
 }
-ATTN = {"smollm2": (9, 3, 64), "llama3-8b": (32, 8, 128)}
+ATTN = {"smollm2": (9, 3, 64), "llama3-8b": (32, 8, 128)}  # (heads, kv heads, head_dim); both without q/k norm
 ROWS: list[dict] = []
 
 
@@ -88,6 +92,26 @@ def sweep_configs():
         yield {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
 
 
+def bench_qkv_rope(shape: str, x: torch.Tensor, w: torch.Tensor, read_gbs: float) -> None:
+    """The qkv projection with rope and the K/V store in its epilogue against skinny qkv + `qk_rope_store`."""
+    heads, kvh, d = ATTN[shape]
+    m, (n, k) = x.shape[0], w.shape
+    k_cache = torch.zeros(64, 16, kvh, d, dtype=x.dtype, device=x.device)
+    v_cache = torch.zeros_like(k_cache)
+    slots = torch.arange(m, device=x.device) * 7
+    angles = torch.rand(m, d // 2, device=x.device) * 6.28
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    caches = (k_cache, v_cache, slots)
+    ref = graph_us(lambda: qk_rope_store(skinny_linear(x, w), cos, sin, heads, kvh, *caches))
+    us = graph_us(lambda: skinny_qkv_rope_store(x, w, None, cos, sin, heads, kvh, *caches))
+    c = skinny_qkv_config(n, k, d)
+    gbs = n * k * 2 / us / 1e3
+    emit(shape=shape, proj="qkv+rope+store", rows=m, cublas_us=round(ref, 2), skinny_us=round(us, 2),
+         ratio=round(us / ref, 3), gbs=round(gbs), pct=f"{gbs / read_gbs:.0%}",
+         config=f"pairs {c['BLOCK_N'] // 2}x{c['BLOCK_K']} w{c['num_warps']} s{c['num_stages']}"
+         " vs skinny qkv + qk_rope_store")
+
+
 def bench_linear(shapes: list[str], rows_list: list[int], read_gbs: float, sweep: bool) -> None:
     print("| shape | proj | rows | cuBLAS us | skinny us | skinny / cuBLAS | skinny GB/s | % of read bw | config |")
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -115,6 +139,8 @@ def bench_linear(shapes: list[str], rows_list: list[int], read_gbs: float, sweep
                 emit(shape=shape, proj=name, rows=m, cublas_us=round(ref_us, 2), skinny_us=round(us, 2),
                      ratio=round(us / ref_us, 3), gbs=round(gbs), pct=f"{gbs / read_gbs:.0%}",
                      config=f"{cfg['BLOCK_N']}x{cfg['BLOCK_K']} w{cfg['num_warps']} s{cfg['num_stages']}")
+                if name == "qkv" and shape in ATTN:
+                    bench_qkv_rope(shape, x, w, read_gbs)
                 if name == "gate_up":
                     ref2 = graph_us(lambda x=x, w=w: silu_and_mul(F.linear(x, w)))
                     us2 = graph_us(lambda x=x, w=w: skinny_linear(x, w, gated=True))

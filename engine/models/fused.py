@@ -4,9 +4,11 @@ Same arithmetic as `CausalLM.forward` layer by layer, in fewer launches: the res
 RMSNorm in one kernel (the residual stream is updated in place), SiLU-and-mul in one, and the attention
 prologue (split qkv, q/k RMSNorm, rope, K/V store into the paged cache) in one; the backend then attends
 with the K/V already stored. A decode batch of at most `MAX_ROWS` rows in bf16/fp16 runs its projections
-through the skinny linear kernel, which streams each weight once and folds SiLU-and-mul into the gate/up
-projection (cuBLAS otherwise; fp32 models keep cuBLAS, whose fp32 GEMMs do not round to TF32). Runs when the batch's backend has `fused_ops` set (the engine sets it on CUDA
-for the triton backend; `EngineConfig.fused_ops` turns it off); the CPU/torch path never comes here.
+through the skinny linear kernel, which streams each weight once, folds SiLU-and-mul into the gate/up
+projection and, for models without q/k norm, the whole attention prologue into the qkv projection
+(`skinny_qkv.py`; cuBLAS otherwise; fp32 models keep cuBLAS, whose fp32 GEMMs do not round to TF32). Runs
+when the batch's backend has `fused_ops` set (the engine sets it on CUDA for the triton backend;
+`EngineConfig.fused_ops` turns it off); the CPU/torch path never comes here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pdpair.engine.models.attention import Attention
 from pdpair.engine.models.layers import GatedMLP, Linear
 from pdpair.kernels.fused import add_rmsnorm, qk_rope_store, silu_and_mul
 from pdpair.kernels.fused.skinny_linear import MAX_ROWS, skinny_linear
+from pdpair.kernels.fused.skinny_qkv import skinny_qkv_fits, skinny_qkv_rope_store
 from pdpair.kernels.triton_utils import interpreting
 
 FUSED_ARCHS = ("llama", "qwen2", "qwen3")
@@ -52,9 +55,24 @@ def _mlp(mlp, h: torch.Tensor, skinny: bool) -> torch.Tensor:
     return _linear(mlp.down_proj, act, skinny)
 
 
+def _qkv_fused(attn, skinny: bool, ctx: Any) -> bool:
+    """Whether this layer's qkv projection, rope and K/V store run as one skinny launch: a decode batch (its
+    attention reads q and the cache only; an extend batch also reads the new k/v), a plain `Linear` (a wrapper
+    runs its own forward), no q/k RMSNorm (it needs whole heads; `skinny_qkv.py`), a head_dim the pair blocks
+    divide."""
+    return (skinny and ctx.batch.is_decode and type(attn.qkv_proj) is Linear and attn.q_norm is None
+            and skinny_qkv_fits(attn.head_dim))
+
+
 def _attention(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: Any, skinny: bool) -> torch.Tensor:
     backend, layer = ctx.backend, attn.layer_id
     pool, idx = backend.layer_pools[layer]  # the full-attention pool: `fused_supported` models have no other
+    if _qkv_fused(attn, skinny, ctx):
+        q = skinny_qkv_rope_store(x, attn.qkv_proj.weight, attn.qkv_proj.bias, cos, sin, attn.num_heads,
+                                  attn.num_kv_heads, pool.k_layers[idx], pool.v_layers[idx], ctx.batch.out_cache_loc)
+        # decode with `kv_stored` reads q and the cache only: no k/v tensors exist
+        o = backend.forward(q, None, None, layer, ctx.batch, kv_stored=True)
+        return _linear(attn.o_proj, o.reshape(x.shape[0], attn.q_size), skinny)
     qkv = _linear(attn.qkv_proj, x, skinny)
     norm = attn.q_norm is not None
     q, k, v = qk_rope_store(qkv, cos, sin, attn.num_heads, attn.num_kv_heads, pool.k_layers[idx],

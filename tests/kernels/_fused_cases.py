@@ -99,10 +99,54 @@ def qk_rope_store_case(dtype, tokens: int, heads: int, kv_heads: int, head_dim: 
             and torch.equal(pool_k[:, 0], pool[:, 0])}
 
 
+def skinny_qkv_case(dtype, rows: int, heads: int, kv_heads: int, head_dim: int, k: int, bias: bool,
+                    config: dict | None = None, page_size: int = 4, device: str = "cpu", seed: int = 0) -> dict:
+    """The qkv projection with rope and the K/V store in its epilogue against `F.linear` + `qk_rope_store_ref`
+    (same dtype, and float64): q, the stored K/V slots, and every other slot of the pool untouched. The input's
+    rows are strided; with more than 2 rows, row 1 is a CUDA-graph padding row (slot -1)."""
+    from pdpair.kernels.fused.skinny_qkv import skinny_qkv_rope_store, skinny_qkv_rope_store_ref
+
+    gen = torch.Generator().manual_seed(seed)
+    n = (heads + 2 * kv_heads) * head_dim
+    x = torch.randn(rows, k + 24, generator=gen).to(device=device, dtype=dtype)[:, :k]  # strided rows
+    w = (2 * torch.randn(n, k, generator=gen) / k**0.5).to(device=device, dtype=dtype)
+    b = torch.randn(n, generator=gen).to(device=device, dtype=dtype) if bias else None
+    pos = torch.randint(0, 4096, (rows,), generator=gen).float()
+    inv = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    freqs = pos[:, None] * inv[None, :]
+    cos, sin = freqs.cos().to(device=device, dtype=dtype), freqs.sin().to(device=device, dtype=dtype)
+    pages = -(-rows // page_size) + 3
+    pool = torch.randn(pages, 2, 2, page_size, kv_heads, head_dim, generator=gen).to(device=device, dtype=dtype)
+    slots = torch.randperm(pages * page_size, generator=gen)[:rows].to(device)
+    if rows > 2:
+        slots[1] = -1
+    pool_k, pool_r, pool_64 = pool.clone(), pool.clone(), pool.double()
+    q = skinny_qkv_rope_store(x, w, b, cos, sin, heads, kv_heads, pool_k[:, 1, 0], pool_k[:, 1, 1], slots,
+                              config=config)
+    qr = skinny_qkv_rope_store_ref(x, w, b, cos, sin, heads, kv_heads, pool_r[:, 1, 0], pool_r[:, 1, 1], slots)
+    q6 = skinny_qkv_rope_store_ref(x.double(), w.double(), None if b is None else b.double(), cos.double(),
+                                   sin.double(), heads, kv_heads, pool_64[:, 1, 0], pool_64[:, 1, 1], slots)
+    stored = slots[slots >= 0].long()
+    untouched = torch.ones(pages * page_size, dtype=torch.bool, device=device)
+    untouched[stored] = False
+
+    def flat(p: torch.Tensor) -> torch.Tensor:  # layer 1 as [slots, 2, kv_heads * head_dim]
+        return p[:, 1].permute(0, 2, 1, 3, 4).reshape(pages * page_size, 2, -1)
+
+    got, ref, ref64 = flat(pool_k)[stored], flat(pool_r)[stored], flat(pool_64)[stored]
+    return {"shape": tuple(q.shape) == (rows, heads, head_dim), "q": rel_err(q, qr), "q64": rel_err(q, q6),
+            "k_cache": rel_err(got[:, 0], ref[:, 0]), "v_cache": rel_err(got[:, 1], ref[:, 1]),
+            "k_cache64": rel_err(got[:, 0], ref64[:, 0]), "v_cache64": rel_err(got[:, 1], ref64[:, 1]),
+            "stored": int(stored.numel()),
+            "others_untouched": torch.equal(flat(pool_k)[untouched], flat(pool)[untouched])
+            and torch.equal(pool_k[:, 0], pool[:, 0])}
+
+
 def fused_engine_case(arch: str) -> dict:
     """A tiny seeded model of `arch` through the engine on CPU with the (interpreted) triton backend, fused
     kernels off and on (and on with no-prefix prefill chunks through SDPA): greedy tokens, one decode batch's
-    logits, and how often the fused forward ran."""
+    logits, how often the fused forward ran and how often its decode steps ran the qkv projection with rope
+    and the K/V store fused (models without q/k norm)."""
     from types import SimpleNamespace
 
     import pdpair.engine.models.fused as fused_mod
@@ -122,9 +166,10 @@ def fused_engine_case(arch: str) -> dict:
             noise = torch.randn(p.shape, generator=gen)
             p.copy_(1 + 0.3 * noise if name.endswith("norm.weight") else 0.2 * noise)
     loaded = SimpleNamespace(config=cfg, model=model, tokenizer=None, model_id=f"tiny-{arch}", weights_digest="t")
-    calls = []
-    real = fused_mod.fused_forward
+    calls, qkv_calls = [], []
+    real, real_qkv = fused_mod.fused_forward, fused_mod.skinny_qkv_rope_store
     fused_mod.fused_forward = lambda *a: calls.append(1) or real(*a)
+    fused_mod.skinny_qkv_rope_store = lambda *a, **k: qkv_calls.append(a[0].shape[0]) or real_qkv(*a, **k)
     prompts = [torch.randint(3, 256, (n,), generator=gen).tolist() for n in (1, 5, 11)]
     tokens, logits = {}, {}
     try:
@@ -142,10 +187,11 @@ def fused_engine_case(arch: str) -> dict:
             release()
             eng.pools.check_integrity()
     finally:
-        fused_mod.fused_forward = real
+        fused_mod.fused_forward, fused_mod.skinny_qkv_rope_store = real, real_qkv
     base = tokens[False, False]
     return {"tokens_equal": base == tokens[True, False] == tokens[True, True], "tokens": base,
-            "rel_err": rel_err(logits[True, False], logits[False, False]), "fused_calls": len(calls)}
+            "rel_err": rel_err(logits[True, False], logits[False, False]), "fused_calls": len(calls),
+            "qkv_calls": len(qkv_calls)}
 
 
 def graph_body_case(fused: bool) -> dict:

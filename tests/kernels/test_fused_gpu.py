@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels._fused_cases import add_rmsnorm_case, qk_rope_store_case, silu_mul_case, skinny_linear_case
+from tests.kernels._fused_cases import (
+    add_rmsnorm_case,
+    qk_rope_store_case,
+    silu_mul_case,
+    skinny_linear_case,
+    skinny_qkv_case,
+)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -55,10 +61,25 @@ def test_skinny_linear_gpu(dtype, n, k, gated, bias, rows):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads,kv_heads,head_dim,k,bias", [(9, 3, 64, 576, False), (9, 3, 64, 576, True),
+                                                          (32, 8, 128, 4096, False), (28, 4, 128, 3584, True)])
+@pytest.mark.parametrize("rows", [1, 7, 16])
+def test_skinny_qkv_rope_store_gpu(dtype, heads, kv_heads, head_dim, k, bias, rows):
+    """SmolLM2, 8B (Llama) and Qwen2-7B (qkv bias) head shapes at the default launch config against cuBLAS +
+    the rope/store twin and float64; the pool's other slots stay untouched."""
+    r = skinny_qkv_case(dtype, rows, heads, kv_heads, head_dim, k, bias, page_size=16, device="cuda", seed=rows)
+    assert r["shape"] and r["others_untouched"] and r["stored"] == (rows - 1 if rows > 2 else rows), r
+    assert max(r["q"], r["k_cache"], r["q64"], r["k_cache64"]) < 2 * TOL[dtype], r
+    assert max(r["v_cache"], r["v_cache64"]) < TOL[dtype], r
+
+
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_fused_forward_bf16_small_batches_match_unfused(arch):
-    """bf16 decode batches of 1, 3 and 16 rows (the skinny linear, gated MLP included) and of 17 rows
-    (cuBLAS) through the fused forward against the unfused forward of the same engine."""
+    """bf16 decode batches of 1, 3 and 16 rows (the skinny linear, gated MLP included, and for Llama/Qwen2 the
+    qkv projection with rope and the K/V store) and of 17 rows (cuBLAS) through the fused forward against the
+    unfused forward of the same engine."""
     from types import SimpleNamespace
 
     import pdpair.engine.models.fused as fused_mod
@@ -83,8 +104,10 @@ def test_fused_forward_bf16_small_batches_match_unfused(arch):
                              max_running_requests=32, disable_cuda_graph=True)
     fill_kv_random(eng, 1)
     calls = []
-    real = fused_mod.skinny_linear
+    real, real_qkv = fused_mod.skinny_linear, fused_mod.skinny_qkv_rope_store
     fused_mod.skinny_linear = lambda *a, **k: calls.append(k.get("gated", False)) or real(*a, **k)
+    fused_mod.skinny_qkv_rope_store = lambda *a, **k: calls.append("qkv") or real_qkv(*a, **k)
+    qkv_fused = arch != "qwen3"  # q/k norm keeps skinny qkv + qk_rope_store
     try:
         for rows in (1, 3, 16, 17):
             batch, release = decode_batch(eng, [5 + 37 * i % 300 for i in range(rows)], seed=rows)
@@ -96,9 +119,11 @@ def test_fused_forward_bf16_small_batches_match_unfused(arch):
             plain = eager_logits(eng, batch)
             release()
             assert rel_err(fused, plain) < 2e-2, (rows, rel_err(fused, plain))
-            # per layer: qkv, o, gated gate/up, down through the skinny kernel at <= 16 rows; none above
-            assert len(ran) == (4 * cfg.num_layers if rows <= 16 else 0) and ran.count(True) == (
-                cfg.num_layers if rows <= 16 else 0), (rows, ran)
+            # per layer: qkv (fused with rope + store, or plain), o, gated gate/up, down through the skinny
+            # kernels at <= 16 rows; none above
+            layers = cfg.num_layers if rows <= 16 else 0
+            assert len(ran) == 4 * layers and ran.count(True) == layers, (rows, ran)
+            assert ran.count("qkv") == (layers if qkv_fused else 0), (rows, ran)
     finally:
-        fused_mod.skinny_linear = real
+        fused_mod.skinny_linear, fused_mod.skinny_qkv_rope_store = real, real_qkv
     eng.pools.check_integrity()

@@ -1,4 +1,4 @@
-"""Fused kernels (add + RMSNorm, SiLU-and-mul, q/k norm + rope + K/V store) in the Triton interpreter against
+"""Fused kernels (add + RMSNorm, SiLU-and-mul, q/k norm + rope + K/V store, qkv projection + rope + K/V store) in the Triton interpreter against
 their torch twins."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from tests.kernels._fused_cases import (
     qk_rope_store_case,
     silu_mul_case,
     skinny_linear_case,
+    skinny_qkv_case,
     wrapped_modules_case,
 )
 
@@ -61,11 +62,40 @@ def test_qk_rope_store_matches_twin(dtype, qk_norm):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("rows,bias", [(1, True), (5, False), (5, True)])
+def test_skinny_qkv_rope_store_matches_twin(dtype, rows, bias):
+    # 3 q heads, 1 kv head (not powers of two in total: 5 heads), head_dim 32: 2 pair blocks of 8 per head;
+    # K = 200: two K steps of 128, the second partial; 5 rows: row 1 is padding (slot -1)
+    cfg = {"BLOCK_N": 16, "BLOCK_K": 128, "num_warps": 2, "num_stages": 2}
+    r = interpreted(skinny_qkv_case, dtype, rows, 3, 1, 32, 200, bias, cfg)
+    assert r["shape"] and r["others_untouched"] and r["stored"] == (rows - 1 if rows > 2 else rows), r
+    assert max(r["q"], r["k_cache"], r["v_cache"]) < 5 * TOL[dtype], r
+    assert max(r["q64"], r["k_cache64"], r["v_cache64"]) < 5 * TOL[dtype], r
+
+
+def test_skinny_qkv_config_divides_the_head():
+    """The default launch config's pair block divides the half-dim of common head sizes (64 to 256, 80 and 96
+    included) and keeps the plain skinny config's column block where it can; odd half-dims are refused."""
+    from pdpair.kernels.fused.skinny_qkv import skinny_qkv_config, skinny_qkv_fits
+
+    for n, k in ((960, 576), (6144, 4096), (4608, 3584), (10240, 8192)):
+        for d in (64, 80, 96, 128, 256):
+            pairs = skinny_qkv_config(n, k, d)["BLOCK_N"] // 2
+            assert skinny_qkv_fits(d) and (d // 2) % pairs == 0 and pairs >= 8, (n, k, d, pairs)
+    assert skinny_qkv_config(6144, 4096, 128)["BLOCK_N"] == 32 and skinny_qkv_config(960, 576, 64)["BLOCK_N"] == 16
+    assert skinny_qkv_config(6144, 4096, 80)["BLOCK_N"] == 16  # half-dim 40: 8 pairs, not 16
+    assert not skinny_qkv_fits(36) and not skinny_qkv_fits(24)
+
+
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_fused_forward_matches_unfused_engine(arch):
     """The model's fused forward (interpreted kernels, fp32, CPU) against its own unfused forward."""
     r = interpreted(fused_engine_case, arch)
     assert r["fused_calls"] > 0, r  # the fused path really ran (prefill chunks and decode steps)
+    # decode steps of models without q/k norm run qkv + rope + K/V store as one launch; Qwen3 keeps two
+    assert (r["qkv_calls"] > 0) == (arch != "qwen3"), r
     assert r["tokens_equal"] and all(len(t) == 4 for t in r["tokens"]), r
     assert r["rel_err"] < 1e-5, r
 

@@ -11,8 +11,8 @@ leaves a partial output + log-sum-exp in an fp32 workspace. With `window > 0` a 
 
 One-launch merge (`fused_merge=True`). The workspace holds an int32 arrival counter per (row, kv head), zero at
 rest. A split program stores its partials, then `tl.debug_barrier()` (every thread's stores happen before the
-next step) and one `atomic_add(counter, 1, sem="acq_rel", scope="gpu")`. A scalar atomic is executed once per
-program and its old value is broadcast to all its threads, so the branch below is uniform. The program that
+next step) and one `atomic_add(counter, 1, sem="acq_rel", scope="gpu")`. Triton performs a scalar atomic once
+per program (one thread) and broadcasts the old value to all its threads, so the branch is uniform. The program that
 reads `NUM_SPLITS - 1` arrived last: every other program of its group has already released its stores, and
 its acquire makes them visible to it; after a second barrier (extending the acquire to the whole program) it
 loads the group's partials with `.cg` (from L2, never from a stale L1 line), merges the `GROUP` query heads,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.kernels._attention_fixtures import interpreted
-from tests.kernels._merge_cases import engine_merge_case, merge_case
+from tests.kernels._merge_cases import engine_merge_case, merge_case, sm90_ptx
 
 pytest.importorskip("triton", reason="triton is not installed")
 
@@ -64,3 +64,23 @@ def test_engine_backend_one_launch_and_graph_workspace(tmp_path):
     assert res["one_vs_two"] < 1e-5, res
     assert max(res["body_errs"]) < 1e-5, res
     assert res["counters_zero"] == [True] * 3, res
+
+
+@pytest.mark.timeout(300)
+def test_one_launch_lowers_to_one_acq_rel_arrival_per_program():
+    """Compiled for sm_90 without a GPU: one gpu-scope acq_rel atomic add, issued by a single predicated
+    thread and broadcast through shared memory; the merge reads the workspace through L2 (`.cg`); the
+    two-launch form has neither."""
+    import re
+
+    from pdpair.kernels.triton_utils import interpreting
+    from triton.backends import backends
+
+    if interpreting() or "nvidia" not in backends:
+        pytest.skip("needs Triton's compiler with its nvidia backend (not the interpreter)")
+    ptx = sm90_ptx(9, 3, 64, 32, fused=True)
+    atoms = re.findall(r"^\s*(@%p\d+ )?atom\.global\.gpu\.acq_rel\.add\.u32 ", ptx, re.M)
+    assert len(atoms) == 1 and atoms[0], atoms  # predicated: one thread of the program
+    assert "ld.global.cg" in ptx
+    plain = sm90_ptx(9, 3, 64, 32, fused=False)
+    assert "atom." not in plain and "ld.global.cg" not in plain

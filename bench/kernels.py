@@ -83,7 +83,7 @@ def bench_decode(ceiling: float, sweep: bool) -> dict:
         from pdpair.kernels.attention import default_num_splits
 
         ns = splits or default_num_splits(bsz, kv_heads)
-        ws = decode_workspace(bsz, heads, head_dim, ns, "cuda")
+        ws = decode_workspace(bsz, heads, head_dim, ns, "cuda", kv_heads)
         o = torch.empty_like(q)
         kw = dict(cfg, num_splits=ns)
 
@@ -122,7 +122,7 @@ def bench_swa_decode(bsz: int = 64, ctx: int = 32768, window: int = 4096) -> dic
     from pdpair.kernels.attention import default_num_splits
 
     ns = default_num_splits(bsz, kv_heads)
-    ws = decode_workspace(bsz, heads, head_dim, ns, "cuda")
+    ws = decode_workspace(bsz, heads, head_dim, ns, "cuda", kv_heads)
     o = torch.empty_like(q)
     full_ms = median_ms(lambda: decode_attention(q, kc, vc, kv_indptr, kv_indices, o=o, workspace=ws, num_splits=ns))
     swa_ms = median_ms(lambda: decode_attention(q, kc, vc, win_indptr, win_indices, o=o, workspace=ws,
@@ -145,7 +145,7 @@ def bench_decode_contexts(ceiling: float, contexts: list[int], bsz: int = 64) ->
     out = {}
     for ctx in progress(contexts, desc="decode vs context", unit="ctx"):
         q, kc, vc, kv_indptr, kv_indices = _decode_inputs(bsz, ctx, heads, kv_heads, head_dim)
-        ws = decode_workspace(bsz, heads, head_dim, default_num_splits(bsz, kv_heads), "cuda")
+        ws = decode_workspace(bsz, heads, head_dim, default_num_splits(bsz, kv_heads), "cuda", kv_heads)
         o = torch.empty_like(q)
         ms = median_ms(lambda q=q, kc=kc, vc=vc, ip=kv_indptr, ix=kv_indices, o=o, ws=ws:
                        decode_attention(q, kc, vc, ip, ix, o=o, workspace=ws))

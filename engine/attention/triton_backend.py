@@ -9,6 +9,7 @@ from pdpair.engine.batch import ForwardBatch
 from pdpair.engine.memory.kv_pool import KVPool
 from pdpair.kernels import HAS_TRITON
 from pdpair.kernels.attention import (
+    DecodeWorkspace,
     decode_attention,
     decode_workspace,
     default_num_splits,
@@ -24,7 +25,9 @@ class TritonBackend(AttentionBackend):
     """Reads `kv_indptr`/`kv_indices` straight from the batch; decode splits depend on the batch size only.
 
     Eager decode allocates its split workspace once per forward; under CUDA graphs the workspace and every metadata
-    tensor are static buffers (`init_graph_state`), bound per captured batch size.
+    tensor are static buffers (`init_graph_state`), bound per captured batch size. Decode merges its splits inside
+    the split launch (`fused_merge`, see kernels/attention/decode.py): the workspace's arrival counters start at
+    zero and every launch leaves them at zero, so one workspace serves every layer and every graph replay.
     """
 
     def __init__(self, kv_pool: KVPool, num_heads: int, num_kv_heads: int, head_dim: int,
@@ -35,7 +38,8 @@ class TritonBackend(AttentionBackend):
         # on CPU (the Triton interpreter, in tests) one "SM": few splits keep the interpreted grid small
         self._num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
         self._splits = 1
-        self._workspace: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._workspace: DecodeWorkspace | None = None
+        self.fused_merge = True  # False: the split launch plus a separate merge launch
         self._max_extend = 0
         self._has_prefix = True
         # extend batches without a cached prefix go through torch SDPA (cuDNN) on CUDA; see sdpa_extend.py
@@ -43,6 +47,7 @@ class TritonBackend(AttentionBackend):
         self._sdpa = False
         self._graph_mid_o: torch.Tensor | None = None  # flat static workspace for captured decode
         self._graph_mid_lse: torch.Tensor | None = None
+        self._graph_counters: torch.Tensor | None = None  # int32 arrival counters, zero at rest
         self._graph_buffers_retired: list = []  # kept alive for graphs captured on them
 
     def num_splits(self, batch_size: int) -> int:
@@ -53,7 +58,7 @@ class TritonBackend(AttentionBackend):
             self._splits = self.num_splits(batch.batch_size)
             # one workspace for every layer of this forward (the layers run in order on one stream)
             self._workspace = decode_workspace(batch.batch_size, self.num_heads, self.head_dim, self._splits,
-                                               batch.input_ids.device)
+                                               batch.input_ids.device, self.num_kv_heads)
         else:
             self._max_extend = int(batch.extend_lens_cpu.max()) if batch.batch_size else 0
             self._has_prefix = bool((batch.seq_lens_cpu > batch.extend_lens_cpu).any())
@@ -74,7 +79,8 @@ class TritonBackend(AttentionBackend):
         o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         if batch.is_decode:
             decode_attention(q, k_cache, v_cache, meta.kv_indptr, meta.kv_indices, o=o, sm_scale=self.scale,
-                             num_splits=self._splits, workspace=self._workspace, window=window)
+                             num_splits=self._splits, workspace=self._workspace, window=window,
+                             fused_merge=self.fused_merge)
         elif self._sdpa:
             sdpa_extend(q, k, v, batch.extend_lens_cpu, self.scale, o)
         else:
@@ -86,14 +92,15 @@ class TritonBackend(AttentionBackend):
     # CUDA graphs (decode only): the batch handed in is the graph runner's static batch
     def init_graph_state(self, max_batch_size: int, max_context: int) -> None:
         """Static split workspace for graphs of up to `max_batch_size` rows; grow-only, so graphs captured
-        earlier keep valid addresses."""
+        earlier keep valid addresses. The arrival counters are zeroed once here; each launch resets its own."""
         n = max_batch_size * self.num_heads * self.num_splits(1)  # batch size 1 gets the most splits
         if self._graph_mid_lse is not None and self._graph_mid_lse.numel() >= n:
             return
         device = self.kv_pool.buffer.device
-        self._graph_buffers_retired.append((self._graph_mid_o, self._graph_mid_lse))
+        self._graph_buffers_retired.append((self._graph_mid_o, self._graph_mid_lse, self._graph_counters))
         self._graph_mid_o = torch.empty(n * self.head_dim, dtype=torch.float32, device=device)
         self._graph_mid_lse = torch.empty(n, dtype=torch.float32, device=device)
+        self._graph_counters = torch.zeros(max_batch_size * self.num_kv_heads, dtype=torch.int32, device=device)
 
     def prepare_for_capture(self, batch: ForwardBatch) -> None:
         self.prepare_for_replay(batch, batch.batch_size)
@@ -104,5 +111,6 @@ class TritonBackend(AttentionBackend):
         bs, h, d = padded_batch_size, self.num_heads, self.head_dim
         self._splits = s = self.num_splits(bs)
         assert bs * h * s <= self._graph_mid_lse.numel(), (bs, h, s, self._graph_mid_lse.numel())
-        self._workspace = (self._graph_mid_o[: bs * h * s * d].view(bs, h, s, d),
-                           self._graph_mid_lse[: bs * h * s].view(bs, h, s))
+        self._workspace = DecodeWorkspace(self._graph_mid_o[: bs * h * s * d].view(bs, h, s, d),
+                                          self._graph_mid_lse[: bs * h * s].view(bs, h, s),
+                                          self._graph_counters[: bs * self.num_kv_heads].view(bs, self.num_kv_heads))

@@ -1,4 +1,5 @@
 from pdpair.kernels.attention.decode import (
+    DecodeWorkspace,
     decode_attention,
     decode_attention_ref,
     decode_workspace,
@@ -9,6 +10,7 @@ from pdpair.kernels.attention.kv_indices import build_kv_indices, build_kv_indic
 from pdpair.kernels.attention.store_kv import store_kv, store_kv_ref
 
 __all__ = [
+    "DecodeWorkspace",
     "build_kv_indices",
     "build_kv_indices_ref",
     "build_kv_indptr",

@@ -1,14 +1,34 @@
-"""Decode attention over the paged KV cache: split-KV (flash-decoding) plus a log-sum-exp merge.
+"""Decode attention over the paged KV cache: split-KV (flash-decoding) with a log-sum-exp merge of the splits.
 
 One query token per row. Row b attends to the token slots `kv_indices[kv_indptr[b] : kv_indptr[b + 1]]` (the
 row's keys in position order, its own token last). A slot s lives at page s // page_size, offset
 s % page_size of the per-layer cache views `k_cache`, `v_cache` `[num_pages, page_size, kv_heads, head_dim]`
-(any strides with a unit last one, e.g. `kv[:, layer, 0]` of the item-major pool). Stage 1 runs one program
-per (row, kv head, split): it loads each KV block once for the whole group of query heads sharing that kv
-head. Stage 2 merges the splits. With `window > 0` a row sees only its last `window` keys.
+(any strides with a unit last one, e.g. `kv[:, layer, 0]` of the item-major pool). One program per
+(row, kv head, split) loads each KV block once for the whole group of query heads sharing that kv head and
+leaves a partial output + log-sum-exp in an fp32 workspace. With `window > 0` a row sees only its last
+`window` keys. One split writes `o` directly. With several, the splits are merged either by a second launch
+(`_decode_merge_kernel`, one program per (row, q head)) or, by default, inside the same launch:
+
+One-launch merge (`fused_merge=True`). The workspace holds an int32 arrival counter per (row, kv head), zero at
+rest. A split program stores its partials, then `tl.debug_barrier()` (every thread's stores happen before the
+next step) and one `atomic_add(counter, 1, sem="acq_rel", scope="gpu")`. Triton performs a scalar atomic once
+per program (one thread) and broadcasts the old value to all its threads, so the branch is uniform. The program that
+reads `NUM_SPLITS - 1` arrived last: every other program of its group has already released its stores, and
+its acquire makes them visible to it; after a second barrier (extending the acquire to the whole program) it
+loads the group's partials with `.cg` (from L2, never from a stale L1 line), merges the `GROUP` query heads,
+writes `o`, and stores 0 back to the counter. Nobody else touches that counter again in this launch, and the
+kernel boundary publishes the reset to the next launch: the next call, every CUDA-graph replay, and the next
+layer sharing the workspace on the same stream all start from zero. Programs of one group never wait for
+each other (no spinning), so the scheme needs no co-residency and cannot deadlock whatever the grid order.
+A split with no keys (short row, window) still stores lse = -inf and arrives. A workspace must not be used by
+two launches running at the same time (two streams).
+
+Under the Triton interpreter programs run one after another (the last split of a group is also the last to
+run), so the CPU tests check the arithmetic and the counter reset, not the memory ordering above.
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 from pdpair.kernels.triton_utils import tl, triton
@@ -17,15 +37,35 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _merge_head(mid_o, mid_lse, o, b, h, stride_mb, stride_mh, stride_ms, stride_lb, stride_lh, stride_ob,
+                stride_oh, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, HEAD_DIM: tl.constexpr,
+                BLOCK_D: tl.constexpr, CACHE: tl.constexpr):
+    """Merge row b, head h's split partials into `o` (a row whose splits are all empty gets zeros)."""
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_s = offs_s < NUM_SPLITS
+    mask_d = offs_d < HEAD_DIM
+    lse = tl.load(mid_lse + b * stride_lb + h * stride_lh + offs_s, mask=mask_s, other=float("-inf"),
+                  cache_modifier=CACHE)
+    m = tl.max(lse, 0)
+    w = tl.where(lse > float("-inf"), tl.exp2(lse - m), 0.0)
+    parts = tl.load(mid_o + b * stride_mb + h * stride_mh + offs_s[:, None] * stride_ms + offs_d[None, :],
+                    mask=mask_s[:, None] & mask_d[None, :], other=0.0, cache_modifier=CACHE)
+    out = tl.sum(parts * w[:, None], 0) / tl.maximum(tl.sum(w, 0), 1e-30)
+    tl.store(o + b * stride_ob + h * stride_oh + offs_d, out.to(o.dtype.element_ty), mask=mask_d)
+
+
+@triton.jit
 def _decode_split_kernel(
-    q, k_cache, v_cache, kv_indptr, kv_indices, mid_o, mid_lse,
+    q, k_cache, v_cache, kv_indptr, kv_indices, mid_o, mid_lse, o, counters,
     stride_qb, stride_qh,
     stride_kp, stride_ks, stride_kh,
     stride_vp, stride_vs, stride_vh,
-    stride_mb, stride_mh, stride_ms, stride_lb, stride_lh,
+    stride_mb, stride_mh, stride_ms, stride_lb, stride_lh, stride_ob, stride_oh, stride_cb,
     qk_scale, window,
     PAGE_SIZE: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, FUSED_MERGE: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -73,10 +113,25 @@ def _decode_split_kernel(
 
     has = l_i > 0
     out = acc / tl.where(has, l_i, 1.0)[:, None]
-    lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
-    base = b * stride_mb + heads * stride_mh + split * stride_ms
-    tl.store(mid_o + base[:, None] + offs_d[None, :], out, mask=mask_h[:, None] & mask_d[None, :])
-    tl.store(mid_lse + b * stride_lb + heads * stride_lh + split, lse, mask=mask_h)
+    if NUM_SPLITS == 1:  # the only split: no workspace, no merge
+        tl.store(o + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :], out.to(o.dtype.element_ty),
+                 mask=mask_h[:, None] & mask_d[None, :])
+    else:
+        lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
+        base = b * stride_mb + heads * stride_mh + split * stride_ms
+        tl.store(mid_o + base[:, None] + offs_d[None, :], out, mask=mask_h[:, None] & mask_d[None, :])
+        tl.store(mid_lse + b * stride_lb + heads * stride_lh + split, lse, mask=mask_h)
+        if FUSED_MERGE:  # the memory ordering is argued in the module docstring
+            tl.debug_barrier()
+            counter = counters + b * stride_cb + kvh
+            arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            if arrived == NUM_SPLITS - 1:
+                tl.debug_barrier()
+                for g in tl.static_range(GROUP):
+                    _merge_head(mid_o, mid_lse, o, b, kvh * GROUP + g, stride_mb, stride_mh, stride_ms,
+                                stride_lb, stride_lh, stride_ob, stride_oh, NUM_SPLITS, BLOCK_S, HEAD_DIM,
+                                BLOCK_D, ".cg")
+                tl.store(counter, 0)
 
 
 @triton.jit
@@ -85,27 +140,28 @@ def _decode_merge_kernel(
     stride_mb, stride_mh, stride_ms, stride_lb, stride_lh, stride_ob, stride_oh,
     NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    b = tl.program_id(0)
-    h = tl.program_id(1)
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_s = offs_s < NUM_SPLITS
-    mask_d = offs_d < HEAD_DIM
-    lse = tl.load(mid_lse + b * stride_lb + h * stride_lh + offs_s,
-                  mask=mask_s, other=float("-inf"))
-    m = tl.max(lse, 0)
-    w = tl.where(lse > float("-inf"), tl.exp2(lse - m), 0.0)
-    parts = tl.load(mid_o + b * stride_mb + h * stride_mh + offs_s[:, None] * stride_ms + offs_d[None, :],
-                    mask=mask_s[:, None] & mask_d[None, :], other=0.0)
-    out = tl.sum(parts * w[:, None], 0) / tl.maximum(tl.sum(w, 0), 1e-30)
-    tl.store(o + b * stride_ob + h * stride_oh + offs_d, out.to(o.dtype.element_ty), mask=mask_d)
+    _merge_head(mid_o, mid_lse, o, tl.program_id(0), tl.program_id(1), stride_mb, stride_mh, stride_ms,
+                stride_lb, stride_lh, stride_ob, stride_oh, NUM_SPLITS, BLOCK_S, HEAD_DIM, BLOCK_D, "")
 
 
-def decode_workspace(batch: int, num_heads: int, head_dim: int, num_splits: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 partial outputs `[B, H, S, D]` and log-sum-exps `[B, H, S]` for `decode_attention`."""
+class DecodeWorkspace(NamedTuple):
+    """Split partials for `decode_attention` (and MLA decode, which uses the first two)."""
+
+    mid_o: torch.Tensor  # fp32 [B, H, S, D]
+    mid_lse: torch.Tensor  # fp32 [B, H, S]
+    counters: torch.Tensor | None  # int32 [B, KVH] arrivals for the one-launch merge, zero at rest
+
+
+def decode_workspace(batch: int, num_heads: int, head_dim: int, num_splits: int, device,
+                     num_kv_heads: int | None = None) -> DecodeWorkspace:
+    """fp32 partial outputs `[B, H, S, D]` and log-sum-exps `[B, H, S]`; with `num_kv_heads`, also the zeroed
+    int32 arrival counters `[B, KVH]` that the one-launch merge needs (`None`: none, for the two-launch merge)."""
     mid_o = torch.empty(batch, num_heads, num_splits, head_dim, dtype=torch.float32, device=device)
     mid_lse = torch.empty(batch, num_heads, num_splits, dtype=torch.float32, device=device)
-    return mid_o, mid_lse
+    counters = None
+    if num_kv_heads is not None:
+        counters = torch.zeros(batch, num_kv_heads, dtype=torch.int32, device=device)
+    return DecodeWorkspace(mid_o, mid_lse, counters)
 
 
 def default_num_splits(batch: int, num_kv_heads: int, num_sms: int = 132, max_splits: int = 32) -> int:
@@ -124,12 +180,18 @@ def decode_attention(
     sm_scale: float | None = None,
     window: int = 0,
     num_splits: int | None = None,
-    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    workspace: DecodeWorkspace | None = None,
     block_n: int = 64,
     num_warps: int = 4,
     num_stages: int = 2,
+    fused_merge: bool = True,
 ) -> torch.Tensor:
-    """q `[B, H, D]`, caches `[P, page_size, KVH, D]` -> o `[B, H, D]` (see the module docstring)."""
+    """q `[B, H, D]`, caches `[P, page_size, KVH, D]` -> o `[B, H, D]` (see the module docstring).
+
+    `fused_merge`: with several splits, merge them inside the split launch (one launch; the workspace needs
+    its counters, `decode_workspace(..., num_kv_heads=KVH)`) instead of a second merge launch. One split
+    writes `o` directly either way and needs no workspace.
+    """
     bsz, num_heads, head_dim = q.shape
     _, page_size, num_kv_heads, cache_dim = k_cache.shape
     assert v_cache.shape == k_cache.shape and cache_dim == head_dim, (q.shape, k_cache.shape, v_cache.shape)
@@ -144,31 +206,47 @@ def decode_attention(
         return o
     if num_splits is None:
         num_splits = default_num_splits(bsz, num_kv_heads)
-    mid_o, mid_lse = workspace or decode_workspace(bsz, num_heads, head_dim, num_splits, q.device)
-    assert mid_o.shape[0] >= bsz and mid_o.shape[1:] == (num_heads, num_splits, head_dim), (mid_o.shape, num_splits)
-    assert mid_lse.shape[1:] == (num_heads, num_splits) and mid_lse.stride(2) == 1, (mid_lse.shape, mid_lse.stride())
-    assert mid_o.stride(3) == 1, mid_o.stride()
+    fused = fused_merge and num_splits > 1
+    if num_splits == 1:
+        mid_o, mid_lse, counters = o, o, kv_indptr  # unused: the one split writes o directly
+        strides_m = (0,) * 5
+    else:
+        mid_o, mid_lse, counters = workspace or decode_workspace(bsz, num_heads, head_dim, num_splits, q.device,
+                                                                 num_kv_heads if fused else None)
+        assert mid_o.shape[0] >= bsz and mid_o.shape[1:] == (num_heads, num_splits, head_dim), (
+            mid_o.shape, num_splits)
+        assert mid_lse.shape[1:] == (num_heads, num_splits) and mid_lse.stride(2) == 1, (
+            mid_lse.shape, mid_lse.stride())
+        assert mid_o.stride(3) == 1, mid_o.stride()
+        strides_m = (mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1))
+        if fused:
+            assert counters is not None, "the one-launch merge needs decode_workspace(..., num_kv_heads=KVH)"
+            assert counters.dtype == torch.int32 and counters.shape[0] >= bsz and counters.stride(1) == 1, (
+                counters.dtype, counters.shape, counters.stride())
+            assert counters.shape[1] >= num_kv_heads, (counters.shape, num_kv_heads)
+        else:
+            counters = kv_indptr  # unused
     group = num_heads // num_kv_heads
     scale = (sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)) * LOG2E
     block_d = triton.next_power_of_2(head_dim)
+    block_s = triton.next_power_of_2(num_splits)
     _decode_split_kernel[(bsz, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, kv_indptr, kv_indices, mid_o, mid_lse,
+        q, k_cache, v_cache, kv_indptr, kv_indices, mid_o, mid_lse, o, counters,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
+        *strides_m, o.stride(0), o.stride(1), counters.stride(0) if fused else 0,
         scale, window,
         PAGE_SIZE=page_size, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, FUSED_MERGE=fused, BLOCK_S=block_s,
         num_warps=num_warps, num_stages=num_stages,
     )
-    _decode_merge_kernel[(bsz, num_heads)](
-        mid_o, mid_lse, o,
-        mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
-        o.stride(0), o.stride(1),
-        NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), HEAD_DIM=head_dim, BLOCK_D=block_d,
-        num_warps=4 if block_d >= 128 else 2,
-    )
+    if num_splits > 1 and not fused:
+        _decode_merge_kernel[(bsz, num_heads)](
+            mid_o, mid_lse, o, *strides_m, o.stride(0), o.stride(1),
+            NUM_SPLITS=num_splits, BLOCK_S=block_s, HEAD_DIM=head_dim, BLOCK_D=block_d,
+            num_warps=4 if block_d >= 128 else 2,
+        )
     return o
 
 

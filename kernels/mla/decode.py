@@ -17,7 +17,13 @@ the splits.
 from __future__ import annotations
 
 import torch
-from pdpair.kernels.attention.decode import LOG2E, _decode_merge_kernel, decode_workspace, default_num_splits
+from pdpair.kernels.attention.decode import (
+    LOG2E,
+    DecodeWorkspace,
+    _decode_merge_kernel,
+    decode_workspace,
+    default_num_splits,
+)
 from pdpair.kernels.triton_utils import tl, triton
 
 
@@ -126,7 +132,8 @@ def mla_split_attention(q_nope, q_rope, latent, kv_indptr, kv_indices, q_row, to
     head_blocks = triton.cdiv(heads, block_h)
     sparse = topk_idx is not None
     if num_splits > 1:
-        mid_o, mid_lse = workspace or decode_workspace(rows, heads, dl, num_splits, q_nope.device)
+        # the two-launch merge: no arrival counters (a workspace that has them keeps them unused)
+        mid_o, mid_lse = (workspace or decode_workspace(rows, heads, dl, num_splits, q_nope.device))[:2]
         assert mid_o.shape[0] >= rows and mid_o.shape[1:] == (heads, num_splits, dl), (mid_o.shape, num_splits)
         assert mid_lse.shape[1:] == (heads, num_splits) and mid_lse.stride(2) == 1 and mid_o.stride(3) == 1
     else:
@@ -166,7 +173,7 @@ def mla_decode(
     num_splits: int | None = None,
     *,
     o: torch.Tensor | None = None,
-    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    workspace: DecodeWorkspace | None = None,
     block_h: int = 16,
     block_n: int = 64,  # H200, B64 x 4k x 128 heads: 693 us at 64 keys per block vs 787 us at 32 (bench/mla_rows.py)
     num_warps: int | None = None,

@@ -11,7 +11,7 @@ which writes the output directly.
 from __future__ import annotations
 
 import torch
-from pdpair.kernels.attention.decode import default_num_splits
+from pdpair.kernels.attention.decode import DecodeWorkspace, default_num_splits
 from pdpair.kernels.mla.decode import check_mla_inputs, mla_split_attention
 from pdpair.kernels.triton_utils import triton
 
@@ -28,7 +28,7 @@ def sparse_mla(
     *,
     o: torch.Tensor | None = None,
     num_splits: int | None = None,
-    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    workspace: DecodeWorkspace | None = None,
     block_h: int = 16,
     block_n: int = 32,
     num_warps: int | None = None,

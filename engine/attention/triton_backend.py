@@ -25,9 +25,10 @@ class TritonBackend(AttentionBackend):
     """Reads `kv_indptr`/`kv_indices` straight from the batch; decode splits depend on the batch size only.
 
     Eager decode allocates its split workspace once per forward; under CUDA graphs the workspace and every metadata
-    tensor are static buffers (`init_graph_state`), bound per captured batch size. Decode merges its splits inside
-    the split launch (`fused_merge`, see kernels/attention/decode.py): the workspace's arrival counters start at
-    zero and every launch leaves them at zero, so one workspace serves every layer and every graph replay.
+    tensor are static buffers (`init_graph_state`), bound per captured batch size. Decode merges its splits in a
+    second launch; `fused_merge` merges them inside the split launch instead (kernels/attention/decode.py says
+    why that is not the default): the workspace's arrival counters start at zero and every launch leaves them at
+    zero, so one workspace serves every layer and every graph replay.
     """
 
     def __init__(self, kv_pool: KVPool, num_heads: int, num_kv_heads: int, head_dim: int,
@@ -39,7 +40,7 @@ class TritonBackend(AttentionBackend):
         self._num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
         self._splits = 1
         self._workspace: DecodeWorkspace | None = None
-        self.fused_merge = True  # False: the split launch plus a separate merge launch
+        self.fused_merge = False  # True: merge the splits inside the split launch (measured slower on an H200)
         self._max_extend = 0
         self._has_prefix = True
         # extend batches without a cached prefix go through torch SDPA (cuDNN) on CUDA; see sdpa_extend.py

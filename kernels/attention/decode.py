@@ -7,7 +7,10 @@ s % page_size of the per-layer cache views `k_cache`, `v_cache` `[num_pages, pag
 (row, kv head, split) loads each KV block once for the whole group of query heads sharing that kv head and
 leaves a partial output + log-sum-exp in an fp32 workspace. With `window > 0` a row sees only its last
 `window` keys. One split writes `o` directly. With several, the splits are merged either by a second launch
-(`_decode_merge_kernel`, one program per (row, q head)) or, by default, inside the same launch:
+(`_decode_merge_kernel`, one program per (row, q head); the default) or inside the same launch. On an H200
+inside a CUDA graph the one-launch form measured slower at batch 1-8 (8B shape, batch 1: 10.7 us against
+7.9 us for split + merge; SmolLM2 shape: 5.9 against 5.3; equal at batch 64): the last program's serial
+merge and the arrival atomics cost more than the second launch saves (`bench/small_batch_gpu.py`).
 
 One-launch merge (`fused_merge=True`). The workspace holds an int32 arrival counter per (row, kv head), zero at
 rest. A split program stores its partials, then `tl.debug_barrier()` (every thread's stores happen before the
@@ -184,7 +187,7 @@ def decode_attention(
     block_n: int = 64,
     num_warps: int = 4,
     num_stages: int = 2,
-    fused_merge: bool = True,
+    fused_merge: bool = False,
 ) -> torch.Tensor:
     """q `[B, H, D]`, caches `[P, page_size, KVH, D]` -> o `[B, H, D]` (see the module docstring).
 

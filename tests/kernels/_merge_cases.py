@@ -49,7 +49,7 @@ def merge_case(dtype, group: int, window: int, lengths: list[int], splits=(2, 3,
         for _ in range(2):
             o = torch.full_like(q, NAN)
             decode_attention(q, batch.k_cache, batch.v_cache, kv_indptr, kv_indices, o=o, window=window,
-                             num_splits=num_splits, workspace=ws, block_n=block_n)
+                             num_splits=num_splits, workspace=ws, block_n=block_n, fused_merge=True)
             ones.append(o)
             out["counters_zero"].append(bool(ws.counters.eq(0).all()))
         two = torch.full_like(q, NAN)
@@ -81,7 +81,7 @@ def graph_replay_case(heads: int, kv_heads: int, head_dim: int, bsz: int, ctx: i
 
     def step():
         decode_attention(q, batch.k_cache, batch.v_cache, kv_indptr, kv_indices, o=o, num_splits=num_splits,
-                         workspace=ws)
+                         workspace=ws, fused_merge=True)
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -103,7 +103,8 @@ def graph_replay_case(heads: int, kv_heads: int, head_dim: int, bsz: int, ctx: i
         graph.replay()
         torch.cuda.synchronize()
         out["counters_zero"].append(bool(ws.counters.eq(0).all()))
-        eager = decode_attention(q, batch.k_cache, batch.v_cache, kv_indptr, kv_indices, num_splits=num_splits)
+        eager = decode_attention(q, batch.k_cache, batch.v_cache, kv_indptr, kv_indices, num_splits=num_splits,
+                                 fused_merge=True)
         out["vs_eager"].append(rel_err(o, eager))
         out["vs_twin"].append(rel_err(o, _twin(q, batch, kv_indptr, kv_indices, 0, ref64=True)))
     return out

@@ -52,7 +52,7 @@ def test_one_launch_needs_counters():
     ws = decode_workspace(2, 4, 16, 2, "cpu")  # no num_kv_heads: no counters
     assert ws.counters is None
     with pytest.raises(AssertionError, match="num_kv_heads"):
-        decode_attention(q, cache, cache, ptr, idx, num_splits=2, workspace=ws)
+        decode_attention(q, cache, cache, ptr, idx, num_splits=2, workspace=ws, fused_merge=True)
 
 
 @pytest.mark.timeout(300)

@@ -179,6 +179,7 @@ def fused_engine_case(arch: str) -> dict:
             # the engine turns both on only on CUDA
             assert not eng.runner.backend.fused_ops and not eng.runner.backend.extend_sdpa
             eng.runner.backend.fused_ops, eng.runner.backend.extend_sdpa = on, sdpa
+            eng.runner.backend.fused_qkv = on
             res = eng.generate(prompts, SamplingParams(max_new_tokens=4, temperature=0.0))
             tokens[on, sdpa] = [o.token_ids for o in res]
             fill_kv_random(eng, 1)

@@ -111,7 +111,7 @@ def test_fused_forward_bf16_small_batches_match_unfused(arch):
     try:
         for rows in (1, 3, 16, 17):
             batch, release = decode_batch(eng, [5 + 37 * i % 300 for i in range(rows)], seed=rows)
-            eng.runner.backend.fused_ops = True
+            eng.runner.backend.fused_ops = eng.runner.backend.fused_qkv = True
             before = len(calls)
             fused = eager_logits(eng, batch)
             ran = calls[before:]

@@ -45,6 +45,14 @@ async def _until_done(live: Live):
         raise
 
 
+
+def _log_release_failure(rid: str):
+    def done(fut) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            logger.error("prefill %s: freeing its pages failed: %r", rid, fut.exception())
+    return done
+
+
 class PrefillServicer(pb_grpc.PrefillNodeServicer):
     def __init__(self, rt: NodeRuntime) -> None:
         self.rt = rt
@@ -181,7 +189,9 @@ class PrefillServicer(pb_grpc.PrefillNodeServicer):
             if tr.error is not None:
                 raise RpcError(Code.ABORTED, f"request {rid!r}: page transfer failed: {tr.error}",
                                pb.TRANSFER_FAILED)
-            await thread.call(lambda e: e.scheduler.release(rid))
+            # the pages are freed on the engine thread after its current step; the answer does not wait for that
+            # (a step can be another prompt's whole chunk): the node's next Prefill or Stats call queues behind it
+            thread.call(lambda e: e.scheduler.release(rid)).add_done_callback(_log_release_failure(rid))
             t_end = time.perf_counter()
             logger.debug("prefill %s: %d tokens, %d items, %d batches, %.3fs", rid, len(ids), tr.tally.items,
                          tr.tally.batches, t_end - t0)

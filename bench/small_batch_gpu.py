@@ -9,8 +9,9 @@
   `qk_rope_store` (the two launches it replaces). `--sweep` tries every launch config per shape and prints
   the best.
 - decode attention: split-KV decode at batch 1-8, context 2,048, against the KV bytes / copy bandwidth, for
-  each split count (`--sweep`) and at the default; each row times the one-launch merge (the default: the last
-  split program of a kv head merges) beside the two-launch form (split kernel + merge kernel) at the same splits.
+  each split count, block size and warp count (`--sweep`) and at the default; each row times the one-launch
+  merge (`fused_merge=True`: the last split program of a kv head merges) beside the two-launch form (split
+  kernel + merge kernel, the default) at the same splits.
 
     python bench/small_batch_gpu.py                 # about a minute on an H200
     python bench/small_batch_gpu.py --sweep         # tuning run: every config, a few minutes
@@ -154,7 +155,7 @@ def bench_linear(shapes: list[str], rows_list: list[int], read_gbs: float, sweep
 
 
 def bench_attention(shapes: list[str], batches: list[int], read_gbs: float, sweep: bool, ctx: int = 2048) -> None:
-    print("| shape | batch | splits | block_n | us one launch | us split + merge | one / two | KV GB/s (one) "
+    print("| shape | batch | splits | block_n | warps | us one launch | us split + merge | one / two | KV GB/s (one) "
           "| % of read bw | max |one - two| / max |two| |")
     page = 16
     for shape in shapes:
@@ -172,17 +173,19 @@ def bench_attention(shapes: list[str], batches: list[int], read_gbs: float, swee
             default = default_num_splits(bsz, kvh)
             splits = sorted({default} | ({8, 16, 32, 64, 128} if sweep else set()))
             blocks = (16, 32, 64) if sweep else (64,)
-            for s, bn in itertools.product(splits, blocks):
+            warps = (4, 8) if sweep else (4,)
+            for s, bn, nw in itertools.product(splits, blocks, warps):
                 ws = decode_workspace(bsz, heads, d, s, "cuda", kvh)
                 o = torch.empty_like(q)
                 args = (q, k, v, indptr, indices)
-                us = {fused: graph_us(lambda a=args, s=s, bn=bn, ws=ws, o=o, f=fused: decode_attention(
-                    *a, o=o, num_splits=s, workspace=ws, block_n=bn, fused_merge=f)) for fused in (True, False)}
-                one, two = (decode_attention(*args, num_splits=s, workspace=ws, block_n=bn, fused_merge=f).float()
-                            for f in (True, False))
+                us = {fused: graph_us(lambda a=args, s=s, bn=bn, nw=nw, ws=ws, o=o, f=fused: decode_attention(
+                    *a, o=o, num_splits=s, workspace=ws, block_n=bn, num_warps=nw, fused_merge=f))
+                    for fused in (True, False)}
+                one, two = (decode_attention(*args, num_splits=s, workspace=ws, block_n=bn, num_warps=nw,
+                                             fused_merge=f).float() for f in (True, False))
                 diff = float((one - two).abs().max() / two.abs().max())  # summation order only: bf16 ulps
                 gbs = kv_bytes / us[True] / 1e3
-                emit(shape=shape, batch=bsz, splits=f"{s}{' (default)' if s == default else ''}", block_n=bn,
+                emit(shape=shape, batch=bsz, splits=f"{s}{' (default)' if s == default else ''}", block_n=bn, warps=nw,
                      us_one=round(us[True], 2), us_two=round(us[False], 2), ratio=round(us[True] / us[False], 3),
                      gbs=round(gbs), pct=f"{gbs / read_gbs:.0%}", one_vs_two=f"{diff:.1e}")
 

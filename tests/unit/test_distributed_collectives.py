@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from pdpair.engine.distributed.dp_gather import DPGather
 from pdpair.engine.distributed.dp_plan import GatherMode, gather_info
 from pdpair.engine.distributed.groups import init_groups
-from pdpair.engine.distributed.processes import free_init_method
 from pdpair.engine.distributed.symm_mem import SymmetricBuffers
 from pdpair.engine.distributed.topology import RankTopology
+
+from tests.unit._spawn_fixtures import spawn_ranks
 
 REAL = [3, 1]  # real rows of DP ranks 0 and 1
 HIDDEN = 4
@@ -53,16 +53,7 @@ def _worker(rank: int, init: str, results, device: str = "cpu") -> None:
 
 
 def _run_pair(device: str) -> None:
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    init = free_init_method()
-    procs = [ctx.Process(target=_worker, args=(r, init, results, device)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = dict(results.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(30)
-        assert p.exitcode == 0
+    got = spawn_ranks(_worker, 2, device)
     r0, r1 = _rows(0, 3), _rows(1, 1)
     for rank, out in got.items():
         g, scattered = out["max_len"]

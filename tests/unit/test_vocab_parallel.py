@@ -8,12 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from pdpair.engine.distributed.groups import init_groups
-from pdpair.engine.distributed.processes import free_init_method
 from pdpair.engine.distributed.topology import RankTopology
 from pdpair.engine.distributed.vocab import VocabParallelEmbedding, VocabParallelHead, VocabShard, shard_vocab
+
+from tests.unit._spawn_fixtures import spawn_ranks
 
 VOCAB, HIDDEN = 7, 3  # two slices of 4 rows, the last row of rank 1 padding
 
@@ -51,22 +51,8 @@ def _worker(rank: int, init: str, results) -> None:
     dist.destroy_process_group()
 
 
-def _spawn(target, n: int) -> dict:
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    init = free_init_method()
-    procs = [ctx.Process(target=target, args=(r, init, results)) for r in range(n)]
-    for p in procs:
-        p.start()
-    got = dict(results.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(30)
-        assert p.exitcode == 0
-    return got
-
-
 def test_embedding_and_head_over_two_ranks_equal_the_whole_table():
-    got = _spawn(_worker, 2)
+    got = spawn_ranks(_worker, 2)
     table = _table()
     x = torch.randn(5, HIDDEN, generator=torch.Generator().manual_seed(7))
     for rank, (emb, logits, fewer, none, shape) in got.items():
@@ -107,7 +93,7 @@ def _dp_worker(rank: int, init: str, results) -> None:
 def test_dp_attention_splits_the_vocabulary_over_each_attention_group():
     """tp 4, dp 2: two attention groups of two ranks, each with its own tokens; a rank's slice is indexed by
     its attention-TP rank, and each group's collectives sum and gather only its own ranks."""
-    got = _spawn(_dp_worker, 4)
+    got = spawn_ranks(_dp_worker, 4)
     table = _table()
     for rank, (dp_rank, start, lm_head, emb, logits, names) in got.items():
         ids = DP_IDS[dp_rank]

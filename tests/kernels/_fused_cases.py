@@ -59,13 +59,10 @@ def skinny_linear_case(dtype, rows: int, n: int, k: int, gated: bool = False, bi
             "tail_untouched": bool((wide[:, n:] == 7.0).all())}
 
 
-def qk_rope_store_case(dtype, tokens: int, heads: int, kv_heads: int, head_dim: int, qk_norm: bool,
-                       page_size: int = 16, device: str = "cpu", seed: int = 0) -> dict:
-    from pdpair.kernels.fused import qk_rope_store, qk_rope_store_ref
-
-    gen = torch.Generator().manual_seed(seed)
-    width = (heads + 2 * kv_heads) * head_dim
-    qkv = torch.randn(tokens, width + 16, generator=gen).to(device=device, dtype=dtype)[:, :width]  # strided rows
+def _rope_pool_slots(gen, tokens: int, kv_heads: int, head_dim: int, page_size: int, dtype, device):
+    """Random positions' rope angles `[tokens, head_dim / 2]`, a random two-layer item-major pool
+    `[pages, 2, 2, page_size, kv_heads, head_dim]` with three spare pages, and a distinct slot per token; with
+    more than 2 tokens, token 1 is a CUDA-graph padding row (slot -1: computed, not stored)."""
     pos = torch.randint(0, 4096, (tokens,), generator=gen).float()
     inv = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim))
     freqs = pos[:, None] * inv[None, :]
@@ -74,7 +71,18 @@ def qk_rope_store_case(dtype, tokens: int, heads: int, kv_heads: int, head_dim: 
     pool = torch.randn(pages, 2, 2, page_size, kv_heads, head_dim, generator=gen).to(device=device, dtype=dtype)
     slots = torch.randperm(pages * page_size, generator=gen)[:tokens].to(device)
     if tokens > 2:
-        slots[1] = -1  # a CUDA-graph padding row: computed, not stored
+        slots[1] = -1
+    return cos, sin, pages, pool, slots
+
+
+def qk_rope_store_case(dtype, tokens: int, heads: int, kv_heads: int, head_dim: int, qk_norm: bool,
+                       page_size: int = 16, device: str = "cpu", seed: int = 0) -> dict:
+    from pdpair.kernels.fused import qk_rope_store, qk_rope_store_ref
+
+    gen = torch.Generator().manual_seed(seed)
+    width = (heads + 2 * kv_heads) * head_dim
+    qkv = torch.randn(tokens, width + 16, generator=gen).to(device=device, dtype=dtype)[:, :width]  # strided rows
+    cos, sin, pages, pool, slots = _rope_pool_slots(gen, tokens, kv_heads, head_dim, page_size, dtype, device)
     qw = kw = None
     if qk_norm:
         qw = (1 + 0.3 * torch.randn(head_dim, generator=gen)).to(device=device, dtype=dtype)
@@ -111,15 +119,7 @@ def skinny_qkv_case(dtype, rows: int, heads: int, kv_heads: int, head_dim: int, 
     x = torch.randn(rows, k + 24, generator=gen).to(device=device, dtype=dtype)[:, :k]  # strided rows
     w = (2 * torch.randn(n, k, generator=gen) / k**0.5).to(device=device, dtype=dtype)
     b = torch.randn(n, generator=gen).to(device=device, dtype=dtype) if bias else None
-    pos = torch.randint(0, 4096, (rows,), generator=gen).float()
-    inv = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim))
-    freqs = pos[:, None] * inv[None, :]
-    cos, sin = freqs.cos().to(device=device, dtype=dtype), freqs.sin().to(device=device, dtype=dtype)
-    pages = -(-rows // page_size) + 3
-    pool = torch.randn(pages, 2, 2, page_size, kv_heads, head_dim, generator=gen).to(device=device, dtype=dtype)
-    slots = torch.randperm(pages * page_size, generator=gen)[:rows].to(device)
-    if rows > 2:
-        slots[1] = -1
+    cos, sin, pages, pool, slots = _rope_pool_slots(gen, rows, kv_heads, head_dim, page_size, dtype, device)
     pool_k, pool_r, pool_64 = pool.clone(), pool.clone(), pool.double()
     q = skinny_qkv_rope_store(x, w, b, cos, sin, heads, kv_heads, pool_k[:, 1, 0], pool_k[:, 1, 1], slots,
                               config=config)

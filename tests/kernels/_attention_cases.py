@@ -143,24 +143,16 @@ def engine_backends_case(tmpdir: str) -> dict[str, list[list[int]]]:
 def graph_padding_case(tmpdir: str) -> dict[str, float | bool]:
     """The CUDA-graph runner's padded static batch, run eagerly (CPU, interpreted kernels, tiny model):
     the real rows' logits match the unpadded batch and the padding rows write no K/V."""
-    from pathlib import Path
-
-    from pdpair.engine import Engine
     from pdpair.engine.cuda_graph import DecodeCudaGraphs
-    from pdpair.engine.loader import load_model
 
     from tests.kernels._attention_engine_fixtures import (
-        TINY_SHAPE,
         decode_batch,
         eager_logits,
         fill_kv_random,
-        make_seeded_model_dir,
+        tiny_triton_engine,
     )
 
-    root = make_seeded_model_dir(Path(tmpdir), seed=5, shape=TINY_SHAPE, dtype=torch.float32)
-    lm = load_model(str(root), device="cpu", dtype="float32")
-    eng = Engine.from_loaded(lm, device="cpu", page_size=4, max_pages=64, attention_backend="triton",
-                             max_running_requests=8)
+    eng = tiny_triton_engine(tmpdir, seed=5)
     fill_kv_random(eng)
     batch, release = decode_batch(eng, [1, 9, 17], seed=2)
     ref = eager_logits(eng, batch)

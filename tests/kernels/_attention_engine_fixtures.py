@@ -36,6 +36,18 @@ def make_seeded_model_dir(root: Path, seed: int = 0, shape: dict | None = None,
     return root
 
 
+def tiny_triton_engine(tmpdir: str, seed: int):
+    """An engine on CPU with the (interpreted) triton backend over a seeded fp32 model of `TINY_SHAPE`: page
+    size 4, 64 pages, 8 running requests."""
+    from pdpair.engine import Engine
+    from pdpair.engine.loader import load_model
+
+    root = make_seeded_model_dir(Path(tmpdir), seed=seed, shape=TINY_SHAPE, dtype=torch.float32)
+    lm = load_model(str(root), device="cpu", dtype="float32")
+    return Engine.from_loaded(lm, device="cpu", page_size=4, max_pages=64, attention_backend="triton",
+                              max_running_requests=8)
+
+
 def fill_kv_random(engine, gen_seed: int = 0) -> None:
     """Random K/V everywhere in the pool (never zeros: they hide indexing mistakes)."""
     torch.manual_seed(gen_seed)

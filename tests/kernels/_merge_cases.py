@@ -115,26 +115,18 @@ def engine_merge_case(tmpdir: str) -> dict:
     logits with the one-launch merge against the two-launch merge, and the CUDA-graph body on the backend's
     static workspace (buckets 4, 8, 4 in turn: different split counts over one counter buffer) against
     eager, with the counters after each run."""
-    from pathlib import Path
-
     import numpy as np
-    from pdpair.engine import Engine
     from pdpair.engine.batch import ForwardContext
     from pdpair.engine.cuda_graph import DecodeCudaGraphs
-    from pdpair.engine.loader import load_model
 
     from tests.kernels._attention_engine_fixtures import (
-        TINY_SHAPE,
         decode_batch,
         eager_logits,
         fill_kv_random,
-        make_seeded_model_dir,
+        tiny_triton_engine,
     )
 
-    root = make_seeded_model_dir(Path(tmpdir), seed=7, shape=TINY_SHAPE, dtype=torch.float32)
-    lm = load_model(str(root), device="cpu", dtype="float32")
-    eng = Engine.from_loaded(lm, device="cpu", page_size=4, max_pages=64, attention_backend="triton",
-                             max_running_requests=8)
+    eng = tiny_triton_engine(tmpdir, seed=7)
     backend = eng.runner.backend
     backend._num_sms = 16  # as if on a GPU: several splits per (row, kv head) at these batch sizes
     fill_kv_random(eng)

@@ -71,15 +71,14 @@ def _attention(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx:
     if _qkv_fused(attn, skinny, ctx):
         q = skinny_qkv_rope_store(x, attn.qkv_proj.weight, attn.qkv_proj.bias, cos, sin, attn.num_heads,
                                   attn.num_kv_heads, pool.k_layers[idx], pool.v_layers[idx], ctx.batch.out_cache_loc)
-        # decode with `kv_stored` reads q and the cache only: no k/v tensors exist
-        o = backend.forward(q, None, None, layer, ctx.batch, kv_stored=True)
-        return _linear(attn.o_proj, o.reshape(x.shape[0], attn.q_size), skinny)
-    qkv = _linear(attn.qkv_proj, x, skinny)
-    norm = attn.q_norm is not None
-    q, k, v = qk_rope_store(qkv, cos, sin, attn.num_heads, attn.num_kv_heads, pool.k_layers[idx],
-                            pool.v_layers[idx], ctx.batch.out_cache_loc,
-                            attn.q_norm.weight if norm else None, attn.k_norm.weight if norm else None,
-                            attn.q_norm.eps if norm else 1e-6)
+        k = v = None  # decode with `kv_stored` reads q and the cache only
+    else:
+        qkv = _linear(attn.qkv_proj, x, skinny)
+        norm = attn.q_norm is not None
+        q, k, v = qk_rope_store(qkv, cos, sin, attn.num_heads, attn.num_kv_heads, pool.k_layers[idx],
+                                pool.v_layers[idx], ctx.batch.out_cache_loc,
+                                attn.q_norm.weight if norm else None, attn.k_norm.weight if norm else None,
+                                attn.q_norm.eps if norm else 1e-6)
     o = backend.forward(q, k, v, layer, ctx.batch, kv_stored=True)
     return _linear(attn.o_proj, o.reshape(x.shape[0], attn.q_size), skinny)
 

@@ -60,9 +60,11 @@ class TritonBackend(AttentionBackend):
     def prepare(self, batch: ForwardBatch) -> None:
         if batch.is_decode:
             self._splits = self.num_splits(batch.batch_size)
-            # one workspace for every layer of this forward (the layers run in order on one stream)
+            # one workspace for every layer of this forward (the layers run in order on one stream); arrival
+            # counters (a zeroing launch) only for the one-launch merge
             self._workspace = decode_workspace(batch.batch_size, self.num_heads, self.head_dim, self._splits,
-                                               batch.input_ids.device, self.num_kv_heads)
+                                               batch.input_ids.device,
+                                               self.num_kv_heads if self.fused_merge else None)
         else:
             self._max_extend = int(batch.extend_lens_cpu.max()) if batch.batch_size else 0
             self._has_prefix = bool((batch.seq_lens_cpu > batch.extend_lens_cpu).any())

@@ -45,7 +45,6 @@ async def _until_done(live: Live):
         raise
 
 
-
 def _log_release_failure(rid: str):
     def done(fut) -> None:
         if not fut.cancelled() and fut.exception() is not None:

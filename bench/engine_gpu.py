@@ -226,7 +226,7 @@ def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args
     eng = Engine.from_loaded(lm, device="cuda", max_pages=pages, attention_backend="triton", chunk_size=512,
                              max_running_requests=max_bs, disable_cuda_graph=True)
     fill_kv_random(eng)
-    set_fused_qkv(eng, args.fused_qkv)
+    set_fused_qkv(eng, args.fused_qkv == "on")
     wbytes = weight_bytes_per_step(lm.model, cfg)
     print(f"{name}: {wbytes / 1e9:.2f} GB of weights per decode step, {pages} KV pages "
           f"({eng.pools.kv.buffer.nbytes / 2**30:.1f} GiB)", flush=True)
@@ -320,8 +320,8 @@ def main() -> None:
                     help="run rows with the fused kernels on, off, both, or as the engine defaults")
     ap.add_argument("--profile", type=int, nargs="*", default=[], metavar="BATCH",
                     help="print the per-kernel breakdown of the decode graph at these batch sizes")
-    ap.add_argument("--fused-qkv", action="store_true",
-                    help="small decode batches run qkv, rope and the K/V store as one launch (off by default)")
+    ap.add_argument("--fused-qkv", choices=["on", "off"], default="on",
+                    help="small decode batches run qkv, rope and the K/V store as one launch (the default: on)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["scheduler", "prefill"],
                     help="leave these rows out")
     ap.add_argument("--quick", action="store_true", help="small sizes: a few seconds per shape")

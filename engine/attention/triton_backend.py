@@ -40,9 +40,9 @@ class TritonBackend(AttentionBackend):
         self._num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
         self._splits = 1
         self._workspace: DecodeWorkspace | None = None
-        # True: a small decode batch's qkv projection, rope and K/V store run as one launch
-        # (kernels/fused/skinny_qkv.py); off until its GPU tests have run on a device
-        self.fused_qkv = False
+        # a small decode batch's qkv projection, rope and K/V store run as one launch
+        # (kernels/fused/skinny_qkv.py; only where the fused forward's skinny path runs: CUDA, bf16/fp16)
+        self.fused_qkv = True
         self.fused_merge = False  # True: merge the splits inside the split launch (measured slower on an H200)
         self._max_extend = 0
         self._has_prefix = True

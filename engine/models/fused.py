@@ -59,8 +59,7 @@ def _qkv_fused(attn, skinny: bool, ctx: Any) -> bool:
     """Whether this layer's qkv projection, rope and K/V store run as one skinny launch: a decode batch (its
     attention reads q and the cache only; an extend batch also reads the new k/v), a plain `Linear` (a wrapper
     runs its own forward), no q/k RMSNorm (it needs whole heads; `skinny_qkv.py`), a head_dim the pair blocks
-    divide; and the backend's `fused_qkv` switch (off by default: the kernel has passed its interpreter tests and
-    compiles for sm_90, but its GPU tests have not run yet)."""
+    divide; and the backend's `fused_qkv` switch (on by default)."""
     return (skinny and getattr(ctx.backend, "fused_qkv", False) and ctx.batch.is_decode
             and type(attn.qkv_proj) is Linear and attn.q_norm is None and skinny_qkv_fits(attn.head_dim))
 

@@ -34,7 +34,7 @@ import math
 from typing import NamedTuple
 
 import torch
-from pdpair.kernels.triton_utils import tl, triton
+from pdpair.kernels.triton_utils import pdl_launch, pdl_prologue, tl, triton
 
 LOG2E = 1.4426950408889634
 
@@ -68,8 +68,9 @@ def _decode_split_kernel(
     qk_scale, window,
     PAGE_SIZE: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, FUSED_MERGE: tl.constexpr,
-    BLOCK_S: tl.constexpr,
+    BLOCK_S: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_prologue(PDL)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -142,7 +143,9 @@ def _decode_merge_kernel(
     mid_o, mid_lse, o,
     stride_mb, stride_mh, stride_ms, stride_lb, stride_lh, stride_ob, stride_oh,
     NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    pdl_prologue(PDL)
     _merge_head(mid_o, mid_lse, o, tl.program_id(0), tl.program_id(1), stride_mb, stride_mh, stride_ms,
                 stride_lb, stride_lh, stride_ob, stride_oh, NUM_SPLITS, BLOCK_S, HEAD_DIM, BLOCK_D, "")
 
@@ -242,13 +245,13 @@ def decode_attention(
         scale, window,
         PAGE_SIZE=page_size, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
         HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, FUSED_MERGE=fused, BLOCK_S=block_s,
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps, num_stages=num_stages, **pdl_launch(q, bsz),
     )
     if num_splits > 1 and not fused:
         _decode_merge_kernel[(bsz, num_heads)](
             mid_o, mid_lse, o, *strides_m, o.stride(0), o.stride(1),
             NUM_SPLITS=num_splits, BLOCK_S=block_s, HEAD_DIM=head_dim, BLOCK_D=block_d,
-            num_warps=4 if block_d >= 128 else 2,
+            num_warps=4 if block_d >= 128 else 2, **pdl_launch(q, bsz),
         )
     return o
 

@@ -5,14 +5,15 @@ weight), so it agrees with `RMSNorm(x + residual)` to within the row reduction's
 """
 
 import torch
-from pdpair.kernels.triton_utils import tl, triton
+from pdpair.kernels.triton_utils import pdl_launch, pdl_prologue, tl, triton
 
 
 @triton.jit
 def _add_rmsnorm_kernel(
     x, res, w, out, stride_x, stride_r, stride_o, n_cols, eps,
-    HAS_ADD: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_ADD: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < n_cols
@@ -43,6 +44,7 @@ def add_rmsnorm(x: torch.Tensor | None, residual: torch.Tensor, weight: torch.Te
     _add_rmsnorm_kernel[(t,)](
         xx, residual, weight, out, xx.stride(0), residual.stride(0), out.stride(0), n, eps,
         HAS_ADD=x is not None, BLOCK=triton.next_power_of_2(n), num_warps=4 if n <= 2048 else 8,
+        **pdl_launch(residual, t),
     )
     return out
 

@@ -7,7 +7,7 @@ K/V from them; decode reads the cache).
 """
 
 import torch
-from pdpair.kernels.triton_utils import tl, triton
+from pdpair.kernels.triton_utils import pdl_launch, pdl_prologue, tl, triton
 
 
 @triton.jit
@@ -30,7 +30,9 @@ def _qk_rope_store_kernel(
     stride_kcp, stride_kcs, stride_kch, stride_vcp, stride_vcs, stride_vch, eps,
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, PAGE_SIZE: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_KVH: tl.constexpr, BLOCK_HALF: tl.constexpr, QK_NORM: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    pdl_prologue(PDL)
     t = tl.program_id(0).to(tl.int64)
     dtype = q_out.dtype.element_ty
     d = 2 * HALF
@@ -117,7 +119,7 @@ def qk_rope_store(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads
         v_cache.stride(2), eps,
         HEADS=heads, KV_HEADS=kv_heads, HALF=d // 2, PAGE_SIZE=k_cache.shape[1],
         BLOCK_H=triton.next_power_of_2(heads), BLOCK_KVH=triton.next_power_of_2(kv_heads),
-        BLOCK_HALF=triton.next_power_of_2(d // 2), QK_NORM=norm, num_warps=4,
+        BLOCK_HALF=triton.next_power_of_2(d // 2), QK_NORM=norm, num_warps=4, **pdl_launch(qkv, t),
     )
     return q, k, v
 

@@ -1,13 +1,14 @@
 """SiLU-and-mul: `silu(gate) * up` for the SwiGLU MLP's fused `[T, 2 * I]` gate/up projection, one pass."""
 
 import torch
-from pdpair.kernels.triton_utils import tl, triton
+from pdpair.kernels.triton_utils import pdl_launch, pdl_prologue, tl, triton
 
 _BLOCK = 1024
 
 
 @triton.jit
-def _silu_mul_kernel(gate_up, out, stride_g, stride_o, n_cols, BLOCK: tl.constexpr):
+def _silu_mul_kernel(gate_up, out, stride_g, stride_o, n_cols, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    pdl_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_cols
@@ -26,7 +27,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     if t == 0:
         return out
     _silu_mul_kernel[(t, triton.cdiv(n, _BLOCK))](gate_up, out, gate_up.stride(0), out.stride(0), n, BLOCK=_BLOCK,
-                                                 num_warps=4)
+                                                 num_warps=4, **pdl_launch(gate_up, t))
     return out
 
 

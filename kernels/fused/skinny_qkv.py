@@ -18,8 +18,8 @@ an 8B model's weight. Used by `engine/models/fused.py` for decode batches of at 
 from __future__ import annotations
 
 import torch
-from pdpair.kernels.fused.skinny_linear import MAX_ROWS, skinny_config
-from pdpair.kernels.triton_utils import tl, triton
+from pdpair.kernels.fused.skinny_linear import MAX_ROWS, launch_extras, prefetch_rows, skinny_config
+from pdpair.kernels.triton_utils import pdl_prologue, tl, triton
 
 MIN_PAIRS = 8  # the smallest pair block: the MMA's N dimension
 
@@ -31,6 +31,7 @@ def _skinny_qkv_kernel(
     stride_kcp, stride_kcs, stride_kch, stride_vcp, stride_vcs, stride_vch,
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, PAGE_SIZE: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr = False, PREFETCH_K: tl.constexpr = 0,
 ):
     pid = tl.program_id(0)
     head = pid // (HALF // BLOCK_P)  # q heads, then k heads, then v heads (the qkv weight's row order)
@@ -39,6 +40,11 @@ def _skinny_qkv_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
     rows = head * (2 * HALF) + offs_j  # first-half rows; the second half's follow HALF rows later
+    if PREFETCH_K > 0:
+        offs_l = tl.arange(0, PREFETCH_K // 64) * 64
+        prefetch_rows(w, rows, offs_j < HALF, stride_wn, K, offs_l)
+        prefetch_rows(w + HALF * stride_wn, rows, offs_j < HALF, stride_wn, K, offs_l)
+    pdl_prologue(PDL)
     x_ptrs = x + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
     w_ptrs = w + rows[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
     half_off = HALF * stride_wn
@@ -135,7 +141,7 @@ def skinny_qkv_rope_store(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
         v_cache.stride(2),
         HEADS=heads, KV_HEADS=kv_heads, HALF=d // 2, PAGE_SIZE=k_cache.shape[1], HAS_BIAS=bias is not None,
-        BLOCK_M=16, BLOCK_P=pairs, BLOCK_K=block_k, **cfg,
+        BLOCK_M=16, BLOCK_P=pairs, BLOCK_K=block_k, **cfg, **launch_extras(weight, m, block_k),
     )
     return q
 

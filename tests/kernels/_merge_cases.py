@@ -159,16 +159,13 @@ def sm90_ptx(heads: int, kv_heads: int, head_dim: int, num_splits: int, fused: b
     """PTX of the split kernel compiled ahead of time for sm_90 (no GPU needed: Triton's bundled toolchain)."""
     import triton
     from pdpair.kernels.attention.decode import _decode_split_kernel
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+
+    from tests.kernels._ptx import sm90_ptx as compile_sm90
 
     group = heads // kv_heads
     pointers = {"q": "*bf16", "k_cache": "*bf16", "v_cache": "*bf16", "kv_indptr": "*i32", "kv_indices": "*i32",
                 "mid_o": "*fp32", "mid_lse": "*fp32", "o": "*bf16", "counters": "*i32"}
     consts = dict(PAGE_SIZE=16, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
                   HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), NUM_SPLITS=num_splits,
-                  FUSED_MERGE=fused, BLOCK_S=triton.next_power_of_2(num_splits))
-    names = _decode_split_kernel.arg_names
-    sig = {n: pointers.get(n) or ("constexpr" if n in consts else "fp32" if n == "qk_scale" else "i32") for n in names}
-    src = ASTSource(_decode_split_kernel, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 2}).asm["ptx"]
+                  FUSED_MERGE=fused, BLOCK_S=triton.next_power_of_2(num_splits), PDL=False)
+    return compile_sm90(_decode_split_kernel, pointers, consts, ("qk_scale",), num_warps=4, num_stages=2)

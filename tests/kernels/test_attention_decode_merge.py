@@ -13,6 +13,7 @@ import torch
 
 from tests.kernels._attention_fixtures import interpreted
 from tests.kernels._merge_cases import engine_merge_case, merge_case, sm90_ptx
+from tests.kernels._ptx import needs_nvidia_compiler
 
 pytest.importorskip("triton", reason="triton is not installed")
 
@@ -73,11 +74,7 @@ def test_one_launch_lowers_to_one_acq_rel_arrival_per_program():
     two-launch form has neither."""
     import re
 
-    from pdpair.kernels.triton_utils import interpreting
-    from triton.backends import backends
-
-    if interpreting() or "nvidia" not in backends:
-        pytest.skip("needs Triton's compiler with its nvidia backend (not the interpreter)")
+    needs_nvidia_compiler()
     ptx = sm90_ptx(9, 3, 64, 32, fused=True)
     atoms = re.findall(r"^\s*(@%p\d+ )?atom\.global\.gpu\.acq_rel\.add\.u32 ", ptx, re.M)
     assert len(atoms) == 1 and atoms[0], atoms  # predicated: one thread of the program

@@ -1,0 +1,75 @@
+"""Programmatic dependent launch on a GPU: a decode-layer-shaped chain of dependent kernels captured in a CUDA
+graph, launched with PDL (the default on sm_90+), gives the same bits as launched without it, replay after
+replay with new inputs. A kernel that read its input before the previous kernel finished would read the
+previous replay's values there."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def _chain(x, res, p):
+    """add+norm -> skinny qkv-sized projection -> add+norm -> gated gate/up -> down -> add+norm -> a wide
+    projection (over the prefetch limit) -> decode attention over a paged cache -> SiLU-and-mul."""
+    from pdpair.kernels.attention.decode import decode_attention
+    from pdpair.kernels.fused.add_rmsnorm import add_rmsnorm
+    from pdpair.kernels.fused.silu_mul import silu_and_mul
+    from pdpair.kernels.fused.skinny_linear import skinny_linear
+
+    h = add_rmsnorm(x, res, p["n1"], 1e-5)
+    o = skinny_linear(h, p["o"])
+    h = add_rmsnorm(o, res, p["n2"], 1e-5)
+    act = skinny_linear(h, p["gu"], gated=True)
+    d = skinny_linear(act, p["down"])
+    h = add_rmsnorm(d, res, p["n1"], 1e-5)
+    wide = skinny_linear(h, p["wide"])  # [rows, heads * 64]: the attention's queries
+    q = wide.view(wide.shape[0], -1, 64)
+    att = decode_attention(q, p["k"], p["v"], p["indptr"], p["indices"], num_splits=4)
+    return silu_and_mul(att.reshape(att.shape[0], -1)), res.clone()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("rows", [1, 7])
+def test_pdl_graph_chain_matches_plain_launches_bit_for_bit(rows, monkeypatch):
+    from pdpair.kernels.triton_utils import PDL_ENV, pdl_launch
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL needs sm_90+")
+    gen = torch.Generator(device="cuda").manual_seed(rows)
+    dt, dev, hid = torch.bfloat16, "cuda", 576
+
+    def rand(*shape, scale=0.05):
+        return (torch.randn(*shape, generator=gen, device=dev) * scale).to(dt)
+
+    heads, kv_heads, pages, page = 64, 8, 64, 16
+    p = dict(n1=rand(hid, scale=1.0), n2=rand(hid, scale=1.0), o=rand(hid, hid), gu=rand(2 * 1536, hid),
+             down=rand(hid, 1536), wide=rand(heads * 64, hid),  # 4.7 MB: prefetched; 8B-sized ones are not
+             k=rand(pages, page, kv_heads, 64, scale=1.0), v=rand(pages, page, kv_heads, 64, scale=1.0))
+    lens = [37 + 91 * i for i in range(rows)]
+    p["indptr"] = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=dev)
+    p["indices"] = torch.randint(0, pages * page, (sum(lens),), generator=gen, device=dev, dtype=torch.int32)
+    inputs = [(rand(rows, hid, scale=1.0), rand(rows, hid, scale=1.0)) for _ in range(4)]
+
+    monkeypatch.setenv(PDL_ENV, "0")
+    want = [_chain(x.clone(), r.clone(), p) for x, r in inputs]
+
+    monkeypatch.setenv(PDL_ENV, "1")
+    assert pdl_launch(inputs[0][0], rows)["PDL"], "PDL is off on an sm_90+ device"
+    sx, sr = inputs[0][0].clone(), inputs[0][1].clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (compiles) off the capture
+        _chain(sx.clone(), sr.clone(), p)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, res_out = _chain(sx, sr, p)
+    for (x, r), (w_out, w_res) in zip(inputs, want, strict=True):
+        sx.copy_(x)
+        sr.copy_(r)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, w_out) and torch.equal(res_out, w_res)

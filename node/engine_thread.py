@@ -65,7 +65,15 @@ class EngineThread:
         """Run fn(engine) on the engine thread; await the returned future for its result or exception."""
         fut = self._loop.create_future()
         self._commands.put((fn, fut))
+        self._wake_scheduler()
         return fut
+
+    def _wake_scheduler(self) -> None:
+        """A scheduler that waits inside an idle step (DPScheduler: the DP leaders step together) exposes an
+        `idle_event`; setting it ends that wait so the command runs now."""
+        event = getattr(self.engine.scheduler, "idle_event", None)
+        if event is not None:
+            event.set()
 
     def open_stream(self, rid: str) -> asyncio.Queue:
         if rid in self._streams:
@@ -87,6 +95,7 @@ class EngineThread:
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._commands.put(None)
+        self._wake_scheduler()
         if self._thread.is_alive():
             self._thread.join(timeout)
 

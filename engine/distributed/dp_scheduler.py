@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import logging
 import queue
-import time
+import threading
 
-from pdpair.engine.distributed.rank_loop import IDLE_WAIT_S
+from pdpair.engine.distributed.rank_loop import IDLE_WAIT_S, send_waking
 from pdpair.engine.distributed.rank_messages import (
     Abort,
     Activate,
@@ -51,6 +51,9 @@ class DPScheduler:
         self._asked: dict[str, int] = {}  # rid -> the DP rank (>= 1) asked to preallocate it, not answered yet
         self._answers: dict[str, Preallocated] = {}  # answers not yet taken by `preallocate`
         self.remote_prefills = [0] * dp_size  # remote prefills activated per DP rank
+        # set by the thread that steps this scheduler whenever it has a command for it (EngineThread.call):
+        # an idle step's wait ends then, instead of after IDLE_WAIT_S
+        self.idle_event = threading.Event()
 
     def __getattr__(self, name: str):  # DP rank 0's scheduler for everything that is not routed
         return getattr(self.inner, name)
@@ -68,8 +71,7 @@ class DPScheduler:
         d = self._least_loaded()
         if d == 0:
             self.inner.submit(req)
-        else:
-            self.inboxes[d].put(Submit(req.rid, tuple(req.input_ids), req.sampling))
+        send_waking(self.inboxes, d, Submit(req.rid, tuple(req.input_ids), req.sampling))
         self._charge(req, d)
 
     def abort(self, rid: str) -> bool:
@@ -124,7 +126,7 @@ class DPScheduler:
             self.inner.activate(rid, first_token)
         else:
             self.inner.validator.check_token(first_token)  # every DP rank serves the same vocabulary
-            self.inboxes[d].put(Activate(rid, int(first_token)))
+        send_waking(self.inboxes, d, Activate(rid, int(first_token)))
         self.remote_prefills[d] += 1
 
     def detach(self, rid: str) -> dict:
@@ -144,8 +146,8 @@ class DPScheduler:
 
     def step(self) -> list:
         _, work, events = self.runner.iterate(self.inner, False)
-        if not work:
-            time.sleep(IDLE_WAIT_S)
+        if not work and self.idle_event.wait(IDLE_WAIT_S):
+            self.idle_event.clear()
         events.extend(self._remote_events())
         for ev in events:
             if isinstance(ev, StepEvent) and ev.finish_reason is not None:

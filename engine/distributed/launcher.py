@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch.multiprocessing as mp
 from pdpair.engine.distributed.processes import RankDied, RankProcesses
+from pdpair.engine.distributed.rank_loop import send_waking
 from pdpair.engine.distributed.rank_main import RankSpec
 from pdpair.engine.distributed.rank_messages import Abort, Closed, Events, Ready, Stop, Submit
 from pdpair.engine.events import GenerateOutput, StepEvent
@@ -52,7 +53,7 @@ class RankGroup:
         cost = len(input_ids) + sampling.max_new_tokens
         self.load[d] += cost
         self._owner[rid] = (d, cost)
-        self._inboxes[d].put(Submit(rid, tuple(input_ids), sampling))
+        send_waking(self._inboxes, d, Submit(rid, tuple(input_ids), sampling))
         return d
 
     def abort(self, rid: str) -> None:

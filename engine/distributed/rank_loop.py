@@ -15,6 +15,7 @@ from pdpair.engine.distributed.rank_messages import (
     RankStats,
     Stop,
     Submit,
+    Wake,
 )
 from pdpair.engine.distributed.rank_remote import LeaderPages
 from pdpair.engine.distributed.rank_runner import RankRunner
@@ -26,6 +27,14 @@ logger = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.01  # how long leaders wait for commands when no DP rank has work
 STATS_EVERY_S = 0.1  # how often a leader reports its queues and pool
+
+
+def send_waking(inboxes, d: int, cmd) -> None:
+    """Put `cmd` in DP leader d's inbox (`inboxes`: DP rank -> queue; d may have none: this process's own
+    leader) and a `Wake` in every other leader's. `cmd` gives d work; the others may be in their idle wait
+    (up to IDLE_WAIT_S), and d's next step gather waits for them."""
+    for rank, q in (inboxes.items() if isinstance(inboxes, dict) else enumerate(inboxes)):
+        q.put(cmd if rank == d else Wake())
 
 
 class RankLoop:
@@ -81,7 +90,9 @@ class RankLoop:
             self._apply(cmd)
 
     def _apply(self, cmd) -> None:
-        if isinstance(cmd, Stop):
+        if isinstance(cmd, Wake):
+            pass  # ends the idle wait; the next iteration steps
+        elif isinstance(cmd, Stop):
             self._stop = True
         elif isinstance(cmd, Abort):
             if self.remote.abort(cmd):

@@ -28,6 +28,12 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Wake:
+    """Another DP leader has new work: stop waiting for commands and join the next step gather now (the
+    leaders step together, so one that waits out its idle wait holds the others' gather)."""
+
+
+@dataclass(frozen=True)
 class Prealloc:
     """Reserve destination pages for a remote prefill; answered by `Preallocated` once the pools hold it."""
 

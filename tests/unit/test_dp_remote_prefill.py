@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 from pdpair.engine.distributed.dp_scheduler import DPScheduler
-from pdpair.engine.distributed.rank_messages import Abort, Activate, Events, Prealloc, Preallocated
+from pdpair.engine.distributed.rank_messages import Abort, Activate, Events, Prealloc, Preallocated, Wake
 from pdpair.engine.distributed.rank_remote import LeaderPages
 from pdpair.engine.request import Request
 from pdpair.engine.sampling import SamplingParams
@@ -81,7 +81,8 @@ def test_dp_rank_1_preallocates_asynchronously_and_owns_activation_and_quarantin
         dp.activate("b", VOCAB)  # checked here: the leader must not be sent a bad token
     dp.activate("b", 7)
     dp.activate("a", 3)
-    assert _drain(inbox) == [Activate("b", 7)] and inner.calls[-1] == ("activate", "a", 3)
+    # "a" on DP rank 0 wakes leader 1, whose idle wait would hold rank 0's next step gather
+    assert _drain(inbox) == [Activate("b", 7), Wake()] and inner.calls[-1] == ("activate", "a", 3)
     assert dp.remote_prefills == [1, 1]
     assert dp.detach("b") == {}  # DP rank 1 quarantines its own pages
     assert _drain(inbox) == [Abort("b", hold=True)] and dp.load == [15, 0]

@@ -68,11 +68,11 @@ def pdl_launch(t, rows: int) -> dict:
     """Launch keywords for a kernel taking a `PDL` constexpr, on the device of tensor `t`, over `rows` rows.
 
     With programmatic dependent launch (sm_90+, CUDA graphs keep it) a kernel's programs are placed on the
-    SMs while the kernel before it in the stream still runs, instead of after it has drained; each waits in
-    `pdl_prologue` until the previous kernel's writes are visible. A decode step at batch 1 is a chain of
+    SMs as soon as every program of the kernel before it in the stream has started, instead of after that
+    kernel has drained; each waits in `pdl_prologue` until the previous kernel's writes are visible. A decode step at batch 1 is a chain of
     ~300 kernels of a few microseconds each, so the launch gaps are a large part of it: on an H200 PDL took
     the SmolLM2-shape step at batch 1 from 0.878 to 0.683 ms and an 8B model's from 4.429 to 4.328 ms. At
-    batch 64 it cost 3.5% on the SmolLM2 shape (1.974 vs 2.05 ms, even on the 8B shapes), so it is only
+    batch 64 it cost 3.5% on the SmolLM2 shape (1.974 vs 2.05 ms; no change on the 8B shape), so it is only
     for launches over at most `PDL_MAX_ROWS` rows. Off on the CPU interpreter, before sm_90, with a Triton
     without grid dependency control, and with `PDPAIR_PDL=0`.
     """
@@ -104,4 +104,5 @@ else:
     pdl_prologue = prefetch_l2 = None
 
 
-__all__ = ["HAS_TRITON", "PDL_ENV", "PDL_MAX_ROWS", "interpreting", "pdl_launch", "pdl_prologue", "prefetch_l2", "tl", "triton"]
+__all__ = ["HAS_TRITON", "PDL_ENV", "PDL_MAX_ROWS", "interpreting", "pdl_launch", "pdl_prologue", "prefetch_l2",
+           "tl", "triton"]

@@ -19,8 +19,6 @@ import torch
 from pdpair.kernels.triton_utils import pdl_launch, pdl_prologue, prefetch_l2, tl, triton
 
 MAX_ROWS = 16  # rows one MMA tile holds; more go to cuBLAS
-
-
 PREFETCH_MAX_BYTES = 8 << 20  # weights up to this size prefetch their first K blocks before the PDL wait
 PREFETCH_BLOCKS = 2
 

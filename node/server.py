@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
+from pdpair.engine.heap import freeze_startup_heap, thaw_heap
 from pdpair.node.config import NodeConfig
 from pdpair.node.runtime import NodeRuntime, load_engine
 from pdpair.node.wire import add_service
@@ -87,6 +88,7 @@ async def _serve(cfg: NodeConfig, make_servicer: MakeServicer) -> int:
         loop.add_signal_handler(sig, stop.set)
     logger.info("%s node serving on %s:%d (advertised %s:%d, %s)", cfg.role, cfg.host, port, cfg.advertise_host, port,
                 "mutual TLS" if cfg.tls else "plaintext")
+    logger.debug("froze %d startup objects", freeze_startup_heap())  # see engine/heap.py
     try:
         await stop.wait()
         if not fatal:
@@ -96,6 +98,7 @@ async def _serve(cfg: NodeConfig, make_servicer: MakeServicer) -> int:
         for close in rt.on_shutdown:
             await close()
     finally:
+        thaw_heap()
         await loop.run_in_executor(None, rt.close)
     logger.info("%s node stopped", cfg.role)
     return 1 if fatal else 0

@@ -25,6 +25,7 @@ from pdpair.engine.distributed.rank_transfer import TransferSpec, start_rank_tra
 from pdpair.engine.distributed.shard import local_config, shard_model
 from pdpair.engine.distributed.symm_mem import SymmetricBuffers
 from pdpair.engine.distributed.topology import RankTopology
+from pdpair.engine.heap import freeze_startup_heap, thaw_heap
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ def _release_graphs(runner: RankRunner, device: str) -> None:
     """Free the captured decode graphs (they hold collectives of the groups about to be destroyed) once the
     device is idle: a communicator torn down under live graphs can hang the rank's exit."""
     runner.decode_graphs = None
+    thaw_heap()  # frozen cycles are never collected
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -140,6 +142,8 @@ def rank_main(rank: int, spec: RankSpec, inbox, outbox) -> None:
         try:
             if transfer is not None or topo.is_dp_leader:
                 outbox.put(Ready(topo.dp_rank, regions, rank))
+            frozen = freeze_startup_heap()
+            logger.debug("rank %d froze %d startup objects", rank, frozen)
             if topo.is_dp_leader:
                 RankLoop(topo.dp_rank, engine.scheduler, runner, inbox, outbox, spec.quarantine_seconds).run()
             else:

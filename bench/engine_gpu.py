@@ -228,8 +228,9 @@ def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args
     fill_kv_random(eng)
     set_fused_qkv(eng, args.fused_qkv == "on")
     wbytes = weight_bytes_per_step(lm.model, cfg)
-    print(f"{name}: {wbytes / 1e9:.2f} GB of weights per decode step, {pages} KV pages "
-          f"({eng.pools.kv.buffer.nbytes / 2**30:.1f} GiB)", flush=True)
+    pool_bytes = sum(eng.pools.pool(kind).buffer.nbytes for kind in eng.pools.kinds)
+    print(f"{name}: {wbytes / 1e9:.2f} GB of weights per decode step, {pages} pages "
+          f"({pool_bytes / 2**30:.1f} GiB of pools)", flush=True)
     for fused in fused_modes:
         tag = "" if fused is None else (" fused" if fused else " unfused")
         if fused is not None and not set_fused(eng, fused):

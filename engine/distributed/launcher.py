@@ -27,8 +27,8 @@ class RankGroup:
         topo = spec.topo
         ctx = mp.get_context("spawn")
         self._outbox = ctx.Queue()
-        self._inboxes = [ctx.Queue() for _ in range(topo.dp_size)]
-        self.ranks = RankProcesses(spec, list(range(topo.world_size)), dict(enumerate(self._inboxes)),
+        self._inboxes = {d: ctx.Queue() for d in range(topo.dp_size)}  # DP rank -> its leader's commands
+        self.ranks = RankProcesses(spec, list(range(topo.world_size)), self._inboxes,
                                    self._outbox)
         self.procs = list(self.ranks.procs.values())
         self.load = [0] * topo.dp_size  # outstanding tokens per DP rank
@@ -109,7 +109,7 @@ class RankGroup:
         """Stop every rank (leaders agree on the step to stop at); returns the exit codes."""
         if not self.ranks.stopping:
             self.ranks.stopping = True
-            for q in self._inboxes:
+            for q in self._inboxes.values():
                 q.put(Stop())
             self.ranks.join(timeout)
             while True:  # keep the idle-cost figures the leaders sent on the way out

@@ -33,7 +33,7 @@ def send_waking(inboxes, d: int, cmd) -> None:
     """Put `cmd` in DP leader d's inbox (`inboxes`: DP rank -> queue; d may have none: this process's own
     leader) and a `Wake` in every other leader's. `cmd` gives d work; the others may be in their idle wait
     (up to IDLE_WAIT_S), and d's next step gather waits for them."""
-    for rank, q in (inboxes.items() if isinstance(inboxes, dict) else enumerate(inboxes)):
+    for rank, q in inboxes.items():
         q.put(cmd if rank == d else Wake())
 
 

@@ -25,9 +25,9 @@ def test_new_work_for_one_leader_wakes_every_other_leader():
     assert [_drain(inboxes[d]) for d in (1, 2, 3)] == [[Wake()], [cmd], [Wake()]]
     send_waking(inboxes, 0, cmd)  # DP rank 0 is the caller's own: every remote leader is woken
     assert [_drain(inboxes[d]) for d in (1, 2, 3)] == [[Wake()]] * 3
-    lst = [queue.Queue(), queue.Queue()]  # the launcher's list of every leader's inbox
-    send_waking(lst, 1, cmd)
-    assert [_drain(q) for q in lst] == [[Wake()], [cmd]]
+    every = {0: queue.Queue(), 1: queue.Queue()}  # the launcher's inboxes: every leader's, DP rank 0's too
+    send_waking(every, 1, cmd)
+    assert [_drain(q) for q in every.values()] == [[Wake()], [cmd]]
 
 
 def test_dp_scheduler_wakes_the_leaders_that_did_not_get_the_request():

@@ -88,7 +88,8 @@ async def _serve(cfg: NodeConfig, make_servicer: MakeServicer) -> int:
         loop.add_signal_handler(sig, stop.set)
     logger.info("%s node serving on %s:%d (advertised %s:%d, %s)", cfg.role, cfg.host, port, cfg.advertise_host, port,
                 "mutual TLS" if cfg.tls else "plaintext")
-    logger.debug("froze %d startup objects", freeze_startup_heap())  # see engine/heap.py
+    frozen = freeze_startup_heap()  # see engine/heap.py
+    logger.debug("froze %d startup objects", frozen)
     try:
         await stop.wait()
         if not fatal:

@@ -15,6 +15,7 @@ pytest.importorskip("triton", reason="triton is not installed")
 BF16 = "*bf16"
 # a memory access of another kernel's data: loads, stores, async copies, atomics
 ACCESS = re.compile(r"\b(ld|st|atom|red)\.global|\bcp\.async\.")
+NAMES = ["skinny_linear", "skinny_qkv", "add_rmsnorm", "qk_rope_store", "silu_mul", "decode_split", "decode_merge"]
 
 
 def _kernels():
@@ -52,15 +53,14 @@ def _kernels():
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("case", range(7), ids=[k[0] for k in [("skinny_linear",), ("skinny_qkv",), ("add_rmsnorm",),
-                                                                   ("qk_rope_store",), ("silu_mul",),
-                                                                   ("decode_split",), ("decode_merge",)]])
+@pytest.mark.parametrize("case", range(len(NAMES)), ids=NAMES)
 def test_pdl_kernel_waits_before_any_access_and_then_releases_the_next(case):
     """With `PDL` a kernel's first instructions are the grid dependency wait and the release of the next
     kernel, before any global load or store: a kernel launched early must not read the previous kernel's
     output (or overwrite what it still reads) before that kernel is done. Without `PDL`, neither appears."""
     needs_nvidia_compiler()
     name, kernel, pointers, consts, floats, options = _kernels()[case]
+    assert name == NAMES[case]
     on = sm90_ptx(kernel, pointers, consts | {"PDL": True}, floats, **options)
     wait, release = on.find("griddepcontrol.wait"), on.find("griddepcontrol.launch_dependents")
     first = ACCESS.search(on)

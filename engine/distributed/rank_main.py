@@ -127,8 +127,23 @@ def _release_graphs(runner: RankRunner, device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _exit_after_teardown(outbox) -> None:
+    """End a rank process once its process groups are destroyed, without the interpreter's finalization: there
+    the C++ side of distributed state (gloo's worker threads, the TCP store's daemon, tensors their pending work
+    holds) can be destroyed in any order against the interpreter's own teardown, which once ended a rank with
+    "terminate called without an active exception" after a clean run. Logs and the reports still buffered for
+    the node (the outbox's feeder thread) are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    outbox.close()
+    outbox.join_thread()
+    os._exit(0)
+
+
 def rank_main(rank: int, spec: RankSpec, inbox, outbox) -> None:
-    """Process entry. Exits 1 with a log line on any failure (a peer's death fails the collectives)."""
+    """Process entry. Exits 0 after its teardown (`_exit_after_teardown`), 1 with a log line on any failure (a
+    peer's death fails the collectives)."""
     _die_with_parent()
     logging.basicConfig(level=spec.log_level, format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
     if not spec.device.startswith("cuda"):
@@ -160,3 +175,4 @@ def rank_main(rank: int, spec: RankSpec, inbox, outbox) -> None:
         logging.shutdown()
         sys.stdout.flush()
         os._exit(1)
+    _exit_after_teardown(outbox)

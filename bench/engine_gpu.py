@@ -207,6 +207,61 @@ def scheduler_decode_tps(eng, ids: list[int], batch: int, steps: int, overlap: b
     return batch * steps / elapsed
 
 
+def decode_rows(eng, graphs, name: str, cfg: ModelConfig, args, wbytes: int, gbs: float, tag: str,
+                full_rows: bool = True) -> None:
+    """The decode rows at each batch size: the bare graph replay (and, with `full_rows`, the runner's replay
+    with its host upload), beside the bandwidth floor."""
+    from tests.kernels._attention_engine_fixtures import decode_batch
+
+    ctx = args.context
+    for bs in args.batches:
+        batch, release = decode_batch(eng, [ctx] * bs, seed=bs)
+        host = (batch.input_ids.tolist(), batch.positions.cpu().numpy(), batch.req_pool_indices.cpu().numpy())
+        try:
+            graphs.replay(batch)  # fills the static buffers
+            bare = cuda_ms(lambda b=bs, g=graphs: g.replay_bucket(b), args.reps)
+            if bs in args.profile:
+                profile_kernels(name, f"decode b{bs}{tag}", lambda b=bs, g=graphs: g.replay_bucket(b))
+            staged = hasattr(graphs, "replay_staged")
+            full = None
+            if full_rows:
+                full = cuda_ms((lambda g=graphs, h=host: g.replay_staged(*h)) if staged
+                               else (lambda b=batch, g=graphs: g.replay(b)), args.reps)
+        finally:
+            release()
+        floor = (wbytes + kv_bytes(cfg, bs * ctx)) / gbs / 1e6
+        row(name, f"decode b{bs} ctx{ctx} graph{tag}", bare, floor, f"{bs / bare * 1e3:.0f} tok/s",
+            batch=bs, tokens_per_s=bs / bare * 1e3)
+        if full is not None:
+            row(name, f"decode b{bs} ctx{ctx} runner replay{tag}", full, floor,
+                "host upload + graph, as ModelRunner runs it" if staged else "metadata fill + graph", batch=bs)
+
+
+def ab_rows(eng, name: str, cfg: ModelConfig, args, wbytes: int, gbs: float, tag: str, max_bs: int,
+            buckets: tuple[int, ...]) -> None:
+    """`--ab`: the bare decode rows again with each named backend switch flipped (graphs recaptured), then with
+    all of them flipped, interleaved with the defaults over `--ab-rounds` rounds, so each switch is measured
+    against its baseline in the same run."""
+    backend = eng.runner.backend
+    flip = {s: not getattr(backend, s) for s in args.ab}
+    variants = [("", [])] + [(f" {s}={'on' if flip[s] else 'off'}", [s]) for s in args.ab]
+    if len(args.ab) > 1:
+        variants.append((" all flipped", list(args.ab)))
+    for _ in range(args.ab_rounds):
+        for vtag, flipped in variants:
+            saved = {s: getattr(backend, s) for s in flipped}
+            for s in flipped:
+                setattr(backend, s, flip[s])
+            graphs = overlap_graphs(eng, max_bs, buckets)
+            try:
+                decode_rows(eng, graphs, name, cfg, args, wbytes, gbs, tag + vtag, full_rows=False)
+            finally:
+                for s, v in saved.items():
+                    setattr(backend, s, v)
+                del graphs
+                torch.cuda.empty_cache()
+
+
 def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args, fused_modes) -> None:
     from pdpair.engine import Engine
     from pdpair.engine.batch import ForwardBatch, ForwardMode
@@ -235,26 +290,12 @@ def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args
         tag = "" if fused is None else (" fused" if fused else " unfused")
         if fused is not None and not set_fused(eng, fused):
             continue
-        graphs = overlap_graphs(eng, max_bs, tuple(sorted(set(batches) | {min(64, max_bs)})))
+        buckets = tuple(sorted(set(batches) | {min(64, max_bs)}))
+        graphs = overlap_graphs(eng, max_bs, buckets)
         eng.runner.graphs = graphs
-        for bs in batches:
-            batch, release = decode_batch(eng, [ctx] * bs, seed=bs)
-            host = (batch.input_ids.tolist(), batch.positions.cpu().numpy(), batch.req_pool_indices.cpu().numpy())
-            try:
-                graphs.replay(batch)  # fills the static buffers
-                bare = cuda_ms(lambda b=bs, g=graphs: g.replay_bucket(b), args.reps)
-                if bs in args.profile:
-                    profile_kernels(name, f"decode b{bs}{tag}", lambda b=bs, g=graphs: g.replay_bucket(b))
-                staged = hasattr(graphs, "replay_staged")
-                full = cuda_ms((lambda g=graphs, h=host: g.replay_staged(*h)) if staged
-                               else (lambda b=batch, g=graphs: g.replay(b)), args.reps)
-            finally:
-                release()
-            floor = (wbytes + kv_bytes(cfg, bs * ctx)) / gbs / 1e6
-            row(name, f"decode b{bs} ctx{ctx} graph{tag}", bare, floor, f"{bs / bare * 1e3:.0f} tok/s",
-                batch=bs, tokens_per_s=bs / bare * 1e3)
-            row(name, f"decode b{bs} ctx{ctx} runner replay{tag}", full, floor,
-                "host upload + graph, as ModelRunner runs it" if staged else "metadata fill + graph", batch=bs)
+        decode_rows(eng, graphs, name, cfg, args, wbytes, gbs, tag)
+        if args.ab and fused is not False:
+            ab_rows(eng, name, cfg, args, wbytes, gbs, tag, max_bs, buckets)
         gen = torch.Generator().manual_seed(1)
         if "scheduler" not in args.skip:
             # scheduler decode steps at batch 64, overlap off and on, against the bare graph at the same batch and context
@@ -323,6 +364,10 @@ def main() -> None:
                     help="print the per-kernel breakdown of the decode graph at these batch sizes")
     ap.add_argument("--fused-qkv", choices=["on", "off"], default="on",
                     help="small decode batches run qkv, rope and the K/V store as one launch (the default: on)")
+    ap.add_argument("--ab", nargs="*", default=[], metavar="SWITCH",
+                    help="attention-backend switches (e.g. fold_norms prefetch_kv fused_qkv) to A/B: the bare "
+                         "decode rows again with each flipped, then all flipped, interleaved with the defaults")
+    ap.add_argument("--ab-rounds", type=int, default=2, help="rounds of the --ab variants")
     ap.add_argument("--skip", nargs="*", default=[], choices=["scheduler", "prefill"],
                     help="leave these rows out")
     ap.add_argument("--quick", action="store_true", help="small sizes: a few seconds per shape")

@@ -44,6 +44,9 @@ class TritonBackend(AttentionBackend):
         # (kernels/fused/skinny_qkv.py; only where the fused forward's skinny path runs: CUDA, bf16/fp16)
         self.fused_qkv = True
         self.fused_merge = False  # True: merge the splits inside the split launch (measured slower on an H200)
+        # a small decode batch of a small model folds each residual add into the projection before it and each
+        # RMSNorm into the projection after it (engine/models/fused.py: `_folded_layers`, `FOLD_MAX_HIDDEN`)
+        self.fold_norms = True
         self._max_extend = 0
         self._has_prefix = True
         # extend batches without a cached prefix go through torch SDPA (cuDNN) on CUDA; see sdpa_extend.py

@@ -6,7 +6,8 @@ prologue (split qkv, q/k RMSNorm, rope, K/V store into the paged cache) in one; 
 with the K/V already stored. A decode batch of at most `MAX_ROWS` rows in bf16/fp16 runs its projections
 through the skinny linear kernel, which streams each weight once, folds SiLU-and-mul into the gate/up
 projection and, for models without q/k norm, the whole attention prologue into the qkv projection
-(`skinny_qkv.py`; cuBLAS otherwise; fp32 models keep cuBLAS, whose fp32 GEMMs do not round to TF32). Runs
+(`skinny_qkv.py`; cuBLAS otherwise; fp32 models keep cuBLAS, whose fp32 GEMMs do not round to TF32). In such
+a batch of a small model the residual add and RMSNorm also leave their own launch (`_folded_layers`). Runs
 when the batch's backend has `fused_ops` set (the engine sets it on CUDA for the triton backend;
 `EngineConfig.fused_ops` turns it off); the CPU/torch path never comes here.
 """
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from pdpair.engine.models.attention import Attention
 from pdpair.engine.models.layers import GatedMLP, Linear
 from pdpair.kernels.fused import add_rmsnorm, qk_rope_store, silu_and_mul
-from pdpair.kernels.fused.skinny_linear import MAX_ROWS, skinny_linear
+from pdpair.kernels.fused.skinny_linear import MAX_ROWS, NormedRows, skinny_linear, skinny_linear_add
 from pdpair.kernels.fused.skinny_qkv import skinny_qkv_fits, skinny_qkv_rope_store
 from pdpair.kernels.triton_utils import interpreting
 
@@ -64,26 +65,78 @@ def _qkv_fused(attn, skinny: bool, ctx: Any) -> bool:
             and type(attn.qkv_proj) is Linear and attn.q_norm is None and skinny_qkv_fits(attn.head_dim))
 
 
-def _attention(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: Any, skinny: bool) -> torch.Tensor:
+def _attend(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: Any, skinny: bool,
+            rms: NormedRows | None = None) -> torch.Tensor:
+    """The attention block up to the o projection: `[T, q_size]`. With `rms` (the folded path; `x` is its
+    `xg`), the qkv projection finishes the input RMSNorm itself."""
     backend, layer = ctx.backend, attn.layer_id
     pool, idx = backend.layer_pools[layer]  # the full-attention pool: `fused_supported` models have no other
     if _qkv_fused(attn, skinny, ctx):
         q = skinny_qkv_rope_store(x, attn.qkv_proj.weight, attn.qkv_proj.bias, cos, sin, attn.num_heads,
-                                  attn.num_kv_heads, pool.k_layers[idx], pool.v_layers[idx], ctx.batch.out_cache_loc)
+                                  attn.num_kv_heads, pool.k_layers[idx], pool.v_layers[idx], ctx.batch.out_cache_loc,
+                                  rms=rms)
         k = v = None  # decode with `kv_stored` reads q and the cache only
     else:
-        qkv = _linear(attn.qkv_proj, x, skinny)
+        if rms is not None:
+            qkv = skinny_linear(x, attn.qkv_proj.weight, attn.qkv_proj.bias, rms=rms)
+        else:
+            qkv = _linear(attn.qkv_proj, x, skinny)
         norm = attn.q_norm is not None
         q, k, v = qk_rope_store(qkv, cos, sin, attn.num_heads, attn.num_kv_heads, pool.k_layers[idx],
                                 pool.v_layers[idx], ctx.batch.out_cache_loc,
                                 attn.q_norm.weight if norm else None, attn.k_norm.weight if norm else None,
                                 attn.q_norm.eps if norm else 1e-6)
-    o = backend.forward(q, k, v, layer, ctx.batch, kv_stored=True)
-    return _linear(attn.o_proj, o.reshape(x.shape[0], attn.q_size), skinny)
+    return backend.forward(q, k, v, layer, ctx.batch, kv_stored=True).reshape(x.shape[0], attn.q_size)
+
+
+def _attention(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: Any, skinny: bool) -> torch.Tensor:
+    return _linear(attn.o_proj, _attend(attn, x, cos, sin, ctx, skinny), skinny)
 
 
 def _swiglu(mlp) -> bool:
     return type(mlp) is GatedMLP and mlp.act is F.silu
+
+
+# `_folded_layers` runs for models up to this hidden size. On an H200 (`bench/engine_gpu.py --ab fold_norms`,
+# decode graph, PDL on) it took the SmolLM2 shape (576) from 0.680 to 0.638 ms at batch 1 and from 0.805 to
+# 0.781 ms at batch 8, but an 8B shape's step (4096) from 4.348 to 4.49-4.54 ms (Llama-3.1-8B, batch 1; 5.17
+# to 5.27 ms at batch 8; Qwen3-8B 4.60 to 4.56 and 5.48 to 5.62 ms): there the add+RMSNorm launches it removes
+# already overlap their neighbours under PDL, and the producers' heavier epilogue does not.
+FOLD_MAX_HIDDEN = 2048
+
+
+def _foldable(model, ctx: Any, skinny: bool) -> bool:
+    """Whether this batch runs `_folded_layers`: the skinny path, the backend's `fold_norms` switch (on by
+    default), a hidden size of at most `FOLD_MAX_HIDDEN`, and every layer built of the plain modules (a
+    sharding wrapper runs its own forward)."""
+    if not (skinny and getattr(ctx.backend, "fold_norms", False)) or model.config.hidden_size > FOLD_MAX_HIDDEN:
+        return False
+    for layer in model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        if (type(attn) is not Attention or type(attn.qkv_proj) is not Linear or type(attn.o_proj) is not Linear
+                or not _swiglu(mlp) or type(mlp.gate_up_proj) is not Linear or type(mlp.down_proj) is not Linear
+                or layer.input_layernorm.plus_one or layer.post_attention_layernorm.plus_one):
+            return False
+    return True
+
+
+def _folded_layers(model, residual: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: Any) -> None:
+    """The decoder layers of a skinny batch with one add+RMSNorm launch in all (layer 0's input norm): the o and
+    down projections add into `residual` in their epilogue and leave the next RMSNorm's input (`NormedRows`:
+    rows times the norm weight, partial sums of squares), which the qkv and gate/up projections finish by
+    scaling their accumulators. Four launches per layer besides attention, against six with `add_rmsnorm`."""
+    layers = model.layers
+    first = layers[0].input_layernorm
+    h = add_rmsnorm(None, residual, first.weight, first.eps)
+    rms = None
+    for i, layer in enumerate(layers):
+        attn, mlp, post = layer.self_attn, layer.mlp, layer.post_attention_layernorm
+        o = _attend(attn, h if rms is None else rms.xg, cos, sin, ctx, True, rms=rms)
+        rms = skinny_linear_add(o, attn.o_proj.weight, attn.o_proj.bias, residual, norm=(post.weight, post.eps))
+        act = skinny_linear(rms.xg, mlp.gate_up_proj.weight, mlp.gate_up_proj.bias, gated=True, rms=rms)
+        nxt = layers[i + 1].input_layernorm if i + 1 < len(layers) else None
+        rms = skinny_linear_add(act, mlp.down_proj.weight, mlp.down_proj.bias, residual,
+                                norm=None if nxt is None else (nxt.weight, nxt.eps))
 
 
 def fused_forward(model, input_ids: torch.Tensor, positions: torch.Tensor, ctx: Any) -> torch.Tensor:
@@ -95,6 +148,10 @@ def fused_forward(model, input_ids: torch.Tensor, positions: torch.Tensor, ctx: 
     cos, sin = cos3[:, 0], sin3[:, 0]
     layers = model.layers
     skinny = _skinny(residual)
+    rows = ctx.logits_indices
+    if _foldable(model, ctx, skinny):
+        _folded_layers(model, residual, cos, sin, ctx)
+        return model.logits(add_rmsnorm(None, residual[rows], model.norm.weight, model.norm.eps))
     h = add_rmsnorm(None, residual, layers[0].input_layernorm.weight, layers[0].input_layernorm.eps)
     mlp_out = None
     for i, layer in enumerate(layers):
@@ -107,6 +164,5 @@ def fused_forward(model, input_ids: torch.Tensor, positions: torch.Tensor, ctx: 
         if i + 1 < len(layers):
             nxt = layers[i + 1].input_layernorm
             h = add_rmsnorm(mlp_out, residual, nxt.weight, nxt.eps)
-    rows = ctx.logits_indices
     x = add_rmsnorm(mlp_out[rows], residual[rows], model.norm.weight, model.norm.eps)  # only the wanted rows
     return model.logits(x)

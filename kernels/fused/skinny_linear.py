@@ -15,6 +15,8 @@ larger batches go to cuBLAS, which is compute-efficient there.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from pdpair.kernels.triton_utils import pdl_launch, pdl_prologue, prefetch_l2, tl, triton
 
@@ -32,11 +34,24 @@ def prefetch_rows(w, rows, mask_rows, stride_wn, K, offs_l):
 
 
 @triton.jit
+def rms_scale(parts, stride_pm, n_parts, offs_m, mask_m, K, eps, PARTS: tl.constexpr):
+    """`[BLOCK_M, 1]` RMSNorm factors `rsqrt(mean square + eps)` of rows whose sums of squares over their K
+    columns arrive as `n_parts` partial sums per row (`parts [M, n_parts]`, one per program of the kernel that
+    wrote the rows; summed in a fixed order, so the result does not depend on which program ran first)."""
+    offs_p = tl.arange(0, PARTS)
+    pm = mask_m[:, None] & (offs_p < n_parts)[None, :]
+    ss = tl.sum(tl.load(parts + offs_m[:, None] * stride_pm + offs_p[None, :], mask=pm, other=0.0), 1)
+    return tl.rsqrt(ss / K + eps)[:, None]
+
+
+@triton.jit
 def _skinny_linear_kernel(
     x, w, bias, y, M, N, K, stride_xm, stride_wn, stride_ym,
+    parts_in, stride_pin, n_parts_in, eps_in, g_out, xg_out, stride_xgm, parts_out, stride_pout,
     HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
-    PREFETCH_K: tl.constexpr = 0,
+    PREFETCH_K: tl.constexpr = 0, RMS_PARTS: tl.constexpr = 0, ACCUMULATE: tl.constexpr = False,
+    NORM_OUT: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     offs_m = tl.arange(0, BLOCK_M)
@@ -50,6 +65,13 @@ def _skinny_linear_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
     mask_n = offs_n < N
+    y_ptrs = y + offs_m[:, None] * stride_ym + offs_n[None, :]
+    ymask = mask_m[:, None] & mask_n[None, :]
+    # the epilogue's operands load here, so their latency hides behind the K loop instead of following it
+    if ACCUMULATE:
+        prior = tl.load(y_ptrs, mask=ymask, other=0.0).to(tl.float32)
+    if NORM_OUT:
+        gw = tl.load(g_out + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     x_ptrs = x + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
     w_ptrs = w + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
     up_off = N.to(tl.int64) * stride_wn  # GATED: the up rows follow the N gate rows
@@ -62,16 +84,27 @@ def _skinny_linear_kernel(
         acc += tl.dot(xb, tl.trans(tl.load(w_ptrs + k0, mask=wmask, other=0.0)))
         if GATED:
             acc_up += tl.dot(xb, tl.trans(tl.load(w_ptrs + up_off + k0, mask=wmask, other=0.0)))
+    if RMS_PARTS > 0:  # x held rows times their norm weight (`NormedRows`): scale by the rows' factors
+        rstd = rms_scale(parts_in, stride_pin, n_parts_in, offs_m, mask_m, K, eps_in, RMS_PARTS)
+        acc = acc * rstd
+        acc_up = acc_up * rstd
     if HAS_BIAS:
         acc += tl.load(bias + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         if GATED:
             acc_up += tl.load(bias + N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     out = acc.to(y.dtype.element_ty)
     if GATED:  # silu(gate) * up, each rounded as the unfused projection + silu_and_mul round them
-        g = out.to(tl.float32)
-        act = (g / (1.0 + tl.exp(-g))).to(y.dtype.element_ty).to(tl.float32)
+        gate = out.to(tl.float32)
+        act = (gate / (1.0 + tl.exp(-gate))).to(y.dtype.element_ty).to(tl.float32)
         out = (act * acc_up.to(y.dtype.element_ty).to(tl.float32)).to(y.dtype.element_ty)
-    tl.store(y + offs_m[:, None] * stride_ym + offs_n[None, :], out, mask=mask_m[:, None] & mask_n[None, :])
+    if ACCUMULATE:  # the residual add: one fp32 add of the rounded projection, rounded once
+        out = (prior + out.to(tl.float32)).to(y.dtype.element_ty)
+    tl.store(y_ptrs, out, mask=ymask)
+    if NORM_OUT:  # the next RMSNorm's inputs: this block's sums of squares, and the rows times its weight
+        h = tl.where(ymask, out.to(tl.float32), 0.0)
+        tl.store(parts_out + offs_m * stride_pout + pid, tl.sum(h * h, 1), mask=mask_m)
+        tl.store(xg_out + offs_m[:, None] * stride_xgm + offs_n[None, :], (h * gw[None, :]).to(y.dtype.element_ty),
+                 mask=ymask)
 
 
 def skinny_config(n: int, k: int, gated: bool = False) -> dict:
@@ -98,30 +131,90 @@ def launch_extras(weight: torch.Tensor, rows: int, block_k: int) -> dict:
     return kw
 
 
-def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                  gated: bool = False, out: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
-    """`x [M, K] @ weight[N, K]^T (+ bias)` for `M <= MAX_ROWS`. With `gated`, `weight` is the SwiGLU MLP's
-    fused gate/up projection `[2I, K]` (gate rows first) and the result is `silu(gate) * up` `[M, I]`."""
+class NormedRows(NamedTuple):
+    """An RMSNorm's input as the projection that adds into the residual stream leaves it (`skinny_linear_add`
+    with `norm`): the new residual rows times the norm weight, not yet scaled, and each writer program's sums
+    of squares of its columns. The projection that takes it (`rms=`, its input being `xg`) sums the parts
+    and scales its accumulator by each row's `rsqrt(mean square + eps)` before the bias. The norm then costs
+    no launch of its own, and no arithmetic sits between the consumer's loads and its MMA (which Triton
+    would not software-pipeline: scaling each K block in the loop doubled an 8B model's decode step)."""
+
+    xg: torch.Tensor  # [M, K] residual rows * norm weight, rounded to the model dtype
+    parts: torch.Tensor  # fp32 [M, P]: sums of squares of the rows over each writer program's columns
+    eps: float
+
+
+def _launch(x, weight, bias, out, gated: bool, config: dict | None, accumulate: bool = False,
+            rms: NormedRows | None = None, norm_out: tuple | None = None) -> None:
+    m, k = x.shape
+    n = weight.shape[0]
+    cfg = dict(config or skinny_config(n, k, gated))
+    block_n, block_k = cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
+    n_out = out.shape[1]
+    g_out, xg_out, parts_out = norm_out or (weight, out, out)  # unused without NORM_OUT
+    if norm_out is not None:
+        assert parts_out.shape == (m, triton.cdiv(n_out, block_n)), (parts_out.shape, n_out, block_n)
+    parts_in, n_parts = (rms.parts, rms.parts.shape[1]) if rms is not None else (out, 0)
+    _skinny_linear_kernel[(triton.cdiv(n_out, block_n),)](
+        x, weight, bias if bias is not None else weight, out, m, n_out, k, x.stride(0), weight.stride(0),
+        out.stride(0), parts_in, parts_in.stride(0), n_parts, rms.eps if rms is not None else 0.0,
+        g_out, xg_out, xg_out.stride(0), parts_out, parts_out.stride(0),
+        HAS_BIAS=bias is not None, GATED=gated, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, **cfg,
+        RMS_PARTS=triton.next_power_of_2(n_parts) if rms is not None else 0, ACCUMULATE=accumulate,
+        NORM_OUT=norm_out is not None, **launch_extras(weight, m, block_k),
+    )
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, gated: bool, rms: NormedRows | None) -> None:
     m, k = x.shape
     n, kw = weight.shape
-    assert m <= MAX_ROWS, f"skinny_linear takes at most {MAX_ROWS} rows, got {m}"
+    assert m <= MAX_ROWS, f"the skinny linear takes at most {MAX_ROWS} rows, got {m}"
     assert kw == k and (not gated or n % 2 == 0), (x.shape, weight.shape, gated)
     assert x.stride(-1) == 1 and weight.stride(-1) == 1, (x.stride(), weight.stride())
     assert x.dtype == weight.dtype, (x.dtype, weight.dtype)
-    n_out = n // 2 if gated else n
+    if rms is not None:
+        assert x is rms.xg, "with `rms`, the input is its `xg`"
+        assert rms.parts.dtype == torch.float32 and rms.parts.shape[0] == m and rms.parts.stride(1) == 1, (
+            rms.parts.dtype, rms.parts.shape)
+
+
+def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                  gated: bool = False, out: torch.Tensor | None = None, config: dict | None = None,
+                  rms: NormedRows | None = None) -> torch.Tensor:
+    """`x [M, K] @ weight[N, K]^T (+ bias)` for `M <= MAX_ROWS`. With `gated`, `weight` is the SwiGLU MLP's
+    fused gate/up projection `[2I, K]` (gate rows first) and the result is `silu(gate) * up` `[M, I]`. With
+    `rms` (a `NormedRows`; `x` is then its `xg`), the input is that RMSNorm's output."""
+    _check(x, weight, gated, rms)
+    m = x.shape[0]
+    n_out = weight.shape[0] // 2 if gated else weight.shape[0]
     if out is None:
         out = torch.empty((m, n_out), dtype=x.dtype, device=x.device)
     assert out.shape == (m, n_out) and out.stride(-1) == 1, (out.shape, out.stride())
-    if m == 0:
-        return out
-    cfg = dict(config or skinny_config(n, k, gated))
-    block_n, block_k = cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
-    _skinny_linear_kernel[(triton.cdiv(n_out, block_n),)](
-        x, weight, bias if bias is not None else weight, out, m, n_out, k, x.stride(0), weight.stride(0),
-        out.stride(0), HAS_BIAS=bias is not None, GATED=gated, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, **cfg,
-        **launch_extras(weight, m, block_k),
-    )
+    if m:
+        _launch(x, weight, bias, out, gated, config, rms=rms)
     return out
+
+
+def skinny_linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor, *,
+                      norm: tuple[torch.Tensor, float] | None = None,
+                      config: dict | None = None) -> NormedRows | None:
+    """`residual [M, N] += x @ weight^T (+ bias)` (the projection rounded, then one fp32 add rounded once, as
+    the unfused add). With `norm=(g, eps)`, also leaves the next RMSNorm's input (`NormedRows`) for the
+    projection after it."""
+    _check(x, weight, False, None)
+    m, n = x.shape[0], weight.shape[0]
+    assert residual.shape == (m, n) and residual.stride(-1) == 1 and residual.dtype == x.dtype, (
+        residual.shape, residual.stride(), residual.dtype)
+    normed = None
+    if norm is not None:
+        assert norm[0].shape == (n,) and norm[0].is_contiguous(), (norm[0].shape, n)
+        block_n = (config or skinny_config(n, x.shape[1]))["BLOCK_N"]
+        normed = NormedRows(torch.empty_like(residual), torch.empty((m, triton.cdiv(n, block_n)),
+                                                                    dtype=torch.float32, device=x.device), norm[1])
+    if m:
+        _launch(x, weight, bias, residual, False, config, accumulate=True,
+                norm_out=None if normed is None else (norm[0], normed.xg, normed.parts))
+    return normed
 
 
 def skinny_linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -132,3 +225,14 @@ def skinny_linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         gate, up = y.chunk(2, dim=-1)
         y = torch.nn.functional.silu(gate) * up
     return y
+
+
+def skinny_linear_add_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          residual: torch.Tensor, norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor | None:
+    """Torch twin of `skinny_linear_add`: `residual += F.linear(...)` in place, and with `norm` the next
+    RMSNorm's output `g * rmsnorm(residual)` as `add_rmsnorm_ref` computes it (what a projection taking the
+    `NormedRows` sees)."""
+    from pdpair.kernels.fused.add_rmsnorm import add_rmsnorm_ref
+
+    residual.copy_(residual + torch.nn.functional.linear(x, weight, bias))
+    return None if norm is None else add_rmsnorm_ref(None, residual.clone(), norm[0], norm[1])

@@ -18,7 +18,14 @@ an 8B model's weight. Used by `engine/models/fused.py` for decode batches of at 
 from __future__ import annotations
 
 import torch
-from pdpair.kernels.fused.skinny_linear import MAX_ROWS, launch_extras, prefetch_rows, skinny_config
+from pdpair.kernels.fused.skinny_linear import (
+    MAX_ROWS,
+    NormedRows,
+    launch_extras,
+    prefetch_rows,
+    rms_scale,
+    skinny_config,
+)
 from pdpair.kernels.triton_utils import pdl_prologue, tl, triton
 
 MIN_PAIRS = 8  # the smallest pair block: the MMA's N dimension
@@ -28,10 +35,11 @@ MIN_PAIRS = 8  # the smallest pair block: the MMA's N dimension
 def _skinny_qkv_kernel(
     x, w, bias, cos, sin, q_out, k_cache, v_cache, slots, M, K,
     stride_xm, stride_wn, stride_cos, stride_sin, stride_qm,
-    stride_kcp, stride_kcs, stride_kch, stride_vcp, stride_vcs, stride_vch,
+    stride_kcp, stride_kcs, stride_kch, stride_vcp, stride_vcs, stride_vch, parts_in, stride_pin, n_parts_in,
+    eps_in,
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, PAGE_SIZE: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr = False, PREFETCH_K: tl.constexpr = 0,
+    PDL: tl.constexpr = False, PREFETCH_K: tl.constexpr = 0, RMS_PARTS: tl.constexpr = 0,
 ):
     pid = tl.program_id(0)
     head = pid // (HALF // BLOCK_P)  # q heads, then k heads, then v heads (the qkv weight's row order)
@@ -55,6 +63,10 @@ def _skinny_qkv_kernel(
         xb = tl.load(x_ptrs + k0, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         acc1 += tl.dot(xb, tl.trans(tl.load(w_ptrs + k0, mask=mask_k[None, :], other=0.0)))
         acc2 += tl.dot(xb, tl.trans(tl.load(w_ptrs + half_off + k0, mask=mask_k[None, :], other=0.0)))
+    if RMS_PARTS > 0:  # x held rows times their norm weight (`NormedRows`): scale by the rows' factors
+        rstd = rms_scale(parts_in, stride_pin, n_parts_in, offs_m, mask_m, K, eps_in, RMS_PARTS)
+        acc1 = acc1 * rstd
+        acc2 = acc2 * rstd
     if HAS_BIAS:
         acc1 += tl.load(bias + rows).to(tl.float32)[None, :]
         acc2 += tl.load(bias + HALF + rows).to(tl.float32)[None, :]
@@ -112,10 +124,12 @@ def skinny_qkv_fits(head_dim: int) -> bool:
 
 def skinny_qkv_rope_store(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cos: torch.Tensor,
                           sin: torch.Tensor, heads: int, kv_heads: int, k_cache: torch.Tensor,
-                          v_cache: torch.Tensor, slots: torch.Tensor, *, config: dict | None = None) -> torch.Tensor:
+                          v_cache: torch.Tensor, slots: torch.Tensor, *, config: dict | None = None,
+                          rms: NormedRows | None = None) -> torch.Tensor:
     """`x [M, K]` (M <= MAX_ROWS) through the qkv weight `[(heads + 2 kv_heads) * D, K]` (+ bias): returns the
     rotated q `[M, heads, D]`; the rotated k and the v go to token `slots` of the caches `[pages, page_size,
-    kv_heads, D]` (slot < 0: skipped). `cos`/`sin` `[M, D / 2]`: each row's rotary angles."""
+    kv_heads, D]` (slot < 0: skipped). `cos`/`sin` `[M, D / 2]`: each row's rotary angles. With `rms` (a
+    `NormedRows`; `x` is then its `xg`), the input is that RMSNorm's output, as in `skinny_linear`."""
     m, k = x.shape
     n, kw = weight.shape
     d = k_cache.shape[-1]
@@ -126,6 +140,7 @@ def skinny_qkv_rope_store(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     assert x.dtype == weight.dtype == k_cache.dtype == v_cache.dtype, (x.dtype, weight.dtype, k_cache.dtype)
     assert bias is None or (bias.shape == (n,) and bias.is_contiguous()), None if bias is None else bias.shape
     assert slots.shape == (m,), (slots.shape, m)
+    assert rms is None or (x is rms.xg and rms.parts.shape[0] == m and rms.parts.stride(1) == 1), "rms: x is its xg"
     for t in (x, weight, cos, sin, k_cache, v_cache):
         assert t.stride(-1) == 1, ("unit last stride", t.shape, t.stride())
     cfg = dict(config or skinny_qkv_config(n, k, d))
@@ -139,7 +154,9 @@ def skinny_qkv_rope_store(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         x, weight, bias if bias is not None else weight, cos, sin, q, k_cache, v_cache, slots, m, k,
         x.stride(0), weight.stride(0), cos.stride(0), sin.stride(0), q.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
-        v_cache.stride(2),
+        v_cache.stride(2), *((rms.parts, rms.parts.stride(0), rms.parts.shape[1], rms.eps) if rms is not None
+                             else (q, 0, 0, 0.0)),
+        RMS_PARTS=triton.next_power_of_2(rms.parts.shape[1]) if rms is not None else 0,
         HEADS=heads, KV_HEADS=kv_heads, HALF=d // 2, PAGE_SIZE=k_cache.shape[1], HAS_BIAS=bias is not None,
         BLOCK_M=16, BLOCK_P=pairs, BLOCK_K=block_k, **cfg, **launch_extras(weight, m, block_k),
     )

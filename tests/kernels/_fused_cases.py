@@ -59,6 +59,65 @@ def skinny_linear_case(dtype, rows: int, n: int, k: int, gated: bool = False, bi
             "tail_untouched": bool((wide[:, n:] == 7.0).all())}
 
 
+def folded_norm_case(dtype, rows: int, k: int, hidden: int, n: int, consumer: str, bias: bool = False,
+                     device: str = "cpu", seed: int = 0, configs: tuple[dict | None, dict | None] = (None, None),
+                     head_dim: int = 32, kv_heads: int = 1) -> dict:
+    """An RMSNorm folded across two projections: `skinny_linear_add` adds `x [rows, k] W1^T` into a random
+    residual `[rows, hidden]` and leaves the next norm's input, which the consumer (`"linear"`, `"gated"`
+    (W2 `[2n, hidden]`), or `"qkv"`: the qkv projection with rope and K/V store, n = its q heads) finishes.
+    Against the unfused twin chain (residual add, `add_rmsnorm_ref`, F.linear...) in the same dtype and in
+    float64: the residual, the consumer's output; also the bare add without a norm."""
+    from pdpair.kernels.fused.skinny_linear import (
+        skinny_linear,
+        skinny_linear_add,
+        skinny_linear_add_ref,
+        skinny_linear_ref,
+    )
+    from pdpair.kernels.fused.skinny_qkv import skinny_qkv_rope_store, skinny_qkv_rope_store_ref
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=gen)).to(device=device, dtype=dtype)
+
+    x = rnd(rows, k + 24)[:, :k]  # strided rows
+    w1, b1 = rnd(hidden, k, scale=2 / k**0.5), rnd(hidden) if bias else None
+    residual = rnd(rows, hidden, scale=3.0)
+    g = (1 + 0.5 * torch.randn(hidden, generator=gen)).to(device=device, dtype=dtype)
+    n2 = (n + 2 * kv_heads) * head_dim if consumer == "qkv" else 2 * n if consumer == "gated" else n
+    w2, b2 = rnd(n2, hidden, scale=2 / hidden**0.5), rnd(n2) if bias else None
+    res_k, res_r, res_64 = residual.clone(), residual.clone(), residual.double()
+    rms = skinny_linear_add(x, w1, b1, res_k, norm=(g, 1e-5), config=configs[0])
+    h_r = skinny_linear_add_ref(x, w1, b1, res_r, (g, 1e-5))
+    h_64 = skinny_linear_add_ref(x.double(), w1.double(), None if b1 is None else b1.double(), res_64,
+                                 (g.double(), 1e-5))
+
+    def d64(t):
+        return None if t is None else t.double()
+
+    if consumer == "qkv":
+        cos, sin, _, pool, slots = _rope_pool_slots(gen, rows, kv_heads, head_dim, 4, dtype, device)
+        pools = [pool.clone() for _ in range(2)] + [pool.double()]
+        y = skinny_qkv_rope_store(rms.xg, w2, b2, cos, sin, n, kv_heads, pools[0][:, 1, 0], pools[0][:, 1, 1],
+                                  slots, config=configs[1], rms=rms)
+        y_r, y_64 = (skinny_qkv_rope_store_ref(h, w, b, c, s_, n, kv_heads, p[:, 1, 0], p[:, 1, 1], slots)
+                     for h, w, b, c, s_, p in ((h_r, w2, b2, cos, sin, pools[1]),
+                                               (h_64, w2.double(), d64(b2), cos.double(), sin.double(), pools[2])))
+        extra = {"k_cache": rel_err(pools[0][:, 1].float(), pools[1][:, 1].float())}
+    else:
+        gated = consumer == "gated"
+        y = skinny_linear(rms.xg, w2, b2, gated=gated, config=configs[1], rms=rms)
+        y_r = skinny_linear_ref(h_r, w2, b2, gated=gated)
+        y_64 = skinny_linear_ref(h_64, w2.double(), d64(b2), gated=gated)
+        extra = {}
+    plain_k, plain_r = residual.clone(), residual.clone()
+    none = skinny_linear_add(x, w1, b1, plain_k, config=configs[0])
+    skinny_linear_add_ref(x, w1, b1, plain_r)
+    return {"residual": rel_err(res_k, res_r), "residual64": rel_err(res_k, res_64), "out": rel_err(y, y_r),
+            "out64": rel_err(y, y_64), "plain_add": rel_err(plain_k, plain_r), "no_norm": none is None,
+            "parts": tuple(rms.parts.shape)} | extra
+
+
 def _rope_pool_slots(gen, tokens: int, kv_heads: int, head_dim: int, page_size: int, dtype, device):
     """Random positions' rope angles `[tokens, head_dim / 2]`, a random two-layer item-major pool
     `[pages, 2, 2, page_size, kv_heads, head_dim]` with three spare pages, and a distinct slot per token; with

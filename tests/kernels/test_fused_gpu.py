@@ -7,6 +7,7 @@ import torch
 
 from tests.kernels._fused_cases import (
     add_rmsnorm_case,
+    folded_norm_case,
     qk_rope_store_case,
     silu_mul_case,
     skinny_linear_case,
@@ -62,6 +63,24 @@ def test_skinny_linear_gpu(dtype, n, k, gated, bias, rows):
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,hidden,n,consumer,head_dim,kv_heads", [
+    (576, 576, 1536, "gated", 0, 0), (1536, 576, 9, "qkv", 64, 3),  # SmolLM2: o -> gate/up, down -> qkv
+    (4096, 4096, 14336, "gated", 0, 0), (14336, 4096, 32, "qkv", 128, 8),  # Llama-3.1-8B
+    (4096, 4096, 4608, "linear", 0, 0),  # a qkv-norm model's plain qkv projection
+])
+@pytest.mark.parametrize("rows", [1, 7, 16])
+def test_rms_norm_folded_across_two_projections_gpu(dtype, k, hidden, n, consumer, head_dim, kv_heads, rows):
+    """The residual add + next RMSNorm folded into the projections around it, at model shapes and the default
+    launch configs, against the unfused twin chain (cuBLAS) and float64."""
+    r = folded_norm_case(dtype, rows, k, hidden, n, consumer, device="cuda", seed=rows + k,
+                         head_dim=head_dim or 32, kv_heads=kv_heads or 1)
+    assert r["no_norm"], r
+    assert max(r["residual"], r["plain_add"], r["residual64"]) < TOL[dtype], r
+    assert max(r["out"], r["out64"], r.get("k_cache", 0)) < 2 * TOL[dtype], r
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads,kv_heads,head_dim,k,bias", [(9, 3, 64, 576, False), (9, 3, 64, 576, True),
                                                           (32, 8, 128, 4096, False), (28, 4, 128, 3584, True)])
 @pytest.mark.parametrize("rows", [1, 7, 16])
@@ -104,26 +123,35 @@ def test_fused_forward_bf16_small_batches_match_unfused(arch):
                              max_running_requests=32, disable_cuda_graph=True)
     fill_kv_random(eng, 1)
     calls = []
-    real, real_qkv = fused_mod.skinny_linear, fused_mod.skinny_qkv_rope_store
-    fused_mod.skinny_linear = lambda *a, **k: calls.append(k.get("gated", False)) or real(*a, **k)
-    fused_mod.skinny_qkv_rope_store = lambda *a, **k: calls.append("qkv") or real_qkv(*a, **k)
+    patched = {"skinny_linear": lambda *a, **k: k.get("gated", False), "skinny_linear_add": lambda *a, **k: "add",
+               "skinny_qkv_rope_store": lambda *a, **k: "qkv", "add_rmsnorm": lambda *a, **k: "norm"}
+    real = {name: getattr(fused_mod, name) for name in patched}
+    for name, tag in patched.items():
+        setattr(fused_mod, name, lambda *a, _n=name, _t=tag, **k: calls.append(_t(*a, **k)) or real[_n](*a, **k))
     qkv_fused = arch != "qwen3"  # q/k norm keeps skinny qkv + qk_rope_store
     try:
-        for rows in (1, 3, 16, 17):
+        for rows, fold in ((1, True), (1, False), (3, True), (16, True), (16, False), (17, True)):
             batch, release = decode_batch(eng, [5 + 37 * i % 300 for i in range(rows)], seed=rows)
             eng.runner.backend.fused_ops = eng.runner.backend.fused_qkv = True
+            eng.runner.backend.fold_norms = fold
             before = len(calls)
             fused = eager_logits(eng, batch)
             ran = calls[before:]
             eng.runner.backend.fused_ops = False
             plain = eager_logits(eng, batch)
             release()
-            assert rel_err(fused, plain) < 2e-2, (rows, rel_err(fused, plain))
+            assert rel_err(fused, plain) < 2e-2, (rows, fold, rel_err(fused, plain))
             # per layer: qkv (fused with rope + store, or plain), o, gated gate/up, down through the skinny
-            # kernels at <= 16 rows; none above
+            # kernels at <= 16 rows; none above. Folded, o and down add into the residual and the only
+            # add+RMSNorm launches left are layer 0's input norm and the final norm.
             layers = cfg.num_layers if rows <= 16 else 0
-            assert len(ran) == 4 * layers and ran.count(True) == layers, (rows, ran)
-            assert ran.count("qkv") == (layers if qkv_fused else 0), (rows, ran)
+            folded = fold and rows <= 16
+            skinny = [c for c in ran if c != "norm"]
+            assert len(skinny) == 4 * layers and skinny.count(True) == layers, (rows, ran)
+            assert skinny.count("qkv") == (layers if qkv_fused else 0), (rows, ran)
+            assert skinny.count("add") == (2 * layers if folded else 0), (rows, fold, ran)
+            assert ran.count("norm") == (2 if folded else 2 * cfg.num_layers + 1), (rows, fold, ran)
     finally:
-        fused_mod.skinny_linear, fused_mod.skinny_qkv_rope_store = real, real_qkv
+        for name, fn in real.items():
+            setattr(fused_mod, name, fn)
     eng.pools.check_integrity()

@@ -9,6 +9,7 @@ import torch
 from tests.kernels._attention_fixtures import interpreted
 from tests.kernels._fused_cases import (
     add_rmsnorm_case,
+    folded_norm_case,
     fused_engine_case,
     graph_body_case,
     qk_rope_store_case,
@@ -48,6 +49,21 @@ def test_skinny_linear_matches_twin(dtype, rows, gated, bias):
     r = interpreted(skinny_linear_case, dtype, rows, 40, 200, gated, bias, cfg)
     assert r["shape"] and r["tail_untouched"], r
     assert r["out"] < 5 * TOL[dtype] and r["out64"] < 5 * TOL[dtype], r
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("rows,consumer,bias", [(1, "linear", True), (5, "gated", False), (3, "qkv", True)])
+def test_rms_norm_folded_across_two_projections(dtype, rows, consumer, bias):
+    """`skinny_linear_add` then a projection taking its `NormedRows`, against the residual add, add_rmsnorm's
+    twin and the unfused projection. hidden = 40 over column blocks of 16: three writer programs (the last
+    partial), whose partial sums the consumer adds; K = 200 ends in a partial block."""
+    cfg1 = {"BLOCK_N": 16, "BLOCK_K": 128, "num_warps": 4, "num_stages": 2}
+    cfg2 = {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 2, "num_stages": 2}
+    r = interpreted(folded_norm_case, dtype, rows, 200, 40, 3, consumer, bias, configs=(cfg1, cfg2))
+    assert r["parts"] == (rows, 3) and r["no_norm"], r
+    assert max(r["residual"], r["plain_add"], r["out"], r.get("k_cache", 0)) < 5 * TOL[dtype], r
+    assert max(r["residual64"], r["out64"]) < 10 * TOL[dtype], r
 
 
 @pytest.mark.timeout(300)
@@ -135,3 +151,29 @@ def test_fused_path_stays_off_for_sliding_window_models(tmp_path, family):
         raw["use_sliding_window"] = False
         full = hf_model_config(raw, (2,))
         assert not full.swa_layers and fused_supported(full), (full.arch, full.swa_layers)
+
+
+def test_norm_fold_runs_for_small_models_built_of_plain_modules():
+    """`_folded_layers` runs for a skinny batch of a model of hidden size <= FOLD_MAX_HIDDEN whose layers are the
+    plain modules, with the backend's switch on; a larger model, a wrapped projection (a sharding layer), a
+    batch off the skinny path, or the switch off keep the add+RMSNorm launches."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from pdpair.engine.model_config import ModelConfig
+    from pdpair.engine.models import build_model
+    from pdpair.engine.models.fused import FOLD_MAX_HIDDEN, _foldable
+
+    from tests.kernels._fused_cases import _Wrapped
+
+    cfg = ModelConfig(arch="llama", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
+                      intermediate_size=128, vocab_size=256, context_length=512)
+    model = build_model(cfg, torch.float32, "cpu")
+    ctx = SimpleNamespace(backend=SimpleNamespace(fold_norms=True))
+    assert _foldable(model, ctx, True)
+    assert not _foldable(model, ctx, False)
+    assert not _foldable(model, SimpleNamespace(backend=SimpleNamespace(fold_norms=False)), True)
+    big = SimpleNamespace(config=dataclasses.replace(cfg, hidden_size=2 * FOLD_MAX_HIDDEN), layers=model.layers)
+    assert not _foldable(big, ctx, True)
+    model.layers[1].self_attn.o_proj = _Wrapped(model.layers[1].self_attn.o_proj)
+    assert not _foldable(model, ctx, True)

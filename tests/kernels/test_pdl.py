@@ -15,7 +15,8 @@ pytest.importorskip("triton", reason="triton is not installed")
 BF16 = "*bf16"
 # a memory access of another kernel's data: loads, stores, async copies, atomics
 ACCESS = re.compile(r"\b(ld|st|atom|red)\.global|\bcp\.async\.")
-NAMES = ["skinny_linear", "skinny_qkv", "add_rmsnorm", "qk_rope_store", "silu_mul", "decode_split", "decode_merge"]
+NAMES = ["skinny_linear", "skinny_add_norm_out", "skinny_rms_in", "skinny_qkv", "skinny_qkv_rms_in", "add_rmsnorm", "qk_rope_store",
+         "silu_mul", "decode_split", "decode_merge"]
 
 
 def _kernels():
@@ -29,12 +30,22 @@ def _kernels():
 
     i32, f32 = "*i32", "*fp32"
     rope = dict(HEADS=9, KV_HEADS=3, HALF=32, PAGE_SIZE=16)
+    skinny_ptrs = dict(x=BF16, w=BF16, bias=BF16, y=BF16, parts_in=f32, g_out=BF16, xg_out=BF16, parts_out=f32)
+    qkv_ptrs = dict(x=BF16, w=BF16, bias=BF16, cos=f32, sin=f32, q_out=BF16, k_cache=BF16, v_cache=BF16, slots="*i64")
     return [
         ("skinny_linear", _skinny_linear_kernel, dict(x=BF16, w=BF16, bias=BF16, y=BF16),
          dict(HAS_BIAS=False, GATED=True, BLOCK_M=16, BLOCK_N=8, BLOCK_K=128), (), dict(num_warps=2, num_stages=5)),
-        ("skinny_qkv", _skinny_qkv_kernel,
-         dict(x=BF16, w=BF16, bias=BF16, cos=f32, sin=f32, q_out=BF16, k_cache=BF16, v_cache=BF16, slots="*i64"),
+        ("skinny_add_norm_out", _skinny_linear_kernel, skinny_ptrs,
+         dict(HAS_BIAS=False, GATED=False, BLOCK_M=16, BLOCK_N=8, BLOCK_K=128, ACCUMULATE=True, NORM_OUT=True),
+         ("eps_in",), dict(num_warps=2, num_stages=5)),
+        ("skinny_rms_in", _skinny_linear_kernel, skinny_ptrs,
+         dict(HAS_BIAS=False, GATED=True, BLOCK_M=16, BLOCK_N=8, BLOCK_K=128, RMS_PARTS=128), ("eps_in",),
+         dict(num_warps=2, num_stages=5)),
+        ("skinny_qkv", _skinny_qkv_kernel, qkv_ptrs,
          dict(rope, HAS_BIAS=False, BLOCK_M=16, BLOCK_P=8, BLOCK_K=128), (), dict(num_warps=2, num_stages=5)),
+        ("skinny_qkv_rms_in", _skinny_qkv_kernel, qkv_ptrs | dict(parts_in=f32),
+         dict(rope, HAS_BIAS=False, BLOCK_M=16, BLOCK_P=8, BLOCK_K=128, RMS_PARTS=64), ("eps_in",),
+         dict(num_warps=2, num_stages=5)),
         ("add_rmsnorm", _add_rmsnorm_kernel, dict(x=BF16, res=BF16, w=BF16, out=BF16),
          dict(HAS_ADD=True, BLOCK=1024), ("eps",), dict(num_warps=4)),
         ("qk_rope_store", _qk_rope_store_kernel,

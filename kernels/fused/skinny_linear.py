@@ -9,6 +9,10 @@ reads matching gate and up rows and writes `silu(gate) * up` directly, which rem
 and half the projection's output writes from the step. (Folding SiLU-and-mul into the down projection's
 input load instead was 5x slower: the elementwise work between load and MMA breaks the load pipeline.)
 
+`skinny_linear_add` adds the projection into the residual stream in its epilogue and can leave the next
+RMSNorm's input (`NormedRows`), which the next projection finishes (`rms=`), so a small model's decode step
+needs no add+RMSNorm launch between its layers' projections.
+
 Used by the fused decoder forward (`engine/models/fused.py`) for batches of at most `MAX_ROWS` rows on CUDA;
 larger batches go to cuBLAS, which is compute-efficient there.
 """

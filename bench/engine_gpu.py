@@ -365,7 +365,7 @@ def main() -> None:
     ap.add_argument("--fused-qkv", choices=["on", "off"], default="on",
                     help="small decode batches run qkv, rope and the K/V store as one launch (the default: on)")
     ap.add_argument("--ab", nargs="*", default=[], metavar="SWITCH",
-                    help="attention-backend switches (e.g. fold_norms prefetch_kv fused_qkv) to A/B: the bare "
+                    help="attention-backend switches (e.g. fold_norms fused_qkv fused_merge) to A/B: the bare "
                          "decode rows again with each flipped, then all flipped, interleaved with the defaults")
     ap.add_argument("--ab-rounds", type=int, default=2, help="rounds of the --ab variants")
     ap.add_argument("--skip", nargs="*", default=[], choices=["scheduler", "prefill"],

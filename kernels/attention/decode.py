@@ -236,6 +236,7 @@ def decode_attention(
     scale = (sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)) * LOG2E
     block_d = triton.next_power_of_2(head_dim)
     block_s = triton.next_power_of_2(num_splits)
+    pdl = pdl_launch(q, bsz)  # the split and the merge launch alike
     _decode_split_kernel[(bsz, num_kv_heads, num_splits)](
         q, k_cache, v_cache, kv_indptr, kv_indices, mid_o, mid_lse, o, counters,
         q.stride(0), q.stride(1),
@@ -245,13 +246,13 @@ def decode_attention(
         scale, window,
         PAGE_SIZE=page_size, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
         HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, FUSED_MERGE=fused, BLOCK_S=block_s,
-        num_warps=num_warps, num_stages=num_stages, **pdl_launch(q, bsz),
+        num_warps=num_warps, num_stages=num_stages, **pdl,
     )
     if num_splits > 1 and not fused:
         _decode_merge_kernel[(bsz, num_heads)](
             mid_o, mid_lse, o, *strides_m, o.stride(0), o.stride(1),
             NUM_SPLITS=num_splits, BLOCK_S=block_s, HEAD_DIM=head_dim, BLOCK_D=block_d,
-            num_warps=4 if block_d >= 128 else 2, **pdl_launch(q, bsz),
+            num_warps=4 if block_d >= 128 else 2, **pdl,
         )
     return o
 

@@ -209,11 +209,11 @@ def skinny_linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     m, n = x.shape[0], weight.shape[0]
     assert residual.shape == (m, n) and residual.stride(-1) == 1 and residual.dtype == x.dtype, (
         residual.shape, residual.stride(), residual.dtype)
+    config = config or skinny_config(n, x.shape[1])
     normed = None
     if norm is not None:
         assert norm[0].shape == (n,) and norm[0].is_contiguous(), (norm[0].shape, n)
-        block_n = (config or skinny_config(n, x.shape[1]))["BLOCK_N"]
-        normed = NormedRows(torch.empty_like(residual), torch.empty((m, triton.cdiv(n, block_n)),
+        normed = NormedRows(torch.empty_like(residual), torch.empty((m, triton.cdiv(n, config["BLOCK_N"])),
                                                                     dtype=torch.float32, device=x.device), norm[1])
     if m:
         _launch(x, weight, bias, residual, False, config, accumulate=True,

@@ -70,7 +70,10 @@ def _decode_split_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, FUSED_MERGE: tl.constexpr,
     BLOCK_S: tl.constexpr, PDL: tl.constexpr = False,
 ):
-    pdl_prologue(PDL)
+    # The row's kv_indptr pair and first block of kv_indices are read before the PDL wait, so under PDL these
+    # dependent loads overlap the previous kernel. The step's metadata is written before its first layer, and a
+    # PDL kernel starts only once the kernel before it has passed its own wait: every kernel two or more back,
+    # the metadata's writers among them, has finished (docs/kernels.md).
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -83,6 +86,9 @@ def _decode_split_kernel(
     per_split = ((n + NUM_SPLITS - 1) // NUM_SPLITS + BLOCK_N - 1) // BLOCK_N * BLOCK_N
     lo = split * per_split
     hi = tl.minimum(lo + per_split, n)
+    first_n = lo + tl.arange(0, BLOCK_N)
+    first = tl.load(kv_indices + start + first_n, mask=first_n < hi, other=0)
+    pdl_prologue(PDL)
 
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_D)
@@ -98,7 +104,9 @@ def _decode_split_kernel(
     for j in range(lo, hi, BLOCK_N):
         offs_n = j + tl.arange(0, BLOCK_N)
         mask_n = offs_n < hi
-        slot = tl.load(kv_indices + start + offs_n, mask=mask_n, other=0).to(tl.int64)
+        later = offs_n >= lo + BLOCK_N  # the first block's slots were read before the loop
+        slot = tl.where(later, tl.load(kv_indices + start + offs_n, mask=mask_n & later, other=0), first)
+        slot = slot.to(tl.int64)
         page = slot // PAGE_SIZE
         off = slot % PAGE_SIZE
         kmask = mask_n[:, None] & mask_d[None, :]

@@ -8,7 +8,11 @@ rate:
   GPU to GPU through CUDA IPC with `--transfer-protocol nvlink_intra`;
 - colocated: two decode nodes, one per GPU, each prefilling its own requests; requests alternate between them.
 Requests go straight to the decode nodes' gRPC `Generate` (no router). A request meets the SLO when its TTFT
-<= --slo-ttft and its mean inter-token latency <= --slo-itl; goodput = SLO-meeting requests / arrival window.
+<= --slo-ttft and its inter-token latency <= --slo-itl, read per token: 99% of the request's own gaps within
+the bound, so a stall behind another prompt's prefill chunk counts (the ITL that the p50/p99 columns report);
+goodput = SLO-meeting requests / arrival window. `TPOT gp` reads the bound as the request's mean gap (time per
+output token) instead, which a few long stalls in an otherwise fast stream pass. The last lines name the rate
+where colocated ITL p99 first breaks the bound and the 1p1d / colocated goodput ratio there.
 
     python bench/serving_gpu.py --json OUT.json                    # nvidia-h200-x2, about 8 minutes
     python bench/serving_gpu.py --device cpu --shape tiny --rates 2 --duration 5   # smoke run on a CPU box
@@ -202,16 +206,17 @@ def pct(xs: list[float], p: float) -> float:
 def summarize(mode: str, rate: float, res: list[Result], duration: float, args) -> dict:
     ok = [r for r in res if not r.error]
     mean_itl = [sum(r.itl) / len(r.itl) for r in ok if r.itl]
-    good = [r for r in ok if r.ttft <= args.slo_ttft and (not r.itl or sum(r.itl) / len(r.itl) <= args.slo_itl)]
-    # the stricter reading of the ITL bound: 99% of the request's own gaps within it (a stall counts)
-    good99 = [r for r in ok if r.ttft <= args.slo_ttft and (not r.itl or pct(r.itl, 99) <= args.slo_itl)]
+    # the ITL bound per token: 99% of the request's own gaps within it (a stall counts)
+    good = [r for r in ok if r.ttft <= args.slo_ttft and (not r.itl or pct(r.itl, 99) <= args.slo_itl)]
+    # the bound on the mean gap (TPOT): a request's few long stalls pass when its other gaps are short
+    good_tpot = [r for r in ok if r.ttft <= args.slo_ttft and (not r.itl or sum(r.itl) / len(r.itl) <= args.slo_itl)]
     long_ = [r for r in ok if r.prompt >= 0.8 * args.prompt_max and r.ttft > 0]
     gaps = [g for r in ok for g in r.itl]
     return {"mode": mode, "rate": rate, "requests": len(res), "errors": len(res) - len(ok),
             "ttft_p50_ms": 1e3 * pct([r.ttft for r in ok], 50), "ttft_p99_ms": 1e3 * pct([r.ttft for r in ok], 99),
             "itl_p50_ms": 1e3 * pct(gaps, 50), "itl_p99_ms": 1e3 * pct(gaps, 99),
             "req_itl_p99_ms": 1e3 * pct(mean_itl, 99), "goodput_rps": len(good) / duration,
-            "goodput_p99_rps": len(good99) / duration,
+            "goodput_tpot_rps": len(good_tpot) / duration,
             "transfer_share_long": (sum(r.transfer_s / r.ttft for r in long_) / len(long_)) if long_ else None,
             "transfer_gbps_long": (sum(r.transfer_bytes for r in long_) / 1e9 / sum(r.transfer_s for r in long_))
             if long_ and sum(r.transfer_s for r in long_) > 0 else None,
@@ -309,9 +314,31 @@ def print_row(r: dict) -> None:
     ents = "-" if not r.get("transfer_entries_long") else f"{r['transfer_entries_long']:.0f}"
     print(f"| {r['mode']:<9} | {r['rate']:5.2f} | {r['requests']:4d} | {r['errors']:3d} | {r['ttft_p50_ms']:8.0f} | "
           f"{r['ttft_p99_ms']:8.0f} | {r['itl_p50_ms']:7.1f} | {r['itl_p99_ms']:7.1f} | {r['goodput_rps']:6.2f} | "
-          f"{r['goodput_p99_rps']:6.2f} | "
+          f"{r['goodput_tpot_rps']:7.2f} | "
           f"{share:>6} | {gbps:>6} | {ents:>5} | {_ms(r, 'first_chunk_p50_ms')} | {_ms(r, 'prefill_node_p50_ms')} | "
           f"{_ms(r, 'outside_p50_ms')} | {r['first_error'][:60]}", flush=True)
+
+
+def verdict(rows: list[dict], rates: list[float], slo_itl: float) -> list[str]:
+    """The goodput ratios per rate, and the issue's reading: at the lowest rate where colocated ITL p99 breaks
+    the bound, 1p1d / colocated goodput against the 1.3x goal."""
+    by = {(r["mode"], r["rate"]): r for r in rows}
+    out = []
+    for rate in rates:
+        a, b = by.get(("1p1d", rate)), by.get(("colocated", rate))
+        for key, what in (("goodput_rps", "goodput"), ("goodput_tpot_rps", "TPOT goodput")):
+            if a and b:
+                ratio = f"{a[key] / b[key]:.2f}x" if b[key] > 0 else "colocated 0"
+                out.append(f"rate {rate}: {what} 1p1d {a[key]:.2f} / colocated {b[key]:.2f} req/s = {ratio}")
+    broken = [r for r in rates if ("colocated", r) in by and by[("colocated", r)]["itl_p99_ms"] > 1e3 * slo_itl]
+    if not broken:
+        out.append(f"colocated ITL p99 stays within {slo_itl * 1e3:.0f} ms at every rate run: run higher rates")
+    elif ("1p1d", broken[0]) in by:
+        a, b = by[("1p1d", broken[0])], by[("colocated", broken[0])]
+        ratio = a["goodput_rps"] / b["goodput_rps"] if b["goodput_rps"] > 0 else float("inf")
+        out.append(f"colocated ITL p99 first breaks {slo_itl * 1e3:.0f} ms at {broken[0]} req/s "
+                   f"({b['itl_p99_ms']:.0f} ms): goodput 1p1d / colocated = {ratio:.2f}x (goal >= 1.3x)")
+    return out
 
 
 def _ms(r: dict, key: str) -> str:
@@ -335,7 +362,7 @@ def main() -> None:
     ap.add_argument("--warmup-seconds", type=float, default=6.0,
                     help="seconds of discarded open-loop traffic at the highest rate before the measured rates")
     ap.add_argument("--slo-ttft", type=float, default=1.0, help="TTFT bound of the SLO, seconds")
-    ap.add_argument("--slo-itl", type=float, default=0.05, help="mean inter-token latency bound of the SLO, seconds")
+    ap.add_argument("--slo-itl", type=float, default=0.05, help="inter-token latency bound of the SLO, seconds (99%% of a request's gaps)")
     ap.add_argument("--chunk-size", type=int, default=4096, help="chunked-prefill budget of every node")
     ap.add_argument("--mem-fraction", type=float, default=0.8, help="share of free GPU memory for each KV pool")
     ap.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run; later rates are skipped")
@@ -355,21 +382,17 @@ def main() -> None:
     root = write_model_dir(args.shape, Path(tempfile.mkdtemp(prefix="pdpair-seeded-")), args.device)
     vocab = hf_config(args.shape)["vocab_size"]
     print(f"model {args.shape} written to {root} in {time.perf_counter() - t0:.0f} s", flush=True)
-    print("| mode      |  rate | reqs | err | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | goodput | good99 | xfer%  | xGB/s  | runs  | 1st chunk | P node | outside | error")
+    print("| mode      |  rate | reqs | err | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | goodput | TPOT gp | xfer%  | xGB/s  | runs  | 1st chunk | P node | outside | error")
     rows = []
     for mode in args.modes:
         try:
             rows += asyncio.run(run_mode(mode, root, vocab, args, deadline))
         except Exception as exc:  # noqa: BLE001 - one mode failing still reports the other
             print(f"{mode}: failed: {type(exc).__name__}: {str(exc)[-1500:]}", flush=True)
-    by = {(r["mode"], r["rate"]): r for r in rows}
-    for rate in args.rates:
-        a, b = by.get(("1p1d", rate)), by.get(("colocated", rate))
-        for key, what in (("goodput_rps", "goodput"), ("goodput_p99_rps", "good99")):
-            if a and b and b[key] > 0:
-                print(f"rate {rate}: {what} 1p1d / colocated = {a[key] / b[key]:.2f}x", flush=True)
-    print(f"SLO: TTFT <= {args.slo_ttft:.2f} s and mean ITL <= {args.slo_itl * 1e3:.0f} ms (good99: "
-          f"the request's p99 ITL within it instead); xfer% = KV transfer "
+    for line in verdict(rows, args.rates, args.slo_itl):
+        print(line, flush=True)
+    print(f"SLO: TTFT <= {args.slo_ttft:.2f} s and 99% of a request's inter-token gaps <= {args.slo_itl * 1e3:.0f} ms "
+          f"(TPOT gp: its mean gap within it instead); xfer% = KV transfer "
           f"seconds / TTFT for prompts >= {int(0.8 * args.prompt_max)} tokens; pages over Mooncake "
           f"{args.transfer_protocol} (tcp: through host memory; no RDMA NIC); xGB/s = their bytes / seconds inside the "
           "transfer engine, runs = contiguous runs (entries) per request")

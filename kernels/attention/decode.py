@@ -70,10 +70,10 @@ def _decode_split_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, FUSED_MERGE: tl.constexpr,
     BLOCK_S: tl.constexpr, PDL: tl.constexpr = False,
 ):
-    # The row's kv_indptr pair and first block of kv_indices are read before the PDL wait, so under PDL these
+    # Under PDL the row's kv_indptr pair and first block of kv_indices are read before the wait, so these
     # dependent loads overlap the previous kernel. The step's metadata is written before its first layer, and a
     # PDL kernel starts only once the kernel before it has passed its own wait: every kernel two or more back,
-    # the metadata's writers among them, has finished (docs/kernels.md).
+    # the metadata's writers among them, has finished (docs/kernels.md). Without PDL the loop reads them all.
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -87,7 +87,8 @@ def _decode_split_kernel(
     lo = split * per_split
     hi = tl.minimum(lo + per_split, n)
     first_n = lo + tl.arange(0, BLOCK_N)
-    first = tl.load(kv_indices + start + first_n, mask=first_n < hi, other=0)
+    if PDL:
+        first = tl.load(kv_indices + start + first_n, mask=first_n < hi, other=0)
     pdl_prologue(PDL)
 
     offs_h = tl.arange(0, BLOCK_H)
@@ -104,8 +105,11 @@ def _decode_split_kernel(
     for j in range(lo, hi, BLOCK_N):
         offs_n = j + tl.arange(0, BLOCK_N)
         mask_n = offs_n < hi
-        later = offs_n >= lo + BLOCK_N  # the first block's slots were read before the loop
-        slot = tl.where(later, tl.load(kv_indices + start + offs_n, mask=mask_n & later, other=0), first)
+        if PDL:  # the first block's slots were read before the wait
+            later = offs_n >= lo + BLOCK_N
+            slot = tl.where(later, tl.load(kv_indices + start + offs_n, mask=mask_n & later, other=0), first)
+        else:
+            slot = tl.load(kv_indices + start + offs_n, mask=mask_n, other=0)
         slot = slot.to(tl.int64)
         page = slot // PAGE_SIZE
         off = slot % PAGE_SIZE

@@ -86,8 +86,8 @@ def _decode_split_kernel(
     per_split = ((n + NUM_SPLITS - 1) // NUM_SPLITS + BLOCK_N - 1) // BLOCK_N * BLOCK_N
     lo = split * per_split
     hi = tl.minimum(lo + per_split, n)
-    first_n = lo + tl.arange(0, BLOCK_N)
     if PDL:
+        first_n = lo + tl.arange(0, BLOCK_N)
         first = tl.load(kv_indices + start + first_n, mask=first_n < hi, other=0)
     pdl_prologue(PDL)
 

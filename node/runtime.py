@@ -187,27 +187,36 @@ class NodeRuntime:
                                         running=s.running - sum(r.running for r in ranks),
                                         remote_prefills=landed[0]))
         stages = self._stage_fn()
-        c = self.counters
         return pb.NodeStats(
             role=self.cfg.role, pools=pools, waiting=s.waiting + stages.get("prealloc_waiting", 0),
-            prefilling=s.prefilling, transferring=stages.get("transferring", 0), running=s.running,
-            inflight_transfers=stages.get("inflight_transfers", 0), integrity_ok=self._integrity_ok,
-            requests_total=c.requests_total, requests_aborted=c.requests_aborted,
-            transfer_bytes_total=c.transfer_bytes_total, transfer_batches_total=c.transfer_batches_total,
-            draining=self.draining, ranks=ranks,
+            prefilling=s.prefilling, running=s.running, integrity_ok=self._integrity_ok, ranks=ranks,
             prefix_cache=pb.PrefixCacheStats(enabled=engine.prefix_cache is not None, hit_tokens=s.cache_hit_tokens,
                                              evicted_pages=s.cache_evicted_pages, cached_pages=cached),
         )
 
+    def _with_servicer_fields(self, msg: pb.NodeStats) -> pb.NodeStats:
+        """`msg` with what the serving loop keeps, read now on that loop: the servicer-side stages, the
+        counters and the draining flag."""
+        stages, c = self._stage_fn(), self.counters
+        msg.transferring = stages.get("transferring", 0)
+        msg.inflight_transfers = stages.get("inflight_transfers", 0)
+        msg.requests_total, msg.requests_aborted = c.requests_total, c.requests_aborted
+        msg.transfer_bytes_total, msg.transfer_batches_total = c.transfer_bytes_total, c.transfer_batches_total
+        msg.draining = self.draining
+        return msg
+
     # -- answers ---------------------------------------------------------------------------------
     async def stats(self) -> pb.NodeStats:
-        """Fresh from the engine thread when it answers within STATS_WAIT_S, else the last snapshot
-        (a long prefill step must not make a health/load poll time out)."""
+        """The engine's part fresh from the engine thread when it answers within STATS_WAIT_S, else from the
+        last snapshot (a long prefill step must not make a health/load poll time out); the servicer's part
+        (stages in flight, counters, draining) is always current."""
         fut = self.thread.call(self._stats)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), STATS_WAIT_S)
+            msg = await asyncio.wait_for(asyncio.shield(fut), STATS_WAIT_S)
         except TimeoutError:
-            return self._snapshot
+            msg = pb.NodeStats()
+            msg.CopyFrom(self._snapshot)
+        return self._with_servicer_fields(msg)
 
     def model_info(self) -> pb.ModelInfoResponse:
         eng, tok = self.engine, self.engine.tokenizer

@@ -97,12 +97,14 @@ def test_client_cancel_mid_transfer_returns_pages_within_seconds(cluster):
     jobs = [(prompt(150 + 20 * i, salt=40 + i), sampling(12), p.addr) for i in range(4)]
     refs = _references(d, jobs)
     for round_ in range(3):
-        bg = Background(d.stub, jobs)
         req = pb.GenerateRequest(rid=new_rid("cancel"), token_ids=prompt(20 * 64, salt=50 + round_),
                                  sampling=sampling(4), prefill_addr=p.addr)
+        landed = p.stats().transfer_batches_total
         call = d.stub.Generate(req, timeout=300)
-        wait_for(lambda: p.stats().transferring > 0 or p.stats().inflight_transfers > 0,
-                  "pages of the long prompt to be on the wire")
+        # a counter, not the in-flight gauges: those are up only while a batch moves, which polls can miss;
+        # the long prompt is the only request until its first chunk's pages have landed
+        wait_for(lambda n=landed: p.stats().transfer_batches_total > n, "pages of the long prompt to be on the wire")
+        bg = Background(d.stub, jobs)
         call.cancel()
         assert bg.join() == refs
     # within seconds, not after the 70 s quarantine

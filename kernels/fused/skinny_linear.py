@@ -25,7 +25,7 @@ import torch
 from pdpair.kernels.triton_utils import pdl_launch, pdl_prologue, prefetch_l2, tl, triton
 
 MAX_ROWS = 16  # rows one MMA tile holds; more go to cuBLAS
-PREFETCH_MAX_BYTES = 8 << 20  # weights up to this size prefetch their first K blocks before the PDL wait
+PREFETCH_MAX_BYTES = 64 << 20  # weights up to this size prefetch their first K blocks before the PDL wait
 PREFETCH_BLOCKS = 2
 
 
@@ -96,14 +96,14 @@ def _skinny_linear_kernel(
         acc += tl.load(bias + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         if GATED:
             acc_up += tl.load(bias + N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    out = acc.to(y.dtype.element_ty)
+    out = acc.to(x.dtype.element_ty)  # the projection's rounding, also into an fp32 `y` (the LM head's logits)
     if GATED:  # silu(gate) * up, each rounded as the unfused projection + silu_and_mul round them
         gate = out.to(tl.float32)
         act = (gate / (1.0 + tl.exp(-gate))).to(y.dtype.element_ty).to(tl.float32)
         out = (act * acc_up.to(y.dtype.element_ty).to(tl.float32)).to(y.dtype.element_ty)
     if ACCUMULATE:  # the residual add: one fp32 add of the rounded projection, rounded once
         out = (prior + out.to(tl.float32)).to(y.dtype.element_ty)
-    tl.store(y_ptrs, out, mask=ymask)
+    tl.store(y_ptrs, out.to(y.dtype.element_ty), mask=ymask)
     if NORM_OUT:  # the next RMSNorm's inputs: this block's sums of squares, and the rows times its weight
         h = tl.where(ymask, out.to(tl.float32), 0.0)
         tl.store(parts_out + offs_m * stride_pout + pid, tl.sum(h * h, 1), mask=mask_m)
@@ -112,12 +112,17 @@ def _skinny_linear_kernel(
 
 
 def skinny_config(n: int, k: int, gated: bool = False) -> dict:
-    """Launch parameters for a weight `[n, k]`, fitted to a sweep on an H200 (`bench/small_batch_gpu.py
-    --sweep`): wide column blocks for wide weights, narrow ones so a small weight still spreads over many
-    SMs, and as many K steps in flight as the pipeline holds. A gated weight's programs read a gate and an
-    up block each, so they take half the columns."""
+    """Launch parameters for a weight `[n, k]`, fitted to sweeps on an H200 (`bench/small_batch_gpu.py
+    --sweep`) and checked in the decode step (`bench/engine_gpu.py`): wide column blocks for wide weights,
+    narrow ones so a small weight still spreads over many SMs, and as many K steps in flight as the pipeline
+    holds. A gated weight's programs read a gate and an up block each, so they take half the columns. A
+    vocabulary-sized weight (the LM head) streams 64 rows in 128-column steps: 236 us against 245 us at the
+    plain rule for Llama-3.1-8B's at batch 1. A square weight of K >= 4096 (the o projection) takes 512-column
+    steps: 10.9 against 11.2 us at batch 1, 11.1 against 12.8 us at batch 8 (weights rotated past L2)."""
+    if n >= 65536 and not gated:
+        return {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 2, "num_stages": 3}
     block_n = 32 if n >= 4096 else 8 if (n < 960 and k >= 1024) else 16
-    block_k = 128 if k <= 640 else 512 if (k >= 8192 or k <= 2048) else 256
+    block_k = 128 if k <= 640 else 512 if (k >= 8192 or k <= 2048 or (k >= 4096 and n <= k)) else 256
     stages = 5 if k <= 640 else 2 if n >= 16384 else min(4, triton.cdiv(k, block_k))
     if gated:
         block_n = max(8, block_n // 2)
@@ -125,10 +130,12 @@ def skinny_config(n: int, k: int, gated: bool = False) -> dict:
 
 
 def launch_extras(weight: torch.Tensor, rows: int, block_k: int) -> dict:
-    """PDL keywords (`pdl_launch`), and with PDL on a small weight, `PREFETCH_K`: the kernel prefetches its
-    rows' first K blocks to L2 before it waits for the previous kernel, so the loads after the wait skip the
-    DRAM latency. On an H200 this took the SmolLM2-shape step at batch 1 from 0.726 to 0.683 ms; on an 8B
-    model's weights (16-235 MB each) it measured no gain (4.330 vs 4.354 ms), hence the size limit."""
+    """PDL keywords (`pdl_launch`), and with PDL on a weight of at most `PREFETCH_MAX_BYTES`, `PREFETCH_K`: the
+    kernel prefetches its rows' first K blocks to L2 before it waits for the previous kernel, so the loads
+    after the wait skip the DRAM latency. On an H200 this took the SmolLM2-shape step at batch 1 from 0.726 to
+    0.683 ms, and on Llama-3.1-8B (its qkv and o weights, 50 and 34 MB) from 4.261 to 4.246 ms at batch 1 and
+    5.016 to 4.978 ms at batch 8; prefetching the MLP weights too (117-235 MB) measured slower (4.354 against
+    4.330 ms), hence the size limit."""
     kw = pdl_launch(weight, rows)
     if kw["PDL"] and weight.numel() * weight.element_size() <= PREFETCH_MAX_BYTES:
         kw["PREFETCH_K"] = PREFETCH_BLOCKS * block_k
@@ -187,7 +194,8 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
                   rms: NormedRows | None = None) -> torch.Tensor:
     """`x [M, K] @ weight[N, K]^T (+ bias)` for `M <= MAX_ROWS`. With `gated`, `weight` is the SwiGLU MLP's
     fused gate/up projection `[2I, K]` (gate rows first) and the result is `silu(gate) * up` `[M, I]`. With
-    `rms` (a `NormedRows`; `x` is then its `xg`), the input is that RMSNorm's output."""
+    `rms` (a `NormedRows`; `x` is then its `xg`), the input is that RMSNorm's output. `out` may be fp32 (not
+    gated): the result rounded to `x`'s dtype, then widened, as `F.linear(x, weight).float()`."""
     _check(x, weight, gated, rms)
     m = x.shape[0]
     n_out = weight.shape[0] // 2 if gated else weight.shape[0]

@@ -40,10 +40,12 @@ def silu_mul_case(dtype, rows: int, cols: int, device: str = "cpu", seed: int = 
 
 
 def skinny_linear_case(dtype, rows: int, n: int, k: int, gated: bool = False, bias: bool = False,
-                       config: dict | None = None, device: str = "cpu", seed: int = 0) -> dict:
+                       config: dict | None = None, device: str = "cpu", seed: int = 0,
+                       out_dtype: torch.dtype | None = None) -> dict:
     """The skinny linear against `F.linear` (then the unfused SiLU-and-mul with `gated`, the weight then being
     `[2n, k]`) in the same dtype and in float64; the input's rows are strided, and the output's columns past
-    `n` must stay untouched."""
+    `n` must stay untouched. With `out_dtype` (fp32: the LM head's logits) the output is that dtype, and
+    `rounded` says whether every value is one of the input dtype's (rounded as `F.linear(...).float()`)."""
     from pdpair.kernels.fused.skinny_linear import skinny_linear, skinny_linear_ref
 
     gen = torch.Generator().manual_seed(seed)
@@ -51,12 +53,13 @@ def skinny_linear_case(dtype, rows: int, n: int, k: int, gated: bool = False, bi
     x = torch.randn(rows, k + 24, generator=gen).to(device=device, dtype=dtype)[:, :k]  # strided rows
     w = (2 * torch.randn(nw, k, generator=gen) / k**0.5).to(device=device, dtype=dtype)
     b = torch.randn(nw, generator=gen).to(device=device, dtype=dtype) if bias else None
-    wide = torch.full((rows, n + 8), 7.0, dtype=dtype, device=device)
+    wide = torch.full((rows, n + 8), 7.0, dtype=out_dtype or dtype, device=device)
     out = skinny_linear(x, w, b, gated=gated, out=wide[:, :n], config=config)
     ref = skinny_linear_ref(x, w, b, gated=gated)
     ref64 = skinny_linear_ref(x.double(), w.double(), None if b is None else b.double(), gated=gated)
     return {"out": rel_err(out, ref), "out64": rel_err(out, ref64), "shape": tuple(out.shape) == (rows, n),
-            "tail_untouched": bool((wide[:, n:] == 7.0).all())}
+            "tail_untouched": bool((wide[:, n:] == 7.0).all()), "dtype": str(out.dtype),
+            "rounded": bool((out == out.to(dtype).to(out.dtype)).all())}
 
 
 def folded_norm_case(dtype, rows: int, k: int, hidden: int, n: int, consumer: str, bias: bool = False,

@@ -52,13 +52,24 @@ def test_qk_rope_store_gpu(dtype, heads, kv_heads, head_dim, qk_norm, tokens):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k,gated,bias", [(960, 576, False, False), (576, 1536, False, False),
                                             (1536, 576, True, False), (6144, 4096, False, True),
-                                            (4096, 14336, False, False), (14336, 4096, True, False)])
+                                            (4096, 4096, False, False), (4096, 14336, False, False),
+                                            (14336, 4096, True, False)])
 @pytest.mark.parametrize("rows", [1, 7, 16])
 def test_skinny_linear_gpu(dtype, n, k, gated, bias, rows):
     """Model shapes (SmolLM2, an 8B model) at the default launch config against cuBLAS and float64."""
     r = skinny_linear_case(dtype, rows, n, k, gated, bias, device="cuda", seed=rows + n)
     assert r["shape"] and r["tail_untouched"], r
     assert max(r["out"], r["out64"]) < TOL[dtype], r
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("rows", [1, 16])
+def test_skinny_lm_head_into_fp32_logits_gpu(rows):
+    """Llama-3.1-8B's LM head (the vocabulary-sized config) into fp32 logits: each an input-dtype value, against
+    cuBLAS and float64."""
+    r = skinny_linear_case(torch.bfloat16, rows, 128256, 4096, device="cuda", seed=rows, out_dtype=torch.float32)
+    assert r["shape"] and r["tail_untouched"] and r["rounded"] and r["dtype"] == "torch.float32", r
+    assert max(r["out"], r["out64"]) < TOL[torch.bfloat16], r
 
 
 @pytest.mark.timeout(300)
@@ -96,9 +107,9 @@ def test_skinny_qkv_rope_store_gpu(dtype, heads, kv_heads, head_dim, k, bias, ro
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_fused_forward_bf16_small_batches_match_unfused(arch):
-    """bf16 decode batches of 1, 3 and 16 rows (the skinny linear, gated MLP included, and for Llama/Qwen2 the
-    qkv projection with rope and the K/V store) and of 17 rows (cuBLAS) through the fused forward against the
-    unfused forward of the same engine."""
+    """bf16 decode batches of 1, 3 and 16 rows (the skinny linear, gated MLP and LM head included, and for
+    Llama/Qwen2 the qkv projection with rope and the K/V store) and of 17 rows (cuBLAS) through the fused
+    forward against the unfused forward of the same engine."""
     from types import SimpleNamespace
 
     import pdpair.engine.models.fused as fused_mod
@@ -142,12 +153,12 @@ def test_fused_forward_bf16_small_batches_match_unfused(arch):
             release()
             assert rel_err(fused, plain) < 2e-2, (rows, fold, rel_err(fused, plain))
             # per layer: qkv (fused with rope + store, or plain), o, gated gate/up, down through the skinny
-            # kernels at <= 16 rows; none above. Folded, o and down add into the residual and the only
-            # add+RMSNorm launches left are layer 0's input norm and the final norm.
+            # kernels at <= 16 rows, and the LM head once; none above. Folded, o and down add into the residual
+            # and the only add+RMSNorm launches left are layer 0's input norm and the final norm.
             layers = cfg.num_layers if rows <= 16 else 0
             folded = fold and rows <= 16
             skinny = [c for c in ran if c != "norm"]
-            assert len(skinny) == 4 * layers and skinny.count(True) == layers, (rows, ran)
+            assert len(skinny) == 4 * layers + (rows <= 16) and skinny.count(True) == layers, (rows, ran)
             assert skinny.count("qkv") == (layers if qkv_fused else 0), (rows, ran)
             assert skinny.count("add") == (2 * layers if folded else 0), (rows, fold, ran)
             assert ran.count("norm") == (2 if folded else 2 * cfg.num_layers + 1), (rows, fold, ran)

@@ -52,6 +52,15 @@ def test_skinny_linear_matches_twin(dtype, rows, gated, bias):
 
 
 @pytest.mark.timeout(300)
+def test_skinny_linear_into_fp32_logits_rounds_to_the_input_dtype():
+    # the LM head of a skinny batch: fp16 rows into fp32 logits, each an fp16 value as `F.linear(...).float()`
+    cfg = {"BLOCK_N": 32, "BLOCK_K": 128, "num_warps": 4, "num_stages": 2}
+    r = interpreted(skinny_linear_case, torch.float16, 3, 40, 200, False, False, cfg, out_dtype=torch.float32)
+    assert r["dtype"] == "torch.float32" and r["shape"] and r["tail_untouched"], r
+    assert r["rounded"] and r["out"] < 5 * TOL[torch.float16], r
+
+
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("rows,consumer,bias", [(1, "linear", True), (5, "gated", False), (3, "qkv", True)])
 def test_rms_norm_folded_across_two_projections(dtype, rows, consumer, bias):

@@ -7,7 +7,8 @@
   into its epilogue, against cuBLAS + `silu_and_mul`; the qkv projection also with rope and the K/V store
   folded into its epilogue (`kernels/fused/skinny_qkv.py`, shapes without q/k norm), against skinny qkv +
   `qk_rope_store` (the two launches it replaces). `--sweep` tries every launch config per shape and prints
-  the best.
+  the best. Weights smaller than three times the L2 cache are cycled over enough copies that each call reads
+  its weight from DRAM, as a decode step does (one weight per layer between two reads of it).
 - decode attention: split-KV decode at batch 1-8, context 2,048, against the KV bytes / copy bandwidth, for
   each split count, block size and warp count (`--sweep`) and at the default; each row times the one-launch
   merge (`fused_merge=True`: the last split program of a kv head merges) beside the two-launch form (split
@@ -39,8 +40,10 @@ from pdpair.kernels.fused.skinny_qkv import skinny_qkv_config, skinny_qkv_rope_s
 # (name, N, K) of each shape's projections; "down" also runs with SiLU-and-mul folded in
 SHAPES = {
     "smollm2": [("qkv", 960, 576), ("o", 576, 576), ("gate_up", 3072, 576), ("down", 576, 1536)],
-    "llama3-8b": [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)],
-    "qwen3-8b": [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 24576, 4096), ("down", 4096, 12288)],
+    "llama3-8b": [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336),
+                  ("lm_head", 128256, 4096)],
+    "qwen3-8b": [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 24576, 4096), ("down", 4096, 12288),
+                 ("lm_head", 151936, 4096)],
 }
 ATTN = {"smollm2": (9, 3, 64), "llama3-8b": (32, 8, 128)}  # (heads, kv heads, head_dim); both without q/k norm
 ROWS: list[dict] = []
@@ -72,6 +75,22 @@ def graph_us(fn, calls: int = 40, reps: int = 15) -> float:
     return times[len(times) // 2]
 
 
+def rotated(fn, weights: list[torch.Tensor]):
+    """`fn(w)` over `weights` in turn, one per call: a graph of these calls reads each weight from DRAM."""
+    turn = [0]
+
+    def call():
+        fn(weights[turn[0] % len(weights)])
+        turn[0] += 1
+    return call
+
+
+def weight_copies(w: torch.Tensor) -> list[torch.Tensor]:
+    """`w` and enough copies of it that together they are three times the L2 cache."""
+    l2 = torch.cuda.get_device_properties(w.device).L2_cache_size
+    return [w] + [w.clone() for _ in range(-(-3 * l2 // (w.numel() * w.element_size())) - 1)]
+
+
 def read_bandwidth() -> float:
     """GB/s of reading 2 GiB once (a sum over it): the weight stream's reference."""
     n = 2 << 30
@@ -94,18 +113,18 @@ def sweep_configs():
         yield {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
 
 
-def bench_qkv_rope(shape: str, x: torch.Tensor, w: torch.Tensor, read_gbs: float) -> None:
+def bench_qkv_rope(shape: str, x: torch.Tensor, ws: list[torch.Tensor], read_gbs: float) -> None:
     """The qkv projection with rope and the K/V store in its epilogue against skinny qkv + `qk_rope_store`."""
     heads, kvh, d = ATTN[shape]
-    m, (n, k) = x.shape[0], w.shape
+    m, (n, k) = x.shape[0], ws[0].shape
     k_cache = torch.zeros(64, 16, kvh, d, dtype=x.dtype, device=x.device)
     v_cache = torch.zeros_like(k_cache)
     slots = torch.arange(m, device=x.device) * 7
     angles = torch.rand(m, d // 2, device=x.device) * 6.28
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     caches = (k_cache, v_cache, slots)
-    ref = graph_us(lambda: qk_rope_store(skinny_linear(x, w), cos, sin, heads, kvh, *caches))
-    us = graph_us(lambda: skinny_qkv_rope_store(x, w, None, cos, sin, heads, kvh, *caches))
+    ref = graph_us(rotated(lambda w: qk_rope_store(skinny_linear(x, w), cos, sin, heads, kvh, *caches), ws))
+    us = graph_us(rotated(lambda w: skinny_qkv_rope_store(x, w, None, cos, sin, heads, kvh, *caches), ws))
     c = skinny_qkv_config(n, k, d)
     gbs = n * k * 2 / us / 1e3
     emit(shape=shape, proj="qkv+rope+store", rows=m, cublas_us=round(ref, 2), skinny_us=round(us, 2),
@@ -120,15 +139,17 @@ def bench_linear(shapes: list[str], rows_list: list[int], read_gbs: float, sweep
     for shape in shapes:
         for name, n, k in SHAPES[shape]:
             w = (0.02 * torch.randn(n, k, device="cuda", generator=gen)).to(torch.bfloat16)
+            ws = weight_copies(w)
             for m in rows_list:
                 x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
-                ref_us = graph_us(lambda x=x, w=w: F.linear(x, w))
+                ref_us = graph_us(rotated(lambda w, x=x: F.linear(x, w), ws))
                 cfg = skinny_config(n, k)
                 if sweep:
                     tried = []
                     for c in sweep_configs():
                         try:
-                            us = graph_us(lambda x=x, w=w, c=c: skinny_linear(x, w, config=c), calls=20, reps=7)
+                            us = graph_us(rotated(lambda w, x=x, c=c: skinny_linear(x, w, config=c), ws), calls=20,
+                                          reps=7)
                         except Exception:  # noqa: BLE001, S112 - a config that does not fit is skipped
                             continue
                         tried.append((us, c))
@@ -136,13 +157,13 @@ def bench_linear(shapes: list[str], rows_list: list[int], read_gbs: float, sweep
                     tried.sort(key=lambda t: t[0])
                     for us, c in tried[:3]:
                         print(f"    {shape} {name} m={m}: {us:.2f} us {c}", flush=True)
-                us = graph_us(lambda x=x, w=w: skinny_linear(x, w))
+                us = graph_us(rotated(lambda w, x=x: skinny_linear(x, w), ws))
                 gbs = n * k * 2 / us / 1e3
                 emit(shape=shape, proj=name, rows=m, cublas_us=round(ref_us, 2), skinny_us=round(us, 2),
                      ratio=round(us / ref_us, 3), gbs=round(gbs), pct=f"{gbs / read_gbs:.0%}",
                      config=f"{cfg['BLOCK_N']}x{cfg['BLOCK_K']} w{cfg['num_warps']} s{cfg['num_stages']}")
                 if name == "qkv" and shape in ATTN:
-                    bench_qkv_rope(shape, x, w, read_gbs)
+                    bench_qkv_rope(shape, x, ws, read_gbs)
                 if name == "gate_up":
                     ref2 = graph_us(lambda x=x, w=w: silu_and_mul(F.linear(x, w)))
                     us2 = graph_us(lambda x=x, w=w: skinny_linear(x, w, gated=True))

@@ -186,18 +186,18 @@ class NodeRuntime:
                                         prefilling=s.prefilling - sum(r.prefilling for r in ranks),
                                         running=s.running - sum(r.running for r in ranks),
                                         remote_prefills=landed[0]))
-        stages = self._stage_fn()
         return pb.NodeStats(
-            role=self.cfg.role, pools=pools, waiting=s.waiting + stages.get("prealloc_waiting", 0),
+            role=self.cfg.role, pools=pools, waiting=s.waiting,
             prefilling=s.prefilling, running=s.running, integrity_ok=self._integrity_ok, ranks=ranks,
             prefix_cache=pb.PrefixCacheStats(enabled=engine.prefix_cache is not None, hit_tokens=s.cache_hit_tokens,
                                              evicted_pages=s.cache_evicted_pages, cached_pages=cached),
         )
 
     def _with_servicer_fields(self, msg: pb.NodeStats) -> pb.NodeStats:
-        """`msg` with what the serving loop keeps, read now on that loop: the servicer-side stages, the
-        counters and the draining flag."""
+        """`msg` with what the serving loop keeps, read now on that loop: the servicer-side stages (requests
+        waiting for their pre-allocation count as waiting), the counters and the draining flag."""
         stages, c = self._stage_fn(), self.counters
+        msg.waiting += stages.get("prealloc_waiting", 0)
         msg.transferring = stages.get("transferring", 0)
         msg.inflight_transfers = stages.get("inflight_transfers", 0)
         msg.requests_total, msg.requests_aborted = c.requests_total, c.requests_aborted

@@ -88,8 +88,9 @@ class _BlockingSched:
 
 def test_stats_during_a_long_step_carry_the_servicer_counts_of_now():
     """NodeRuntime.stats: while the engine thread is inside a step, the engine's part comes from the last
-    snapshot, but the stages in flight, the counters and the draining flag are read on the loop at the call,
-    and the snapshot itself is left as it was; idle, the engine's part is fresh."""
+    snapshot, but the stages in flight (pre-allocations waiting among them), the counters and the draining flag
+    are read on the loop at the call, and the snapshot itself is left as it was; idle, the engine's part is
+    fresh."""
     from pdpair.node.runtime import Counters, NodeRuntime
     from pdpair.proto import pdpair_pb2 as pb
 
@@ -99,24 +100,25 @@ def test_stats_during_a_long_step_carry_the_servicer_counts_of_now():
         rt = object.__new__(NodeRuntime)  # no transfer engine: only what stats() reads
         rt.thread = EngineThread(eng, asyncio.get_running_loop(), idle_wait=0.005)
         rt._stats = lambda e: pb.NodeStats(prefilling=1)  # the engine's part, as the engine thread builds it
-        rt._snapshot = pb.NodeStats(prefilling=9, requests_total=1)
+        rt._snapshot = pb.NodeStats(prefilling=9, requests_total=1, waiting=2)
         rt.counters, rt.draining = Counters(), False
-        stages = {"transferring": 0, "inflight_transfers": 0}
+        stages = {"transferring": 0, "inflight_transfers": 0, "prealloc_waiting": 0}
         rt.set_stage_counts(lambda: dict(stages))
         rt.thread.start()
         try:
             st = await rt.stats()
-            assert (st.prefilling, st.requests_total, st.transferring) == (1, 0, 0)
+            assert (st.prefilling, st.requests_total, st.transferring, st.waiting) == (1, 0, 0, 0)
             await rt.thread.call(lambda e: setattr(e.scheduler, "work", True))
             assert await asyncio.to_thread(eng.scheduler.entered.wait, 10)
             rt.counters.requests_total, rt.counters.transfer_batches_total = 3, 5
-            stages.update(transferring=1, inflight_transfers=2)
+            stages.update(transferring=1, inflight_transfers=2, prealloc_waiting=4)
             rt.draining = True
             st = await rt.stats()
             assert st.prefilling == 9  # the snapshot's: the engine thread did not answer in time
             assert (st.requests_total, st.transfer_batches_total, st.transferring, st.inflight_transfers,
                     st.draining) == (3, 5, 1, 2, True)
-            assert rt._snapshot.requests_total == 1 and not rt._snapshot.draining
+            assert st.waiting == 2 + 4  # the engine's queue (snapshot) and the pre-allocations waiting now
+            assert rt._snapshot.requests_total == 1 and not rt._snapshot.draining and rt._snapshot.waiting == 2
         finally:
             eng.scheduler.release.set()
             rt.thread.stop()

@@ -63,7 +63,7 @@ def _logits(model, x: torch.Tensor, skinny: bool) -> torch.Tensor:
     included)."""
     if not skinny or model.vocab_head is not None:
         return model.logits(x)
-    head = model.embed_tokens.weight if model.lm_head is None else model.lm_head
+    head = model.head_weight
     return skinny_linear(x, head, out=torch.empty((x.shape[0], head.shape[0]), dtype=torch.float32, device=x.device))
 
 

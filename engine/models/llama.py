@@ -94,8 +94,12 @@ class CausalLM(nn.Module):
         when tied), or on a vocab-parallel rank its slice gathered over the group (`vocab_head`)."""
         if self.vocab_head is not None:
             return self.vocab_head(x)
-        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head
-        return F.linear(x, head).float()
+        return F.linear(x, self.head_weight).float()
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """The LM head's weight `[vocab, hidden]`: its own, or the embedding when tied."""
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy Hugging Face-named tensors (`model.layers.0.self_attn.q_proj.weight`, ...) in place."""

@@ -4,12 +4,12 @@ Same arithmetic as `CausalLM.forward` layer by layer, in fewer launches: the res
 RMSNorm in one kernel (the residual stream is updated in place), SiLU-and-mul in one, and the attention
 prologue (split qkv, q/k RMSNorm, rope, K/V store into the paged cache) in one; the backend then attends
 with the K/V already stored. A decode batch of at most `MAX_ROWS` rows in bf16/fp16 runs its projections
-(and the LM head, into fp32 logits) through the skinny linear kernel, which streams each weight once, folds SiLU-and-mul into the gate/up
-projection and, for models without q/k norm, the whole attention prologue into the qkv projection
-(`skinny_qkv.py`; cuBLAS otherwise; fp32 models keep cuBLAS, whose fp32 GEMMs do not round to TF32). In such
-a batch of a small model the residual add and RMSNorm also leave their own launch (`_folded_layers`). Runs
-when the batch's backend has `fused_ops` set (the engine sets it on CUDA for the triton backend;
-`EngineConfig.fused_ops` turns it off); the CPU/torch path never comes here.
+(and the LM head, into fp32 logits) through the skinny linear kernel, which streams each weight once, folds
+SiLU-and-mul into the gate/up projection and, for models without q/k norm, the whole attention prologue into
+the qkv projection (`skinny_qkv.py`; cuBLAS otherwise; fp32 models keep cuBLAS, whose fp32 GEMMs do not
+round to TF32). In such a batch of a small model the residual add and RMSNorm also leave their own launch
+(`_folded_layers`). Runs when the batch's backend has `fused_ops` set (the engine sets it on CUDA for the
+triton backend; `EngineConfig.fused_ops` turns it off); the CPU/torch path never comes here.
 """
 
 from __future__ import annotations

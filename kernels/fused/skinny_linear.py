@@ -25,8 +25,9 @@ import torch
 from pdpair.kernels.triton_utils import pdl_launch, pdl_prologue, prefetch_l2, tl, triton
 
 MAX_ROWS = 16  # rows one MMA tile holds; more go to cuBLAS
-PREFETCH_MAX_BYTES = 64 << 20  # weights up to this size prefetch their first K blocks before the PDL wait
-PREFETCH_BLOCKS = 2
+PREFETCH_MAX_BYTES = 256 << 20  # weights up to this size (not a vocabulary head) prefetch before the PDL wait
+PREFETCH_BLOCKS = 1  # how many K blocks of its rows a program prefetches ...
+PREFETCH_MIN_K = 256  # ... and at least this many columns (a small model's 128-column blocks: two)
 
 
 @triton.jit
@@ -118,27 +119,34 @@ def skinny_config(n: int, k: int, gated: bool = False) -> dict:
     holds. A gated weight's programs read a gate and an up block each, so they take half the columns. A
     vocabulary-sized weight (the LM head) streams 64 rows in 128-column steps: 236 us against 245 us at the
     plain rule for Llama-3.1-8B's at batch 1. A square weight of K >= 4096 (the o projection) takes 512-column
-    steps: 10.9 against 11.2 us at batch 1, 11.1 against 12.8 us at batch 8 (weights rotated past L2)."""
+    steps: 10.9 against 11.2 us at batch 1, 11.1 against 12.8 us at batch 8 (weights rotated past L2).
+    Weights of 4096 rows and more (an 8B model's qkv, o and down projections) take 16 rows, not 32: twice the
+    programs, each with half the pipeline; an 8B model's gate/up weight (16 + 16 rows) 128-column steps in 3
+    stages. Those two rules were measured in the decode step, not alone (docs/kernels.md): kernels timed
+    alone picked configs that did not carry over."""
     if n >= 65536 and not gated:
         return {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 2, "num_stages": 3}
-    block_n = 32 if n >= 4096 else 8 if (n < 960 and k >= 1024) else 16
+    if gated and n >= 16384 and k > 640:
+        return {"BLOCK_N": 16, "BLOCK_K": 128, "num_warps": 2, "num_stages": 3}
+    if gated:
+        block_n = 16 if n >= 4096 else 8
+    else:
+        block_n = 8 if (n < 960 and k >= 1024) else 16
     block_k = 128 if k <= 640 else 512 if (k >= 8192 or k <= 2048 or (k >= 4096 and n <= k)) else 256
     stages = 5 if k <= 640 else 2 if n >= 16384 else min(4, triton.cdiv(k, block_k))
-    if gated:
-        block_n = max(8, block_n // 2)
     return {"BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": 2, "num_stages": stages}
 
 
 def launch_extras(weight: torch.Tensor, rows: int, block_k: int) -> dict:
     """PDL keywords (`pdl_launch`), and with PDL on a weight of at most `PREFETCH_MAX_BYTES`, `PREFETCH_K`: the
-    kernel prefetches its rows' first K blocks to L2 before it waits for the previous kernel, so the loads
-    after the wait skip the DRAM latency. On an H200 this took the SmolLM2-shape step at batch 1 from 0.726 to
-    0.683 ms, and on Llama-3.1-8B (its qkv and o weights, 50 and 34 MB) from 4.261 to 4.246 ms at batch 1 and
-    5.016 to 4.978 ms at batch 8; prefetching the MLP weights too (117-235 MB) measured slower (4.354 against
-    4.330 ms), hence the size limit."""
+    kernel prefetches its rows' first `PREFETCH_BLOCKS` K blocks (at least `PREFETCH_MIN_K` columns) to L2
+    before it waits for the previous kernel, so the loads after the wait skip the DRAM latency. On an H200 this took the SmolLM2-shape step at batch 1
+    from 0.726 to 0.683 ms. At an 8B shape one block of every projection, the MLP's included, beats two blocks
+    of the attention projections only (docs/kernels.md); the size limit keeps a vocabulary-sized LM head
+    (1 GB at Llama-3.1-8B) from prefetching a whole column block of it."""
     kw = pdl_launch(weight, rows)
     if kw["PDL"] and weight.numel() * weight.element_size() <= PREFETCH_MAX_BYTES:
-        kw["PREFETCH_K"] = PREFETCH_BLOCKS * block_k
+        kw["PREFETCH_K"] = max(PREFETCH_BLOCKS * block_k, PREFETCH_MIN_K)
     return kw
 
 

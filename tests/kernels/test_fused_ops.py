@@ -99,16 +99,21 @@ def test_skinny_qkv_rope_store_matches_twin(dtype, rows, bias):
     assert max(r["q64"], r["k_cache64"], r["v_cache64"]) < 5 * TOL[dtype], r
 
 
-def test_skinny_qkv_config_divides_the_head():
+def test_skinny_qkv_config_divides_the_head(monkeypatch):
     """The default launch config's pair block divides the half-dim of common head sizes (64 to 256, 80 and 96
-    included) and keeps the plain skinny config's column block where it can; odd half-dims are refused."""
+    included) and keeps the plain skinny config's column block where it can (a wider one shrinks until its
+    pairs divide the half-dim); odd half-dims are refused."""
+    from pdpair.kernels.fused import skinny_qkv
+    from pdpair.kernels.fused.skinny_linear import skinny_config
     from pdpair.kernels.fused.skinny_qkv import skinny_qkv_config, skinny_qkv_fits
 
     for n, k in ((960, 576), (6144, 4096), (4608, 3584), (10240, 8192)):
         for d in (64, 80, 96, 128, 256):
             pairs = skinny_qkv_config(n, k, d)["BLOCK_N"] // 2
             assert skinny_qkv_fits(d) and (d // 2) % pairs == 0 and pairs >= 8, (n, k, d, pairs)
-    assert skinny_qkv_config(6144, 4096, 128)["BLOCK_N"] == 32 and skinny_qkv_config(960, 576, 64)["BLOCK_N"] == 16
+        assert skinny_qkv_config(n, k, 128)["BLOCK_N"] == skinny_config(n, k)["BLOCK_N"], (n, k)
+    monkeypatch.setattr(skinny_qkv, "skinny_config", lambda n, k: {**skinny_config(n, k), "BLOCK_N": 32})
+    assert skinny_qkv_config(6144, 4096, 128)["BLOCK_N"] == 32
     assert skinny_qkv_config(6144, 4096, 80)["BLOCK_N"] == 16  # half-dim 40: 8 pairs, not 16
     assert not skinny_qkv_fits(36) and not skinny_qkv_fits(24)
 

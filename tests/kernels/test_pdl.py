@@ -116,7 +116,12 @@ def test_launch_keywords_turn_pdl_on_only_where_it_can_run(monkeypatch):
     prefetch only pays before a wait). On an sm_90+ GPU a small launch gets both, and a small weight its
     prefetch."""
     from pdpair.kernels import triton_utils
-    from pdpair.kernels.fused.skinny_linear import PREFETCH_MAX_BYTES, launch_extras
+    from pdpair.kernels.fused.skinny_linear import (
+        PREFETCH_BLOCKS,
+        PREFETCH_MAX_BYTES,
+        PREFETCH_MIN_K,
+        launch_extras,
+    )
     from pdpair.kernels.triton_utils import PDL_ENV, PDL_MAX_ROWS, pdl_launch
 
     w = torch.zeros(64, 64, dtype=torch.bfloat16)
@@ -129,7 +134,7 @@ def test_launch_keywords_turn_pdl_on_only_where_it_can_run(monkeypatch):
     if triton_utils.gdc_wait is None:
         pytest.skip("this Triton has no grid dependency control")
     assert pdl_launch(fake, PDL_MAX_ROWS) == {"PDL": True, "launch_pdl": True}
-    assert launch_extras(fake, 1, 128) == {"PDL": True, "launch_pdl": True, "PREFETCH_K": 256}
+    assert launch_extras(fake, 1, 128) == {"PDL": True, "launch_pdl": True, "PREFETCH_K": max(PREFETCH_BLOCKS * 128, PREFETCH_MIN_K)}
     assert pdl_launch(fake, PDL_MAX_ROWS + 1) == {"PDL": False}
     big = type("CudaTensor", (), {"is_cuda": True, "device": torch.device("cuda", 0),
                                   "numel": lambda self: PREFETCH_MAX_BYTES, "element_size": lambda self: 2})()

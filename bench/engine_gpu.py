@@ -19,6 +19,7 @@ With `--fused-ops both` every row runs with the fused kernels on and off.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import statistics
@@ -262,6 +263,74 @@ def ab_rows(eng, name: str, cfg: ModelConfig, args, wbytes: int, gbs: float, tag
                 torch.cuda.empty_cache()
 
 
+def projection_kind(n: int, k: int, gated: bool) -> str:
+    """Which of a decoder layer's projections a skinny weight `[n, k]` is, for `--configs`: `gu` (gated
+    gate/up), `head` (vocabulary-sized), `o` (square), `down` (fewer rows than columns) or `qkv`."""
+    if gated:
+        return "gu"
+    return "head" if n >= 65536 else "o" if n == k else "down" if n < k else "qkv"
+
+
+def parse_config(spec: str) -> tuple[str, dict]:
+    """`KIND:KEY=INT,...` (KIND a `projection_kind`, or `prefetch` with `blocks`, `min_k`) -> (kind, values)."""
+    kind, _, rest = spec.partition(":")
+    kinds = ("qkv", "o", "down", "gu", "head", "prefetch")
+    if kind not in kinds or not rest:
+        raise SystemExit(f"--configs {spec!r}: want KIND:KEY=INT,... with KIND one of {', '.join(kinds)}")
+    try:
+        return kind, {key: int(val) for key, val in (kv.split("=") for kv in rest.split(","))}
+    except ValueError:
+        raise SystemExit(f"--configs {spec!r}: want KEY=INT pairs, e.g. down:BLOCK_N=32,num_stages=3") from None
+
+
+class SkinnyOverrides:
+    """Within the block, the skinny kernels' launch configs of one projection kind (or the prefetch depth)
+    take `values` over their defaults; graphs captured inside keep them. Restores the defaults after."""
+
+    def __init__(self, kind: str, values: dict) -> None:
+        self.kind, self.values = kind, values
+
+    def __enter__(self):
+        from pdpair.kernels.fused import skinny_linear, skinny_qkv
+
+        self.saved = (skinny_linear.skinny_config, skinny_linear.PREFETCH_BLOCKS, skinny_linear.PREFETCH_MIN_K)
+        if self.kind == "prefetch":
+            skinny_linear.PREFETCH_BLOCKS = self.values.get("blocks", skinny_linear.PREFETCH_BLOCKS)
+            skinny_linear.PREFETCH_MIN_K = self.values.get("min_k", skinny_linear.PREFETCH_MIN_K)
+            return self
+        default = self.saved[0]
+
+        def config(n: int, k: int, gated: bool = False) -> dict:
+            c = default(n, k, gated)
+            return {**c, **self.values} if projection_kind(n, k, gated) == self.kind else c
+
+        skinny_linear.skinny_config = skinny_qkv.skinny_config = config
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from pdpair.kernels.fused import skinny_linear, skinny_qkv
+
+        config, skinny_linear.PREFETCH_BLOCKS, skinny_linear.PREFETCH_MIN_K = self.saved
+        skinny_linear.skinny_config = skinny_qkv.skinny_config = config
+
+
+def config_rows(eng, name: str, cfg: ModelConfig, args, wbytes: int, gbs: float, tag: str, max_bs: int,
+                buckets: tuple[int, ...]) -> None:
+    """`--configs`: the bare decode rows again with each skinny launch-config override (graphs recaptured),
+    interleaved with the defaults over `--ab-rounds` rounds. Kernels timed alone pick configs that do not carry
+    over to the step under PDL (docs/kernels.md), so launch configs are decided here, in the step."""
+    variants = [("", None)] + [(f" {spec}", parse_config(spec)) for spec in args.configs]
+    for _ in range(args.ab_rounds):
+        for vtag, override in variants:
+            with SkinnyOverrides(*override) if override else contextlib.nullcontext():
+                graphs = overlap_graphs(eng, max_bs, buckets)
+                try:
+                    decode_rows(eng, graphs, name, cfg, args, wbytes, gbs, tag + vtag, full_rows=False)
+                finally:
+                    del graphs
+                    torch.cuda.empty_cache()
+
+
 def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args, fused_modes) -> None:
     from pdpair.engine import Engine
     from pdpair.engine.batch import ForwardBatch, ForwardMode
@@ -296,6 +365,8 @@ def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args
         decode_rows(eng, graphs, name, cfg, args, wbytes, gbs, tag)
         if args.ab and fused is not False:
             ab_rows(eng, name, cfg, args, wbytes, gbs, tag, max_bs, buckets)
+        if args.configs and fused is not False:
+            config_rows(eng, name, cfg, args, wbytes, gbs, tag, max_bs, buckets)
         gen = torch.Generator().manual_seed(1)
         if "scheduler" not in args.skip:
             # scheduler decode steps at batch 64, overlap off and on, against the bare graph at the same batch and context
@@ -367,12 +438,18 @@ def main() -> None:
     ap.add_argument("--ab", nargs="*", default=[], metavar="SWITCH",
                     help="attention-backend switches (e.g. fold_norms fused_qkv fused_merge) to A/B: the bare "
                          "decode rows again with each flipped, then all flipped, interleaved with the defaults")
-    ap.add_argument("--ab-rounds", type=int, default=2, help="rounds of the --ab variants")
+    ap.add_argument("--configs", nargs="*", default=[], metavar="KIND:KEY=INT,...",
+                    help="skinny launch-config overrides to A/B in the decode step, one variant each: KIND is "
+                         "qkv, o, down, gu (gate/up), head (LM head) with BLOCK_N, BLOCK_K, num_warps, "
+                         "num_stages, or prefetch with blocks, min_k (e.g. down:BLOCK_N=32 prefetch:blocks=2)")
+    ap.add_argument("--ab-rounds", type=int, default=2, help="rounds of the --ab and --configs variants")
     ap.add_argument("--skip", nargs="*", default=[], choices=["scheduler", "prefill"],
                     help="leave these rows out")
     ap.add_argument("--quick", action="store_true", help="small sizes: a few seconds per shape")
     ap.add_argument("--json", type=Path, help="write every row here")
     args = ap.parse_args()
+    for spec in args.configs:
+        parse_config(spec)  # a typo fails here, before minutes of setup
     if not torch.cuda.is_available():
         print("engine_gpu: no CUDA device, nothing to measure")
         return

@@ -140,10 +140,10 @@ def skinny_config(n: int, k: int, gated: bool = False) -> dict:
 def launch_extras(weight: torch.Tensor, rows: int, block_k: int) -> dict:
     """PDL keywords (`pdl_launch`), and with PDL on a weight of at most `PREFETCH_MAX_BYTES`, `PREFETCH_K`: the
     kernel prefetches its rows' first `PREFETCH_BLOCKS` K blocks (at least `PREFETCH_MIN_K` columns) to L2
-    before it waits for the previous kernel, so the loads after the wait skip the DRAM latency. On an H200 this took the SmolLM2-shape step at batch 1
-    from 0.726 to 0.683 ms. At an 8B shape one block of every projection, the MLP's included, beats two blocks
-    of the attention projections only (docs/kernels.md); the size limit keeps a vocabulary-sized LM head
-    (1 GB at Llama-3.1-8B) from prefetching a whole column block of it."""
+    before it waits for the previous kernel, so the loads after the wait skip the DRAM latency. On an H200
+    this took the SmolLM2-shape step at batch 1 from 0.726 to 0.683 ms. At an 8B shape one block of every
+    projection, the MLP's included, beats two blocks of the attention projections only (docs/kernels.md); the
+    size limit keeps a vocabulary-sized LM head (1 GB at Llama-3.1-8B) from prefetching a column block of it."""
     kw = pdl_launch(weight, rows)
     if kw["PDL"] and weight.numel() * weight.element_size() <= PREFETCH_MAX_BYTES:
         kw["PREFETCH_K"] = max(PREFETCH_BLOCKS * block_k, PREFETCH_MIN_K)

@@ -16,7 +16,7 @@ from pdpair.engine.models.deepseek_mla import MLAttention
 from pdpair.engine.models.deepseek_moe import DenseMLP, MoE
 from pdpair.engine.models.deepseek_rope import DeepseekRotary
 from pdpair.engine.models.deepseek_weights import load_deepseek_weights
-from pdpair.engine.models.layers import RMSNorm
+from pdpair.engine.models.layers import RMSNorm, TiedHead
 from torch import nn
 
 
@@ -35,7 +35,7 @@ class DeepseekLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class DeepseekCausalLM(nn.Module):
+class DeepseekCausalLM(TiedHead, nn.Module):
     """`forward(input_ids [T], positions [T], ctx) -> fp32 logits` for `ctx.logits_indices`, like `CausalLM`."""
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.float32) -> None:
@@ -59,8 +59,7 @@ class DeepseekCausalLM(nn.Module):
         for layer in self.layers:
             x = layer(x, cos, sin, ctx)
         x = self.norm(x[ctx.logits_indices])
-        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head
-        return F.linear(x, head).float()
+        return F.linear(x, self.head_weight).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy Hugging Face-named tensors in place (per-expert or stacked expert tensors)."""

@@ -18,7 +18,7 @@ from pdpair.engine.memory.mamba_pool import MambaPool
 from pdpair.engine.model_config import ModelConfig
 from pdpair.engine.models.attention import Attention
 from pdpair.engine.models.hybrid_weights import hybrid_hf_names
-from pdpair.engine.models.layers import GatedMLP, RMSNorm, RotaryEmbedding, apply_rope
+from pdpair.engine.models.layers import GatedMLP, RMSNorm, RotaryEmbedding, TiedHead, apply_rope
 from pdpair.engine.models.mamba2 import Mamba2Mixer, MambaStep
 from pdpair.engine.models.weights import load_hf_weights
 from torch import nn
@@ -72,7 +72,7 @@ class HybridLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x)) * self.residual_multiplier
 
 
-class HybridCausalLM(nn.Module):
+class HybridCausalLM(TiedHead, nn.Module):
     """`forward(input_ids [T], positions [T], ctx) -> fp32 logits`, like `CausalLM`; `bind_state(pool)` first."""
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.float32) -> None:
@@ -113,8 +113,7 @@ class HybridCausalLM(nn.Module):
         for layer in self.layers:
             x = layer(x, rope, ctx, step)
         x = self.norm(x[ctx.logits_indices])
-        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head
-        logits = F.linear(x, head)
+        logits = F.linear(x, self.head_weight)
         if hc.logits_scaling != 1.0:
             logits = logits / hc.logits_scaling
         return logits.float()

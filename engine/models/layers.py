@@ -10,6 +10,15 @@ from pdpair.engine.model_config import RopeScaling
 from torch import nn
 
 
+class TiedHead:
+    """Mixin of the causal LMs: `head_weight`, from their `lm_head` (`None`: tied to `embed_tokens`)."""
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """The LM head's weight `[vocab, hidden]`: its own, or the embedding when tied."""
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head
+
+
 class Linear(nn.Module):
     """`y = x W^T (+ b)` with uninitialised storage: every weight is overwritten by the loader."""
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pdpair.engine.attention.base import AttentionBackend
 from pdpair.engine.model_config import ModelConfig
 from pdpair.engine.models.attention import Attention
-from pdpair.engine.models.layers import GatedMLP, RMSNorm, RotaryEmbedding
+from pdpair.engine.models.layers import GatedMLP, RMSNorm, RotaryEmbedding, TiedHead
 from pdpair.engine.models.weights import load_hf_weights
 from torch import nn
 
@@ -42,7 +42,7 @@ class DecoderLayer(nn.Module):
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
 
 
-class CausalLM(nn.Module):
+class CausalLM(TiedHead, nn.Module):
     """`forward(input_ids [T], positions [T], ctx) -> fp32 logits [len(ctx.logits_indices), vocab]`.
 
     `ctx` carries `.backend` (attention backend), `.batch` (what the backend needs) and
@@ -95,11 +95,6 @@ class CausalLM(nn.Module):
         if self.vocab_head is not None:
             return self.vocab_head(x)
         return F.linear(x, self.head_weight).float()
-
-    @property
-    def head_weight(self) -> torch.Tensor:
-        """The LM head's weight `[vocab, hidden]`: its own, or the embedding when tied."""
-        return self.embed_tokens.weight if self.lm_head is None else self.lm_head
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy Hugging Face-named tensors (`model.layers.0.self_attn.q_proj.weight`, ...) in place."""

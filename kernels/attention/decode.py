@@ -59,6 +59,24 @@ def _merge_head(mid_o, mid_lse, o, b, h, stride_mb, stride_mh, stride_ms, stride
 
 
 @triton.jit
+def store_split(acc, l_i, m_i, o, mid_o, mid_lse, b, split, heads, offs_d, mask_h, mask_d, stride_ob, stride_oh,
+                stride_mb, stride_mh, stride_ms, stride_lb, stride_lh, NUM_SPLITS: tl.constexpr):
+    """A split program's epilogue for query heads `heads` of row b (`acc [H, D]`, running sum `l_i` and max
+    `m_i`, base 2): with one split the normalised output straight into `o`, else the fp32 partial and its
+    log-sum-exp into the workspace, lse -inf for a split that saw no key. Shared with MLA decode."""
+    has = l_i > 0
+    out = acc / tl.where(has, l_i, 1.0)[:, None]
+    if NUM_SPLITS == 1:  # the only split: no workspace, no merge
+        tl.store(o + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :], out.to(o.dtype.element_ty),
+                 mask=mask_h[:, None] & mask_d[None, :])
+    else:
+        lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
+        base = b * stride_mb + heads * stride_mh + split * stride_ms
+        tl.store(mid_o + base[:, None] + offs_d[None, :], out, mask=mask_h[:, None] & mask_d[None, :])
+        tl.store(mid_lse + b * stride_lb + heads * stride_lh + split, lse, mask=mask_h)
+
+
+@triton.jit
 def _decode_split_kernel(
     q, k_cache, v_cache, kv_indptr, kv_indices, mid_o, mid_lse, o, counters,
     stride_qb, stride_qh,
@@ -127,16 +145,9 @@ def _decode_split_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
 
-    has = l_i > 0
-    out = acc / tl.where(has, l_i, 1.0)[:, None]
-    if NUM_SPLITS == 1:  # the only split: no workspace, no merge
-        tl.store(o + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :], out.to(o.dtype.element_ty),
-                 mask=mask_h[:, None] & mask_d[None, :])
-    else:
-        lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
-        base = b * stride_mb + heads * stride_mh + split * stride_ms
-        tl.store(mid_o + base[:, None] + offs_d[None, :], out, mask=mask_h[:, None] & mask_d[None, :])
-        tl.store(mid_lse + b * stride_lb + heads * stride_lh + split, lse, mask=mask_h)
+    store_split(acc, l_i, m_i, o, mid_o, mid_lse, b, split, heads, offs_d, mask_h, mask_d, stride_ob, stride_oh,
+                stride_mb, stride_mh, stride_ms, stride_lb, stride_lh, NUM_SPLITS)
+    if NUM_SPLITS > 1:
         if FUSED_MERGE:  # the memory ordering is argued in the module docstring
             tl.debug_barrier()
             counter = counters + b * stride_cb + kvh

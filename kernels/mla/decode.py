@@ -23,6 +23,7 @@ from pdpair.kernels.attention.decode import (
     _decode_merge_kernel,
     decode_workspace,
     default_num_splits,
+    store_split,
 )
 from pdpair.kernels.triton_utils import tl, triton
 
@@ -94,16 +95,8 @@ def _mla_split_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
 
-    has = l_i > 0
-    out = acc / tl.where(has, l_i, 1.0)[:, None]
-    if NUM_SPLITS == 1:
-        tl.store(o + b * stride_ob + offs_h[:, None] * stride_oh + offs_c[None, :], out.to(o.dtype.element_ty),
-                 mask=mask_h[:, None] & mask_c[None, :])
-    else:
-        lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
-        base_o = b * stride_mb + offs_h * stride_mh + split * stride_ms
-        tl.store(mid_o + base_o[:, None] + offs_c[None, :], out, mask=mask_h[:, None] & mask_c[None, :])
-        tl.store(mid_lse + b * stride_lb + offs_h * stride_lh + split, lse, mask=mask_h)
+    store_split(acc, l_i, m_i, o, mid_o, mid_lse, b, split, offs_h, offs_c, mask_h, mask_c, stride_ob, stride_oh,
+                stride_mb, stride_mh, stride_ms, stride_lb, stride_lh, NUM_SPLITS)
 
 
 def check_mla_inputs(q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, kv_indptr: torch.Tensor,

@@ -1,10 +1,16 @@
 """Lazy Triton import: kernel modules import on a box without Triton; launching one then says what to install.
 
 Also the programmatic dependent launch (PDL) switch of the decode path's kernels (`pdl_launch`, `pdl_prologue`).
+
+FP fusion (a * b + c compiled to one FMA) stays on: the kernels' numerics and speed were measured with it, Triton's
+default through 3.9, which 3.10 turns off. `TRITON_DEFAULT_FP_FUSION` is set to 1 at import unless the
+environment already sets it (a user's 0 still wins).
 """
 
 import functools
 import os
+
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 try:
     import triton

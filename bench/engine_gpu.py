@@ -280,7 +280,7 @@ def parse_config(spec: str) -> tuple[str, dict]:
     if kind not in kinds or not rest:
         raise SystemExit(f"--configs {spec!r}: want KIND:KEY=INT,... with KIND one of {', '.join(kinds)}")
     try:
-        return kind, {key: int(val) for key, val in (kv.split("=") for kv in rest.split(","))}
+        return kind, {key: int(val) for key, val in (pair.split("=") for pair in rest.split(","))}
     except ValueError:
         raise SystemExit(f"--configs {spec!r}: want KEY=INT pairs, e.g. down:BLOCK_N=32,num_stages=3") from None
 

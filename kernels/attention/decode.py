@@ -147,18 +147,17 @@ def _decode_split_kernel(
 
     store_split(acc, l_i, m_i, o, mid_o, mid_lse, b, split, heads, offs_d, mask_h, mask_d, stride_ob, stride_oh,
                 stride_mb, stride_mh, stride_ms, stride_lb, stride_lh, NUM_SPLITS)
-    if NUM_SPLITS > 1:
-        if FUSED_MERGE:  # the memory ordering is argued in the module docstring
+    if FUSED_MERGE and NUM_SPLITS > 1:  # the memory ordering is argued in the module docstring
+        tl.debug_barrier()
+        counter = counters + b * stride_cb + kvh
+        arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+        if arrived == NUM_SPLITS - 1:
             tl.debug_barrier()
-            counter = counters + b * stride_cb + kvh
-            arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-            if arrived == NUM_SPLITS - 1:
-                tl.debug_barrier()
-                for g in tl.static_range(GROUP):
-                    _merge_head(mid_o, mid_lse, o, b, kvh * GROUP + g, stride_mb, stride_mh, stride_ms,
-                                stride_lb, stride_lh, stride_ob, stride_oh, NUM_SPLITS, BLOCK_S, HEAD_DIM,
-                                BLOCK_D, ".cg")
-                tl.store(counter, 0)
+            for g in tl.static_range(GROUP):
+                _merge_head(mid_o, mid_lse, o, b, kvh * GROUP + g, stride_mb, stride_mh, stride_ms,
+                            stride_lb, stride_lh, stride_ob, stride_oh, NUM_SPLITS, BLOCK_S, HEAD_DIM,
+                            BLOCK_D, ".cg")
+            tl.store(counter, 0)
 
 
 @triton.jit

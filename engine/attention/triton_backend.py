@@ -21,13 +21,20 @@ if not HAS_TRITON:
     raise ImportError("triton is not installed (pip install 'pdpair[triton]')")
 
 
+# Decode graphs on an H200 (docs/kernels.md, "One-launch split merge"): with 128-wide heads (Llama-3.1-8B,
+# Qwen3-8B shapes) the one-launch merge saved 8-74 us at batch 1, 110-157 us at batch 8, 55-92 us at batch
+# 16-64; with 64-wide heads (SmolLM2 and Llama-3.2-1B shapes) it drew level at batch 1 and lost 36-59 us at
+# batch 8, where a program streams half the bytes for the same arrival round trip.
+FUSED_MERGE_MIN_HEAD_DIM = 128
+
+
 class TritonBackend(AttentionBackend):
     """Reads `kv_indptr`/`kv_indices` straight from the batch; decode splits depend on the batch size only.
 
     Eager decode allocates its split workspace once per forward; under CUDA graphs the workspace and every metadata
     tensor are static buffers (`init_graph_state`), bound per captured batch size. Decode merges its splits in a
-    second launch; `fused_merge` merges them inside the split launch instead (kernels/attention/decode.py says
-    why that is not the default): the workspace's arrival counters start at zero and every launch leaves them at
+    second launch, or with `fused_merge` inside the split launch (the default for heads of at least
+    `FUSED_MERGE_MIN_HEAD_DIM`): the workspace's arrival counters start at zero and every launch leaves them at
     zero, so one workspace serves every layer and every graph replay.
     """
 
@@ -43,7 +50,8 @@ class TritonBackend(AttentionBackend):
         # a small decode batch's qkv projection, rope and K/V store run as one launch
         # (kernels/fused/skinny_qkv.py; only where the fused forward's skinny path runs: CUDA, bf16/fp16)
         self.fused_qkv = True
-        self.fused_merge = False  # True: merge the splits inside the split launch (measured slower on an H200)
+        # merge the splits inside the split launch (one arrival atomic per program) instead of a second launch
+        self.fused_merge = head_dim >= FUSED_MERGE_MIN_HEAD_DIM
         # a small decode batch of a small model folds each residual add into the projection before it and each
         # RMSNorm into the projection after it (engine/models/fused.py: `_folded_layers`, `FOLD_MAX_HIDDEN`)
         self.fold_norms = True

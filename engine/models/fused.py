@@ -112,8 +112,10 @@ def _swiglu(mlp) -> bool:
 # decode graph, PDL on) it took the SmolLM2 shape (576) from 0.680 to 0.638 ms at batch 1 and from 0.805 to
 # 0.781 ms at batch 8, but an 8B shape's step (4096) from 4.348 to 4.49-4.54 ms (Llama-3.1-8B, batch 1; 5.17
 # to 5.27 ms at batch 8; Qwen3-8B 4.60 to 4.56 and 5.48 to 5.62 ms): there the add+RMSNorm launches it removes
-# already overlap their neighbours under PDL, and the producers' heavier epilogue does not.
-FOLD_MAX_HIDDEN = 2048
+# already overlap their neighbours under PDL, and the producers' heavier epilogue does not. A Llama-3.2-1B shape
+# (2048) lost too: 1.023 to 1.098 ms at batch 1, 1.159 to 1.249 ms at batch 8 (one-launch merge on in both).
+# Between 576 and 2048 nothing is measured; 1024 keeps the models of up to about 0.6B parameters.
+FOLD_MAX_HIDDEN = 1024
 
 
 def _foldable(model, ctx: Any, skinny: bool) -> bool:

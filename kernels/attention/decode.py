@@ -7,10 +7,10 @@ s % page_size of the per-layer cache views `k_cache`, `v_cache` `[num_pages, pag
 (row, kv head, split) loads each KV block once for the whole group of query heads sharing that kv head and
 leaves a partial output + log-sum-exp in an fp32 workspace. With `window > 0` a row sees only its last
 `window` keys. One split writes `o` directly. With several, the splits are merged either by a second launch
-(`_decode_merge_kernel`, one program per (row, q head); the default) or inside the same launch. On an H200
-inside a CUDA graph the one-launch form measured slower at batch 1-8 (8B shape, batch 1: 10.7 us against
-7.9 us for split + merge; SmolLM2 shape: 5.9 against 5.3; equal at batch 64): the last program's serial
-merge and the arrival atomics cost more than the second launch saves (`bench/small_batch_gpu.py`).
+(`_decode_merge_kernel`, one program per (row, q head)) or inside the same launch (`fused_merge`); the
+attention backend picks by head size (engine/attention/triton_backend.py, `FUSED_MERGE_MIN_HEAD_DIM`). Both
+merge through `_merge_heads`, which issues the loads of all its heads' partials at once: the one-launch form
+merged the group's heads one after another until then, and measured slower than two launches everywhere.
 
 One-launch merge (`fused_merge=True`). The workspace holds an int32 arrival counter per (row, kv head), zero at
 rest. A split program stores its partials, then `tl.debug_barrier()` (every thread's stores happen before the
@@ -19,7 +19,8 @@ per program (one thread) and broadcasts the old value to all its threads, so the
 reads `NUM_SPLITS - 1` arrived last: every other program of its group has already released its stores, and
 its acquire makes them visible to it; after a second barrier (extending the acquire to the whole program) it
 loads the group's partials with `.cg` (from L2, never from a stale L1 line), merges the `GROUP` query heads,
-writes `o`, and stores 0 back to the counter. Nobody else touches that counter again in this launch, and the
+writes `o`, and stores 0 back to the counter. The release costs every split program a round trip to L2
+before it exits, which is what the second launch's hop saves. Nobody else touches that counter again in this launch, and the
 kernel boundary publishes the reset to the next launch: the next call, every CUDA-graph replay, and the next
 layer sharing the workspace on the same stream all start from zero. Programs of one group never wait for
 each other (no spinning), so the scheme needs no co-residency and cannot deadlock whatever the grid order.
@@ -40,22 +41,27 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _merge_head(mid_o, mid_lse, o, b, h, stride_mb, stride_mh, stride_ms, stride_lb, stride_lh, stride_ob,
-                stride_oh, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, HEAD_DIM: tl.constexpr,
-                BLOCK_D: tl.constexpr, CACHE: tl.constexpr):
-    """Merge row b, head h's split partials into `o` (a row whose splits are all empty gets zeros)."""
+def _merge_heads(mid_o, mid_lse, o, b, h0, stride_mb, stride_mh, stride_ms, stride_lb, stride_lh, stride_ob,
+                 stride_oh, HEADS: tl.constexpr, BLOCK_G: tl.constexpr, NUM_SPLITS: tl.constexpr,
+                 BLOCK_S: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CACHE: tl.constexpr):
+    """Merge row b's split partials of heads h0 .. h0 + HEADS - 1 into `o`, every head's loads issued at once
+    (a row whose splits are all empty gets zeros)."""
+    offs_g = tl.arange(0, BLOCK_G)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_s = offs_s < NUM_SPLITS
-    mask_d = offs_d < HEAD_DIM
-    lse = tl.load(mid_lse + b * stride_lb + h * stride_lh + offs_s, mask=mask_s, other=float("-inf"),
-                  cache_modifier=CACHE)
-    m = tl.max(lse, 0)
-    w = tl.where(lse > float("-inf"), tl.exp2(lse - m), 0.0)
-    parts = tl.load(mid_o + b * stride_mb + h * stride_mh + offs_s[:, None] * stride_ms + offs_d[None, :],
-                    mask=mask_s[:, None] & mask_d[None, :], other=0.0, cache_modifier=CACHE)
-    out = tl.sum(parts * w[:, None], 0) / tl.maximum(tl.sum(w, 0), 1e-30)
-    tl.store(o + b * stride_ob + h * stride_oh + offs_d, out.to(o.dtype.element_ty), mask=mask_d)
+    heads = h0 + offs_g
+    mask_gs = (offs_g < HEADS)[:, None] & (offs_s < NUM_SPLITS)[None, :]
+    mask_gd = (offs_g < HEADS)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    lse = tl.load(mid_lse + b * stride_lb + heads[:, None] * stride_lh + offs_s[None, :], mask=mask_gs,
+                  other=float("-inf"), cache_modifier=CACHE)
+    parts = tl.load(mid_o + b * stride_mb + heads[:, None, None] * stride_mh + offs_s[None, :, None] * stride_ms
+                    + offs_d[None, None, :], mask=mask_gs[:, :, None] & (offs_d < HEAD_DIM)[None, None, :],
+                    other=0.0, cache_modifier=CACHE)
+    m = tl.max(lse, 1)
+    w = tl.where(lse > float("-inf"), tl.exp2(lse - m[:, None]), 0.0)
+    out = tl.sum(parts * w[:, :, None], 1) / tl.maximum(tl.sum(w, 1), 1e-30)[:, None]
+    tl.store(o + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :], out.to(o.dtype.element_ty),
+             mask=mask_gd)
 
 
 @triton.jit
@@ -86,7 +92,7 @@ def _decode_split_kernel(
     qk_scale, window,
     PAGE_SIZE: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, FUSED_MERGE: tl.constexpr,
-    BLOCK_S: tl.constexpr, PDL: tl.constexpr = False,
+    BLOCK_S: tl.constexpr, BLOCK_G: tl.constexpr, PDL: tl.constexpr = False,
 ):
     # Under PDL the row's kv_indptr pair and first block of kv_indices are read before the wait, so these
     # dependent loads overlap the previous kernel. The step's metadata is written before its first layer, and a
@@ -153,10 +159,8 @@ def _decode_split_kernel(
         arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
         if arrived == NUM_SPLITS - 1:
             tl.debug_barrier()
-            for g in tl.static_range(GROUP):
-                _merge_head(mid_o, mid_lse, o, b, kvh * GROUP + g, stride_mb, stride_mh, stride_ms,
-                            stride_lb, stride_lh, stride_ob, stride_oh, NUM_SPLITS, BLOCK_S, HEAD_DIM,
-                            BLOCK_D, ".cg")
+            _merge_heads(mid_o, mid_lse, o, b, kvh * GROUP, stride_mb, stride_mh, stride_ms, stride_lb, stride_lh,
+                         stride_ob, stride_oh, GROUP, BLOCK_G, NUM_SPLITS, BLOCK_S, HEAD_DIM, BLOCK_D, ".cg")
             tl.store(counter, 0)
 
 
@@ -168,8 +172,8 @@ def _decode_merge_kernel(
     PDL: tl.constexpr = False,
 ):
     pdl_prologue(PDL)
-    _merge_head(mid_o, mid_lse, o, tl.program_id(0), tl.program_id(1), stride_mb, stride_mh, stride_ms,
-                stride_lb, stride_lh, stride_ob, stride_oh, NUM_SPLITS, BLOCK_S, HEAD_DIM, BLOCK_D, "")
+    _merge_heads(mid_o, mid_lse, o, tl.program_id(0), tl.program_id(1), stride_mb, stride_mh, stride_ms, stride_lb,
+                 stride_lh, stride_ob, stride_oh, 1, 1, NUM_SPLITS, BLOCK_S, HEAD_DIM, BLOCK_D, "")
 
 
 class DecodeWorkspace(NamedTuple):
@@ -268,7 +272,7 @@ def decode_attention(
         scale, window,
         PAGE_SIZE=page_size, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
         HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, FUSED_MERGE=fused, BLOCK_S=block_s,
-        num_warps=num_warps, num_stages=num_stages, **pdl,
+        BLOCK_G=triton.next_power_of_2(group), num_warps=num_warps, num_stages=num_stages, **pdl,
     )
     if num_splits > 1 and not fused:
         _decode_merge_kernel[(bsz, num_heads)](

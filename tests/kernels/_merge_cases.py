@@ -167,5 +167,6 @@ def sm90_ptx(heads: int, kv_heads: int, head_dim: int, num_splits: int, fused: b
                 "mid_o": "*fp32", "mid_lse": "*fp32", "o": "*bf16", "counters": "*i32"}
     consts = dict(PAGE_SIZE=16, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
                   HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), NUM_SPLITS=num_splits,
-                  FUSED_MERGE=fused, BLOCK_S=triton.next_power_of_2(num_splits))
+                  FUSED_MERGE=fused, BLOCK_S=triton.next_power_of_2(num_splits),
+                  BLOCK_G=triton.next_power_of_2(group))
     return compile_sm90(_decode_split_kernel, pointers, consts, ("qk_scale",), num_warps=4, num_stages=2)

@@ -57,7 +57,7 @@ def _kernels():
          dict(q=BF16, k_cache=BF16, v_cache=BF16, kv_indptr=i32, kv_indices=i32, mid_o=f32, mid_lse=f32, o=BF16,
               counters=i32),
          dict(PAGE_SIZE=16, GROUP=3, BLOCK_H=16, BLOCK_N=64, HEAD_DIM=64, BLOCK_D=64, NUM_SPLITS=8,
-              FUSED_MERGE=False, BLOCK_S=8), ("qk_scale",), dict(num_warps=4, num_stages=2)),
+              FUSED_MERGE=False, BLOCK_S=8, BLOCK_G=4), ("qk_scale",), dict(num_warps=4, num_stages=2)),
         ("decode_merge", _decode_merge_kernel, dict(mid_o=f32, mid_lse=f32, o=BF16),
          dict(NUM_SPLITS=8, BLOCK_S=8, HEAD_DIM=64, BLOCK_D=64), (), dict(num_warps=2)),
     ]

@@ -19,10 +19,10 @@ per program (one thread) and broadcasts the old value to all its threads, so the
 reads `NUM_SPLITS - 1` arrived last: every other program of its group has already released its stores, and
 its acquire makes them visible to it; after a second barrier (extending the acquire to the whole program) it
 loads the group's partials with `.cg` (from L2, never from a stale L1 line), merges the `GROUP` query heads,
-writes `o`, and stores 0 back to the counter. The release costs every split program a round trip to L2
-before it exits, which is what the second launch's hop saves. Nobody else touches that counter again in this launch, and the
+writes `o`, and stores 0 back to the counter. Nobody else touches that counter again in this launch, and the
 kernel boundary publishes the reset to the next launch: the next call, every CUDA-graph replay, and the next
-layer sharing the workspace on the same stream all start from zero. Programs of one group never wait for
+layer sharing the workspace on the same stream all start from zero. The release costs every split program a
+round trip to L2 before it exits; the second launch it saves costs more at 128-wide heads, less at 64. Programs of one group never wait for
 each other (no spinning), so the scheme needs no co-residency and cannot deadlock whatever the grid order.
 A split with no keys (short row, window) still stores lse = -inf and arrives. A workspace must not be used by
 two launches running at the same time (two streams).

@@ -12,20 +12,21 @@ attention backend picks by head size (engine/attention/triton_backend.py, `FUSED
 merge through `_merge_heads`, which issues the loads of all its heads' partials at once: the one-launch form
 merged the group's heads one after another until then, and measured slower than two launches everywhere.
 
-One-launch merge (`fused_merge=True`). The workspace holds an int32 arrival counter per (row, kv head), zero at
-rest. A split program stores its partials, then `tl.debug_barrier()` (every thread's stores happen before the
-next step) and one `atomic_add(counter, 1, sem="acq_rel", scope="gpu")`. Triton performs a scalar atomic once
-per program (one thread) and broadcasts the old value to all its threads, so the branch is uniform. The program that
-reads `NUM_SPLITS - 1` arrived last: every other program of its group has already released its stores, and
-its acquire makes them visible to it; after a second barrier (extending the acquire to the whole program) it
-loads the group's partials with `.cg` (from L2, never from a stale L1 line), merges the `GROUP` query heads,
-writes `o`, and stores 0 back to the counter. Nobody else touches that counter again in this launch, and the
-kernel boundary publishes the reset to the next launch: the next call, every CUDA-graph replay, and the next
-layer sharing the workspace on the same stream all start from zero. The release costs every split program a
-round trip to L2 before it exits; the second launch it saves costs more at 128-wide heads, less at 64. Programs of one group never wait for
-each other (no spinning), so the scheme needs no co-residency and cannot deadlock whatever the grid order.
-A split with no keys (short row, window) still stores lse = -inf and arrives. A workspace must not be used by
-two launches running at the same time (two streams).
+One-launch merge (`fused_merge=True`). The workspace holds an int32 arrival counter per (row, kv head), zero
+at rest. A split program stores its partials, then `tl.debug_barrier()` (every thread's stores happen before
+the next step) and one `atomic_add(counter, 1, sem="acq_rel", scope="gpu")`. Triton performs a scalar atomic
+once per program (one thread) and broadcasts the old value to all its threads, so the branch is uniform. The
+program that reads `NUM_SPLITS - 1` arrived last: every other program of its group has already released its
+stores, and its acquire makes them visible to it; after a second barrier (extending the acquire to the whole
+program) it loads the group's partials with `.cg` (from L2, never from a stale L1 line), merges the `GROUP`
+query heads, writes `o`, and stores 0 back to the counter. Nobody else touches that counter again in this
+launch, and the kernel boundary publishes the reset to the next launch: the next call, every CUDA-graph
+replay, and the next layer sharing the workspace on the same stream all start from zero. The release costs
+every split program a round trip to L2 before it exits; the second launch it saves costs more at 128-wide
+heads, less at 64. Programs of one group never wait for each other (no spinning), so the scheme needs no
+co-residency and cannot deadlock whatever the grid order. A split with no keys (short row, window) still
+stores lse = -inf and arrives. A workspace must not be used by two launches running at the same time (two
+streams).
 
 Under the Triton interpreter programs run one after another (the last split of a group is also the last to
 run), so the CPU tests check the arithmetic and the counter reset, not the memory ordering above.
@@ -54,9 +55,9 @@ def _merge_heads(mid_o, mid_lse, o, b, h0, stride_mb, stride_mh, stride_ms, stri
     mask_gd = (offs_g < HEADS)[:, None] & (offs_d < HEAD_DIM)[None, :]
     lse = tl.load(mid_lse + b * stride_lb + heads[:, None] * stride_lh + offs_s[None, :], mask=mask_gs,
                   other=float("-inf"), cache_modifier=CACHE)
-    parts = tl.load(mid_o + b * stride_mb + heads[:, None, None] * stride_mh + offs_s[None, :, None] * stride_ms
-                    + offs_d[None, None, :], mask=mask_gs[:, :, None] & (offs_d < HEAD_DIM)[None, None, :],
-                    other=0.0, cache_modifier=CACHE)
+    parts = tl.load(mid_o + b * stride_mb + heads[:, None, None] * stride_mh
+                    + offs_s[None, :, None] * stride_ms + offs_d[None, None, :],
+                    mask=mask_gs[:, :, None] & (offs_d < HEAD_DIM)[None, None, :], other=0.0, cache_modifier=CACHE)
     m = tl.max(lse, 1)
     w = tl.where(lse > float("-inf"), tl.exp2(lse - m[:, None]), 0.0)
     out = tl.sum(parts * w[:, :, None], 1) / tl.maximum(tl.sum(w, 1), 1e-30)[:, None]
@@ -159,8 +160,9 @@ def _decode_split_kernel(
         arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
         if arrived == NUM_SPLITS - 1:
             tl.debug_barrier()
-            _merge_heads(mid_o, mid_lse, o, b, kvh * GROUP, stride_mb, stride_mh, stride_ms, stride_lb, stride_lh,
-                         stride_ob, stride_oh, GROUP, BLOCK_G, NUM_SPLITS, BLOCK_S, HEAD_DIM, BLOCK_D, ".cg")
+            _merge_heads(mid_o, mid_lse, o, b, kvh * GROUP, stride_mb, stride_mh, stride_ms, stride_lb,
+                         stride_lh, stride_ob, stride_oh, GROUP, BLOCK_G, NUM_SPLITS, BLOCK_S, HEAD_DIM, BLOCK_D,
+                         ".cg")
             tl.store(counter, 0)
 
 
@@ -172,8 +174,8 @@ def _decode_merge_kernel(
     PDL: tl.constexpr = False,
 ):
     pdl_prologue(PDL)
-    _merge_heads(mid_o, mid_lse, o, tl.program_id(0), tl.program_id(1), stride_mb, stride_mh, stride_ms, stride_lb,
-                 stride_lh, stride_ob, stride_oh, 1, 1, NUM_SPLITS, BLOCK_S, HEAD_DIM, BLOCK_D, "")
+    _merge_heads(mid_o, mid_lse, o, tl.program_id(0), tl.program_id(1), stride_mb, stride_mh, stride_ms,
+                 stride_lb, stride_lh, stride_ob, stride_oh, 1, 1, NUM_SPLITS, BLOCK_S, HEAD_DIM, BLOCK_D, "")
 
 
 class DecodeWorkspace(NamedTuple):

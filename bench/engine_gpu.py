@@ -240,29 +240,46 @@ def decode_rows(eng, graphs, name: str, cfg: ModelConfig, args, wbytes: int, gbs
                 "host upload + graph, as ModelRunner runs it" if staged else "metadata fill + graph", batch=bs)
 
 
+def interleaved_rows(eng, name: str, cfg: ModelConfig, args, wbytes: int, gbs: float, tag: str, max_bs: int,
+                     buckets: tuple[int, ...], variants: list) -> None:
+    """The bare decode rows with the defaults and then under each variant (`(tag, context manager factory)`),
+    graphs recaptured for each, interleaved over `--ab-rounds` rounds, so every variant is measured against its
+    baseline in the same run."""
+    for _ in range(args.ab_rounds):
+        for vtag, setting in [("", contextlib.nullcontext), *variants]:
+            with setting():
+                graphs = overlap_graphs(eng, max_bs, buckets)
+                try:
+                    decode_rows(eng, graphs, name, cfg, args, wbytes, gbs, tag + vtag, full_rows=False)
+                finally:
+                    del graphs
+                    torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def backend_switches(backend, values: dict):
+    """Within the block, the attention backend's switches take `values`; restored after."""
+    saved = {s: getattr(backend, s) for s in values}
+    for s, v in values.items():
+        setattr(backend, s, v)
+    try:
+        yield
+    finally:
+        for s, v in saved.items():
+            setattr(backend, s, v)
+
+
 def ab_rows(eng, name: str, cfg: ModelConfig, args, wbytes: int, gbs: float, tag: str, max_bs: int,
             buckets: tuple[int, ...]) -> None:
-    """`--ab`: the bare decode rows again with each named backend switch flipped (graphs recaptured), then with
-    all of them flipped, interleaved with the defaults over `--ab-rounds` rounds, so each switch is measured
-    against its baseline in the same run."""
+    """`--ab`: the bare decode rows again with each named backend switch flipped, then with all of them
+    flipped (`interleaved_rows`)."""
     backend = eng.runner.backend
     flip = {s: not getattr(backend, s) for s in args.ab}
-    variants = [("", [])] + [(f" {s}={'on' if flip[s] else 'off'}", [s]) for s in args.ab]
+    variants = [(f" {s}={'on' if flip[s] else 'off'}", lambda s=s: backend_switches(backend, {s: flip[s]}))
+                for s in args.ab]
     if len(args.ab) > 1:
-        variants.append((" all flipped", list(args.ab)))
-    for _ in range(args.ab_rounds):
-        for vtag, flipped in variants:
-            saved = {s: getattr(backend, s) for s in flipped}
-            for s in flipped:
-                setattr(backend, s, flip[s])
-            graphs = overlap_graphs(eng, max_bs, buckets)
-            try:
-                decode_rows(eng, graphs, name, cfg, args, wbytes, gbs, tag + vtag, full_rows=False)
-            finally:
-                for s, v in saved.items():
-                    setattr(backend, s, v)
-                del graphs
-                torch.cuda.empty_cache()
+        variants.append((" all flipped", lambda: backend_switches(backend, flip)))
+    interleaved_rows(eng, name, cfg, args, wbytes, gbs, tag, max_bs, buckets, variants)
 
 
 def projection_kind(n: int, k: int, gated: bool) -> str:
@@ -318,19 +335,11 @@ class SkinnyOverrides:
 
 def config_rows(eng, name: str, cfg: ModelConfig, args, wbytes: int, gbs: float, tag: str, max_bs: int,
                 buckets: tuple[int, ...]) -> None:
-    """`--configs`: the bare decode rows again with each skinny launch-config override (graphs recaptured),
-    interleaved with the defaults over `--ab-rounds` rounds. Kernels timed alone pick configs that do not carry
-    over to the step under PDL (docs/kernels.md), so launch configs are decided here, in the step."""
-    variants = [("", None)] + [(f" {spec}", parse_config(spec)) for spec in args.configs]
-    for _ in range(args.ab_rounds):
-        for vtag, override in variants:
-            with SkinnyOverrides(*override) if override else contextlib.nullcontext():
-                graphs = overlap_graphs(eng, max_bs, buckets)
-                try:
-                    decode_rows(eng, graphs, name, cfg, args, wbytes, gbs, tag + vtag, full_rows=False)
-                finally:
-                    del graphs
-                    torch.cuda.empty_cache()
+    """`--configs`: the bare decode rows again with each skinny launch-config override (`interleaved_rows`).
+    Kernels timed alone pick configs that do not carry over to the step under PDL (docs/kernels.md), so launch
+    configs are decided here, in the step."""
+    variants = [(f" {spec}", lambda spec=spec: SkinnyOverrides(*parse_config(spec))) for spec in args.configs]
+    interleaved_rows(eng, name, cfg, args, wbytes, gbs, tag, max_bs, buckets, variants)
 
 
 def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args, fused_modes) -> None:

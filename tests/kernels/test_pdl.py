@@ -134,7 +134,8 @@ def test_launch_keywords_turn_pdl_on_only_where_it_can_run(monkeypatch):
     if triton_utils.gdc_wait is None:
         pytest.skip("this Triton has no grid dependency control")
     assert pdl_launch(fake, PDL_MAX_ROWS) == {"PDL": True, "launch_pdl": True}
-    assert launch_extras(fake, 1, 128) == {"PDL": True, "launch_pdl": True, "PREFETCH_K": max(PREFETCH_BLOCKS * 128, PREFETCH_MIN_K)}
+    want_k = max(PREFETCH_BLOCKS * 128, PREFETCH_MIN_K)
+    assert launch_extras(fake, 1, 128) == {"PDL": True, "launch_pdl": True, "PREFETCH_K": want_k}
     assert pdl_launch(fake, PDL_MAX_ROWS + 1) == {"PDL": False}
     big = type("CudaTensor", (), {"is_cuda": True, "device": torch.device("cuda", 0),
                                   "numel": lambda self: PREFETCH_MAX_BYTES, "element_size": lambda self: 2})()

@@ -33,20 +33,29 @@ class RankProcesses:
     def __init__(self, spec: RankSpec, ranks: list[int], inboxes: dict[int, object], outbox,
                  follower_inboxes: dict[int, object] | None = None) -> None:
         ctx = mp.get_context("spawn")
-        self.procs: dict[int, mp.Process] = {}
+        procs: dict[int, mp.Process] = {}
         for r in ranks:
             t = spec.topo.for_rank(r)
             inbox = inboxes.get(t.dp_rank) if t.is_dp_leader else (follower_inboxes or {}).get(r)
             p = ctx.Process(target=rank_main, args=(r, spec, inbox, outbox), name=f"pdpair-rank{r}", daemon=True)
             p.start()
-            self.procs[r] = p
+            procs[r] = p
+        self._own(procs)
+
+    def _own(self, procs: dict[int, mp.Process]) -> None:
+        self.procs = procs
         self.stopping = False
+        # Every poll of these processes holds this lock. Two threads poll them (the death watchdog and the engine's
+        # liveness check); without it the one that loses the race to reap a dead rank gets ECHILD and reads its
+        # exit code as None.
+        self._reap = threading.RLock()
 
     def check_alive(self) -> None:
         """Raise RankDied (after stopping every rank) when a rank exited unasked. When several are gone, name
         the cause: a rank killed by a signal before one that exited on its own after a collective with the
         dead one failed."""
-        dead = [(r, p.exitcode) for r, p in self.procs.items() if p.exitcode is not None]
+        with self._reap:
+            dead = [(r, code) for r, code in zip(self.procs, self.exitcodes(), strict=True) if code is not None]
         if dead and not self.stopping:
             r, code = min(dead, key=lambda d: (d[1] >= 0, d[0]))
             logger.error("rank %d exited with code %s: stopping every rank of this node", r, code)
@@ -54,22 +63,25 @@ class RankProcesses:
             raise RankDied(f"rank {r} exited with code {code}")
 
     def join(self, timeout: float) -> None:
-        for p in self.procs.values():
-            p.join(timeout)
+        with self._reap:
+            for p in self.procs.values():
+                p.join(timeout)
 
     def kill(self) -> None:
         self.stopping = True
-        for p in self.procs.values():
-            if p.is_alive():
-                p.terminate()
-        for p in self.procs.values():
-            p.join(5)
-            if p.is_alive():
-                p.kill()
+        with self._reap:
+            for p in self.procs.values():
+                if p.is_alive():
+                    p.terminate()
+            for p in self.procs.values():
                 p.join(5)
+                if p.is_alive():
+                    p.kill()
+                    p.join(5)
 
     def exitcodes(self) -> list[int | None]:
-        return [p.exitcode for p in self.procs.values()]
+        with self._reap:
+            return [p.exitcode for p in self.procs.values()]
 
     def first_dead(self, timeout: float) -> tuple[int, int | None] | None:
         """(rank, exit code) of a rank that exited, waiting up to `timeout` for one; None if all live."""
@@ -78,8 +90,9 @@ class RankProcesses:
         if not ready:
             return None
         r = by_sentinel[ready[0]]
-        self.procs[r].join(1)
-        return r, self.procs[r].exitcode
+        with self._reap:
+            self.procs[r].join(1)
+            return r, self.procs[r].exitcode
 
     def watch(self, on_death: Callable[[int, int | None], None]) -> None:
         """A thread that calls on_death(rank, exitcode) when a rank exits unasked."""

@@ -1,8 +1,8 @@
 """`RankProcesses` names a killed rank's signal while another thread polls the ranks.
 
-The node polls its ranks from two threads: the death watchdog (`first_dead`) and the engine's liveness check
-(`check_alive` / `exitcodes`). Whichever reaps a dead rank first must not leave the other reading its exit code
-as None."""
+A node polls its ranks from more than one thread: the death watchdog (`first_dead`), the engine's liveness check
+(`check_alive` / `exitcodes`) and, when a collective forward fails, the engine thread's own `first_dead`. Whichever
+reaps a dead rank first must not leave the others reading its exit code as None."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 
+import pytest
 import torch.multiprocessing as mp
 from pdpair.engine.distributed.processes import RankProcesses
 
@@ -26,17 +27,23 @@ def sleepers(n: int) -> RankProcesses:
     return rp
 
 
-def poll_until(rp: RankProcesses, stop: threading.Event) -> None:
+def liveness_checks(rp: RankProcesses, stop: threading.Event, seen: list) -> None:
     """The engine's liveness check, polling as fast as it can."""
     while not stop.is_set():
         rp.exitcodes()
 
 
-def test_a_killed_rank_reads_minus_nine_from_the_watchdog_while_the_engine_polls():
+def failed_forward(rp: RankProcesses, stop: threading.Event, seen: list) -> None:
+    """The engine thread after a collective failed: it asks which rank died."""
+    seen.append(rp.first_dead(30))
+
+
+@pytest.mark.parametrize("other", [liveness_checks, failed_forward])
+def test_a_killed_rank_reads_its_signal_in_every_thread_that_polls(other):
     for _ in range(12):
         rp = sleepers(2)
-        stop = threading.Event()
-        poller = threading.Thread(target=poll_until, args=(rp, stop), daemon=True)
+        stop, seen = threading.Event(), []
+        poller = threading.Thread(target=other, args=(rp, stop, seen), daemon=True)
         poller.start()
         try:
             assert rp.first_dead(0.05) is None
@@ -44,6 +51,7 @@ def test_a_killed_rank_reads_minus_nine_from_the_watchdog_while_the_engine_polls
             assert rp.first_dead(30) == (1, -signal.SIGKILL)
         finally:
             stop.set()
-            poller.join(5)
+            poller.join(30)
             rp.kill()
+        assert seen in ([], [(1, -signal.SIGKILL)])
         assert rp.exitcodes()[0] is not None  # kill() stopped the live one too

@@ -45,17 +45,16 @@ class RankProcesses:
     def _own(self, procs: dict[int, mp.Process]) -> None:
         self.procs = procs
         self.stopping = False
-        # Every poll of these processes holds this lock. Two threads poll them (the death watchdog and the engine's
-        # liveness check); without it the one that loses the race to reap a dead rank gets ECHILD and reads its
-        # exit code as None.
+        # Every poll of these processes holds this lock. Several threads poll them (the death watchdog, the engine
+        # thread's liveness check and its failed-forward path); without it one that loses the race to reap a dead
+        # rank gets ECHILD and reads its exit code as None.
         self._reap = threading.RLock()
 
     def check_alive(self) -> None:
         """Raise RankDied (after stopping every rank) when a rank exited unasked. When several are gone, name
         the cause: a rank killed by a signal before one that exited on its own after a collective with the
         dead one failed."""
-        with self._reap:
-            dead = [(r, code) for r, code in zip(self.procs, self.exitcodes(), strict=True) if code is not None]
+        dead = [(r, code) for r, code in zip(self.procs, self.exitcodes(), strict=True) if code is not None]
         if dead and not self.stopping:
             r, code = min(dead, key=lambda d: (d[1] >= 0, d[0]))
             logger.error("rank %d exited with code %s: stopping every rank of this node", r, code)

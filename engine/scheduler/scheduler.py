@@ -19,7 +19,7 @@ from pdpair.engine.scheduler.resources import ResourceManager
 from pdpair.engine.scheduler.stop import StopChecker
 from pdpair.engine.scheduler.validate import RequestValidator
 from pdpair.engine.scheduler.waiting import WaitingQueue
-from pdpair.engine.streams import work_done
+from pdpair.engine.streams import after_received, work_done
 
 logger = logging.getLogger(__name__)
 
@@ -306,6 +306,7 @@ class Scheduler:
         if req is None or req.status is not ReqStatus.PREALLOC or any(r is req for r, _ in self._activations):
             raise KeyError(f"request {rid!r} is not preallocated")
         self.validator.check_token(first_token)
+        after_received(self.device)  # the pages' last receive copy may still be in flight (engine/streams.py)
         self._activations.append((req, int(first_token)))
 
     def _activate_ready(self, events: list) -> None:

@@ -50,6 +50,18 @@ SHAPES = {
         tie_word_embeddings=True),
 }
 ROWS: list[dict] = []
+ROW_WIDTH = 44  # the row column as rows print while measured; the table is printed again if one is wider
+
+
+def _header(width: int) -> None:
+    print(f"| shape      | {'row':<{width}} |        ms |  floor ms | x floor | note")
+    print(f"|------------|{'-' * (width + 2)}|-----------|-----------|---------|-----")
+
+
+def _line(r: dict, width: int) -> str:
+    ratio = "" if r["x_floor"] is None else f"{r['x_floor']:6.2f}x"
+    floor = "" if r["floor_ms"] is None else f"{r['floor_ms']:9.3f}"
+    return f"| {r['shape']:<10} | {r['row']:<{width}} | {r['ms']:9.3f} | {floor:>9} | {ratio:>7} | {r['note']}"
 
 
 def row(shape: str, what: str, ms: float, floor_ms: float | None, note: str = "", **extra) -> None:
@@ -57,9 +69,19 @@ def row(shape: str, what: str, ms: float, floor_ms: float | None, note: str = ""
          "floor_ms": None if floor_ms is None else round(floor_ms, 4),
          "x_floor": None if not floor_ms else round(ms / floor_ms, 3), "note": note, **extra}
     ROWS.append(r)
-    ratio = "" if not floor_ms else f"{ms / floor_ms:6.2f}x"
-    floor = "" if floor_ms is None else f"{floor_ms:9.3f}"
-    print(f"| {shape:<10} | {what:<44} | {ms:9.3f} | {floor:>9} | {ratio:>7} | {note}", flush=True)
+    print(_line(r, ROW_WIDTH), flush=True)
+
+
+def realign_table() -> None:
+    """Print the table again with its row column as wide as its widest row, if that is over `ROW_WIDTH` (long
+    `--configs` tags), so the figures line up."""
+    width = max((len(r["row"]) for r in ROWS), default=0)
+    if width <= ROW_WIDTH:
+        return
+    print("the table again, aligned:")
+    _header(width)
+    for r in ROWS:
+        print(_line(r, width))
 
 
 def cuda_ms(fn, reps: int, warmup: int = 2) -> float:
@@ -470,8 +492,7 @@ def main() -> None:
     fused_modes = {"on": [True], "off": [False], "both": [True, False], "default": [None]}[args.fused_ops]
     t0 = time.perf_counter()
     ceilings = measure_ceilings()
-    print("| shape      | row                                          |        ms |  floor ms | x floor | note")
-    print("|------------|----------------------------------------------|-----------|-----------|---------|-----")
+    _header(ROW_WIDTH)
     for name in args.shapes:
         try:
             bench_shape(name, SHAPES[name], ceilings, args, fused_modes)
@@ -481,6 +502,7 @@ def main() -> None:
             gc.collect()
             torch.cuda.empty_cache()
         print(f"{name}: {torch.cuda.memory_reserved() / 2**30:.1f} GiB still reserved after the shape", flush=True)
+    realign_table()
     print(f"total {time.perf_counter() - t0:.0f} s", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"copy_gbs": ceilings[0], "gemm_tflops": ceilings[1], "rows": ROWS},

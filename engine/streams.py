@@ -4,7 +4,8 @@ Mooncake's CUDA transports (TCP through a host bounce buffer, intra-host NVLink)
 blocking `cudaMemcpy` on the legacy default stream, which waits for every kernel queued on that stream so
 far and holds back every kernel queued after it. An engine computing on the legacy stream therefore makes
 each page copy wait for the forwards the scheduler has already queued behind the chunk that wrote the
-pages, and makes those forwards wait for the copy. A node's engine thread computes on a stream of its own
+pages, and makes those forwards wait for the copy. A node's engine thread, and a rank process that leads a DP
+rank or sends a prefill follower's pages (engine/distributed/rank_main.py), computes on a stream of its own
 instead (`use_compute_stream`; PyTorch's streams do not synchronise with the legacy one), so a copy runs
 beside the next chunk's forward.
 

@@ -26,6 +26,7 @@ from pdpair.engine.distributed.shard import local_config, shard_model
 from pdpair.engine.distributed.symm_mem import SymmetricBuffers
 from pdpair.engine.distributed.topology import RankTopology
 from pdpair.engine.heap import freeze_startup_heap, thaw_heap
+from pdpair.engine.streams import use_compute_stream
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,16 @@ def _exit_after_teardown(outbox) -> None:
 
 def rank_main(rank: int, spec: RankSpec, inbox, outbox) -> None:
     """Process entry. Exits 0 after its teardown (`_exit_after_teardown`), 1 with a log line on any failure (a
-    peer's death fails the collectives)."""
+    peer's death fails the collectives).
+
+    On CUDA a DP leader and a prefill node's follower compute on a stream of their own, as the node process
+    does (engine/streams.py), so Mooncake's blocking copies on the legacy stream neither wait for their queued
+    forwards nor hold them back. What orders them instead: a DP leader's scheduler orders an activated request's
+    forwards after the receive copies (`Scheduler.activate`); a follower's page writes leave only once the
+    node's chunk event has completed, after the all-reduce that the follower joins only once its K/V is
+    written (engine/distributed/rank_sender.py). A decode node's attention-TP followers stay on the legacy
+    stream: they are told of no activation, and their forwards must follow the copies that land their
+    share of a request's pages."""
     _die_with_parent()
     logging.basicConfig(level=spec.log_level, format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
     if not spec.device.startswith("cuda"):
@@ -159,6 +169,8 @@ def rank_main(rank: int, spec: RankSpec, inbox, outbox) -> None:
                 outbox.put(Ready(topo.dp_rank, regions, rank))
             frozen = freeze_startup_heap()
             logger.debug("rank %d froze %d startup objects", rank, frozen)
+            if topo.is_dp_leader or spec.send_pages:
+                use_compute_stream(spec.device_of(rank))  # off the legacy stream Mooncake copies on (below)
             if topo.is_dp_leader:
                 RankLoop(topo.dp_rank, engine.scheduler, runner, inbox, outbox, spec.quarantine_seconds).run()
             else:

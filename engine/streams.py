@@ -56,7 +56,7 @@ def after_received(device: str) -> None:
     """Order the work queued from now on on `device`'s current stream after every copy queued so far on the
     legacy default stream: Mooncake's receive copies into preallocated pages (see the module docstring).
     Call it once the transfer is reported done and before a forward reads the pages. On the legacy stream
-    itself (rank processes) it orders nothing new; off CUDA it does nothing."""
+    itself it orders nothing new; off CUDA it does nothing."""
     if not device.startswith("cuda"):
         return
     dev = torch.device(device)

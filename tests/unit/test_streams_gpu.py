@@ -43,12 +43,3 @@ def test_without_the_wait_the_compute_stream_reads_before_the_legacy_copy_lands(
     # the premise of after_received: without it the read does not wait for the legacy stream
     assert _read_after_landing(ordered=False) == 0.0
 
-
-def test_after_received_on_the_legacy_stream_itself_is_a_plain_wait():
-    from pdpair.engine.streams import after_received
-
-    page = torch.zeros(1 << 16, device="cuda")
-    torch.cuda._sleep(SPIN_CYCLES // 10)
-    page.fill_(2.0)
-    after_received("cuda")  # current stream is the legacy one: records and waits on itself
-    assert page.sum().item() == 2.0 * (1 << 16)

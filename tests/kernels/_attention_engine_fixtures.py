@@ -118,3 +118,32 @@ def decode_graphs(engine, max_batch_size: int, buckets: tuple[int, ...] | None =
                               r2t.max_context, buckets or DEFAULT_BUCKETS, windows=windows)
     graphs.capture()
     return graphs
+
+
+def record_sampling(monkeypatch, forced: dict | None, record: dict) -> None:
+    """Make the engine's sampler record each row's logits under (seed, position) into `record` and, when
+    `forced` is given, return the tokens it names instead of the argmax (teacher forcing). The sampling cache
+    reuses a greedy batch's tensors, positions included (greedy rows never read them), so the true positions
+    are put back into every batch here."""
+    from dataclasses import replace
+
+    import pdpair.engine.runner as runner_mod
+    from pdpair.engine.sampling_cache import SamplingCache
+
+    real_batch = SamplingCache.batch
+
+    def batch(self, reqs, positions):
+        sb = real_batch(self, reqs, positions)
+        return replace(sb, positions=torch.as_tensor(np.asarray(positions), device=sb.seeds.device))
+
+    def sample(logits, sb):
+        keys = list(zip(sb.seeds.tolist(), sb.positions.tolist(), strict=True))
+        for key, row in zip(keys, logits.float().cpu(), strict=True):
+            assert key not in record, f"sampled twice at {key}"
+            record[key] = row
+        if forced is None:
+            return logits.argmax(-1)
+        return torch.tensor([forced[k] for k in keys], device=logits.device)
+
+    monkeypatch.setattr(SamplingCache, "batch", batch)
+    monkeypatch.setattr(runner_mod, "sample", sample)

@@ -17,6 +17,7 @@ from tests.kernels._attention_engine_fixtures import (  # noqa: E402
     eager_logits,
     fill_kv_random,
     make_seeded_model_dir,
+    record_sampling,
 )
 
 
@@ -35,23 +36,18 @@ def _engine(loaded, backend: str, **kw):
                               max_running_requests=64, **kw)
 
 
+NEW_TOKENS = 24
+
+
 def _run(engine, prompts, forced, record, monkeypatch):
     """Greedy generation whose sampler records each row's logits under (seed, position) and, when `forced`
     is given, returns the tokens of the reference run instead of its own argmax (teacher forcing)."""
-    import pdpair.engine.runner as runner_mod
     from pdpair.engine import SamplingParams
 
-    def sample(logits, sb):
-        keys = list(zip(sb.seeds.tolist(), sb.positions.tolist(), strict=True))
-        for key, row in zip(keys, logits.float().cpu(), strict=True):
-            record[key] = row
-        if forced is None:
-            return logits.argmax(-1)
-        return torch.tensor([forced[k] for k in keys], device=logits.device)
-
-    monkeypatch.setattr(runner_mod, "sample", sample)
+    record_sampling(monkeypatch, forced, record)
     for i, p in enumerate(prompts):
-        engine.scheduler.submit(_request(f"r{i}", p, SamplingParams(max_new_tokens=24, temperature=0.0, seed=i)))
+        sampling = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0.0, seed=i, ignore_eos=True)
+        engine.scheduler.submit(_request(f"r{i}", p, sampling))
     while engine.scheduler.has_work():
         engine.scheduler.step()
     engine.pools.check_integrity()
@@ -72,6 +68,7 @@ def torch_reference(loaded):
     ref = {}
     with pytest.MonkeyPatch.context() as mp:
         _run(_engine(loaded, "torch"), prompts, None, ref, mp)
+    assert len(ref) == NEW_TOKENS * len(prompts), len(ref)  # every position sampled once, under its own key
     return prompts, ref
 
 

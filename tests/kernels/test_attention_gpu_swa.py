@@ -8,7 +8,13 @@ import torch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-from tests.kernels._attention_engine_fixtures import decode_batch, decode_graphs, eager_logits, fill_kv_random  # noqa: E402
+from tests.kernels._attention_engine_fixtures import (  # noqa: E402
+    decode_batch,
+    decode_graphs,
+    eager_logits,
+    fill_kv_random,
+    record_sampling,
+)
 from tests.swa_models import save_tiny_swa  # noqa: E402
 
 WINDOW, PAGE = 100, 16  # not page-aligned; prompts run several windows past it
@@ -30,18 +36,9 @@ def _engine(model_dir, backend: str, **kw):
 
 def _run(engine, prompts, forced, record, monkeypatch):
     """Greedy run recording each row's logits by (seed, position); `forced` replaces the argmax."""
-    import pdpair.engine.runner as runner_mod
     from pdpair.engine import Request, SamplingParams
 
-    def sample(logits, sb):
-        keys = list(zip(sb.seeds.tolist(), sb.positions.tolist(), strict=True))
-        for key, row in zip(keys, logits.float().cpu(), strict=True):
-            record[key] = row
-        if forced is None:
-            return logits.argmax(-1)
-        return torch.tensor([forced[k] for k in keys], device=logits.device)
-
-    monkeypatch.setattr(runner_mod, "sample", sample)
+    record_sampling(monkeypatch, forced, record)
     for i, p in enumerate(prompts):
         engine.scheduler.submit(Request(f"r{i}", p, SamplingParams(max_new_tokens=3 * WINDOW, temperature=0.0,
                                                                    seed=i, ignore_eos=True)))
@@ -59,6 +56,7 @@ def test_triton_matches_torch_teacher_forced(model_dir, cuda_graph, monkeypatch)
     ref, out = {}, {}
     with pytest.MonkeyPatch.context() as mp:
         _run(_engine(model_dir, "torch"), prompts, None, ref, mp)
+    assert len(ref) == 3 * WINDOW * len(prompts), len(ref)  # every position sampled once, under its own key
     eng = _engine(model_dir, "triton", disable_cuda_graph=not cuda_graph)
     _run(eng, prompts, {k: int(v.argmax()) for k, v in ref.items()}, out, monkeypatch)
     assert (eng.runner.graphs is not None and eng.runner.graphs.num_replays > 0) == cuda_graph

@@ -1,7 +1,7 @@
 """Engine speed on a GPU for real model shapes, each row beside its floor measured in the same run.
 
-Shapes: Llama-3.1-8B, Qwen3-8B and SmolLM2-135M with seeded random bf16 weights built on the device (no
-checkpoint), paged KV (page 16), triton attention, decode CUDA graphs. Rows per shape:
+Shapes: Llama-3.1-8B, Qwen3-8B and SmolLM2-135M (and, with `--shapes qwen3-0.6b`, Qwen3-0.6B) with seeded random
+bf16 weights built on the device (no checkpoint), paged KV (page 16), triton attention, decode CUDA graphs. Rows per shape:
 - decode step at batch 1, 8, 64, 256 (context 2,048): the bare graph replay (CUDA events, median) against
   (weight bytes + KV bytes) / measured device-to-device copy bandwidth (bytes read + written);
 - the same step through `DecodeCudaGraphs.replay` (host metadata fill included);
@@ -44,6 +44,10 @@ SHAPES = {
     "qwen3-8b": ModelConfig(
         arch="qwen3", num_layers=36, hidden_size=4096, num_heads=32, num_kv_heads=8, head_dim=128,
         intermediate_size=12288, vocab_size=151936, context_length=8192, rope_theta=1e6, qk_norm=True),
+    "qwen3-0.6b": ModelConfig(
+        arch="qwen3", num_layers=28, hidden_size=1024, num_heads=16, num_kv_heads=8, head_dim=128,
+        intermediate_size=3072, vocab_size=151936, context_length=8192, rope_theta=1e6, qk_norm=True,
+        tie_word_embeddings=True),
     "smollm2": ModelConfig(
         arch="llama", num_layers=30, hidden_size=576, num_heads=9, num_kv_heads=3, head_dim=64,
         intermediate_size=1536, vocab_size=49152, context_length=8192, rope_theta=100000.0, rms_norm_eps=1e-5,

@@ -5,8 +5,8 @@
   microseconds per call inside a CUDA graph (launch cost included, as a decode graph pays it) and in weight
   GB/s against the read bandwidth of a 2 GiB sum; the gate/up projection also with SiLU-and-mul folded
   into its epilogue, against cuBLAS + `silu_and_mul`; the qkv projection also with rope and the K/V store
-  folded into its epilogue (`kernels/fused/skinny_qkv.py`, shapes without q/k norm), against skinny qkv +
-  `qk_rope_store` (the two launches it replaces). `--sweep` tries every launch config per shape and prints
+  folded into its epilogue (`kernels/fused/skinny_qkv.py`; Qwen3-8B's with its q/k norm too), against skinny
+  qkv + `qk_rope_store` (the two launches it replaces). `--sweep` tries every launch config per shape and prints
   the best. Weights smaller than three times the L2 cache are cycled over enough copies that each call reads
   its weight from DRAM, as a decode step does (one weight per layer between two reads of it).
 - decode attention: split-KV decode at batch 1-8, context 2,048, against the KV bytes / copy bandwidth, for
@@ -35,7 +35,11 @@ from pdpair.kernels.attention import decode_attention, decode_workspace  # noqa:
 from pdpair.kernels.attention.decode import default_num_splits  # noqa: E402
 from pdpair.kernels.fused import qk_rope_store, silu_and_mul  # noqa: E402
 from pdpair.kernels.fused.skinny_linear import skinny_config, skinny_linear  # noqa: E402
-from pdpair.kernels.fused.skinny_qkv import skinny_qkv_config, skinny_qkv_rope_store  # noqa: E402
+from pdpair.kernels.fused.skinny_qkv import (  # noqa: E402
+    qk_norm_workspace,
+    skinny_qkv_config,
+    skinny_qkv_rope_store,
+)
 
 # (name, N, K) of each shape's projections; "down" also runs with SiLU-and-mul folded in
 SHAPES = {
@@ -45,7 +49,8 @@ SHAPES = {
     "qwen3-8b": [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 24576, 4096), ("down", 4096, 12288),
                  ("lm_head", 151936, 4096)],
 }
-ATTN = {"smollm2": (9, 3, 64), "llama3-8b": (32, 8, 128)}  # (heads, kv heads, head_dim); both without q/k norm
+# (heads, kv heads, head_dim, q/k norm)
+ATTN = {"smollm2": (9, 3, 64, False), "llama3-8b": (32, 8, 128, False), "qwen3-8b": (32, 8, 128, True)}
 ROWS: list[dict] = []
 
 
@@ -114,8 +119,9 @@ def sweep_configs():
 
 
 def bench_qkv_rope(shape: str, x: torch.Tensor, ws: list[torch.Tensor], read_gbs: float) -> None:
-    """The qkv projection with rope and the K/V store in its epilogue against skinny qkv + `qk_rope_store`."""
-    heads, kvh, d = ATTN[shape]
+    """The qkv projection with (q/k norm,) rope and the K/V store in its epilogue against skinny qkv +
+    `qk_rope_store`."""
+    heads, kvh, d, qk_norm = ATTN[shape]
     m, (n, k) = x.shape[0], ws[0].shape
     k_cache = torch.zeros(64, 16, kvh, d, dtype=x.dtype, device=x.device)
     v_cache = torch.zeros_like(k_cache)
@@ -123,11 +129,15 @@ def bench_qkv_rope(shape: str, x: torch.Tensor, ws: list[torch.Tensor], read_gbs
     angles = torch.rand(m, d // 2, device=x.device) * 6.28
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     caches = (k_cache, v_cache, slots)
-    ref = graph_us(rotated(lambda w: qk_rope_store(skinny_linear(x, w), cos, sin, heads, kvh, *caches), ws))
-    us = graph_us(rotated(lambda w: skinny_qkv_rope_store(x, w, None, cos, sin, heads, kvh, *caches), ws))
+    norm_w = (1 + 0.1 * torch.randn(2, d, device=x.device)).to(x.dtype) if qk_norm else None
+    norm = {} if norm_w is None else {"qk_norm": (norm_w[0], norm_w[1], 1e-6),
+                                      "workspace": qk_norm_workspace(heads, kvh, d, x.device)}
+    ref = graph_us(rotated(lambda w: qk_rope_store(skinny_linear(x, w), cos, sin, heads, kvh, *caches,
+                                                   *(() if norm_w is None else (norm_w[0], norm_w[1]))), ws))
+    us = graph_us(rotated(lambda w: skinny_qkv_rope_store(x, w, None, cos, sin, heads, kvh, *caches, **norm), ws))
     c = skinny_qkv_config(n, k, d)
     gbs = n * k * 2 / us / 1e3
-    emit(shape=shape, proj="qkv+rope+store", rows=m, cublas_us=round(ref, 2), skinny_us=round(us, 2),
+    emit(shape=shape, proj="qkv+norm+rope+store" if qk_norm else "qkv+rope+store", rows=m, cublas_us=round(ref, 2), skinny_us=round(us, 2),
          ratio=round(us / ref, 3), gbs=round(gbs), pct=f"{gbs / read_gbs:.0%}",
          config=f"pairs {c['BLOCK_N'] // 2}x{c['BLOCK_K']} w{c['num_warps']} s{c['num_stages']}"
          " vs skinny qkv + qk_rope_store")

@@ -5,7 +5,7 @@ RMSNorm in one kernel (the residual stream is updated in place), SiLU-and-mul in
 prologue (split qkv, q/k RMSNorm, rope, K/V store into the paged cache) in one; the backend then attends
 with the K/V already stored. A decode batch of at most `MAX_ROWS` rows in bf16/fp16 runs its projections
 (and the LM head, into fp32 logits) through the skinny linear kernel, which streams each weight once, folds
-SiLU-and-mul into the gate/up projection and, for models without q/k norm, the whole attention prologue into
+SiLU-and-mul into the gate/up projection and the whole attention prologue (q/k RMSNorm included) into
 the qkv projection (`skinny_qkv.py`; cuBLAS otherwise; fp32 models keep cuBLAS, whose fp32 GEMMs do not
 round to TF32). In such a batch of a small model the residual add and RMSNorm also leave their own launch
 (`_folded_layers`). Runs when the batch's backend has `fused_ops` set (the engine sets it on CUDA for the
@@ -68,12 +68,12 @@ def _logits(model, x: torch.Tensor, skinny: bool) -> torch.Tensor:
 
 
 def _qkv_fused(attn, skinny: bool, ctx: Any) -> bool:
-    """Whether this layer's qkv projection, rope and K/V store run as one skinny launch: a decode batch (its
-    attention reads q and the cache only; an extend batch also reads the new k/v), a plain `Linear` (a wrapper
-    runs its own forward), no q/k RMSNorm (it needs whole heads; `skinny_qkv.py`), a head_dim the pair blocks
-    divide; and the backend's `fused_qkv` switch (on by default)."""
+    """Whether this layer's qkv projection, q/k RMSNorm (Qwen3), rope and K/V store run as one skinny launch: a
+    decode batch (its attention reads q and the cache only; an extend batch also reads the new k/v), a plain
+    `Linear` (a wrapper runs its own forward), a head_dim the pair blocks divide; and the backend's `fused_qkv`
+    switch (on by default)."""
     return (skinny and getattr(ctx.backend, "fused_qkv", False) and ctx.batch.is_decode
-            and type(attn.qkv_proj) is Linear and attn.q_norm is None and skinny_qkv_fits(attn.head_dim))
+            and type(attn.qkv_proj) is Linear and skinny_qkv_fits(attn.head_dim))
 
 
 def _attend(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: Any, skinny: bool,
@@ -83,9 +83,13 @@ def _attend(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: An
     backend, layer = ctx.backend, attn.layer_id
     pool, idx = backend.layer_pools[layer]  # the full-attention pool: `fused_supported` models have no other
     if _qkv_fused(attn, skinny, ctx):
+        norm = None
+        if attn.q_norm is not None:  # the heads' programs meet in the backend's workspace (`skinny_qkv.py`)
+            norm = dict(qk_norm=(attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps),
+                        workspace=backend.qk_norm_workspace(attn.num_heads, attn.num_kv_heads, attn.head_dim))
         q = skinny_qkv_rope_store(x, attn.qkv_proj.weight, attn.qkv_proj.bias, cos, sin, attn.num_heads,
                                   attn.num_kv_heads, pool.k_layers[idx], pool.v_layers[idx], ctx.batch.out_cache_loc,
-                                  rms=rms)
+                                  rms=rms, **(norm or {}))
         k = v = None  # decode with `kv_stored` reads q and the cache only
     else:
         if rms is not None:
@@ -114,7 +118,8 @@ def _swiglu(mlp) -> bool:
 # to 5.27 ms at batch 8; Qwen3-8B 4.60 to 4.56 and 5.48 to 5.62 ms): there the add+RMSNorm launches it removes
 # already overlap their neighbours under PDL, and the producers' heavier epilogue does not. A Llama-3.2-1B shape
 # (2048) lost too: 1.023 to 1.098 ms at batch 1, 1.159 to 1.249 ms at batch 8 (one-launch merge on in both).
-# Between 576 and 2048 nothing is measured; 1024 keeps the models of up to about 0.6B parameters.
+# At 1024 a Qwen3-0.6B shape gains: 1.123 to 1.104 ms at batch 1, 1.658 to 1.639 ms at batch 8. Between 1024 and
+# 2048 nothing is measured; 1024 keeps the models of up to about 0.6B parameters.
 FOLD_MAX_HIDDEN = 1024
 
 

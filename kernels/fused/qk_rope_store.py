@@ -11,7 +11,7 @@ from pdpair.kernels.triton_utils import pdl_launch, pdl_prologue, tl, triton
 
 
 @triton.jit
-def _head_rmsnorm(x1, x2, w, offs_d, dmask, eps, HALF: tl.constexpr):
+def head_rmsnorm(x1, x2, w, offs_d, dmask, eps, HALF: tl.constexpr):
     """RMSNorm over each row's two halves (fp32 in, fp32 out), rounded to the weight's dtype where the unfused
     RMSNorm rounds."""
     DTYPE = w.dtype.element_ty
@@ -49,7 +49,7 @@ def _qk_rope_store_kernel(
     x1 = tl.load(src, mask=m, other=0.0).to(tl.float32)
     x2 = tl.load(src + HALF, mask=m, other=0.0).to(tl.float32)
     if QK_NORM:
-        x1, x2 = _head_rmsnorm(x1, x2, q_w, offs_d, dmask, eps, HALF)
+        x1, x2 = head_rmsnorm(x1, x2, q_w, offs_d, dmask, eps, HALF)
     dst = q_out + t * (HEADS * d) + offs_h[:, None] * d + offs_d[None, :]
     tl.store(dst, (x1 * c - x2 * s).to(dtype), mask=m)
     tl.store(dst + HALF, (x2 * c + x1 * s).to(dtype), mask=m)
@@ -65,7 +65,7 @@ def _qk_rope_store_kernel(
     x1 = tl.load(src, mask=km, other=0.0).to(tl.float32)
     x2 = tl.load(src + HALF, mask=km, other=0.0).to(tl.float32)
     if QK_NORM:
-        x1, x2 = _head_rmsnorm(x1, x2, k_w, offs_d, dmask, eps, HALF)
+        x1, x2 = head_rmsnorm(x1, x2, k_w, offs_d, dmask, eps, HALF)
     k1 = (x1 * c - x2 * s).to(dtype)
     k2 = (x2 * c + x1 * s).to(dtype)
     dst = k_out + t * (KV_HEADS * d) + offs_kh[:, None] * d + offs_d[None, :]

@@ -10,14 +10,24 @@ with the row's `cos`/`sin` in fp32 and rounds once (`qk_rope_store`'s arithmetic
 (slot < 0, a CUDA-graph padding row, is skipped). Removes `qk_rope_store`'s launch and the qkv round trip
 through memory from the step.
 
-q/k RMSNorm (Qwen3) needs a whole head's sum of squares: qk-norm models keep the two-launch path
-(`skinny_linear` + `qk_rope_store`); a program covering a whole head would leave too few programs to stream
-an 8B model's weight. Used by `engine/models/fused.py` for decode batches of at most `MAX_ROWS` rows.
+q/k RMSNorm (Qwen3, `qk_norm=`) needs a whole head's sum of squares, and a program covering a whole head would
+leave too few programs to stream an 8B model's weight (48 for Qwen3-8B's qkv). So the heads' programs meet
+once, as decode attention's one-launch merge does (kernels/attention/decode.py has the memory-ordering
+argument): each q/k program stores its rounded projection rows to an fp32 workspace (`QKNormWorkspace`),
+`tl.debug_barrier()`, one `atomic_add(counter[head], 1, sem="acq_rel", scope="gpu")`; the program that reads
+`programs per head - 1` arrived last, loads the whole head back with `.cg`, norms it (`qk_rope_store`'s
+arithmetic and rounding), rotates it, writes q or stores k, and stores 0 back to the counter, so every layer
+and every CUDA-graph replay finds the counters at zero. v heads store their own pairs as without the norm. No
+program waits for another, so the scheme needs no co-residency. A workspace serves one launch at a time (one
+stream). Used by `engine/models/fused.py` for decode batches of at most `MAX_ROWS` rows.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+from pdpair.kernels.fused.qk_rope_store import head_rmsnorm
 from pdpair.kernels.fused.skinny_linear import (
     MAX_ROWS,
     NormedRows,
@@ -36,10 +46,11 @@ def _skinny_qkv_kernel(
     x, w, bias, cos, sin, q_out, k_cache, v_cache, slots, M, K,
     stride_xm, stride_wn, stride_cos, stride_sin, stride_qm,
     stride_kcp, stride_kcs, stride_kch, stride_vcp, stride_vcs, stride_vch, parts_in, stride_pin, n_parts_in,
-    eps_in,
+    eps_in, qn_w, kn_w, raw, stride_raw, counters, eps_qk,
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, PAGE_SIZE: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
     PDL: tl.constexpr = False, PREFETCH_K: tl.constexpr = 0, RMS_PARTS: tl.constexpr = 0,
+    QK_NORM: tl.constexpr = False, BLOCK_HALF: tl.constexpr = 1,
 ):
     pid = tl.program_id(0)
     head = pid // (HALF // BLOCK_P)  # q heads, then k heads, then v heads (the qkv weight's row order)
@@ -74,6 +85,45 @@ def _skinny_qkv_kernel(
     x1 = acc1.to(dtype).to(tl.float32)  # the unfused projection's output rounding
     x2 = acc2.to(dtype).to(tl.float32)
 
+    own = True  # this program's columns go straight through the epilogue (all, without the q/k norm)
+    if QK_NORM:
+        own = head >= HEADS + KV_HEADS  # v heads; q and k heads meet, and the last of a head's programs finishes it
+        if not own:
+            hmask = mask_m[:, None] & (offs_j[None, :] < HALF)
+            stash = raw + offs_m[:, None] * stride_raw + head * (2 * HALF) + offs_j[None, :]
+            tl.store(stash, x1, mask=hmask)
+            tl.store(stash + HALF, x2, mask=hmask)
+            tl.debug_barrier()
+            arrived = tl.atomic_add(counters + head, 1, sem="acq_rel", scope="gpu")
+            if arrived == HALF // BLOCK_P - 1:
+                tl.debug_barrier()
+                offs_h = tl.arange(0, BLOCK_HALF)
+                fmask = mask_m[:, None] & (offs_h[None, :] < HALF)
+                src = raw + offs_m[:, None] * stride_raw + head * (2 * HALF) + offs_h[None, :]
+                h1 = tl.load(src, mask=fmask, other=0.0, cache_modifier=".cg")
+                h2 = tl.load(src + HALF, mask=fmask, other=0.0, cache_modifier=".cg")
+                if head < HEADS:
+                    norm_w = qn_w
+                else:
+                    norm_w = kn_w
+                h1, h2 = head_rmsnorm(h1, h2, norm_w, offs_h, offs_h < HALF, eps_qk, HALF)
+                _rope_store(h1, h2, offs_h, head, offs_m, mask_m, cos, sin, stride_cos, stride_sin, q_out, stride_qm,
+                            slots, k_cache, v_cache, stride_kcp, stride_kcs, stride_kch, stride_vcp, stride_vcs,
+                            stride_vch, HEADS, KV_HEADS, HALF, PAGE_SIZE)
+                tl.store(counters + head, 0)
+    if own:
+        _rope_store(x1, x2, offs_j, head, offs_m, mask_m, cos, sin, stride_cos, stride_sin, q_out, stride_qm, slots,
+                    k_cache, v_cache, stride_kcp, stride_kcs, stride_kch, stride_vcp, stride_vcs, stride_vch, HEADS,
+                    KV_HEADS, HALF, PAGE_SIZE)
+
+
+@triton.jit
+def _rope_store(x1, x2, offs_j, head, offs_m, mask_m, cos, sin, stride_cos, stride_sin, q_out, stride_qm, slots,
+                k_cache, v_cache, stride_kcp, stride_kcs, stride_kch, stride_vcp, stride_vcs, stride_vch,
+                HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, PAGE_SIZE: tl.constexpr):
+    """The epilogue on columns `offs_j` of one head's halves (fp32 values of the output dtype): rope for q and k
+    heads, then q to its output, k and v to the caches at each row's slot."""
+    dtype = q_out.dtype.element_ty
     cmask = mask_m[:, None] & (offs_j[None, :] < HALF)
     c = tl.load(cos + offs_m[:, None] * stride_cos + offs_j[None, :], mask=cmask, other=0.0).to(tl.float32)
     s = tl.load(sin + offs_m[:, None] * stride_sin + offs_j[None, :], mask=cmask, other=0.0).to(tl.float32)
@@ -122,14 +172,31 @@ def skinny_qkv_fits(head_dim: int) -> bool:
     return head_dim % 2 == 0 and (head_dim // 2) % MIN_PAIRS == 0
 
 
+class QKNormWorkspace(NamedTuple):
+    """Where the q/k heads' programs of `skinny_qkv_rope_store(qk_norm=...)` meet."""
+
+    raw: torch.Tensor  # fp32 [MAX_ROWS, (heads + kv_heads) * D]: the projection's q/k rows, before the norm
+    counters: torch.Tensor  # int32 [heads + kv_heads] arrivals, zero at rest (every launch leaves them at zero)
+
+
+def qk_norm_workspace(heads: int, kv_heads: int, head_dim: int, device) -> QKNormWorkspace:
+    """A workspace for up to `heads` q and `kv_heads` k heads of `head_dim` (its counters zeroed: one launch)."""
+    return QKNormWorkspace(torch.empty(MAX_ROWS, (heads + kv_heads) * head_dim, dtype=torch.float32, device=device),
+                           torch.zeros(heads + kv_heads, dtype=torch.int32, device=device))
+
+
 def skinny_qkv_rope_store(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cos: torch.Tensor,
                           sin: torch.Tensor, heads: int, kv_heads: int, k_cache: torch.Tensor,
                           v_cache: torch.Tensor, slots: torch.Tensor, *, config: dict | None = None,
-                          rms: NormedRows | None = None) -> torch.Tensor:
+                          rms: NormedRows | None = None,
+                          qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+                          workspace: QKNormWorkspace | None = None) -> torch.Tensor:
     """`x [M, K]` (M <= MAX_ROWS) through the qkv weight `[(heads + 2 kv_heads) * D, K]` (+ bias): returns the
     rotated q `[M, heads, D]`; the rotated k and the v go to token `slots` of the caches `[pages, page_size,
     kv_heads, D]` (slot < 0: skipped). `cos`/`sin` `[M, D / 2]`: each row's rotary angles. With `rms` (a
-    `NormedRows`; `x` is then its `xg`), the input is that RMSNorm's output, as in `skinny_linear`."""
+    `NormedRows`; `x` is then its `xg`), the input is that RMSNorm's output, as in `skinny_linear`. With
+    `qk_norm=(q_weight, k_weight, eps)` each q and k head is RMS-normed (weights `[D]`) before rope, through
+    `workspace` (a fresh one when None; one launch at a time per workspace)."""
     m, k = x.shape
     n, kw = weight.shape
     d = k_cache.shape[-1]
@@ -147,15 +214,26 @@ def skinny_qkv_rope_store(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     block_n, block_k = cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
     pairs = block_n // 2
     assert block_n % 2 == 0 and (d // 2) % pairs == 0, f"head_dim {d} is not a multiple of 2 x {pairs} pairs"
+    if qk_norm is not None:
+        q_w, k_w, eps_qk = qk_norm
+        assert q_w.shape == k_w.shape == (d,) and q_w.is_contiguous() and k_w.is_contiguous(), (q_w.shape, k_w.shape)
+        assert q_w.dtype == k_w.dtype == x.dtype, (q_w.dtype, k_w.dtype, x.dtype)
+        ws = workspace or qk_norm_workspace(heads, kv_heads, d, x.device)
+        assert ws.raw.dtype == torch.float32 and ws.raw.shape[0] >= m and ws.raw.shape[1] >= (heads + kv_heads) * d
+        assert ws.raw.stride(1) == 1 and ws.counters.dtype == torch.int32 and ws.counters.numel() >= heads + kv_heads
+        norm_args = (q_w, k_w, ws.raw, ws.raw.stride(0), ws.counters, eps_qk)
     q = torch.empty((m, heads, d), dtype=x.dtype, device=x.device)
     if m == 0:
         return q
+    if qk_norm is None:
+        norm_args = (q, q, q, 0, q, 0.0)  # unused
     _skinny_qkv_kernel[((heads + 2 * kv_heads) * (d // 2 // pairs),)](
         x, weight, bias if bias is not None else weight, cos, sin, q, k_cache, v_cache, slots, m, k,
         x.stride(0), weight.stride(0), cos.stride(0), sin.stride(0), q.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
         v_cache.stride(2), *((rms.parts, rms.parts.stride(0), rms.parts.shape[1], rms.eps) if rms is not None
-                             else (q, 0, 0, 0.0)),
+                             else (q, 0, 0, 0.0)), *norm_args,
+        QK_NORM=qk_norm is not None, BLOCK_HALF=triton.next_power_of_2(d // 2),
         RMS_PARTS=triton.next_power_of_2(rms.parts.shape[1]) if rms is not None else 0,
         HEADS=heads, KV_HEADS=kv_heads, HALF=d // 2, PAGE_SIZE=k_cache.shape[1], HAS_BIAS=bias is not None,
         BLOCK_M=16, BLOCK_P=pairs, BLOCK_K=block_k, **cfg, **launch_extras(weight, m, block_k),
@@ -165,10 +243,11 @@ def skinny_qkv_rope_store(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
 
 def skinny_qkv_rope_store_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                               cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int,
-                              k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+                              k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor,
+                              qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> torch.Tensor:
     """Torch twin of `skinny_qkv_rope_store`: the unfused arithmetic (`F.linear`, then `qk_rope_store_ref`)."""
     from pdpair.kernels.fused.qk_rope_store import qk_rope_store_ref
 
     qkv = torch.nn.functional.linear(x, weight, bias)
-    q, _, _ = qk_rope_store_ref(qkv, cos, sin, heads, kv_heads, k_cache, v_cache, slots)
+    q, _, _ = qk_rope_store_ref(qkv, cos, sin, heads, kv_heads, k_cache, v_cache, slots, *(qk_norm or ()))
     return q

@@ -170,24 +170,49 @@ def qk_rope_store_case(dtype, tokens: int, heads: int, kv_heads: int, head_dim: 
 
 
 def skinny_qkv_case(dtype, rows: int, heads: int, kv_heads: int, head_dim: int, k: int, bias: bool,
-                    config: dict | None = None, page_size: int = 4, device: str = "cpu", seed: int = 0) -> dict:
+                    config: dict | None = None, page_size: int = 4, device: str = "cpu", seed: int = 0,
+                    qk_norm: bool = False, repeats: int = 1) -> dict:
     """The qkv projection with rope and the K/V store in its epilogue against `F.linear` + `qk_rope_store_ref`
     (same dtype, and float64): q, the stored K/V slots, and every other slot of the pool untouched. The input's
-    rows are strided; with more than 2 rows, row 1 is a CUDA-graph padding row (slot -1)."""
-    from pdpair.kernels.fused.skinny_qkv import skinny_qkv_rope_store, skinny_qkv_rope_store_ref
+    rows are strided; with more than 2 rows, row 1 is a CUDA-graph padding row (slot -1). With `qk_norm`, random
+    q/k norm weights, one workspace for `repeats` launches (each on new inputs, every result checked, the
+    worst reported): its counters must be back at zero after each launch."""
+    from pdpair.kernels.fused.skinny_qkv import qk_norm_workspace
 
     gen = torch.Generator().manual_seed(seed)
     n = (heads + 2 * kv_heads) * head_dim
+    ws = qk_norm_workspace(heads, kv_heads, head_dim, device) if qk_norm else None
+    worst: dict = {}
+    for _ in range(repeats):
+        r = _skinny_qkv_once(gen, dtype, rows, heads, kv_heads, head_dim, k, n, bias, config, page_size, device, ws)
+        for key, v in r.items():
+            if key in worst and isinstance(v, bool):
+                v = worst[key] and v
+            elif key in worst and isinstance(v, float):
+                v = max(worst[key], v)
+            worst[key] = v
+    return worst
+
+
+def _skinny_qkv_once(gen, dtype, rows, heads, kv_heads, head_dim, k, n, bias, config, page_size, device, ws):
+    from pdpair.kernels.fused.skinny_qkv import skinny_qkv_rope_store, skinny_qkv_rope_store_ref
+
     x = torch.randn(rows, k + 24, generator=gen).to(device=device, dtype=dtype)[:, :k]  # strided rows
     w = (2 * torch.randn(n, k, generator=gen) / k**0.5).to(device=device, dtype=dtype)
     b = torch.randn(n, generator=gen).to(device=device, dtype=dtype) if bias else None
     cos, sin, pages, pool, slots = _rope_pool_slots(gen, rows, kv_heads, head_dim, page_size, dtype, device)
+    norm = norm64 = None
+    if ws is not None:
+        qw, kw = ((1 + 0.3 * torch.randn(head_dim, generator=gen)).to(device=device, dtype=dtype) for _ in "qk")
+        norm, norm64 = (qw, kw, 1e-6), (qw.double(), kw.double(), 1e-6)
     pool_k, pool_r, pool_64 = pool.clone(), pool.clone(), pool.double()
     q = skinny_qkv_rope_store(x, w, b, cos, sin, heads, kv_heads, pool_k[:, 1, 0], pool_k[:, 1, 1], slots,
-                              config=config)
-    qr = skinny_qkv_rope_store_ref(x, w, b, cos, sin, heads, kv_heads, pool_r[:, 1, 0], pool_r[:, 1, 1], slots)
+                              config=config, **({} if ws is None else {"qk_norm": norm, "workspace": ws}))
+    qr = skinny_qkv_rope_store_ref(x, w, b, cos, sin, heads, kv_heads, pool_r[:, 1, 0], pool_r[:, 1, 1], slots,
+                                   qk_norm=norm)
     q6 = skinny_qkv_rope_store_ref(x.double(), w.double(), None if b is None else b.double(), cos.double(),
-                                   sin.double(), heads, kv_heads, pool_64[:, 1, 0], pool_64[:, 1, 1], slots)
+                                   sin.double(), heads, kv_heads, pool_64[:, 1, 0], pool_64[:, 1, 1], slots,
+                                   qk_norm=norm64)
     stored = slots[slots >= 0].long()
     untouched = torch.ones(pages * page_size, dtype=torch.bool, device=device)
     untouched[stored] = False
@@ -201,7 +226,8 @@ def skinny_qkv_case(dtype, rows: int, heads: int, kv_heads: int, head_dim: int, 
             "k_cache64": rel_err(got[:, 0], ref64[:, 0]), "v_cache64": rel_err(got[:, 1], ref64[:, 1]),
             "stored": int(stored.numel()),
             "others_untouched": torch.equal(flat(pool_k)[untouched], flat(pool)[untouched])
-            and torch.equal(pool_k[:, 0], pool[:, 0])}
+            and torch.equal(pool_k[:, 0], pool[:, 0]),
+            "counters_zero": ws is None or not bool(ws.counters.any())}
 
 
 def fused_engine_case(arch: str) -> dict:

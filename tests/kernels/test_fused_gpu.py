@@ -92,14 +92,18 @@ def test_rms_norm_folded_across_two_projections_gpu(dtype, k, hidden, n, consume
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("heads,kv_heads,head_dim,k,bias", [(9, 3, 64, 576, False), (9, 3, 64, 576, True),
-                                                          (32, 8, 128, 4096, False), (28, 4, 128, 3584, True)])
+@pytest.mark.parametrize("heads,kv_heads,head_dim,k,bias,qk_norm", [
+    (9, 3, 64, 576, False, False), (9, 3, 64, 576, True, False), (32, 8, 128, 4096, False, False),
+    (28, 4, 128, 3584, True, False), (32, 8, 128, 4096, False, True), (16, 8, 128, 2048, False, True)])
 @pytest.mark.parametrize("rows", [1, 7, 16])
-def test_skinny_qkv_rope_store_gpu(dtype, heads, kv_heads, head_dim, k, bias, rows):
-    """SmolLM2, 8B (Llama) and Qwen2-7B (qkv bias) head shapes at the default launch config against cuBLAS +
-    the rope/store twin and float64; the pool's other slots stay untouched."""
-    r = skinny_qkv_case(dtype, rows, heads, kv_heads, head_dim, k, bias, page_size=16, device="cuda", seed=rows)
+def test_skinny_qkv_rope_store_gpu(dtype, heads, kv_heads, head_dim, k, bias, rows, qk_norm):
+    """SmolLM2, 8B (Llama), Qwen2-7B (qkv bias), Qwen3-8B and Qwen3-1.7B (q/k norm: each head's programs meet
+    in one workspace, over five launches) head shapes at the default launch config against cuBLAS + the
+    rope/store twin and float64; the pool's other slots stay untouched, the counters end at zero."""
+    r = skinny_qkv_case(dtype, rows, heads, kv_heads, head_dim, k, bias, page_size=16, device="cuda", seed=rows,
+                        qk_norm=qk_norm, repeats=5 if qk_norm else 1)
     assert r["shape"] and r["others_untouched"] and r["stored"] == (rows - 1 if rows > 2 else rows), r
+    assert r["counters_zero"], r
     assert max(r["q"], r["k_cache"], r["q64"], r["k_cache64"]) < 2 * TOL[dtype], r
     assert max(r["v_cache"], r["v_cache64"]) < TOL[dtype], r
 
@@ -108,30 +112,14 @@ def test_skinny_qkv_rope_store_gpu(dtype, heads, kv_heads, head_dim, k, bias, ro
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_fused_forward_bf16_small_batches_match_unfused(arch):
     """bf16 decode batches of 1, 3 and 16 rows (the skinny linear, gated MLP and LM head included, and for
-    Llama/Qwen2 the qkv projection with rope and the K/V store) and of 17 rows (cuBLAS) through the fused
+    the qkv projection with q/k norm (Qwen3), rope and the K/V store) and of 17 rows (cuBLAS) through the fused
     forward against the unfused forward of the same engine."""
-    from types import SimpleNamespace
-
     import pdpair.engine.models.fused as fused_mod
-    from pdpair.engine import Engine
-    from pdpair.engine.model_config import ModelConfig
-    from pdpair.engine.models import build_model
 
     from tests.kernels._attention_engine_fixtures import decode_batch, eager_logits, fill_kv_random
     from tests.kernels._attention_fixtures import rel_err
 
-    cfg = ModelConfig(arch=arch, num_layers=2, hidden_size=256, num_heads=4, num_kv_heads=2, head_dim=64,
-                      intermediate_size=640, vocab_size=1024, context_length=1024, qk_norm=arch == "qwen3",
-                      attention_bias=arch == "qwen2")
-    model = build_model(cfg, torch.bfloat16, "cuda")
-    gen = torch.Generator(device="cuda").manual_seed(3)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen, device="cuda")
-            p.copy_(1 + 0.3 * noise if name.endswith("norm.weight") else 0.05 * noise)
-    loaded = SimpleNamespace(config=cfg, model=model, tokenizer=None, model_id=f"tiny-{arch}", weights_digest="t")
-    eng = Engine.from_loaded(loaded, device="cuda", page_size=16, max_pages=256, attention_backend="triton",
-                             max_running_requests=32, disable_cuda_graph=True)
+    eng, cfg = _tiny_engine(arch)
     fill_kv_random(eng, 1)
     calls = []
     patched = {"skinny_linear": lambda *a, **k: k.get("gated", False), "skinny_linear_add": lambda *a, **k: "add",
@@ -139,7 +127,6 @@ def test_fused_forward_bf16_small_batches_match_unfused(arch):
     real = {name: getattr(fused_mod, name) for name in patched}
     for name, tag in patched.items():
         setattr(fused_mod, name, lambda *a, _n=name, _t=tag, **k: calls.append(_t(*a, **k)) or real[_n](*a, **k))
-    qkv_fused = arch != "qwen3"  # q/k norm keeps skinny qkv + qk_rope_store
     try:
         for rows, fold in ((1, True), (1, False), (3, True), (16, True), (16, False), (17, True)):
             batch, release = decode_batch(eng, [5 + 37 * i % 300 for i in range(rows)], seed=rows)
@@ -159,10 +146,72 @@ def test_fused_forward_bf16_small_batches_match_unfused(arch):
             folded = fold and rows <= 16
             skinny = [c for c in ran if c != "norm"]
             assert len(skinny) == 4 * layers + (rows <= 16) and skinny.count(True) == layers, (rows, ran)
-            assert skinny.count("qkv") == (layers if qkv_fused else 0), (rows, ran)
+            assert skinny.count("qkv") == layers, (rows, ran)
             assert skinny.count("add") == (2 * layers if folded else 0), (rows, fold, ran)
             assert ran.count("norm") == (2 if folded else 2 * cfg.num_layers + 1), (rows, fold, ran)
     finally:
         for name, fn in real.items():
             setattr(fused_mod, name, fn)
+    eng.pools.check_integrity()
+
+
+def _tiny_engine(arch: str):
+    """A 2-layer bf16 model of `arch` (Qwen3 with q/k norm, Qwen2 with qkv bias) with seeded random weights, norms
+    included, in an engine on the triton backend without CUDA graphs."""
+    from types import SimpleNamespace
+
+    from pdpair.engine import Engine
+    from pdpair.engine.model_config import ModelConfig
+    from pdpair.engine.models import build_model
+
+    cfg = ModelConfig(arch=arch, num_layers=2, hidden_size=256, num_heads=4, num_kv_heads=2, head_dim=64,
+                      intermediate_size=640, vocab_size=1024, context_length=1024, qk_norm=arch == "qwen3",
+                      attention_bias=arch == "qwen2")
+    model = build_model(cfg, torch.bfloat16, "cuda")
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, device="cuda")
+            p.copy_(1 + 0.3 * noise if name.endswith("norm.weight") else 0.05 * noise)
+    loaded = SimpleNamespace(config=cfg, model=model, tokenizer=None, model_id=f"tiny-{arch}", weights_digest="t")
+    eng = Engine.from_loaded(loaded, device="cuda", page_size=16, max_pages=256, attention_backend="triton",
+                             max_running_requests=32, disable_cuda_graph=True)
+    return eng, cfg
+
+
+@pytest.mark.timeout(300)
+def test_qk_norm_fused_qkv_graph_replay_equals_eager():
+    """Qwen3's decode graphs (the qkv projection with q/k norm meeting in the backend's static workspace, every
+    layer and replay sharing its counters) give the eager forward's logits bit for bit, replay after replay on
+    new batches, padded buckets included; the counters are at zero afterwards."""
+    import pdpair.engine.models.fused as fused_mod
+
+    from tests.kernels._attention_engine_fixtures import (
+        decode_batch,
+        decode_graphs,
+        eager_logits,
+        fill_kv_random,
+    )
+
+    eng, _ = _tiny_engine("qwen3")
+    fill_kv_random(eng, 1)
+    norms = []
+    real = fused_mod.skinny_qkv_rope_store
+    fused_mod.skinny_qkv_rope_store = lambda *a, **k: norms.append(k.get("qk_norm") is not None) or real(*a, **k)
+    try:
+        graphs = decode_graphs(eng, 16, buckets=(1, 4, 8, 16))
+    finally:
+        fused_mod.skinny_qkv_rope_store = real
+    assert norms and all(norms), norms  # captured with the fused q/k norm
+    gen = torch.Generator().manual_seed(1)
+    for bs in (1, 3, 8, 13, 16, 1):
+        batch, release = decode_batch(eng, torch.randint(1, 200, (bs,), generator=gen).tolist(), seed=bs)
+        try:
+            replayed = graphs.replay(batch).clone()
+            eager = eager_logits(eng, graphs.padded_batch(batch))[:bs]
+        finally:
+            release()
+        assert torch.equal(replayed, eager), (bs, float((replayed - eager).abs().max()))
+    ws = eng.runner.backend._graph_qk_ws
+    assert ws is not None and not ws.counters.any()
     eng.pools.check_integrity()

@@ -15,8 +15,8 @@ pytest.importorskip("triton", reason="triton is not installed")
 BF16 = "*bf16"
 # a memory access of another kernel's data: loads, stores, async copies, atomics
 ACCESS = re.compile(r"\b(ld|st|atom|red)\.global|\bcp\.async\.")
-NAMES = ["skinny_linear", "skinny_add_norm_out", "skinny_rms_in", "skinny_qkv", "skinny_qkv_rms_in", "add_rmsnorm", "qk_rope_store",
-         "silu_mul", "decode_split", "decode_merge"]
+NAMES = ["skinny_linear", "skinny_add_norm_out", "skinny_rms_in", "skinny_qkv", "skinny_qkv_rms_in",
+         "skinny_qkv_qk_norm", "add_rmsnorm", "qk_rope_store", "silu_mul", "decode_split", "decode_merge"]
 
 
 def _kernels():
@@ -45,6 +45,9 @@ def _kernels():
          dict(rope, HAS_BIAS=False, BLOCK_M=16, BLOCK_P=8, BLOCK_K=128), (), dict(num_warps=2, num_stages=5)),
         ("skinny_qkv_rms_in", _skinny_qkv_kernel, qkv_ptrs | dict(parts_in=f32),
          dict(rope, HAS_BIAS=False, BLOCK_M=16, BLOCK_P=8, BLOCK_K=128, RMS_PARTS=64), ("eps_in",),
+         dict(num_warps=2, num_stages=5)),
+        ("skinny_qkv_qk_norm", _skinny_qkv_kernel, qkv_ptrs | dict(qn_w=BF16, kn_w=BF16, raw=f32, counters=i32),
+         dict(rope, HAS_BIAS=False, BLOCK_M=16, BLOCK_P=8, BLOCK_K=128, QK_NORM=True, BLOCK_HALF=32), ("eps_qk",),
          dict(num_warps=2, num_stages=5)),
         ("add_rmsnorm", _add_rmsnorm_kernel, dict(x=BF16, res=BF16, w=BF16, out=BF16),
          dict(HAS_ADD=True, BLOCK=1024), ("eps",), dict(num_warps=4)),

@@ -12,14 +12,19 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 def _chain(x, res, p):
-    """add+norm -> skinny qkv-sized projection -> add+norm -> gated gate/up -> down -> add+norm -> a wide
+    """add+norm -> qkv projection with q/k norm, rope and K/V store (its heads' programs meeting in one
+    workspace) -> skinny qkv-sized projection -> add+norm -> gated gate/up -> down -> add+norm -> a wide
     projection (over the prefetch limit) -> decode attention over a paged cache -> SiLU-and-mul."""
     from pdpair.kernels.attention.decode import decode_attention
     from pdpair.kernels.fused.add_rmsnorm import add_rmsnorm
     from pdpair.kernels.fused.silu_mul import silu_and_mul
     from pdpair.kernels.fused.skinny_linear import skinny_linear
+    from pdpair.kernels.fused.skinny_qkv import skinny_qkv_rope_store
 
     h = add_rmsnorm(x, res, p["n1"], 1e-5)
+    q2 = skinny_qkv_rope_store(h, p["qkv"], None, p["cos"], p["sin"], 9, 3, p["k2"], p["v2"], p["slots"],
+                               qk_norm=(p["qn"], p["kn"], 1e-6), workspace=p["ws"])
+    k2 = p["k2"].view(-1, 3, 64)[p["slots"]]
     o = skinny_linear(h, p["o"])
     h = add_rmsnorm(o, res, p["n2"], 1e-5)
     act = skinny_linear(h, p["gu"], gated=True)
@@ -28,12 +33,13 @@ def _chain(x, res, p):
     wide = skinny_linear(h, p["wide"])  # [rows, heads * 64]: the attention's queries
     q = wide.view(wide.shape[0], -1, 64)
     att = decode_attention(q, p["k"], p["v"], p["indptr"], p["indices"], num_splits=4)
-    return silu_and_mul(att.reshape(att.shape[0], -1)), res.clone()
+    return silu_and_mul(att.reshape(att.shape[0], -1)), res.clone(), q2, k2
 
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("rows", [1, 7])
 def test_pdl_graph_chain_matches_plain_launches_bit_for_bit(rows, monkeypatch):
+    from pdpair.kernels.fused.skinny_qkv import qk_norm_workspace
     from pdpair.kernels.triton_utils import PDL_ENV, pdl_launch
 
     if torch.cuda.get_device_capability()[0] < 9:
@@ -51,6 +57,9 @@ def test_pdl_graph_chain_matches_plain_launches_bit_for_bit(rows, monkeypatch):
     lens = [37 + 91 * i for i in range(rows)]
     p["indptr"] = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=dev)
     p["indices"] = torch.randint(0, pages * page, (sum(lens),), generator=gen, device=dev, dtype=torch.int32)
+    p.update(qkv=rand(15 * 64, hid), qn=rand(64, scale=1.0), kn=rand(64, scale=1.0), cos=rand(rows, 32, scale=1.0),
+             sin=rand(rows, 32, scale=1.0), k2=rand(8, page, 3, 64), v2=rand(8, page, 3, 64),
+             slots=torch.randperm(8 * page, device=dev)[:rows], ws=qk_norm_workspace(9, 3, 64, dev))
     inputs = [(rand(rows, hid, scale=1.0), rand(rows, hid, scale=1.0)) for _ in range(4)]
 
     monkeypatch.setenv(PDL_ENV, "0")
@@ -66,10 +75,11 @@ def test_pdl_graph_chain_matches_plain_launches_bit_for_bit(rows, monkeypatch):
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out, res_out = _chain(sx, sr, p)
-    for (x, r), (w_out, w_res) in zip(inputs, want, strict=True):
+        outs = _chain(sx, sr, p)
+    for (x, r), w_outs in zip(inputs, want, strict=True):
         sx.copy_(x)
         sr.copy_(r)
         graph.replay()
         torch.cuda.synchronize()
-        assert torch.equal(out, w_out) and torch.equal(res_out, w_res)
+        assert all(torch.equal(o, w) for o, w in zip(outs, w_outs, strict=True))
+    assert not p["ws"].counters.any()

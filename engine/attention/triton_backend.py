@@ -78,7 +78,7 @@ class TritonBackend(AttentionBackend):
         between launches, so every layer and graph replay shares it."""
         ws = self._qk_ws
         if ws is None or ws.raw.shape[1] < (heads + kv_heads) * head_dim or ws.counters.numel() < heads + kv_heads:
-            assert ws is not self._graph_qk_ws or ws is None, "the graph workspace is sized in init_graph_state()"
+            assert ws is None or ws is not self._graph_qk_ws, "the graph workspace is sized in init_graph_state()"
             ws = self._qk_ws = qk_norm_workspace(heads, kv_heads, head_dim, self.kv_pool.buffer.device)
         return ws
 

@@ -214,6 +214,7 @@ def skinny_qkv_rope_store(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     block_n, block_k = cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
     pairs = block_n // 2
     assert block_n % 2 == 0 and (d // 2) % pairs == 0, f"head_dim {d} is not a multiple of 2 x {pairs} pairs"
+    norm_args = None
     if qk_norm is not None:
         q_w, k_w, eps_qk = qk_norm
         assert q_w.shape == k_w.shape == (d,) and q_w.is_contiguous() and k_w.is_contiguous(), (q_w.shape, k_w.shape)
@@ -225,14 +226,12 @@ def skinny_qkv_rope_store(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     q = torch.empty((m, heads, d), dtype=x.dtype, device=x.device)
     if m == 0:
         return q
-    if qk_norm is None:
-        norm_args = (q, q, q, 0, q, 0.0)  # unused
     _skinny_qkv_kernel[((heads + 2 * kv_heads) * (d // 2 // pairs),)](
         x, weight, bias if bias is not None else weight, cos, sin, q, k_cache, v_cache, slots, m, k,
         x.stride(0), weight.stride(0), cos.stride(0), sin.stride(0), q.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
         v_cache.stride(2), *((rms.parts, rms.parts.stride(0), rms.parts.shape[1], rms.eps) if rms is not None
-                             else (q, 0, 0, 0.0)), *norm_args,
+                             else (q, 0, 0, 0.0)), *(norm_args or (q, q, q, 0, q, 0.0)),
         QK_NORM=qk_norm is not None, BLOCK_HALF=triton.next_power_of_2(d // 2),
         RMS_PARTS=triton.next_power_of_2(rms.parts.shape[1]) if rms is not None else 0,
         HEADS=heads, KV_HEADS=kv_heads, HALF=d // 2, PAGE_SIZE=k_cache.shape[1], HAS_BIAS=bias is not None,

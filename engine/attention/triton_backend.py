@@ -56,6 +56,8 @@ class TritonBackend(AttentionBackend):
         # a small decode batch of a small model folds each residual add into the projection before it and each
         # RMSNorm into the projection after it (engine/models/fused.py: `_folded_layers`, `FOLD_MAX_HIDDEN`)
         self.fold_norms = True
+        # decode at batch 1 reads each split's first K/V block before the PDL wait (kernels/attention/decode.py)
+        self.decode_preload = True
         self._max_extend = 0
         self._has_prefix = True
         # extend batches without a cached prefix go through torch SDPA (cuDNN) on CUDA; see sdpa_extend.py
@@ -112,7 +114,7 @@ class TritonBackend(AttentionBackend):
         if batch.is_decode:
             decode_attention(q, k_cache, v_cache, meta.kv_indptr, meta.kv_indices, o=o, sm_scale=self.scale,
                              num_splits=self._splits, workspace=self._workspace, window=window,
-                             fused_merge=self.fused_merge)
+                             fused_merge=self.fused_merge, preload=None if self.decode_preload else False)
         elif self._sdpa:
             sdpa_extend(q, k, v, batch.extend_lens_cpu, self.scale, o)
         else:

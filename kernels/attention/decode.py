@@ -39,6 +39,8 @@ import torch
 from pdpair.kernels.triton_utils import pdl_launch, pdl_prologue, tl, triton
 
 LOG2E = 1.4426950408889634
+# decode batches of at most this many rows read their first K/V block before the PDL wait (`preload`)
+PRELOAD_MAX_ROWS = 1
 
 
 @triton.jit
@@ -84,6 +86,19 @@ def store_split(acc, l_i, m_i, o, mid_o, mid_lse, b, split, heads, offs_d, mask_
 
 
 @triton.jit
+def _attend_block(qv, kb, vb, mask_n, m_i, l_i, acc, qk_scale):
+    """One block of keys into the running (max, sum, output) of the group's query heads (base 2)."""
+    s = tl.dot(qv, tl.trans(kb)) * qk_scale
+    s = tl.where(mask_n[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _decode_split_kernel(
     q, k_cache, v_cache, kv_indptr, kv_indices, mid_o, mid_lse, o, counters,
     stride_qb, stride_qh,
@@ -93,12 +108,14 @@ def _decode_split_kernel(
     qk_scale, window,
     PAGE_SIZE: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, FUSED_MERGE: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_G: tl.constexpr, PDL: tl.constexpr = False,
+    BLOCK_S: tl.constexpr, BLOCK_G: tl.constexpr, PDL: tl.constexpr = False, PRELOAD: tl.constexpr = False,
 ):
     # Under PDL the row's kv_indptr pair and first block of kv_indices are read before the wait, so these
     # dependent loads overlap the previous kernel. The step's metadata is written before its first layer, and a
     # PDL kernel starts only once the kernel before it has passed its own wait: every kernel two or more back,
     # the metadata's writers among them, has finished (docs/kernels.md). Without PDL the loop reads them all.
+    # With PRELOAD the first block's K/V are read there too, all but the row's own token (its last key), which
+    # the kernel before stores: that one is read after the wait. The other slots hold keys of earlier steps.
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -111,15 +128,23 @@ def _decode_split_kernel(
     per_split = ((n + NUM_SPLITS - 1) // NUM_SPLITS + BLOCK_N - 1) // BLOCK_N * BLOCK_N
     lo = split * per_split
     hi = tl.minimum(lo + per_split, n)
-    if PDL:
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    if PDL or PRELOAD:
         first_n = lo + tl.arange(0, BLOCK_N)
         first = tl.load(kv_indices + start + first_n, mask=first_n < hi, other=0)
+    if PRELOAD:
+        own = first_n == n - 1
+        kv0 = (first.to(tl.int64) // PAGE_SIZE, first.to(tl.int64) % PAGE_SIZE)
+        m0 = ((first_n < hi) & ~own)[:, None] & mask_d[None, :]
+        k_at = k_cache + kv0[0][:, None] * stride_kp + kv0[1][:, None] * stride_ks + kvh * stride_kh + offs_d[None, :]
+        v_at = v_cache + kv0[0][:, None] * stride_vp + kv0[1][:, None] * stride_vs + kvh * stride_vh + offs_d[None, :]
+        kb0 = tl.load(k_at, mask=m0, other=0.0)
+        vb0 = tl.load(v_at, mask=m0, other=0.0)
     pdl_prologue(PDL)
 
     offs_h = tl.arange(0, BLOCK_H)
-    offs_d = tl.arange(0, BLOCK_D)
     mask_h = offs_h < GROUP
-    mask_d = offs_d < HEAD_DIM
     heads = kvh * GROUP + offs_h
     qv = tl.load(q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
                  mask=mask_h[:, None] & mask_d[None, :], other=0.0)
@@ -127,7 +152,15 @@ def _decode_split_kernel(
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    for j in range(lo, hi, BLOCK_N):
+    j0 = lo
+    if PRELOAD:  # the first block, its own token (if in it) read now
+        if lo < hi:
+            m1 = own[:, None] & mask_d[None, :]
+            kb = tl.where(own[:, None], tl.load(k_at, mask=m1, other=0.0), kb0)
+            vb = tl.where(own[:, None], tl.load(v_at, mask=m1, other=0.0), vb0)
+            m_i, l_i, acc = _attend_block(qv, kb, vb, first_n < hi, m_i, l_i, acc, qk_scale)
+        j0 = lo + BLOCK_N
+    for j in range(j0, hi, BLOCK_N):
         offs_n = j + tl.arange(0, BLOCK_N)
         mask_n = offs_n < hi
         if PDL:  # the first block's slots were read before the wait
@@ -143,14 +176,7 @@ def _decode_split_kernel(
                      + offs_d[None, :], mask=kmask, other=0.0)
         vb = tl.load(v_cache + page[:, None] * stride_vp + off[:, None] * stride_vs + kvh * stride_vh
                      + offs_d[None, :], mask=kmask, other=0.0)
-        s = tl.dot(qv, tl.trans(kb)) * qk_scale
-        s = tl.where(mask_n[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
+        m_i, l_i, acc = _attend_block(qv, kb, vb, mask_n, m_i, l_i, acc, qk_scale)
 
     store_split(acc, l_i, m_i, o, mid_o, mid_lse, b, split, heads, offs_d, mask_h, mask_d, stride_ob, stride_oh,
                 stride_mb, stride_mh, stride_ms, stride_lb, stride_lh, NUM_SPLITS)
@@ -216,15 +242,20 @@ def decode_attention(
     num_splits: int | None = None,
     workspace: DecodeWorkspace | None = None,
     block_n: int = 64,
-    num_warps: int = 4,
+    num_warps: int | None = None,
     num_stages: int = 2,
     fused_merge: bool = False,
+    preload: bool | None = None,
 ) -> torch.Tensor:
     """q `[B, H, D]`, caches `[P, page_size, KVH, D]` -> o `[B, H, D]` (see the module docstring).
 
     `fused_merge`: with several splits, merge them inside the split launch (one launch; the workspace needs
     its counters, `decode_workspace(..., num_kv_heads=KVH)`) instead of a second merge launch. One split
     writes `o` directly either way and needs no workspace.
+
+    `preload`: each split program reads its first block's K/V before the PDL wait, all but the row's own
+    (last) token, which the kernel before stores. None: at batch 1 under PDL (`PRELOAD_MAX_ROWS`), with 8 warps
+    (`num_warps` None: 8 with it, else 4).
     """
     bsz, num_heads, head_dim = q.shape
     _, page_size, num_kv_heads, cache_dim = k_cache.shape
@@ -265,6 +296,10 @@ def decode_attention(
     block_d = triton.next_power_of_2(head_dim)
     block_s = triton.next_power_of_2(num_splits)
     pdl = pdl_launch(q, bsz)  # the split and the merge launch alike
+    if preload is None:
+        preload = pdl["PDL"] and bsz <= PRELOAD_MAX_ROWS
+    if num_warps is None:
+        num_warps = 8 if preload else 4
     _decode_split_kernel[(bsz, num_kv_heads, num_splits)](
         q, k_cache, v_cache, kv_indptr, kv_indices, mid_o, mid_lse, o, counters,
         q.stride(0), q.stride(1),
@@ -274,7 +309,7 @@ def decode_attention(
         scale, window,
         PAGE_SIZE=page_size, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
         HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, FUSED_MERGE=fused, BLOCK_S=block_s,
-        BLOCK_G=triton.next_power_of_2(group), num_warps=num_warps, num_stages=num_stages, **pdl,
+        BLOCK_G=triton.next_power_of_2(group), PRELOAD=preload, num_warps=num_warps, num_stages=num_stages, **pdl,
     )
     if num_splits > 1 and not fused:
         _decode_merge_kernel[(bsz, num_heads)](

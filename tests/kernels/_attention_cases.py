@@ -18,7 +18,7 @@ def _to64(*xs):
 
 def decode_case(dtype, page_size: int, group: int, window: int, lengths: list[int], splits=(None,),
                 kv_heads: int = 2, head_dim: int = 32, block_n: int = 16, seed: int = 0, device: str = "cpu",
-                ref64: bool = False, pad_rows: int = 1) -> list[float]:
+                ref64: bool = False, pad_rows: int = 1, preload: bool | None = None) -> list[float]:
     from pdpair.kernels.attention import decode_attention, decode_attention_ref
 
     gen = torch.Generator().manual_seed(seed)
@@ -37,7 +37,7 @@ def decode_case(dtype, page_size: int, group: int, window: int, lengths: list[in
     for num_splits in splits:
         out = torch.full_like(q, float("nan"))
         decode_attention(q, batch.k_cache, batch.v_cache, kv_indptr, kv_indices, o=out, window=window,
-                         num_splits=num_splits, block_n=block_n)
+                         num_splits=num_splits, block_n=block_n, preload=preload)
         errs.append(rel_err(out, ref))
     return errs
 

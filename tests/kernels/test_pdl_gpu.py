@@ -83,3 +83,56 @@ def test_pdl_graph_chain_matches_plain_launches_bit_for_bit(rows, monkeypatch):
         torch.cuda.synchronize()
         assert all(torch.equal(o, w) for o, w in zip(outs, w_outs, strict=True))
     assert not p["ws"].counters.any()
+
+
+@pytest.mark.timeout(300)
+def test_decode_preload_reads_the_new_token_after_the_wait(monkeypatch):
+    """At batch 1 under PDL each split program of decode attention reads its first K/V block before the wait,
+    all but the row's own (last) token, which the qkv launch just before it stores, in the same graph. Replay
+    after replay with new inputs the graph's attention equals the plain launches' (no PDL, no preload) bit for
+    bit; a program that read the own token early would see the previous replay's K/V there."""
+    from pdpair.kernels.attention.decode import decode_attention, decode_workspace, default_num_splits
+    from pdpair.kernels.fused.skinny_qkv import skinny_qkv_rope_store
+    from pdpair.kernels.triton_utils import PDL_ENV
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL needs sm_90+")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    dt, dev, hid, heads, kvh, d, page, ctx = torch.bfloat16, "cuda", 1024, 8, 2, 128, 16, 2000
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, device=dev) * scale).to(dt)
+
+    w = rand((heads + 2 * kvh) * d, hid, scale=hid**-0.5)
+    k_cache, v_cache = rand(256, page, kvh, d), rand(256, page, kvh, d)
+    indices = torch.randperm(256 * page, generator=gen, device=dev)[:ctx].to(torch.int32)
+    indptr = torch.tensor([0, ctx], dtype=torch.int32, device=dev)
+    slots = indices[-1:].long()  # the row's own token: stored by the qkv launch, read last
+    angles = torch.rand(1, d // 2, generator=gen, device=dev) * 6.28
+    cos, sin = angles.cos().to(dt), angles.sin().to(dt)
+    splits = default_num_splits(1, kvh)
+    ws = decode_workspace(1, heads, d, splits, dev, num_kv_heads=kvh)
+    inputs = [rand(1, hid) for _ in range(4)]
+
+    def step(x, **kw):
+        q = skinny_qkv_rope_store(x, w, None, cos, sin, heads, kvh, k_cache, v_cache, slots)
+        return decode_attention(q, k_cache, v_cache, indptr, indices, num_splits=splits, workspace=ws,
+                                fused_merge=True, num_warps=8, **kw)
+
+    monkeypatch.setenv(PDL_ENV, "0")
+    want = [step(x, preload=False).clone() for x in inputs]
+    monkeypatch.setenv(PDL_ENV, "1")
+    sx = inputs[-1].clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (compiles) off the capture
+        step(sx)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step(sx)  # preload: batch 1 under PDL
+    for x, w_out in zip(inputs, want, strict=True):
+        sx.copy_(x)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, w_out), float((out.float() - w_out.float()).abs().max())

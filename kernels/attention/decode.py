@@ -135,10 +135,11 @@ def _decode_split_kernel(
         first = tl.load(kv_indices + start + first_n, mask=first_n < hi, other=0)
     if PRELOAD:
         own = first_n == n - 1
-        kv0 = (first.to(tl.int64) // PAGE_SIZE, first.to(tl.int64) % PAGE_SIZE)
+        page0 = first.to(tl.int64) // PAGE_SIZE
+        off0 = first.to(tl.int64) % PAGE_SIZE
         m0 = ((first_n < hi) & ~own)[:, None] & mask_d[None, :]
-        k_at = k_cache + kv0[0][:, None] * stride_kp + kv0[1][:, None] * stride_ks + kvh * stride_kh + offs_d[None, :]
-        v_at = v_cache + kv0[0][:, None] * stride_vp + kv0[1][:, None] * stride_vs + kvh * stride_vh + offs_d[None, :]
+        k_at = k_cache + page0[:, None] * stride_kp + off0[:, None] * stride_ks + kvh * stride_kh + offs_d[None, :]
+        v_at = v_cache + page0[:, None] * stride_vp + off0[:, None] * stride_vs + kvh * stride_vh + offs_d[None, :]
         kb0 = tl.load(k_at, mask=m0, other=0.0)
         vb0 = tl.load(v_at, mask=m0, other=0.0)
     pdl_prologue(PDL)

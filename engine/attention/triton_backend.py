@@ -43,7 +43,7 @@ class TritonBackend(AttentionBackend):
                  scale: float | None = None, layer_pools=None, softcap: float | None = None) -> None:
         assert softcap is None, "the triton kernels do not cap attention logits"
         super().__init__(kv_pool, num_heads, num_kv_heads, head_dim, scale, layer_pools)
-        device = kv_pool.buffer.device
+        device = self._device = kv_pool.buffer.device
         # on CPU (the Triton interpreter, in tests) one "SM": few splits keep the interpreted grid small
         self._num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
         self._splits = 1
@@ -67,26 +67,21 @@ class TritonBackend(AttentionBackend):
         self._graph_mid_lse: torch.Tensor | None = None
         self._graph_counters: torch.Tensor | None = None  # int32 arrival counters, zero at rest
         self._graph_buffers_retired: list = []  # kept alive for graphs captured on them
-        # where the fused qkv projection's q/k-norm programs meet: one per eager decode forward, made on first use;
-        # one static one for the graphs
+        # where the fused qkv projection's q/k-norm programs meet: its counters are zero between launches, so one,
+        # made on first use or with the graph state, serves every layer, eager forward and graph replay
         self._qk_ws: QKNormWorkspace | None = None
-        self._graph_qk_ws: QKNormWorkspace | None = None
 
     def num_splits(self, batch_size: int) -> int:
         return default_num_splits(batch_size, self.num_kv_heads, self._num_sms)
 
-    def qk_norm_workspace(self, heads: int, kv_heads: int, head_dim: int) -> QKNormWorkspace:
-        """The fused qkv projection's q/k-norm workspace for this forward (`skinny_qkv.py`): counters at zero
-        between launches, so every layer and graph replay shares it."""
-        ws = self._qk_ws
-        if ws is None or ws.raw.shape[1] < (heads + kv_heads) * head_dim or ws.counters.numel() < heads + kv_heads:
-            assert ws is None or ws is not self._graph_qk_ws, "the graph workspace is sized in init_graph_state()"
-            ws = self._qk_ws = qk_norm_workspace(heads, kv_heads, head_dim, self.kv_pool.buffer.device)
-        return ws
+    def qk_norm_workspace(self) -> QKNormWorkspace:
+        """The fused qkv projection's q/k-norm workspace (`skinny_qkv.py`), for this backend's heads."""
+        if self._qk_ws is None:
+            self._qk_ws = qk_norm_workspace(self.num_heads, self.num_kv_heads, self.head_dim, self._device)
+        return self._qk_ws
 
     def prepare(self, batch: ForwardBatch) -> None:
         if batch.is_decode:
-            self._qk_ws = None
             self._splits = self.num_splits(batch.batch_size)
             # one workspace for every layer of this forward (the layers run in order on one stream); arrival
             # counters (a zeroing launch) only for the one-launch merge
@@ -130,13 +125,12 @@ class TritonBackend(AttentionBackend):
         n = max_batch_size * self.num_heads * self.num_splits(1)  # batch size 1 gets the most splits
         if self._graph_mid_lse is not None and self._graph_mid_lse.numel() >= n:
             return
-        device = self.kv_pool.buffer.device
+        device = self._device
         self._graph_buffers_retired.append((self._graph_mid_o, self._graph_mid_lse, self._graph_counters))
         self._graph_mid_o = torch.empty(n * self.head_dim, dtype=torch.float32, device=device)
         self._graph_mid_lse = torch.empty(n, dtype=torch.float32, device=device)
         self._graph_counters = torch.zeros(max_batch_size * self.num_kv_heads, dtype=torch.int32, device=device)
-        if self._graph_qk_ws is None:  # rows <= MAX_ROWS whatever the batch size
-            self._graph_qk_ws = qk_norm_workspace(self.num_heads, self.num_kv_heads, self.head_dim, device)
+        self.qk_norm_workspace()  # made outside the capture (its rows: MAX_ROWS whatever the batch size)
 
     def prepare_for_capture(self, batch: ForwardBatch) -> None:
         self.prepare_for_replay(batch, batch.batch_size)
@@ -147,7 +141,6 @@ class TritonBackend(AttentionBackend):
         bs, h, d = padded_batch_size, self.num_heads, self.head_dim
         self._splits = s = self.num_splits(bs)
         assert bs * h * s <= self._graph_mid_lse.numel(), (bs, h, s, self._graph_mid_lse.numel())
-        self._qk_ws = self._graph_qk_ws
         self._workspace = DecodeWorkspace(self._graph_mid_o[: bs * h * s * d].view(bs, h, s, d),
                                           self._graph_mid_lse[: bs * h * s].view(bs, h, s),
                                           self._graph_counters[: bs * self.num_kv_heads].view(bs, self.num_kv_heads))

@@ -86,7 +86,7 @@ def _attend(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: An
         norm = None
         if attn.q_norm is not None:  # the heads' programs meet in the backend's workspace (`skinny_qkv.py`)
             norm = dict(qk_norm=(attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps),
-                        workspace=backend.qk_norm_workspace(attn.num_heads, attn.num_kv_heads, attn.head_dim))
+                        workspace=backend.qk_norm_workspace())
         q = skinny_qkv_rope_store(x, attn.qkv_proj.weight, attn.qkv_proj.bias, cos, sin, attn.num_heads,
                                   attn.num_kv_heads, pool.k_layers[idx], pool.v_layers[idx], ctx.batch.out_cache_loc,
                                   rms=rms, **(norm or {}))

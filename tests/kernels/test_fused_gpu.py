@@ -212,6 +212,6 @@ def test_qk_norm_fused_qkv_graph_replay_equals_eager():
         finally:
             release()
         assert torch.equal(replayed, eager), (bs, float((replayed - eager).abs().max()))
-    ws = eng.runner.backend._graph_qk_ws
+    ws = eng.runner.backend._qk_ws
     assert ws is not None and not ws.counters.any()
     eng.pools.check_integrity()

@@ -2,7 +2,7 @@
 
 A decode batch of size b runs the graph of the smallest bucket >= b. A replay uploads the per-step inputs
 (token, position and request-table row per row, the number of real rows) and the graph derives the rest itself
-(`_derive`): seq_lens, the K/V slots and `kv_indptr`/`kv_indices` by the kv-index kernel; padding rows get a
+(`_derive`, one launch): seq_lens, the K/V slots and `kv_indptr`/`kv_indices`; padding rows get a
 fill `seq_len` of 1 (request-table row 0, slot -1 for their K/V store, which the store kernel skips). A
 sliding-window pool gets its own static slots and window-clipped `kv_indices` (from the page of
 `seq_len - window` on), so a captured decode reads O(window) keys per sliding layer; a hybrid model's rows get
@@ -20,7 +20,7 @@ import torch
 from pdpair.engine.attention.base import AttentionBackend
 from pdpair.engine.batch import ForwardBatch, ForwardContext, ForwardMode, WindowView
 from pdpair.engine.staging import HostRing
-from pdpair.kernels.attention import build_kv_indices, build_kv_indptr
+from pdpair.kernels.attention import derive_decode_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ class DecodeCudaGraphs:
         self.inputs = torch.zeros(3 * n + 1, dtype=torch.long, device=dev)
         self.input_ids, self.positions = self.inputs[:n], self.inputs[n : 2 * n]
         self.req_pool_indices, self.num_real = self.inputs[2 * n : 3 * n], self.inputs[3 * n :]
-        self.row_ids = torch.arange(n, dtype=torch.long, device=dev)
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=dev)
         self.out_cache_loc = torch.full((n,), -1, dtype=torch.long, device=dev)
         self.kv_indptr = torch.zeros(n + 1, dtype=torch.int32, device=dev)
@@ -132,29 +131,18 @@ class DecodeCudaGraphs:
 
     def _derive(self, bs: int) -> None:
         """The batch metadata of the first `bs` rows from the inputs (ids, positions, rows, number of real rows);
-        a graph runs this before the model. Real rows: seq_len = position + 1, slot = table[row, position], their
-        mamba slot; padding rows: seq_len 1, slot -1 (no K/V store), the dummy mamba slot 0. A sliding-window pool's
-        rows list the keys from the page of `seq_len - window` on."""
-        real = self.row_ids[:bs] < self.num_real
-        pos, rows = self.positions[:bs], self.req_pool_indices[:bs]
-        if self.token_source is not None:  # ids the host has not read yet: the previous step's sampled token
-            ids = self.input_ids[:bs]
-            ids.copy_(torch.where(ids < 0, self.token_source[rows], ids))
-        seq = self.seq_lens[:bs]
-        seq.copy_(torch.where(real, pos + 1, 1))
-        self.out_cache_loc[:bs].copy_(torch.where(real, self.table[rows, pos].long(), -1))
-        build_kv_indptr(seq, out=self.kv_indptr)
-        build_kv_indices(self.table, rows, seq, self.kv_indptr, self.kv_indices)
-        if self.state_slots is not None:
-            self.state_slots[:bs].copy_(torch.where(real, self.state_rows[rows], 0))
+        a graph runs this before the model, one launch per pool view (`derive_decode_metadata`). Real rows:
+        seq_len = position + 1, slot = table[row, position], their mamba slot; padding rows: seq_len 1, slot -1
+        (no K/V store), the dummy mamba slot 0. Ids the host has not read yet (overlap scheduling) become the
+        previous step's sampled token. A sliding-window pool's rows list the keys from the page of
+        `seq_len - window` on."""
+        derive_decode_metadata(self.inputs, bs, self.table, self.out_cache_loc, self.kv_indptr, self.kv_indices,
+                               seq_lens=self.seq_lens, token_source=self.token_source, state_rows=self.state_rows,
+                               state_slots=self.state_slots)
         for kind, w in self._win.items():
             table, window, ps = self.windows[kind]
-            w["out_cache_loc"][:bs].copy_(torch.where(real, table[rows, pos].long(), -1))
-            starts = w["kv_starts"][:bs]
-            starts.copy_(torch.div(torch.clamp(seq - window, min=0), ps, rounding_mode="floor") * ps)
-            w["kv_lens"][:bs].copy_(seq - starts)
-            build_kv_indptr(w["kv_lens"][:bs], out=w["kv_indptr"])
-            build_kv_indices(table, rows, w["kv_lens"][:bs], w["kv_indptr"], w["kv_indices"], kv_starts=starts)
+            derive_decode_metadata(self.inputs, bs, table, w["out_cache_loc"], w["kv_indptr"], w["kv_indices"],
+                                   window=window, page_size=ps, kv_starts=w["kv_starts"], kv_lens=w["kv_lens"])
 
     @torch.inference_mode()
     def capture(self) -> None:

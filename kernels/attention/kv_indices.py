@@ -90,3 +90,122 @@ def build_kv_indices_ref(
     if not rows:
         return torch.empty(0, dtype=req_to_token.dtype, device=req_to_token.device)
     return torch.cat(rows)
+
+
+@triton.jit
+def _decode_metadata_kernel(
+    inputs,
+    n,
+    table,
+    stride_table,
+    token_source,
+    state_rows,
+    seq_lens,
+    out_cache_loc,
+    kv_indptr,
+    kv_indices,
+    state_slots,
+    kv_starts,
+    kv_lens,
+    WINDOW: tl.constexpr,
+    PAGE: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
+    HAS_TOKENS: tl.constexpr,
+    HAS_STATE: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    num_real = tl.load(inputs + 3 * n)
+    pos = tl.load(inputs + n + row)
+    req = tl.load(inputs + 2 * n + row)
+    real = row < num_real
+    seq = tl.where(real, pos + 1, 1)
+    start = seq * 0
+    if WINDOW > 0:  # keys from the page of seq - window on
+        start = (tl.maximum(seq - WINDOW, 0) // PAGE) * PAGE
+    length = seq - start
+    # this row's first index: the lengths of the rows before it, from their positions (no other program's output)
+    offs = tl.arange(0, ROWS)
+    before = offs < row
+    lens = tl.where(offs < num_real, tl.load(inputs + n + offs, mask=before, other=0) + 1, 1)
+    if WINDOW > 0:
+        lens = lens - (tl.maximum(lens - WINDOW, 0) // PAGE) * PAGE
+    first = tl.sum(tl.where(before, lens, 0), axis=0)
+    tl.store(kv_indptr + row + 1, (first + length).to(tl.int32))
+    if row == 0:
+        tl.store(kv_indptr, first.to(tl.int32))  # 0: no rows before row 0
+    src = table + req * stride_table
+    slot = tl.load(src + pos, mask=real, other=0).to(tl.int64)
+    tl.store(out_cache_loc + row, tl.where(real, slot, -1))
+    if HAS_SEQ:
+        tl.store(seq_lens + row, seq.to(tl.int32))
+    if HAS_TOKENS:  # an id the host has not read yet: the previous step's sampled token of this row
+        tok = tl.load(inputs + row)
+        if tok < 0:
+            tl.store(inputs + row, tl.load(token_source + req))
+    if HAS_STATE:
+        tl.store(state_slots + row, tl.where(real, tl.load(state_rows + req), 0))
+    if WINDOW > 0:
+        tl.store(kv_starts + row, start.to(tl.int32))
+        tl.store(kv_lens + row, length.to(tl.int32))
+    for i in range(0, length, BLOCK):
+        o = i + tl.arange(0, BLOCK)
+        mask = o < length
+        tl.store(kv_indices + first + o, tl.load(src + start + o, mask=mask), mask=mask)
+
+
+def derive_decode_metadata(
+    inputs: torch.Tensor,
+    batch_size: int,
+    table: torch.Tensor,
+    out_cache_loc: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_indices: torch.Tensor,
+    seq_lens: torch.Tensor | None = None,
+    token_source: torch.Tensor | None = None,
+    state_rows: torch.Tensor | None = None,
+    state_slots: torch.Tensor | None = None,
+    window: int = 0,
+    page_size: int = 1,
+    kv_starts: torch.Tensor | None = None,
+    kv_lens: torch.Tensor | None = None,
+    block: int = 512,
+) -> None:
+    """A decode batch's metadata from its staged inputs, in one launch (a CUDA graph's first kernel).
+
+    `inputs` (int64) is `[ids | positions | table rows | number of real rows]`, each of the first three
+    `n = (len(inputs) - 1) // 3` long; the first `batch_size` rows are derived. Real rows: `seq_len =
+    position + 1`, K/V slot `table[row, position]`; the others (padding): `seq_len` 1, slot -1. Writes
+    `out_cache_loc`, `kv_indptr[: batch_size + 1]` and `kv_indices` (each row's keys, ragged), and where given:
+    `seq_lens` (int32); ids < 0 replaced in `inputs` by `token_source[row]`; `state_slots` = `state_rows[row]`
+    for real rows, 0 (the dummy slot) for padding. `window > 0`: a sliding-window pool's view, keys from the
+    page of `seq_len - window` on (`page_size`), with each row's `kv_starts` and `kv_lens`."""
+    n = (inputs.shape[0] - 1) // 3
+    assert inputs.dtype == torch.int64 and inputs.shape[0] == 3 * n + 1 and 0 < batch_size <= n, (inputs.shape, batch_size)
+    assert table.dim() == 2 and table.stride(1) == 1 and table.dtype == torch.int32, (table.shape, table.dtype)
+    assert kv_indices.dtype == torch.int32 and kv_indptr.dtype == torch.int32, (kv_indices.dtype, kv_indptr.dtype)
+    assert (state_rows is None) == (state_slots is None), "state_rows and state_slots go together"
+    assert window == 0 or (kv_starts is not None and kv_lens is not None), "a window view writes kv_starts, kv_lens"
+    _decode_metadata_kernel[(batch_size,)](
+        inputs,
+        n,
+        table,
+        table.stride(0),
+        token_source if token_source is not None else inputs,
+        state_rows if state_rows is not None else inputs,
+        seq_lens if seq_lens is not None else kv_indptr,
+        out_cache_loc,
+        kv_indptr,
+        kv_indices,
+        state_slots if state_slots is not None else out_cache_loc,
+        kv_starts if kv_starts is not None else kv_indptr,
+        kv_lens if kv_lens is not None else kv_indptr,
+        WINDOW=window,
+        PAGE=page_size,
+        HAS_SEQ=seq_lens is not None,
+        HAS_TOKENS=token_source is not None,
+        HAS_STATE=state_rows is not None,
+        ROWS=max(16, triton.next_power_of_2(batch_size)),
+        BLOCK=block,
+    )

@@ -7,6 +7,8 @@ the twin on the kernel's own dtype (computing in fp32). Outputs start as NaN, so
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from tests.kernels._attention_fixtures import cat_slots, indptr, paged_batch, rel_err
@@ -95,6 +97,64 @@ def kv_indices_case(with_start: bool, device: str = "cpu", block: int = 16) -> t
         torch.equal(out[:total], build_kv_indices_ref(req_to_token, rows, lens, starts)),
         bool((out[total:] == -1).all()),
     )
+
+
+def decode_metadata_case(window: int, device: str = "cpu", block: int = 16) -> dict[str, bool]:
+    """`derive_decode_metadata` against a per-row Python twin: 5 real rows of 7 (two padding rows on table
+    row 0), two ids pending (-1), mamba state slots, and with `window` a sliding-window view over another table
+    (page size 4). Every output is compared, and nothing past the batch is written."""
+    from pdpair.kernels.attention import derive_decode_metadata
+
+    gen = torch.Generator().manual_seed(window)
+    n, bs, real, width, page = 9, 7, 5, 80, 4
+    table = torch.randint(0, 10_000, (6, width), generator=gen, dtype=torch.int32)
+    ids = [11, -1, 12, -1, 13, 0, 0]
+    positions = [36, 0, 69, 4, 79, 0, 0]  # a first decode token, a full row, a multi-block row
+    rows = [4, 1, 2, 5, 3, 0, 0]
+    token_source = torch.randint(100, 200, (6,), generator=gen)
+    state_rows = torch.randint(1, 9, (6,), generator=gen)
+    inputs = torch.zeros(3 * n + 1, dtype=torch.long)
+    inputs[:bs], inputs[n : n + bs], inputs[2 * n : 2 * n + bs], inputs[3 * n] = (
+        torch.tensor(ids), torch.tensor(positions), torch.tensor(rows), real)
+    # the twin, row by row
+    seq = [p + 1 if i < real else 1 for i, p in enumerate(positions)]
+    starts = [(max(s - window, 0) // page) * page if window else 0 for s in seq]
+    lens = [s - st for s, st in zip(seq, starts, strict=True)]
+    want = dict(
+        ids=[int(token_source[r]) if t < 0 else t for t, r in zip(ids, rows, strict=True)],
+        seq_lens=seq,
+        out_cache_loc=[int(table[r, p]) if i < real else -1 for i, (r, p) in enumerate(zip(rows, positions, strict=True))],
+        kv_indptr=list(itertools.accumulate(lens, initial=0)),
+        kv_indices=torch.cat([table[r, st : st + ln] for r, st, ln in zip(rows, starts, lens, strict=True)]).tolist(),
+        state_slots=[int(state_rows[r]) if i < real else 0 for i, r in enumerate(rows)],
+        kv_starts=starts, kv_lens=lens)
+    total = want["kv_indptr"][-1]
+    out = dict(seq_lens=torch.full((n,), -7, dtype=torch.int32), out_cache_loc=torch.full((n,), -7, dtype=torch.long),
+               kv_indptr=torch.full((n + 1,), -7, dtype=torch.int32),
+               kv_indices=torch.full((total + 5,), -7, dtype=torch.int32),
+               state_slots=torch.full((n,), -7, dtype=torch.long),
+               kv_starts=torch.full((n,), -7, dtype=torch.int32), kv_lens=torch.full((n,), -7, dtype=torch.int32))
+    out = {k: v.to(device) for k, v in out.items()}
+    rest = inputs[bs:].tolist()  # positions, rows, the count: read, never written
+    inputs, table, token_source, state_rows = (t.to(device) for t in (inputs, table, token_source, state_rows))
+    if window:
+        derive_decode_metadata(inputs, bs, table, out["out_cache_loc"], out["kv_indptr"], out["kv_indices"],
+                               window=window, page_size=page, kv_starts=out["kv_starts"], kv_lens=out["kv_lens"],
+                               block=block)
+    else:
+        derive_decode_metadata(inputs, bs, table, out["out_cache_loc"], out["kv_indptr"], out["kv_indices"],
+                               seq_lens=out["seq_lens"], token_source=token_source, state_rows=state_rows,
+                               state_slots=out["state_slots"], block=block)
+    got = {k: v.cpu().tolist() for k, v in out.items()}
+    got["ids"] = inputs[:bs].cpu().tolist()
+    written = ["out_cache_loc", "kv_indptr", "kv_indices"] + (["kv_starts", "kv_lens"] if window else
+                                                             ["seq_lens", "state_slots", "ids"])
+    ok = {k: got[k][: len(want[k])] == want[k] for k in written}
+    ok["inputs past the ids"] = inputs[bs:].cpu().tolist() == rest
+    untouched = {k: got[k][len(want[k]) :] for k in written if k != "ids"}
+    untouched.update({k: got[k] for k in out if k not in written})
+    ok["nothing else written"] = all(set(v) <= {-7} for v in untouched.values())
+    return ok
 
 
 def store_kv_case(dtype, page_size: int, device: str = "cpu") -> bool:

@@ -1,7 +1,8 @@
 """The decoder family's forward through fused Triton kernels (CUDA with the triton attention backend).
 
-Same arithmetic as `CausalLM.forward` layer by layer, in fewer launches: the residual add and the next
-RMSNorm in one kernel (the residual stream is updated in place), SiLU-and-mul in one, and the attention
+Same arithmetic as `CausalLM.forward` layer by layer, in fewer launches: the embeddings and the positions'
+rotary cos/sin in one kernel, the residual add and the next RMSNorm in one (the residual stream is updated in
+place; the last norm reads only the wanted rows), SiLU-and-mul in one, and the attention
 prologue (split qkv, q/k RMSNorm, rope, K/V store into the paged cache) in one; the backend then attends
 with the K/V already stored. A decode batch of at most `MAX_ROWS` rows in bf16/fp16 runs its projections
 (and the LM head, into fp32 logits) through the skinny linear kernel, which streams each weight once, folds
@@ -19,11 +20,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from pdpair.engine.models.attention import Attention
-from pdpair.engine.models.layers import GatedMLP, Linear
-from pdpair.kernels.fused import add_rmsnorm, qk_rope_store, silu_and_mul
+from pdpair.engine.models.layers import GatedMLP, Linear, RotaryEmbedding
+from pdpair.kernels.fused import add_rmsnorm, embed_rope, qk_rope_store, silu_and_mul
 from pdpair.kernels.fused.skinny_linear import MAX_ROWS, NormedRows, skinny_linear, skinny_linear_add
 from pdpair.kernels.fused.skinny_qkv import skinny_qkv_fits, skinny_qkv_rope_store
 from pdpair.kernels.triton_utils import interpreting
+from torch import nn
 
 FUSED_ARCHS = ("llama", "qwen2", "qwen3")
 
@@ -161,15 +163,20 @@ def fused_forward(model, input_ids: torch.Tensor, positions: torch.Tensor, ctx: 
     """`CausalLM.forward` (same signature and result, up to rounding order) through the fused kernels."""
     assert fused_supported(model.config), f"no fused forward for {model.config.arch!r} with sliding layers " \
         f"{model.config.swa_layers}"
-    residual = model.embed_tokens(input_ids)  # a fresh tensor: updated in place below
-    cos3, sin3 = model.rotary.cos_sin(positions, residual.dtype)  # [T, 1, head_dim / 2]
-    cos, sin = cos3[:, 0], sin3[:, 0]
+    if type(model.embed_tokens) is nn.Embedding and type(model.rotary) is RotaryEmbedding:
+        # one launch; the embeddings are a fresh tensor, updated in place below
+        residual, cos, sin = embed_rope(input_ids, positions, model.embed_tokens.weight, model.rotary.inv_freq)
+        cos3, sin3 = cos[:, None], sin[:, None]
+    else:  # a vocab-parallel embedding (tensor parallelism) gathers across ranks in its own forward
+        residual = model.embed_tokens(input_ids)
+        cos3, sin3 = model.rotary.cos_sin(positions, residual.dtype)  # [T, 1, head_dim / 2]
+        cos, sin = cos3[:, 0], sin3[:, 0]
     layers = model.layers
     skinny = _skinny(residual)
     rows = ctx.logits_indices
     if _foldable(model, ctx, skinny):
         _folded_layers(model, residual, cos, sin, ctx)
-        return _logits(model, add_rmsnorm(None, residual[rows], model.norm.weight, model.norm.eps), skinny)
+        return _logits(model, add_rmsnorm(None, residual, model.norm.weight, model.norm.eps, rows=rows), skinny)
     h = add_rmsnorm(None, residual, layers[0].input_layernorm.weight, layers[0].input_layernorm.eps)
     mlp_out = None
     for i, layer in enumerate(layers):
@@ -182,5 +189,5 @@ def fused_forward(model, input_ids: torch.Tensor, positions: torch.Tensor, ctx: 
         if i + 1 < len(layers):
             nxt = layers[i + 1].input_layernorm
             h = add_rmsnorm(mlp_out, residual, nxt.weight, nxt.eps)
-    x = add_rmsnorm(mlp_out[rows], residual[rows], model.norm.weight, model.norm.eps)  # only the wanted rows
+    x = add_rmsnorm(mlp_out, residual, model.norm.weight, model.norm.eps, rows=rows)  # only the wanted rows
     return _logits(model, x, skinny)

@@ -24,9 +24,39 @@ def add_rmsnorm_case(dtype, rows: int, cols: int, device: str = "cpu", seed: int
     ref = add_rmsnorm_ref(x, res_r, w, 1e-5)
     same_dtype = add_rmsnorm_ref(x.double(), res.double().clone(), w.double(), 1e-5)
     plain = add_rmsnorm(None, res_k.clone(), w, 1e-5)  # no add: the norm of the residual as it is
+    # only some rows, out of order (a forward's last norm over its logits rows): those rows of the full result,
+    # and the residual updated at those rows only
+    pick = torch.tensor(sorted({rows - 1, 0}, reverse=True), device=device)
+    res_p = res.clone()
+    picked = add_rmsnorm(x, res_p, w, 1e-5, rows=pick)
+    others = torch.ones(rows, dtype=torch.bool, device=device)
+    others[pick] = False
     return {"out": rel_err(out, ref), "out64": rel_err(out, same_dtype), "residual": rel_err(res_k, res_r),
             "plain": rel_err(plain, add_rmsnorm_ref(None, res_r.clone(), w, 1e-5)),
-            "residual_exact": torch.equal(res_k, res_r)}
+            "residual_exact": torch.equal(res_k, res_r),
+            "rows_exact": torch.equal(picked, out[pick]) and torch.equal(res_p[pick], res_k[pick])
+            and torch.equal(res_p[others], res[others])}
+
+
+def embed_rope_case(dtype, tokens: int, device: str = "cpu", seed: int = 0) -> dict:
+    """`embed_rope` against its twin (`embed_tokens` and `RotaryEmbedding.cos_sin`'s arithmetic): Llama-3.1's
+    scaled frequencies, positions up to 8k (large angles) and 0."""
+    from pdpair.engine.model_config import RopeScaling
+    from pdpair.engine.models.layers import rope_inv_freq
+    from pdpair.kernels.fused import embed_rope, embed_rope_ref
+
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(1000, 96, generator=gen).to(device=device, dtype=dtype)
+    inv_freq = rope_inv_freq(128, 500000.0, RopeScaling("llama3", 8.0, 1.0, 4.0, 8192)).to(device)
+    ids = torch.randint(0, 1000, (tokens,), generator=gen).to(device)
+    positions = torch.randint(0, 8192, (tokens,), generator=gen)
+    positions[0] = 0
+    positions = positions.to(device)
+    emb, cos, sin = embed_rope(ids, positions, weight, inv_freq)
+    r_emb, r_cos, r_sin = embed_rope_ref(ids, positions, weight, inv_freq)
+    return {"emb_exact": torch.equal(emb, r_emb), "cos": rel_err(cos, r_cos), "sin": rel_err(sin, r_sin),
+            "cos_exact": torch.equal(cos, r_cos), "sin_exact": torch.equal(sin, r_sin),
+            "dtype": cos.dtype == sin.dtype == dtype and tuple(cos.shape) == (tokens, 64)}
 
 
 def silu_mul_case(dtype, rows: int, cols: int, device: str = "cpu", seed: int = 0) -> dict:

@@ -7,6 +7,7 @@ import torch
 
 from tests.kernels._fused_cases import (
     add_rmsnorm_case,
+    embed_rope_case,
     folded_norm_case,
     qk_rope_store_case,
     silu_mul_case,
@@ -25,8 +26,17 @@ TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 @pytest.mark.parametrize("rows,cols", [(1, 576), (300, 4096), (2048, 4096)])
 def test_add_rmsnorm_gpu(dtype, rows, cols):
     r = add_rmsnorm_case(dtype, rows, cols, device="cuda", seed=rows)
-    assert r["residual_exact"], r  # one fp32 add rounded once: torch's own bf16/fp16 add
+    assert r["residual_exact"] and r["rows_exact"], r  # one fp32 add rounded once: torch's own bf16/fp16 add
     assert max(r["out"], r["plain"], r["out64"]) < TOL[dtype], r
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("tokens", [1, 16, 700])
+def test_embed_rope_gpu_equals_torch_bit_for_bit(dtype, tokens):
+    """libdevice's cosf/sinf are the functions torch's CUDA kernels call: the same bits, at large angles too."""
+    r = embed_rope_case(dtype, tokens, device="cuda", seed=tokens)
+    assert r["emb_exact"] and r["cos_exact"] and r["sin_exact"] and r["dtype"], r
 
 
 @pytest.mark.timeout(300)

@@ -9,6 +9,7 @@ import torch
 from tests.kernels._attention_fixtures import interpreted
 from tests.kernels._fused_cases import (
     add_rmsnorm_case,
+    embed_rope_case,
     folded_norm_case,
     fused_engine_case,
     graph_body_case,
@@ -28,9 +29,18 @@ TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_add_rmsnorm_matches_twin(dtype):
     r = interpreted(add_rmsnorm_case, dtype, 5, 96)  # 96: not a power of two, masked tail
-    assert r["residual_exact"], r
+    assert r["residual_exact"] and r["rows_exact"], r
     assert r["out"] < TOL[dtype] and r["plain"] < TOL[dtype], r
     assert r["out64"] < 10 * TOL[dtype], r
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_embed_rope_matches_twin(dtype):
+    """Embedding rows exactly; cos/sin within the dtype's last place (numpy's fp32 cos, not torch's, here)."""
+    r = interpreted(embed_rope_case, dtype, 9)
+    assert r["emb_exact"] and r["dtype"], r
+    assert r["cos"] < TOL[dtype] and r["sin"] < TOL[dtype], r
 
 
 @pytest.mark.timeout(300)

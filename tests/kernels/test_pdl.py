@@ -16,7 +16,7 @@ BF16 = "*bf16"
 # a memory access of another kernel's data: loads, stores, async copies, atomics
 ACCESS = re.compile(r"\b(ld|st|atom|red)\.global|\bcp\.async\.")
 NAMES = ["skinny_linear", "skinny_add_norm_out", "skinny_rms_in", "skinny_qkv", "skinny_qkv_rms_in",
-         "skinny_qkv_qk_norm", "add_rmsnorm", "qk_rope_store", "silu_mul", "decode_split", "decode_split_preload",
+         "skinny_qkv_qk_norm", "add_rmsnorm", "add_rmsnorm_rows", "embed_rope", "qk_rope_store", "silu_mul", "decode_split", "decode_split_preload",
          "decode_merge"]
 
 
@@ -24,6 +24,7 @@ def _kernels():
     """(name, kernel, pointers, constexprs, fp32 scalars, options) of each kernel that takes `PDL`."""
     from pdpair.kernels.attention.decode import _decode_merge_kernel, _decode_split_kernel
     from pdpair.kernels.fused.add_rmsnorm import _add_rmsnorm_kernel
+    from pdpair.kernels.fused.embed_rope import _embed_rope_kernel
     from pdpair.kernels.fused.qk_rope_store import _qk_rope_store_kernel
     from pdpair.kernels.fused.silu_mul import _silu_mul_kernel
     from pdpair.kernels.fused.skinny_linear import _skinny_linear_kernel
@@ -52,6 +53,11 @@ def _kernels():
          dict(num_warps=2, num_stages=5)),
         ("add_rmsnorm", _add_rmsnorm_kernel, dict(x=BF16, res=BF16, w=BF16, out=BF16),
          dict(HAS_ADD=True, BLOCK=1024), ("eps",), dict(num_warps=4)),
+        ("add_rmsnorm_rows", _add_rmsnorm_kernel, dict(x=BF16, res=BF16, w=BF16, out=BF16, rows="*i64"),
+         dict(HAS_ADD=True, BLOCK=1024, HAS_ROWS=True), ("eps",), dict(num_warps=4)),
+        ("embed_rope", _embed_rope_kernel,
+         dict(ids="*i64", positions="*i64", weight=BF16, inv_freq=f32, emb=BF16, cos=BF16, sin=BF16),
+         dict(HALF=64, BLOCK_H=4096, BLOCK_F=64, LIBDEVICE=True), (), dict(num_warps=4)),
         ("qk_rope_store", _qk_rope_store_kernel,
          {n: BF16 for n in ("qkv", "q_w", "k_w", "q_out", "k_out", "v_out", "k_cache", "v_cache")}
          | dict(cos=f32, sin=f32, slots="*i64"),

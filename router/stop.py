@@ -24,27 +24,41 @@ class StopTrimmer:
         if not self.stops:
             return text
         buf = self._held + text
-        cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
+        cut = self._first_stop(buf)
+        # a longer stop string may still begin before that one (stops "<" and "><<" over "><" so far): the text
+        # from there is held until the next push or the flush decides
+        hold = self._partial_start(buf, len(buf) if cut < 0 else cut)
+        if hold < len(buf):
+            self._held = buf[hold:]
+            return buf[:hold]
+        self._held = ""
         if cut >= 0:
             self.stopped = True
-            self._held = ""
             return buf[:cut]
-        hold = self._partial_suffix(buf)
-        self._held = buf[len(buf) - hold :] if hold else ""
-        return buf[: len(buf) - hold]
+        return buf
 
     def flush(self) -> str:
-        """At the end of the stream the held-back tail was not a stop string after all."""
+        """At the end of the stream: the held-back tail, up to the first stop string in it (held because a
+        longer stop string might have begun earlier) or whole (it was not a stop string after all)."""
         held, self._held = self._held, ""
-        return "" if self.stopped else held
+        if self.stopped:
+            return ""
+        cut = self._first_stop(held)
+        self.stopped = cut >= 0
+        return held[:cut] if cut >= 0 else held
 
-    def _partial_suffix(self, buf: str) -> int:
-        """Length of the longest tail of `buf` that is a proper prefix of some stop string."""
+    def _first_stop(self, buf: str) -> int:
+        """Where the first stop string in `buf` begins, or -1."""
+        return min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
+
+    def _partial_start(self, buf: str, before: int) -> int:
+        """The first position before `before` from which the rest of `buf` is a proper prefix of some stop
+        string (a stop that may still complete), or len(buf)."""
         for k in range(min(self._longest - 1, len(buf)), 0, -1):
-            tail = buf[-k:]
-            if any(s.startswith(tail) for s in self.stops):
-                return k
-        return 0
+            j = len(buf) - k
+            if j < before and any(len(s) > k and s.startswith(buf[j:]) for s in self.stops):
+                return j
+        return len(buf)
 
 
 def trim_stop(text: str, stops: Sequence[str]) -> str:

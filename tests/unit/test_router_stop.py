@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pdpair.router.stop import StopTrimmer, trim_stop
 
@@ -41,6 +41,7 @@ def test_flush_releases_a_held_tail_that_was_not_a_stop():
     st.lists(st.text(alphabet="abEND<>/", min_size=1, max_size=4), min_size=1, max_size=3),
     st.lists(st.integers(min_value=0, max_value=40), max_size=8),
 )
+@example("><<", ["<", "><<"], [2])  # a longer stop beginning before a shorter one that completes first
 def test_streaming_equals_one_shot_for_any_split(text, stops, cuts):
     bounds = sorted({0, len(text), *[min(c, len(text)) for c in cuts]})
     t = StopTrimmer(stops)

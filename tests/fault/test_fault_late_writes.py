@@ -36,6 +36,10 @@ def test_late_write_is_quarantined_and_never_reaches_a_later_request(cluster):
     p, d = cluster.prefill, cluster.decode
     follow = [(prompt(250 + 17 * i, salt=200 + i), sampling(10)) for i in range(4)]
     refs = [generate(d.stub, ids, sp).tokens for ids, sp in follow]
+    # one disaggregated request first: the nodes' Mooncake handshake is done before the freeze, so the frozen
+    # write fails at the transfer timeout (a handshake with a frozen peer takes Mooncake about 60 s to give up,
+    # and each transfer thread then tries its own)
+    assert len(generate(d.stub, prompt(40, salt=198), sampling(4), prefill_addr=p.addr).tokens) == 4
     victim = prompt(60 * PAGE, salt=199)
     req = pb.GenerateRequest(rid=new_rid("late"), token_ids=victim, sampling=sampling(4), prefill_addr=p.addr)
     outcome: dict = {}

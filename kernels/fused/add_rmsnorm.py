@@ -35,7 +35,7 @@ def _add_rmsnorm_kernel(
 def add_rmsnorm(x: torch.Tensor | None, residual: torch.Tensor, weight: torch.Tensor, eps: float,
                 rows: torch.Tensor | None = None) -> torch.Tensor:
     """`residual [T, N] += x [T, N]` (skipped when x is None), returns `weight * rmsnorm(residual)` [T, N].
-    `rows` (int64 [R], distinct): only those rows, in that order: `residual[rows] += x[rows]`, and the result
+    `rows` ([R], distinct): only those rows, in that order: `residual[rows] += x[rows]`, and the result
     is [R, N] (the wanted rows of a forward's last norm, without gathering them first)."""
     n = residual.shape[1]
     t = residual.shape[0] if rows is None else rows.shape[0]
@@ -44,7 +44,8 @@ def add_rmsnorm(x: torch.Tensor | None, residual: torch.Tensor, weight: torch.Te
     if x is not None:
         assert x.shape == residual.shape and x.dtype == residual.dtype, (x.shape, x.dtype, residual.shape)
         assert x.stride(-1) == 1, x.stride()
-    assert rows is None or rows.dtype == torch.int64, rows.dtype
+    if rows is not None:  # a caller's index tensor may live on the host, as tensor indexing allows
+        rows = rows.to(device=residual.device, dtype=torch.int64, non_blocking=True)
     out = torch.empty((t, n), dtype=residual.dtype, device=residual.device)
     if t == 0:
         return out

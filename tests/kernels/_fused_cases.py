@@ -28,7 +28,7 @@ def add_rmsnorm_case(dtype, rows: int, cols: int, device: str = "cpu", seed: int
     # and the residual updated at those rows only
     pick = torch.tensor(sorted({rows - 1, 0}, reverse=True), device=device)
     res_p = res.clone()
-    picked = add_rmsnorm(x, res_p, w, 1e-5, rows=pick)
+    picked = add_rmsnorm(x, res_p, w, 1e-5, rows=pick.cpu())  # host indices, as tensor indexing takes them
     others = torch.ones(rows, dtype=torch.bool, device=device)
     others[pick] = False
     return {"out": rel_err(out, ref), "out64": rel_err(out, same_dtype), "residual": rel_err(res_k, res_r),

@@ -54,14 +54,13 @@ class GGUFFile:
     """A parsed GGUF file: metadata access and tensors."""
 
     def __init__(self, path: str | Path) -> None:
-        from gguf import GGUFReader
+        from pdpair.engine.loader.gguf_parse import GGUFContents
 
         self.path = Path(path)
-        self.reader = GGUFReader(str(self.path))
+        self.contents = GGUFContents(self.path)
 
     def get(self, key: str, default: Any = None) -> Any:
-        field = self.reader.fields.get(key)
-        return default if field is None else field.contents()
+        return self.contents.fields.get(key, default)
 
     def require(self, key: str) -> Any:
         value = self.get(key)
@@ -74,7 +73,7 @@ class GGUFFile:
         return self.require("general.architecture")
 
     def tensor_names(self) -> set[str]:
-        return {t.name for t in self.reader.tensors}
+        return {t.name for t in self.contents.tensors}
 
 
 def _rope_scaling(f: GGUFFile, arch: str, head_dim: int, theta: float) -> RopeScaling | None:
@@ -83,7 +82,7 @@ def _rope_scaling(f: GGUFFile, arch: str, head_dim: int, theta: float) -> RopeSc
         return RopeScaling(rope_type="linear", factor=float(f.require(f"{arch}.rope.scaling.factor")))
     if kind not in (None, "none"):
         raise ValueError(f"{f.path.name}: unsupported rope scaling type {kind!r} (supported: linear, llama3)")
-    freqs = next((t for t in f.reader.tensors if t.name == "rope_freqs.weight"), None)
+    freqs = next((t for t in f.contents.tensors if t.name == "rope_freqs.weight"), None)
     if freqs is None:
         return None
     # llama3 files store per-frequency divisors; recover the standard llama3 parameters and check them
@@ -147,7 +146,7 @@ def gguf_weights(f: GGUFFile, config: ModelConfig) -> Iterator[tuple[str, torch.
     """Dequantized fp32 tensors under Hugging Face names, q/k rows back in rotate-half order."""
     from gguf.quants import dequantize
 
-    for t in f.reader.tensors:
+    for t in f.contents.tensors:
         if t.name == "rope_freqs.weight":
             continue
         m = _BLOCK.match(t.name)

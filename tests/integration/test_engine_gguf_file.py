@@ -109,3 +109,40 @@ def test_gguf_file_config_and_logits_match_hf(written):
             ref = hf(torch.tensor([seq])).logits[0].float()
         scale = ref.abs().max().item()
         assert (got - ref).abs().max().item() < 1e-4 * scale
+
+
+def _parsed_as_the_gguf_package_reads_it(path) -> None:
+    """Our GGUF parser against the gguf package's `GGUFReader`: every metadata value, and every tensor's
+    name, type, shape and data view (dtype, shape, bytes)."""
+    from gguf import GGUFReader
+    from pdpair.engine.loader.gguf_parse import GGUFContents
+
+    ours, ref = GGUFContents(path), GGUFReader(str(path))
+    want = {k: f.contents() for k, f in ref.fields.items() if not k.startswith("GGUF.")}  # the reader's header
+    assert ours.fields == want
+    assert [t.name for t in ours.tensors] == [t.name for t in ref.tensors]
+    for a, b in zip(ours.tensors, ref.tensors, strict=True):
+        assert a.tensor_type == b.tensor_type and a.shape == tuple(int(d) for d in b.shape), a.name
+        assert a.data.dtype == b.data.dtype and a.data.shape == b.data.shape, a.name
+        assert np.array_equal(a.data, b.data), a.name
+
+
+def test_gguf_parser_reads_what_the_gguf_package_reads(written):
+    """The written file (F32 tensors, llama3 `rope_freqs`, strings, arrays) and the embedded model (Q8_0 and
+    other quantized tensors, a 49k-token vocabulary and its merges)."""
+    from pdpair.engine.loader.gguf import embedded_gguf_path
+
+    _parsed_as_the_gguf_package_reads_it(written[1])
+    _parsed_as_the_gguf_package_reads_it(embedded_gguf_path())
+
+
+def test_gguf_parser_refuses_what_it_cannot_read(tmp_path):
+    from pdpair.engine.loader.gguf_parse import GGUFContents
+
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"GGML" + bytes(40))
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        GGUFContents(bad)
+    bad.write_bytes(b"GGUF" + (7).to_bytes(4, "little") + bytes(16))
+    with pytest.raises(ValueError, match="version 7"):
+        GGUFContents(bad)

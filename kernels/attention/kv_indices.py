@@ -5,6 +5,15 @@ from pdpair.kernels.triton_utils import tl, triton
 
 
 @triton.jit
+def _copy_slots(src, dst, n, BLOCK: tl.constexpr):
+    """dst[:n] = src[:n]: one row's token slots into its span of kv_indices."""
+    for i in range(0, n, BLOCK):
+        offs = i + tl.arange(0, BLOCK)
+        mask = offs < n
+        tl.store(dst + offs, tl.load(src + offs, mask=mask), mask=mask)
+
+
+@triton.jit
 def _kv_indices_kernel(
     req_to_token,
     req_pool_indices,
@@ -23,11 +32,7 @@ def _kv_indices_kernel(
     start = 0
     if HAS_START:
         start = tl.load(kv_starts + row)
-    src = req_to_token + req * stride_r2t + start
-    for i in range(0, n, BLOCK):
-        offs = i + tl.arange(0, BLOCK)
-        mask = offs < n
-        tl.store(kv_indices + out + offs, tl.load(src + offs, mask=mask), mask=mask)
+    _copy_slots(req_to_token + req * stride_r2t + start, kv_indices + out, n, BLOCK)
 
 
 def build_kv_indptr(kv_lens: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -149,10 +154,7 @@ def _decode_metadata_kernel(
     if WINDOW > 0:
         tl.store(kv_starts + row, start.to(tl.int32))
         tl.store(kv_lens + row, length.to(tl.int32))
-    for i in range(0, length, BLOCK):
-        o = i + tl.arange(0, BLOCK)
-        mask = o < length
-        tl.store(kv_indices + first + o, tl.load(src + start + o, mask=mask), mask=mask)
+    _copy_slots(src + start, kv_indices + first, length, BLOCK)
 
 
 def derive_decode_metadata(

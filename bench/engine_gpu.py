@@ -1,7 +1,8 @@
 """Engine speed on a GPU for real model shapes, each row beside its floor measured in the same run.
 
-Shapes: Llama-3.1-8B, Qwen3-8B and SmolLM2-135M (and, with `--shapes qwen3-0.6b`, Qwen3-0.6B) with seeded random
-bf16 weights built on the device (no checkpoint), paged KV (page 16), triton attention, decode CUDA graphs. Rows per shape:
+Shapes: Llama-3.1-8B, Qwen3-8B and SmolLM2-135M (and, with `--shapes`, Qwen3-0.6B, Llama-3.2-1B, Llama-3.2-3B and
+Qwen3-4B) with seeded random bf16 weights built on the device (no checkpoint), paged KV (page 16), triton attention,
+decode CUDA graphs. Rows per shape:
 - decode step at batch 1, 8, 64, 256 (context 2,048): the bare graph replay (CUDA events, median) against
   (weight bytes + KV bytes) / measured device-to-device copy bandwidth (bytes read + written);
 - the same step through `DecodeCudaGraphs.replay` (host metadata fill included);
@@ -44,6 +45,18 @@ SHAPES = {
     "qwen3-8b": ModelConfig(
         arch="qwen3", num_layers=36, hidden_size=4096, num_heads=32, num_kv_heads=8, head_dim=128,
         intermediate_size=12288, vocab_size=151936, context_length=8192, rope_theta=1e6, qk_norm=True),
+    "llama3-1b": ModelConfig(  # Llama-3.2-1B
+        arch="llama", num_layers=16, hidden_size=2048, num_heads=32, num_kv_heads=8, head_dim=64,
+        intermediate_size=8192, vocab_size=128256, context_length=8192, rope_theta=500000.0,
+        rope_scaling=RopeScaling("llama3", 32.0, 1.0, 4.0, 8192), rms_norm_eps=1e-5, tie_word_embeddings=True),
+    "llama3-3b": ModelConfig(  # Llama-3.2-3B
+        arch="llama", num_layers=28, hidden_size=3072, num_heads=24, num_kv_heads=8, head_dim=128,
+        intermediate_size=8192, vocab_size=128256, context_length=8192, rope_theta=500000.0,
+        rope_scaling=RopeScaling("llama3", 32.0, 1.0, 4.0, 8192), rms_norm_eps=1e-5, tie_word_embeddings=True),
+    "qwen3-4b": ModelConfig(
+        arch="qwen3", num_layers=36, hidden_size=2560, num_heads=32, num_kv_heads=8, head_dim=128,
+        intermediate_size=9728, vocab_size=151936, context_length=8192, rope_theta=1e6, qk_norm=True,
+        tie_word_embeddings=True),
     "qwen3-0.6b": ModelConfig(
         arch="qwen3", num_layers=28, hidden_size=1024, num_heads=16, num_kv_heads=8, head_dim=128,
         intermediate_size=3072, vocab_size=151936, context_length=8192, rope_theta=1e6, qk_norm=True,

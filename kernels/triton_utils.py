@@ -99,6 +99,19 @@ if HAS_TRITON:
             gdc_launch_dependents()
 
     @triton.jit
+    def pdl_wait(PDL: tl.constexpr):
+        """`pdl_prologue`'s wait alone, for a kernel that releases the next one later (`pdl_release`): the next
+        kernel's programs are then placed on the SMs later, when they no longer compete with this kernel's."""
+        if PDL:
+            gdc_wait()
+
+    @triton.jit
+    def pdl_release(PDL: tl.constexpr):
+        """Let the next kernel launch (after `pdl_wait`; the chain stays ordered as under `pdl_prologue`)."""
+        if PDL:
+            gdc_launch_dependents()
+
+    @triton.jit
     def prefetch_l2(ptrs, mask):
         """Start moving the lines at `ptrs` (where `mask`) into L2 without waiting for them: a PDL kernel
         issues this for its weight (no kernel's output) before `pdl_prologue`, so the first loads after the
@@ -107,8 +120,8 @@ if HAS_TRITON:
             "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }",
             "=r,l,r", [ptrs.to(tl.int64, bitcast=True), mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
 else:
-    pdl_prologue = prefetch_l2 = None
+    pdl_prologue = pdl_wait = pdl_release = prefetch_l2 = None
 
 
-__all__ = ["HAS_TRITON", "PDL_ENV", "PDL_MAX_ROWS", "interpreting", "pdl_launch", "pdl_prologue", "prefetch_l2",
-           "tl", "triton"]
+__all__ = ["HAS_TRITON", "PDL_ENV", "PDL_MAX_ROWS", "interpreting", "pdl_launch", "pdl_prologue", "pdl_release",
+           "pdl_wait", "prefetch_l2", "tl", "triton"]

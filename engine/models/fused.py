@@ -8,8 +8,8 @@ with the K/V already stored. A decode batch of at most `MAX_ROWS` rows in bf16/f
 (and the LM head, into fp32 logits) through the skinny linear kernel, which streams each weight once, folds
 SiLU-and-mul into the gate/up projection and the whole attention prologue (q/k RMSNorm included) into
 the qkv projection (`skinny_qkv.py`; cuBLAS otherwise; fp32 models keep cuBLAS, whose fp32 GEMMs do not
-round to TF32). In such a batch of a small model the residual add and RMSNorm also leave their own launch
-(`_folded_layers`). Runs when the batch's backend has `fused_ops` set (the engine sets it on CUDA for the
+round to TF32). In such a batch of a small or a wide (3B and up) model the residual add and RMSNorm also leave
+their own launch (`_folded_layers`). Runs when the batch's backend has `fused_ops` set (the engine sets it on CUDA for the
 triton backend; `EngineConfig.fused_ops` turns it off); the CPU/torch path never comes here.
 """
 
@@ -114,22 +114,32 @@ def _swiglu(mlp) -> bool:
     return type(mlp) is GatedMLP and mlp.act is F.silu
 
 
-# `_folded_layers` runs for models up to this hidden size. On an H200 (`bench/engine_gpu.py --ab fold_norms`,
-# decode graph, PDL on) it took the SmolLM2 shape (576) from 0.680 to 0.638 ms at batch 1 and from 0.805 to
-# 0.781 ms at batch 8, but an 8B shape's step (4096) from 4.348 to 4.49-4.54 ms (Llama-3.1-8B, batch 1; 5.17
-# to 5.27 ms at batch 8; Qwen3-8B 4.60 to 4.56 and 5.48 to 5.62 ms): there the add+RMSNorm launches it removes
-# already overlap their neighbours under PDL, and the producers' heavier epilogue does not. A Llama-3.2-1B shape
-# (2048) lost too: 1.023 to 1.098 ms at batch 1, 1.159 to 1.249 ms at batch 8 (one-launch merge on in both).
-# At 1024 a Qwen3-0.6B shape gains: 1.123 to 1.104 ms at batch 1, 1.658 to 1.639 ms at batch 8. Between 1024 and
-# 2048 nothing is measured; 1024 keeps the models of up to about 0.6B parameters.
+# `_folded_layers` runs for models up to `FOLD_MAX_HIDDEN` wide, and from `FOLD_LATE_MIN_HIDDEN` on, where its
+# residual-adding projections release the next launch late (`skinny_linear_add(release_late=True)`). On an H200
+# (`bench/engine_gpu.py`, decode graph, PDL on, context 2k) the fold took the SmolLM2 shape (576) from 0.680 to
+# 0.638 ms at batch 1 and 0.805 to 0.781 ms at batch 8, and a Qwen3-0.6B shape (1024) from 1.123 to 1.104 ms at
+# batch 1 and 1.658 to 1.639 ms at batch 8. At an 8B shape it first lost (Llama-3.1-8B 4.402 against 4.166 ms,
+# Qwen3-8B 4.568 against 4.303, batch 1): the next projection, no longer held back by an add+RMSNorm launch,
+# had its programs placed on the SMs while the projection before it streamed, and summed the norm's parts
+# after its K loop. Released after the loop, with the parts summed before the loop, it gains (interleaved
+# rounds on four machines): Qwen3-8B 4.252-4.310 to 4.196-4.254 ms at batch 1, 4.459 to 4.411 at 2, 4.713 to
+# 4.665 at 4, 4.977-5.031 to 4.936-4.991 at 8, level at 16; Llama-3.1-8B 4.105-4.170 to 4.067-4.128 at 1,
+# 4.740-4.801 to 4.721-4.780 at 8; Qwen3-4B (2560) 2.877 to 2.827 at 1, level at 8; Llama-3.2-3B (3072) level
+# at 1, 2.880 to 2.832 at 8. Neither form paid at a Llama-3.2-1B shape (2048: 0.929 ms unfolded at batch 1,
+# 0.921-0.928 released late, 1.004 released early; late lost 10 us at batches 2-8), and at 576 and 1024 the
+# late release lost at batches 2-16, hence the gap between the two limits. Between 1024 and 2048 nothing is
+# measured.
 FOLD_MAX_HIDDEN = 1024
+FOLD_LATE_MIN_HIDDEN = 2560
 
 
 def _foldable(model, ctx: Any, skinny: bool) -> bool:
     """Whether this batch runs `_folded_layers`: the skinny path, the backend's `fold_norms` switch (on by
-    default), a hidden size of at most `FOLD_MAX_HIDDEN`, and every layer built of the plain modules (a
-    sharding wrapper runs its own forward)."""
-    if not (skinny and getattr(ctx.backend, "fold_norms", False)) or model.config.hidden_size > FOLD_MAX_HIDDEN:
+    default), a hidden size of at most `FOLD_MAX_HIDDEN` or at least `FOLD_LATE_MIN_HIDDEN`, and every layer
+    built of the plain modules (a sharding wrapper runs its own forward)."""
+    hidden = model.config.hidden_size
+    if (not (skinny and getattr(ctx.backend, "fold_norms", False))
+            or FOLD_MAX_HIDDEN < hidden < FOLD_LATE_MIN_HIDDEN):
         return False
     for layer in model.layers:
         attn, mlp = layer.self_attn, layer.mlp
@@ -144,19 +154,22 @@ def _folded_layers(model, residual: torch.Tensor, cos: torch.Tensor, sin: torch.
     """The decoder layers of a skinny batch with one add+RMSNorm launch in all (layer 0's input norm): the o and
     down projections add into `residual` in their epilogue and leave the next RMSNorm's input (`NormedRows`:
     rows times the norm weight, partial sums of squares), which the qkv and gate/up projections finish by
-    scaling their accumulators. Four launches per layer besides attention, against six with `add_rmsnorm`."""
+    scaling their accumulators. Four launches per layer besides attention, against six with `add_rmsnorm`.
+    From `FOLD_LATE_MIN_HIDDEN` on, the residual-adding projections release the next launch after their loop."""
     layers = model.layers
+    late = model.config.hidden_size >= FOLD_LATE_MIN_HIDDEN
     first = layers[0].input_layernorm
     h = add_rmsnorm(None, residual, first.weight, first.eps)
     rms = None
     for i, layer in enumerate(layers):
         attn, mlp, post = layer.self_attn, layer.mlp, layer.post_attention_layernorm
         o = _attend(attn, h if rms is None else rms.xg, cos, sin, ctx, True, rms=rms)
-        rms = skinny_linear_add(o, attn.o_proj.weight, attn.o_proj.bias, residual, norm=(post.weight, post.eps))
+        rms = skinny_linear_add(o, attn.o_proj.weight, attn.o_proj.bias, residual, norm=(post.weight, post.eps),
+                                release_late=late)
         act = skinny_linear(rms.xg, mlp.gate_up_proj.weight, mlp.gate_up_proj.bias, gated=True, rms=rms)
         nxt = layers[i + 1].input_layernorm if i + 1 < len(layers) else None
         rms = skinny_linear_add(act, mlp.down_proj.weight, mlp.down_proj.bias, residual,
-                                norm=None if nxt is None else (nxt.weight, nxt.eps))
+                                norm=None if nxt is None else (nxt.weight, nxt.eps), release_late=late)
 
 
 def fused_forward(model, input_ids: torch.Tensor, positions: torch.Tensor, ctx: Any) -> torch.Tensor:

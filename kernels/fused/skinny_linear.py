@@ -22,7 +22,15 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from pdpair.kernels.triton_utils import pdl_launch, pdl_prologue, prefetch_l2, tl, triton
+from pdpair.kernels.triton_utils import (
+    pdl_launch,
+    pdl_prologue,
+    pdl_release,
+    pdl_wait,
+    prefetch_l2,
+    tl,
+    triton,
+)
 
 MAX_ROWS = 16  # rows one MMA tile holds; more go to cuBLAS
 PREFETCH_MAX_BYTES = 256 << 20  # weights up to this size (not a vocabulary head) prefetch before the PDL wait
@@ -55,8 +63,8 @@ def _skinny_linear_kernel(
     parts_in, stride_pin, n_parts_in, eps_in, g_out, xg_out, stride_xgm, parts_out, stride_pout,
     HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
-    PREFETCH_K: tl.constexpr = 0, RMS_PARTS: tl.constexpr = 0, ACCUMULATE: tl.constexpr = False,
-    NORM_OUT: tl.constexpr = False,
+    PREFETCH_K: tl.constexpr = 0, RMS_PARTS: tl.constexpr = 0, RMS_FIRST: tl.constexpr = False,
+    ACCUMULATE: tl.constexpr = False, NORM_OUT: tl.constexpr = False, RELEASE_LATE: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     offs_m = tl.arange(0, BLOCK_M)
@@ -66,13 +74,19 @@ def _skinny_linear_kernel(
         prefetch_rows(w, offs_n, offs_n < N, stride_wn, K, offs_l)
         if GATED:
             prefetch_rows(w + N.to(tl.int64) * stride_wn, offs_n, offs_n < N, stride_wn, K, offs_l)
-    pdl_prologue(PDL)
+    if RELEASE_LATE:  # the next kernel launches once this one's loops are done (`skinny_linear_add`)
+        pdl_wait(PDL)
+    else:
+        pdl_prologue(PDL)
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
     mask_n = offs_n < N
     y_ptrs = y + offs_m[:, None] * stride_ym + offs_n[None, :]
     ymask = mask_m[:, None] & mask_n[None, :]
     # the epilogue's operands load here, so their latency hides behind the K loop instead of following it
+    if RMS_PARTS > 0:
+        if RMS_FIRST:
+            rstd = rms_scale(parts_in, stride_pin, n_parts_in, offs_m, mask_m, K, eps_in, RMS_PARTS)
     if ACCUMULATE:
         prior = tl.load(y_ptrs, mask=ymask, other=0.0).to(tl.float32)
     if NORM_OUT:
@@ -89,8 +103,11 @@ def _skinny_linear_kernel(
         acc += tl.dot(xb, tl.trans(tl.load(w_ptrs + k0, mask=wmask, other=0.0)))
         if GATED:
             acc_up += tl.dot(xb, tl.trans(tl.load(w_ptrs + up_off + k0, mask=wmask, other=0.0)))
+    if RELEASE_LATE:
+        pdl_release(PDL)
     if RMS_PARTS > 0:  # x held rows times their norm weight (`NormedRows`): scale by the rows' factors
-        rstd = rms_scale(parts_in, stride_pin, n_parts_in, offs_m, mask_m, K, eps_in, RMS_PARTS)
+        if not RMS_FIRST:
+            rstd = rms_scale(parts_in, stride_pin, n_parts_in, offs_m, mask_m, K, eps_in, RMS_PARTS)
         acc = acc * rstd
         acc_up = acc_up * rstd
     if HAS_BIAS:
@@ -156,15 +173,18 @@ class NormedRows(NamedTuple):
     of squares of its columns. The projection that takes it (`rms=`, its input being `xg`) sums the parts
     and scales its accumulator by each row's `rsqrt(mean square + eps)` before the bias. The norm then costs
     no launch of its own, and no arithmetic sits between the consumer's loads and its MMA (which Triton
-    would not software-pipeline: scaling each K block in the loop doubled an 8B model's decode step)."""
+    would not software-pipeline: scaling each K block in the loop doubled an 8B model's decode step). With
+    `first` the consumer sums the parts before its K loop, not after it (`skinny_linear_add`'s
+    `release_late`)."""
 
     xg: torch.Tensor  # [M, K] residual rows * norm weight, rounded to the model dtype
     parts: torch.Tensor  # fp32 [M, P]: sums of squares of the rows over each writer program's columns
     eps: float
+    first: bool = False
 
 
 def _launch(x, weight, bias, out, gated: bool, config: dict | None, accumulate: bool = False,
-            rms: NormedRows | None = None, norm_out: tuple | None = None) -> None:
+            rms: NormedRows | None = None, norm_out: tuple | None = None, release_late: bool = False) -> None:
     m, k = x.shape
     n = weight.shape[0]
     cfg = dict(config or skinny_config(n, k, gated))
@@ -180,6 +200,7 @@ def _launch(x, weight, bias, out, gated: bool, config: dict | None, accumulate: 
         g_out, xg_out, xg_out.stride(0), parts_out, parts_out.stride(0),
         HAS_BIAS=bias is not None, GATED=gated, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, **cfg,
         RMS_PARTS=triton.next_power_of_2(n_parts) if rms is not None else 0, ACCUMULATE=accumulate,
+        RMS_FIRST=rms is not None and rms.first, RELEASE_LATE=release_late,
         NORM_OUT=norm_out is not None, **launch_extras(weight, m, block_k),
     )
 
@@ -216,11 +237,17 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 def skinny_linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor, *,
-                      norm: tuple[torch.Tensor, float] | None = None,
-                      config: dict | None = None) -> NormedRows | None:
+                      norm: tuple[torch.Tensor, float] | None = None, config: dict | None = None,
+                      release_late: bool = False) -> NormedRows | None:
     """`residual [M, N] += x @ weight^T (+ bias)` (the projection rounded, then one fp32 add rounded once, as
     the unfused add). With `norm=(g, eps)`, also leaves the next RMSNorm's input (`NormedRows`) for the
-    projection after it."""
+    projection after it.
+
+    `release_late` (under PDL): the next kernel launches when this one's programs have finished their K loops,
+    not when they have passed the wait, and the `NormedRows` it leaves are summed first by their consumer
+    (`first`). At an 8B shape the next projection's programs, placed on the SMs while this one streams, slow
+    it more than the early start gains; placed late, the consumer has the parts' latency to hide in its loop.
+    Smaller models gain from the early placement; `engine/models/fused.py` decides (`FOLD_LATE_MIN_HIDDEN`)."""
     _check(x, weight, False, None)
     m, n = x.shape[0], weight.shape[0]
     assert residual.shape == (m, n) and residual.stride(-1) == 1 and residual.dtype == x.dtype, (
@@ -230,10 +257,11 @@ def skinny_linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     if norm is not None:
         assert norm[0].shape == (n,) and norm[0].is_contiguous(), (norm[0].shape, n)
         normed = NormedRows(torch.empty_like(residual), torch.empty((m, triton.cdiv(n, config["BLOCK_N"])),
-                                                                    dtype=torch.float32, device=x.device), norm[1])
+                                                                    dtype=torch.float32, device=x.device), norm[1],
+                            first=release_late)
     if m:
         _launch(x, weight, bias, residual, False, config, accumulate=True,
-                norm_out=None if normed is None else (norm[0], normed.xg, normed.parts))
+                norm_out=None if normed is None else (norm[0], normed.xg, normed.parts), release_late=release_late)
     return normed
 
 

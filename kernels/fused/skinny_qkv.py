@@ -49,7 +49,7 @@ def _skinny_qkv_kernel(
     eps_in, qn_w, kn_w, raw, stride_raw, counters, eps_qk,
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, PAGE_SIZE: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr = False, PREFETCH_K: tl.constexpr = 0, RMS_PARTS: tl.constexpr = 0,
+    PDL: tl.constexpr = False, PREFETCH_K: tl.constexpr = 0, RMS_PARTS: tl.constexpr = 0, RMS_FIRST: tl.constexpr = False,
     QK_NORM: tl.constexpr = False, BLOCK_HALF: tl.constexpr = 1,
 ):
     pid = tl.program_id(0)
@@ -64,6 +64,9 @@ def _skinny_qkv_kernel(
         prefetch_rows(w, rows, offs_j < HALF, stride_wn, K, offs_l)
         prefetch_rows(w + HALF * stride_wn, rows, offs_j < HALF, stride_wn, K, offs_l)
     pdl_prologue(PDL)
+    if RMS_PARTS > 0:
+        if RMS_FIRST:
+            rstd = rms_scale(parts_in, stride_pin, n_parts_in, offs_m, mask_m, K, eps_in, RMS_PARTS)
     x_ptrs = x + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
     w_ptrs = w + rows[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
     half_off = HALF * stride_wn
@@ -75,7 +78,8 @@ def _skinny_qkv_kernel(
         acc1 += tl.dot(xb, tl.trans(tl.load(w_ptrs + k0, mask=mask_k[None, :], other=0.0)))
         acc2 += tl.dot(xb, tl.trans(tl.load(w_ptrs + half_off + k0, mask=mask_k[None, :], other=0.0)))
     if RMS_PARTS > 0:  # x held rows times their norm weight (`NormedRows`): scale by the rows' factors
-        rstd = rms_scale(parts_in, stride_pin, n_parts_in, offs_m, mask_m, K, eps_in, RMS_PARTS)
+        if not RMS_FIRST:
+            rstd = rms_scale(parts_in, stride_pin, n_parts_in, offs_m, mask_m, K, eps_in, RMS_PARTS)
         acc1 = acc1 * rstd
         acc2 = acc2 * rstd
     if HAS_BIAS:
@@ -234,6 +238,7 @@ def skinny_qkv_rope_store(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
                              else (q, 0, 0, 0.0)), *(norm_args or (q, q, q, 0, q, 0.0)),
         QK_NORM=qk_norm is not None, BLOCK_HALF=triton.next_power_of_2(d // 2),
         RMS_PARTS=triton.next_power_of_2(rms.parts.shape[1]) if rms is not None else 0,
+        RMS_FIRST=rms is not None and rms.first,
         HEADS=heads, KV_HEADS=kv_heads, HALF=d // 2, PAGE_SIZE=k_cache.shape[1], HAS_BIAS=bias is not None,
         BLOCK_M=16, BLOCK_P=pairs, BLOCK_K=block_k, **cfg, **launch_extras(weight, m, block_k),
     )

@@ -94,12 +94,13 @@ def skinny_linear_case(dtype, rows: int, n: int, k: int, gated: bool = False, bi
 
 def folded_norm_case(dtype, rows: int, k: int, hidden: int, n: int, consumer: str, bias: bool = False,
                      device: str = "cpu", seed: int = 0, configs: tuple[dict | None, dict | None] = (None, None),
-                     head_dim: int = 32, kv_heads: int = 1) -> dict:
+                     head_dim: int = 32, kv_heads: int = 1, release_late: bool = False) -> dict:
     """An RMSNorm folded across two projections: `skinny_linear_add` adds `x [rows, k] W1^T` into a random
     residual `[rows, hidden]` and leaves the next norm's input, which the consumer (`"linear"`, `"gated"`
     (W2 `[2n, hidden]`), or `"qkv"`: the qkv projection with rope and K/V store, n = its q heads) finishes.
     Against the unfused twin chain (residual add, `add_rmsnorm_ref`, F.linear...) in the same dtype and in
-    float64: the residual, the consumer's output; also the bare add without a norm."""
+    float64: the residual, the consumer's output; also the bare add without a norm. `release_late`: the
+    producer as a wide model's fold runs it, its consumer summing the norm's parts before its loop."""
     from pdpair.kernels.fused.skinny_linear import (
         skinny_linear,
         skinny_linear_add,
@@ -120,7 +121,7 @@ def folded_norm_case(dtype, rows: int, k: int, hidden: int, n: int, consumer: st
     n2 = (n + 2 * kv_heads) * head_dim if consumer == "qkv" else 2 * n if consumer == "gated" else n
     w2, b2 = rnd(n2, hidden, scale=2 / hidden**0.5), rnd(n2) if bias else None
     res_k, res_r, res_64 = residual.clone(), residual.clone(), residual.double()
-    rms = skinny_linear_add(x, w1, b1, res_k, norm=(g, 1e-5), config=configs[0])
+    rms = skinny_linear_add(x, w1, b1, res_k, norm=(g, 1e-5), config=configs[0], release_late=release_late)
     h_r = skinny_linear_add_ref(x, w1, b1, res_r, (g, 1e-5))
     h_64 = skinny_linear_add_ref(x.double(), w1.double(), None if b1 is None else b1.double(), res_64,
                                  (g.double(), 1e-5))
@@ -148,6 +149,7 @@ def folded_norm_case(dtype, rows: int, k: int, hidden: int, n: int, consumer: st
     skinny_linear_add_ref(x, w1, b1, plain_r)
     return {"residual": rel_err(res_k, res_r), "residual64": rel_err(res_k, res_64), "out": rel_err(y, y_r),
             "out64": rel_err(y, y_64), "plain_add": rel_err(plain_k, plain_r), "no_norm": none is None,
+            "first": rms.first,
             "parts": tuple(rms.parts.shape)} | extra
 
 
@@ -260,11 +262,13 @@ def _skinny_qkv_once(gen, dtype, rows, heads, kv_heads, head_dim, k, n, bias, co
             "counters_zero": ws is None or not bool(ws.counters.any())}
 
 
-def fused_engine_case(arch: str) -> dict:
+def fused_engine_case(arch: str, fold_late: bool = False) -> dict:
     """A tiny seeded model of `arch` through the engine on CPU with the (interpreted) triton backend, fused
     kernels off and on (and on with no-prefix prefill chunks through SDPA): greedy tokens, one decode batch's
-    logits, how often the fused forward ran and how often its decode steps ran the qkv projection with rope
-    and the K/V store fused (models without q/k norm)."""
+    logits, how often the fused forward ran, how often its decode steps ran the qkv projection with rope
+    and the K/V store fused (models without q/k norm), and how often the folded norms' residual-adding
+    projections released late. With `fold_late` the model folds as a wide one does (the hidden-size limits
+    moved below its 64)."""
     from types import SimpleNamespace
 
     import pdpair.engine.models.fused as fused_mod
@@ -284,10 +288,14 @@ def fused_engine_case(arch: str) -> dict:
             noise = torch.randn(p.shape, generator=gen)
             p.copy_(1 + 0.3 * noise if name.endswith("norm.weight") else 0.2 * noise)
     loaded = SimpleNamespace(config=cfg, model=model, tokenizer=None, model_id=f"tiny-{arch}", weights_digest="t")
-    calls, qkv_calls = [], []
-    real, real_qkv = fused_mod.fused_forward, fused_mod.skinny_qkv_rope_store
+    calls, qkv_calls, adds = [], [], []
+    real, real_qkv, real_add = fused_mod.fused_forward, fused_mod.skinny_qkv_rope_store, fused_mod.skinny_linear_add
+    limits = fused_mod.FOLD_MAX_HIDDEN, fused_mod.FOLD_LATE_MIN_HIDDEN
     fused_mod.fused_forward = lambda *a: calls.append(1) or real(*a)
     fused_mod.skinny_qkv_rope_store = lambda *a, **k: qkv_calls.append(a[0].shape[0]) or real_qkv(*a, **k)
+    fused_mod.skinny_linear_add = lambda *a, **k: adds.append(k.get("release_late")) or real_add(*a, **k)
+    if fold_late:
+        fused_mod.FOLD_MAX_HIDDEN, fused_mod.FOLD_LATE_MIN_HIDDEN = 32, 64
     prompts = [torch.randint(3, 256, (n,), generator=gen).tolist() for n in (1, 5, 11)]
     tokens, logits = {}, {}
     try:
@@ -307,10 +315,12 @@ def fused_engine_case(arch: str) -> dict:
             eng.pools.check_integrity()
     finally:
         fused_mod.fused_forward, fused_mod.skinny_qkv_rope_store = real, real_qkv
+        fused_mod.skinny_linear_add = real_add
+        fused_mod.FOLD_MAX_HIDDEN, fused_mod.FOLD_LATE_MIN_HIDDEN = limits
     base = tokens[False, False]
     return {"tokens_equal": base == tokens[True, False] == tokens[True, True], "tokens": base,
             "rel_err": rel_err(logits[True, False], logits[False, False]), "fused_calls": len(calls),
-            "qkv_calls": len(qkv_calls)}
+            "qkv_calls": len(qkv_calls), "late_adds": adds.count(True), "early_adds": adds.count(False)}
 
 
 def graph_body_case(fused: bool) -> dict:

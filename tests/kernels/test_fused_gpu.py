@@ -93,9 +93,12 @@ def test_skinny_lm_head_into_fp32_logits_gpu(rows):
 def test_rms_norm_folded_across_two_projections_gpu(dtype, k, hidden, n, consumer, head_dim, kv_heads, rows):
     """The residual add + next RMSNorm folded into the projections around it, at model shapes and the default
     launch configs, against the unfused twin chain (cuBLAS) and float64."""
+    from pdpair.engine.models.fused import FOLD_LATE_MIN_HIDDEN
+
+    late = hidden >= FOLD_LATE_MIN_HIDDEN  # the form `engine/models/fused.py` runs at this width
     r = folded_norm_case(dtype, rows, k, hidden, n, consumer, device="cuda", seed=rows + k,
-                         head_dim=head_dim or 32, kv_heads=kv_heads or 1)
-    assert r["no_norm"], r
+                         head_dim=head_dim or 32, kv_heads=kv_heads or 1, release_late=late)
+    assert r["no_norm"] and r["first"] == late, r
     assert max(r["residual"], r["plain_add"], r["residual64"]) < TOL[dtype], r
     assert max(r["out"], r["out64"], r.get("k_cache", 0)) < 2 * TOL[dtype], r
 
@@ -190,11 +193,21 @@ def _tiny_engine(arch: str):
 
 
 @pytest.mark.timeout(300)
-def test_qk_norm_fused_qkv_graph_replay_equals_eager():
+@pytest.mark.parametrize("fold_late", [False, True])
+def test_qk_norm_fused_qkv_graph_replay_equals_eager(fold_late, monkeypatch):
     """Qwen3's decode graphs (the qkv projection with q/k norm meeting in the backend's static workspace, every
     layer and replay sharing its counters) give the eager forward's logits bit for bit, replay after replay on
-    new batches, padded buckets included; the counters are at zero afterwards."""
+    new batches, padded buckets included; the counters are at zero afterwards. `fold_late`: the norms folded as
+    a wide model folds them (the residual-adding projections releasing the next launch after their loop)."""
     import pdpair.engine.models.fused as fused_mod
+
+    if fold_late:  # the limits moved below the tiny model's 256
+        monkeypatch.setattr(fused_mod, "FOLD_MAX_HIDDEN", 128)
+        monkeypatch.setattr(fused_mod, "FOLD_LATE_MIN_HIDDEN", 256)
+    lates = []
+    real_add = fused_mod.skinny_linear_add
+    monkeypatch.setattr(fused_mod, "skinny_linear_add",
+                        lambda *a, **k: lates.append(k.get("release_late")) or real_add(*a, **k))
 
     from tests.kernels._attention_engine_fixtures import (
         decode_batch,
@@ -213,6 +226,7 @@ def test_qk_norm_fused_qkv_graph_replay_equals_eager():
     finally:
         fused_mod.skinny_qkv_rope_store = real
     assert norms and all(norms), norms  # captured with the fused q/k norm
+    assert lates and set(lates) == {fold_late}, lates  # folded, in the form asked for
     gen = torch.Generator().manual_seed(1)
     for bs in (1, 3, 8, 13, 16, 1):
         batch, release = decode_batch(eng, torch.randint(1, 200, (bs,), generator=gen).tolist(), seed=bs)

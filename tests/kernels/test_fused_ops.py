@@ -72,15 +72,19 @@ def test_skinny_linear_into_fp32_logits_rounds_to_the_input_dtype():
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("rows,consumer,bias", [(1, "linear", True), (5, "gated", False), (3, "qkv", True)])
-def test_rms_norm_folded_across_two_projections(dtype, rows, consumer, bias):
+@pytest.mark.parametrize("rows,consumer,bias,late", [(1, "linear", True, False), (5, "gated", False, False),
+                                                    (3, "qkv", True, False), (2, "gated", True, True),
+                                                    (3, "qkv", False, True)])
+def test_rms_norm_folded_across_two_projections(dtype, rows, consumer, bias, late):
     """`skinny_linear_add` then a projection taking its `NormedRows`, against the residual add, add_rmsnorm's
     twin and the unfused projection. hidden = 40 over column blocks of 16: three writer programs (the last
-    partial), whose partial sums the consumer adds; K = 200 ends in a partial block."""
+    partial), whose partial sums the consumer adds; K = 200 ends in a partial block. `late`: the wide models'
+    form (the consumer sums the parts before its loop)."""
     cfg1 = {"BLOCK_N": 16, "BLOCK_K": 128, "num_warps": 4, "num_stages": 2}
     cfg2 = {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 2, "num_stages": 2}
-    r = interpreted(folded_norm_case, dtype, rows, 200, 40, 3, consumer, bias, configs=(cfg1, cfg2))
-    assert r["parts"] == (rows, 3) and r["no_norm"], r
+    r = interpreted(folded_norm_case, dtype, rows, 200, 40, 3, consumer, bias, configs=(cfg1, cfg2),
+                    release_late=late)
+    assert r["parts"] == (rows, 3) and r["no_norm"] and r["first"] == late, r
     assert max(r["residual"], r["plain_add"], r["out"], r.get("k_cache", 0)) < 5 * TOL[dtype], r
     assert max(r["residual64"], r["out64"]) < 10 * TOL[dtype], r
 
@@ -142,6 +146,19 @@ def test_fused_forward_matches_unfused_engine(arch):
     assert r["qkv_calls"] > 0, r
     assert r["tokens_equal"] and all(len(t) == 4 for t in r["tokens"]), r
     assert r["rel_err"] < 1e-5, r
+    assert r["early_adds"] > 0 and r["late_adds"] == 0, r  # a small model folds, releasing after the wait
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_fused_forward_folds_wide_models_late(arch):
+    """The fold as a wide (2.5k hidden and up) model runs it: the residual-adding projections release late and the qkv and
+    gate/up projections sum the norm's parts before their loop; same tokens and logits as unfused."""
+    r = interpreted(fused_engine_case, arch, fold_late=True)
+    assert r["fused_calls"] > 0 and r["qkv_calls"] > 0, r
+    assert r["late_adds"] > 0 and r["early_adds"] == 0, r
+    assert r["tokens_equal"] and all(len(t) == 4 for t in r["tokens"]), r
+    assert r["rel_err"] < 1e-5, r
 
 
 @pytest.mark.timeout(300)
@@ -181,16 +198,17 @@ def test_fused_path_stays_off_for_sliding_window_models(tmp_path, family):
         assert not full.swa_layers and fused_supported(full), (full.arch, full.swa_layers)
 
 
-def test_norm_fold_runs_for_small_models_built_of_plain_modules():
-    """`_folded_layers` runs for a skinny batch of a model of hidden size <= FOLD_MAX_HIDDEN whose layers are the
-    plain modules, with the backend's switch on; a larger model, a wrapped projection (a sharding layer), a
-    batch off the skinny path, or the switch off keep the add+RMSNorm launches."""
+def test_norm_fold_runs_for_small_and_wide_models_built_of_plain_modules():
+    """`_folded_layers` runs for a skinny batch of a model of hidden size <= FOLD_MAX_HIDDEN or >=
+    FOLD_LATE_MIN_HIDDEN whose layers are the plain modules, with the backend's switch on; a model between the
+    two, a wrapped projection (a sharding layer), a batch off the skinny path, or the switch off keep the
+    add+RMSNorm launches."""
     import dataclasses
     from types import SimpleNamespace
 
     from pdpair.engine.model_config import ModelConfig
     from pdpair.engine.models import build_model
-    from pdpair.engine.models.fused import FOLD_MAX_HIDDEN, _foldable
+    from pdpair.engine.models.fused import FOLD_LATE_MIN_HIDDEN, FOLD_MAX_HIDDEN, _foldable
 
     from tests.kernels._fused_cases import _Wrapped
 
@@ -201,7 +219,9 @@ def test_norm_fold_runs_for_small_models_built_of_plain_modules():
     assert _foldable(model, ctx, True)
     assert not _foldable(model, ctx, False)
     assert not _foldable(model, SimpleNamespace(backend=SimpleNamespace(fold_norms=False)), True)
-    big = SimpleNamespace(config=dataclasses.replace(cfg, hidden_size=2 * FOLD_MAX_HIDDEN), layers=model.layers)
-    assert not _foldable(big, ctx, True)
+    between = SimpleNamespace(config=dataclasses.replace(cfg, hidden_size=2 * FOLD_MAX_HIDDEN), layers=model.layers)
+    assert 2 * FOLD_MAX_HIDDEN < FOLD_LATE_MIN_HIDDEN and not _foldable(between, ctx, True)
+    wide = SimpleNamespace(config=dataclasses.replace(cfg, hidden_size=FOLD_LATE_MIN_HIDDEN), layers=model.layers)
+    assert _foldable(wide, ctx, True)
     model.layers[1].self_attn.o_proj = _Wrapped(model.layers[1].self_attn.o_proj)
     assert not _foldable(model, ctx, True)

@@ -15,8 +15,8 @@ pytest.importorskip("triton", reason="triton is not installed")
 BF16 = "*bf16"
 # a memory access of another kernel's data: loads, stores, async copies, atomics
 ACCESS = re.compile(r"\b(ld|st|atom|red)\.global|\bcp\.async\.")
-NAMES = ["skinny_linear", "skinny_add_norm_out", "skinny_rms_in", "skinny_qkv", "skinny_qkv_rms_in",
-         "skinny_qkv_qk_norm", "add_rmsnorm", "add_rmsnorm_rows", "embed_rope", "qk_rope_store", "silu_mul", "decode_split", "decode_split_preload",
+NAMES = ["skinny_linear", "skinny_add_norm_out", "skinny_rms_in", "skinny_rms_first", "skinny_qkv",
+         "skinny_qkv_rms_in", "skinny_qkv_rms_first", "skinny_qkv_qk_norm", "add_rmsnorm", "add_rmsnorm_rows", "embed_rope", "qk_rope_store", "silu_mul", "decode_split", "decode_split_preload",
          "decode_merge"]
 
 
@@ -43,10 +43,16 @@ def _kernels():
         ("skinny_rms_in", _skinny_linear_kernel, skinny_ptrs,
          dict(HAS_BIAS=False, GATED=True, BLOCK_M=16, BLOCK_N=8, BLOCK_K=128, RMS_PARTS=128), ("eps_in",),
          dict(num_warps=2, num_stages=5)),
+        ("skinny_rms_first", _skinny_linear_kernel, skinny_ptrs,
+         dict(HAS_BIAS=False, GATED=True, BLOCK_M=16, BLOCK_N=8, BLOCK_K=128, RMS_PARTS=128, RMS_FIRST=True),
+         ("eps_in",), dict(num_warps=2, num_stages=5)),
         ("skinny_qkv", _skinny_qkv_kernel, qkv_ptrs,
          dict(rope, HAS_BIAS=False, BLOCK_M=16, BLOCK_P=8, BLOCK_K=128), (), dict(num_warps=2, num_stages=5)),
         ("skinny_qkv_rms_in", _skinny_qkv_kernel, qkv_ptrs | dict(parts_in=f32),
          dict(rope, HAS_BIAS=False, BLOCK_M=16, BLOCK_P=8, BLOCK_K=128, RMS_PARTS=64), ("eps_in",),
+         dict(num_warps=2, num_stages=5)),
+        ("skinny_qkv_rms_first", _skinny_qkv_kernel, qkv_ptrs | dict(parts_in=f32),
+         dict(rope, HAS_BIAS=False, BLOCK_M=16, BLOCK_P=8, BLOCK_K=128, RMS_PARTS=64, RMS_FIRST=True), ("eps_in",),
          dict(num_warps=2, num_stages=5)),
         ("skinny_qkv_qk_norm", _skinny_qkv_kernel, qkv_ptrs | dict(qn_w=BF16, kn_w=BF16, raw=f32, counters=i32),
          dict(rope, HAS_BIAS=False, BLOCK_M=16, BLOCK_P=8, BLOCK_K=128, QK_NORM=True, BLOCK_HALF=32), ("eps_qk",),
@@ -105,6 +111,28 @@ def test_pdl_kernel_waits_before_any_access_and_then_releases_the_next(case):
         name, first and first.group(0))
     off = sm90_ptx(kernel, pointers, consts | {"PDL": False}, floats, **options)
     assert "griddepcontrol" not in off, name
+
+
+@pytest.mark.timeout(300)
+def test_late_release_follows_the_k_loop():
+    """`skinny_linear_add(release_late=True)`: the wait still comes before any access of another kernel's data,
+    and the release of the next kernel after the K loop's last MMA (its programs are placed once this kernel's
+    loops are done); without PDL, neither appears."""
+    needs_nvidia_compiler()
+    from pdpair.kernels.fused.skinny_linear import _skinny_linear_kernel
+
+    pointers = dict(x=BF16, w=BF16, bias=BF16, y=BF16, parts_in="*fp32", g_out=BF16, xg_out=BF16, parts_out="*fp32")
+    consts = dict(HAS_BIAS=False, GATED=False, BLOCK_M=16, BLOCK_N=8, BLOCK_K=128, ACCUMULATE=True, NORM_OUT=True,
+                  RELEASE_LATE=True)
+    on = sm90_ptx(_skinny_linear_kernel, pointers, consts | {"PDL": True}, ("eps_in",), num_warps=2, num_stages=5)
+    wait, release = on.find("griddepcontrol.wait"), on.find("griddepcontrol.launch_dependents")
+    first = ACCESS.search(on)
+    assert 0 <= wait < first.start() < release, (wait, first.start(), release)
+    mmas = [m.start() for m in re.finditer(r"\bw?mma\.", on)]
+    assert mmas and max(mmas) < release, (len(mmas), release)
+    assert on.count("griddepcontrol.launch_dependents") == 1
+    off = sm90_ptx(_skinny_linear_kernel, pointers, consts | {"PDL": False}, ("eps_in",), num_warps=2, num_stages=5)
+    assert "griddepcontrol" not in off
 
 
 @pytest.mark.timeout(300)

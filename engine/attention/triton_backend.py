@@ -16,7 +16,7 @@ from pdpair.kernels.attention import (
     extend_attention,
     store_kv,
 )
-from pdpair.kernels.fused.skinny_qkv import QKNormWorkspace, qk_norm_workspace
+from pdpair.kernels.fused.skinny_qkv import QKNormWorkspace, QKScale, qk_norm_workspace
 
 if not HAS_TRITON:
     raise ImportError("triton is not installed (pip install 'pdpair[triton]')")
@@ -53,9 +53,12 @@ class TritonBackend(AttentionBackend):
         self.fused_qkv = True
         # merge the splits inside the split launch (one arrival atomic per program) instead of a second launch
         self.fused_merge = head_dim >= FUSED_MERGE_MIN_HEAD_DIM
-        # a small decode batch of a small model folds each residual add into the projection before it and each
-        # RMSNorm into the projection after it (engine/models/fused.py: `_folded_layers`, `FOLD_MAX_HIDDEN`)
+        # a small decode batch of a small or wide model folds each residual add into the projection before it
+        # and each RMSNorm into the projection after it (engine/models/fused.py: `_folded_layers`)
         self.fold_norms = True
+        # with `fused_qkv`, a q/k-norm model's qkv launch leaves the norm's factors to decode attention instead
+        # of meeting per head (kernels/fused/skinny_qkv.py: `QKScale`)
+        self.defer_qk_norm = True
         # decode at batch 1 reads each split's first K/V block before the PDL wait (kernels/attention/decode.py)
         self.decode_preload = True
         self._max_extend = 0
@@ -96,8 +99,10 @@ class TritonBackend(AttentionBackend):
                           and sdpa_fits(batch.extend_lens_cpu))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
-                batch: ForwardBatch, kv_stored: bool = False) -> torch.Tensor:
-        """`kv_stored`: k/v are already in the cache (the fused prologue wrote them); skip the store."""
+                batch: ForwardBatch, kv_stored: bool = False, qk_norm: QKScale | None = None) -> torch.Tensor:
+        """`kv_stored`: k/v are already in the cache (the fused prologue wrote them); skip the store. `qk_norm`
+        (decode, with `kv_stored`): the q/k RMSNorm that prologue deferred to attention (`decode_attention`)."""
+        assert qk_norm is None or (kv_stored and batch.is_decode), "a deferred q/k norm is a fused decode's"
         pool, idx = self.layer_pools[layer]
         k_cache, v_cache = pool.k_layers[idx], pool.v_layers[idx]
         # a sliding-window pool's layers read its own, window-clipped metadata: decode reads O(window) keys
@@ -109,7 +114,8 @@ class TritonBackend(AttentionBackend):
         if batch.is_decode:
             decode_attention(q, k_cache, v_cache, meta.kv_indptr, meta.kv_indices, o=o, sm_scale=self.scale,
                              num_splits=self._splits, workspace=self._workspace, window=window,
-                             fused_merge=self.fused_merge, preload=None if self.decode_preload else False)
+                             fused_merge=self.fused_merge, preload=None if self.decode_preload else False,
+                             qk_norm=qk_norm)
         elif self._sdpa:
             sdpa_extend(q, k, v, batch.extend_lens_cpu, self.scale, o)
         else:

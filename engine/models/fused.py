@@ -84,14 +84,19 @@ def _attend(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: An
     `xg`), the qkv projection finishes the input RMSNorm itself."""
     backend, layer = ctx.backend, attn.layer_id
     pool, idx = backend.layer_pools[layer]  # the full-attention pool: `fused_supported` models have no other
+    deferred = None
     if _qkv_fused(attn, skinny, ctx):
         norm = None
-        if attn.q_norm is not None:  # the heads' programs meet in the backend's workspace (`skinny_qkv.py`)
+        if attn.q_norm is not None:  # the heads' programs meet in the backend's workspace (`skinny_qkv.py`), or
+            # leave the norm's factors there for decode attention
+            assert attn.q_norm.eps == attn.k_norm.eps, (attn.q_norm.eps, attn.k_norm.eps)
             norm = dict(qk_norm=(attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps),
-                        workspace=backend.qk_norm_workspace())
+                        workspace=backend.qk_norm_workspace(), defer_norm=getattr(backend, "defer_qk_norm", False))
         q = skinny_qkv_rope_store(x, attn.qkv_proj.weight, attn.qkv_proj.bias, cos, sin, attn.num_heads,
                                   attn.num_kv_heads, pool.k_layers[idx], pool.v_layers[idx], ctx.batch.out_cache_loc,
                                   rms=rms, **(norm or {}))
+        if norm is not None and norm["defer_norm"]:
+            q, deferred = q
         k = v = None  # decode with `kv_stored` reads q and the cache only
     else:
         if rms is not None:
@@ -103,6 +108,9 @@ def _attend(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: An
                                 pool.v_layers[idx], ctx.batch.out_cache_loc,
                                 attn.q_norm.weight if norm else None, attn.k_norm.weight if norm else None,
                                 attn.q_norm.eps if norm else 1e-6)
+    if deferred is not None:
+        return backend.forward(q, k, v, layer, ctx.batch, kv_stored=True, qk_norm=deferred).reshape(
+            x.shape[0], attn.q_size)
     return backend.forward(q, k, v, layer, ctx.batch, kv_stored=True).reshape(x.shape[0], attn.q_size)
 
 

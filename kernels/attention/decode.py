@@ -28,6 +28,12 @@ co-residency and cannot deadlock whatever the grid order. A split with no keys (
 stores lse = -inf and arrives. A workspace must not be used by two launches running at the same time (two
 streams).
 
+Deferred q/k RMSNorm (`qk_norm=`, a `QKScale` from kernels/fused/skinny_qkv.py): q and the row's own key
+arrive weighted and rotated but not normed, with each head's sums of squares. Each program sums its heads' and
+its kv head's parts after the wait, scales each head's scores by its factor and the own key's scores by the
+k factor, and the split holding the own key stores it back normed at the row's slot after its loop (the only
+program that reads that key; a row of slot < 0 stores nothing).
+
 Under the Triton interpreter programs run one after another (the last split of a group is also the last to
 run), so the CPU tests check the arithmetic and the counter reset, not the memory ordering above.
 """
@@ -36,6 +42,7 @@ import math
 from typing import NamedTuple
 
 import torch
+from pdpair.kernels.fused.skinny_qkv import QKScale
 from pdpair.kernels.triton_utils import pdl_launch, pdl_prologue, tl, triton
 
 LOG2E = 1.4426950408889634
@@ -86,9 +93,12 @@ def store_split(acc, l_i, m_i, o, mid_o, mid_lse, b, split, heads, offs_d, mask_
 
 
 @triton.jit
-def _attend_block(qv, kb, vb, mask_n, m_i, l_i, acc, qk_scale):
-    """One block of keys into the running (max, sum, output) of the group's query heads (base 2)."""
+def _attend_block(qv, kb, vb, mask_n, m_i, l_i, acc, qk_scale, key_scale, KEY_SCALE: tl.constexpr):
+    """One block of keys into the running (max, sum, output) of the group's query heads (base 2). `qk_scale`: a
+    scalar or a `[H, 1]` column; with `KEY_SCALE`, each key's scores also times `key_scale [N]`."""
     s = tl.dot(qv, tl.trans(kb)) * qk_scale
+    if KEY_SCALE:
+        s = s * key_scale[None, :]
     s = tl.where(mask_n[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     p = tl.exp2(s - m_new[:, None])
@@ -105,10 +115,11 @@ def _decode_split_kernel(
     stride_kp, stride_ks, stride_kh,
     stride_vp, stride_vs, stride_vh,
     stride_mb, stride_mh, stride_ms, stride_lb, stride_lh, stride_ob, stride_oh, stride_cb,
-    qk_scale, window,
+    qk_scale, window, qk_parts, stride_pb, per_head, n_heads, qk_eps, qk_slots,
     PAGE_SIZE: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, FUSED_MERGE: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_G: tl.constexpr, PDL: tl.constexpr = False, PRELOAD: tl.constexpr = False,
+    QK_DEFER: tl.constexpr = False, BLOCK_PP: tl.constexpr = 1,
 ):
     # Under PDL the row's kv_indptr pair and first block of kv_indices are read before the wait, so these
     # dependent loads overlap the previous kernel. The step's metadata is written before its first layer, and a
@@ -149,6 +160,17 @@ def _decode_split_kernel(
     heads = kvh * GROUP + offs_h
     qv = tl.load(q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
                  mask=mask_h[:, None] & mask_d[None, :], other=0.0)
+    head_scale = qk_scale
+    r_k = qk_scale  # QK_DEFER: the row's own key's norm factor
+    if QK_DEFER:  # the q/k RMSNorm the qkv launch deferred (`QKScale`): its factors from the sums of squares
+        offs_p = tl.arange(0, BLOCK_PP)
+        pmask = offs_p < per_head
+        qss = tl.load(qk_parts + b * stride_pb + heads[:, None] * per_head + offs_p[None, :],
+                      mask=mask_h[:, None] & pmask[None, :], other=0.0)
+        head_scale = (qk_scale * tl.rsqrt(tl.sum(qss, 1) / HEAD_DIM + qk_eps))[:, None]
+        kss = tl.load(qk_parts + b * stride_pb + (n_heads + kvh) * per_head + offs_p, mask=pmask, other=0.0)
+        r_k = tl.rsqrt(tl.sum(kss, 0) / HEAD_DIM + qk_eps)
+        own_slot = tl.load(qk_slots + b).to(tl.int64)  # < 0: a padding row, which stored no key
 
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
@@ -159,7 +181,8 @@ def _decode_split_kernel(
             m1 = own[:, None] & mask_d[None, :]
             kb = tl.where(own[:, None], tl.load(k_at, mask=m1, other=0.0), kb0)
             vb = tl.where(own[:, None], tl.load(v_at, mask=m1, other=0.0), vb0)
-            m_i, l_i, acc = _attend_block(qv, kb, vb, first_n < hi, m_i, l_i, acc, qk_scale)
+            key_scale = tl.where(own, r_k, 1.0)
+            m_i, l_i, acc = _attend_block(qv, kb, vb, first_n < hi, m_i, l_i, acc, head_scale, key_scale, QK_DEFER)
         j0 = lo + BLOCK_N
     for j in range(j0, hi, BLOCK_N):
         offs_n = j + tl.arange(0, BLOCK_N)
@@ -177,7 +200,14 @@ def _decode_split_kernel(
                      + offs_d[None, :], mask=kmask, other=0.0)
         vb = tl.load(v_cache + page[:, None] * stride_vp + off[:, None] * stride_vs + kvh * stride_vh
                      + offs_d[None, :], mask=kmask, other=0.0)
-        m_i, l_i, acc = _attend_block(qv, kb, vb, mask_n, m_i, l_i, acc, qk_scale)
+        key_scale = tl.where(offs_n == n - 1, r_k, 1.0)
+        m_i, l_i, acc = _attend_block(qv, kb, vb, mask_n, m_i, l_i, acc, head_scale, key_scale, QK_DEFER)
+    if QK_DEFER:  # the split holding the row's own key stores it back normed (it was read above as stored)
+        if (hi == n) & (lo < hi) & (own_slot >= 0):
+            own_k = (k_cache + (own_slot // PAGE_SIZE) * stride_kp + (own_slot % PAGE_SIZE) * stride_ks
+                     + kvh * stride_kh + offs_d)
+            tl.store(own_k, (tl.load(own_k, mask=mask_d, other=0.0).to(tl.float32) * r_k).to(
+                k_cache.dtype.element_ty), mask=mask_d)
 
     store_split(acc, l_i, m_i, o, mid_o, mid_lse, b, split, heads, offs_d, mask_h, mask_d, stride_ob, stride_oh,
                 stride_mb, stride_mh, stride_ms, stride_lb, stride_lh, NUM_SPLITS)
@@ -247,6 +277,7 @@ def decode_attention(
     num_stages: int = 2,
     fused_merge: bool = False,
     preload: bool | None = None,
+    qk_norm: QKScale | None = None,
 ) -> torch.Tensor:
     """q `[B, H, D]`, caches `[P, page_size, KVH, D]` -> o `[B, H, D]` (see the module docstring).
 
@@ -257,6 +288,11 @@ def decode_attention(
     `preload`: each split program reads its first block's K/V before the PDL wait, all but the row's own
     (last) token, which the kernel before stores. None: at batch 1 under PDL (`PRELOAD_MAX_ROWS`), with 8 warps
     (`num_warps` None: 8 with it, else 4).
+
+    `qk_norm`: the q/k RMSNorm a deferred qkv launch left (kernels/fused/skinny_qkv.py): q and each row's own
+    key arrive weighted and rotated but not normed; each head's scores are scaled by its q factor, the own
+    key's by its k factor, and the split holding the own key stores it back normed at the row's slot
+    (`k_cache` is written; a row of slot < 0, a graph's padding row, stores nothing).
     """
     bsz, num_heads, head_dim = q.shape
     _, page_size, num_kv_heads, cache_dim = k_cache.shape
@@ -301,6 +337,12 @@ def decode_attention(
         preload = pdl["PDL"] and bsz <= PRELOAD_MAX_ROWS
     if num_warps is None:
         num_warps = 8 if preload else 4
+    if qk_norm is not None:
+        parts = qk_norm.parts
+        assert parts.dtype == torch.float32 and parts.shape[0] >= bsz and parts.stride(1) == 1, (
+            parts.dtype, parts.shape, parts.stride())
+        assert parts.shape[1] >= (num_heads + num_kv_heads) * qk_norm.per_head, (parts.shape, qk_norm.per_head)
+        assert qk_norm.slots.shape[0] >= bsz, (qk_norm.slots.shape, bsz)
     _decode_split_kernel[(bsz, num_kv_heads, num_splits)](
         q, k_cache, v_cache, kv_indptr, kv_indices, mid_o, mid_lse, o, counters,
         q.stride(0), q.stride(1),
@@ -308,6 +350,10 @@ def decode_attention(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         *strides_m, o.stride(0), o.stride(1), counters.stride(0) if fused else 0,
         scale, window,
+        *((qk_norm.parts, qk_norm.parts.stride(0), qk_norm.per_head, num_heads, qk_norm.eps, qk_norm.slots)
+          if qk_norm is not None else (o, 0, 0, 0, 0.0, o)),
+        QK_DEFER=qk_norm is not None,
+        BLOCK_PP=triton.next_power_of_2(qk_norm.per_head) if qk_norm is not None else 1,
         PAGE_SIZE=page_size, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
         HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, FUSED_MERGE=fused, BLOCK_S=block_s,
         BLOCK_G=triton.next_power_of_2(group), PRELOAD=preload, num_warps=num_warps, num_stages=num_stages, **pdl,

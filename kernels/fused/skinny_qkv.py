@@ -20,6 +20,13 @@ arithmetic and rounding), rotates it, writes q or stores k, and stores 0 back to
 and every CUDA-graph replay finds the counters at zero. v heads store their own pairs as without the norm. No
 program waits for another, so the scheme needs no co-residency. A workspace serves one launch at a time (one
 stream). Used by `engine/models/fused.py` for decode batches of at most `MAX_ROWS` rows.
+
+Or the norm is deferred to decode attention (`defer_norm=True`, the triton backend's `defer_qk_norm`, on by
+default): rope is linear and a head's RMSNorm factor is one scalar, so `rope(x * w) * r` is the normed, rotated
+head. Each q/k program multiplies its columns by the norm weight, rotates and stores them like any other, and
+leaves its rows' sums of squares in the workspace (`QKScale`); no program meets another, and the launch ends
+as Llama's does. `decode_attention(qk_norm=...)` scales each head's scores by the q factor and the row's own
+key's by the k factor, and stores that key back normed (kernels/attention/decode.py).
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ def _skinny_qkv_kernel(
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, PAGE_SIZE: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
     PDL: tl.constexpr = False, PREFETCH_K: tl.constexpr = 0, RMS_PARTS: tl.constexpr = 0, RMS_FIRST: tl.constexpr = False,
-    QK_NORM: tl.constexpr = False, BLOCK_HALF: tl.constexpr = 1,
+    QK_NORM: tl.constexpr = False, BLOCK_HALF: tl.constexpr = 1, QK_DEFER: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     head = pid // (HALF // BLOCK_P)  # q heads, then k heads, then v heads (the qkv weight's row order)
@@ -90,7 +97,18 @@ def _skinny_qkv_kernel(
     x2 = acc2.to(dtype).to(tl.float32)
 
     own = True  # this program's columns go straight through the epilogue (all, without the q/k norm)
-    if QK_NORM:
+    if QK_DEFER:  # q/k heads: the norm weight now, the norm's factor in decode attention (`QKScale`)
+        if head < HEADS + KV_HEADS:
+            if head < HEADS:
+                norm_w = qn_w
+            else:
+                norm_w = kn_w
+            per_head = HALF // BLOCK_P
+            tl.store(raw + offs_m * stride_raw + head * per_head + pid % per_head, tl.sum(x1 * x1 + x2 * x2, 1),
+                     mask=mask_m)
+            x1 = x1 * tl.load(norm_w + offs_j).to(tl.float32)[None, :]
+            x2 = x2 * tl.load(norm_w + HALF + offs_j).to(tl.float32)[None, :]
+    elif QK_NORM:
         own = head >= HEADS + KV_HEADS  # v heads; q and k heads meet, and the last of a head's programs finishes it
         if not own:
             hmask = mask_m[:, None] & (offs_j[None, :] < HALF)
@@ -177,10 +195,24 @@ def skinny_qkv_fits(head_dim: int) -> bool:
 
 
 class QKNormWorkspace(NamedTuple):
-    """Where the q/k heads' programs of `skinny_qkv_rope_store(qk_norm=...)` meet."""
+    """Where the q/k heads' programs of `skinny_qkv_rope_store(qk_norm=...)` meet (or, deferred, leave the
+    norm's sums of squares)."""
 
     raw: torch.Tensor  # fp32 [MAX_ROWS, (heads + kv_heads) * D]: the projection's q/k rows, before the norm
     counters: torch.Tensor  # int32 [heads + kv_heads] arrivals, zero at rest (every launch leaves them at zero)
+
+
+class QKScale(NamedTuple):
+    """The q/k RMSNorm a deferred launch (`skinny_qkv_rope_store(defer_norm=True)`) leaves to decode attention:
+    per row and head, `per_head` partial sums of squares (fp32, `parts[m, head * per_head + j]`, q heads then
+    k heads) of the projection's rounded values, whose `rsqrt(mean + eps)` scales the head's scores (q) and
+    the row's own key (k), which attention also stores back scaled at the row's slot (none for a slot < 0:
+    a CUDA-graph padding row stored no key, and the last key it attends to is another row's)."""
+
+    parts: torch.Tensor  # fp32 [>= M, >= (heads + kv_heads) * per_head], unit last stride
+    per_head: int
+    eps: float
+    slots: torch.Tensor  # [M] the launch's K/V slots
 
 
 def qk_norm_workspace(heads: int, kv_heads: int, head_dim: int, device) -> QKNormWorkspace:
@@ -194,13 +226,19 @@ def skinny_qkv_rope_store(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
                           v_cache: torch.Tensor, slots: torch.Tensor, *, config: dict | None = None,
                           rms: NormedRows | None = None,
                           qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
-                          workspace: QKNormWorkspace | None = None) -> torch.Tensor:
+                          workspace: QKNormWorkspace | None = None,
+                          defer_norm: bool = False) -> torch.Tensor | tuple[torch.Tensor, QKScale]:
     """`x [M, K]` (M <= MAX_ROWS) through the qkv weight `[(heads + 2 kv_heads) * D, K]` (+ bias): returns the
     rotated q `[M, heads, D]`; the rotated k and the v go to token `slots` of the caches `[pages, page_size,
     kv_heads, D]` (slot < 0: skipped). `cos`/`sin` `[M, D / 2]`: each row's rotary angles. With `rms` (a
     `NormedRows`; `x` is then its `xg`), the input is that RMSNorm's output, as in `skinny_linear`. With
     `qk_norm=(q_weight, k_weight, eps)` each q and k head is RMS-normed (weights `[D]`) before rope, through
-    `workspace` (a fresh one when None; one launch at a time per workspace)."""
+    `workspace` (a fresh one when None; one launch at a time per workspace).
+
+    `defer_norm` (with `qk_norm`): no meeting; each q/k program multiplies its columns by the norm weight,
+    rotates and stores them, and leaves its sums of squares in the workspace; returns `(q, QKScale)`, and
+    `decode_attention(qk_scale=...)` applies the factors. rope is linear, so `rope(x * w) * r` is the normed,
+    rotated head up to rounding; the q and the stored key are not normed until then."""
     m, k = x.shape
     n, kw = weight.shape
     d = k_cache.shape[-1]
@@ -227,22 +265,25 @@ def skinny_qkv_rope_store(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         assert ws.raw.dtype == torch.float32 and ws.raw.shape[0] >= m and ws.raw.shape[1] >= (heads + kv_heads) * d
         assert ws.raw.stride(1) == 1 and ws.counters.dtype == torch.int32 and ws.counters.numel() >= heads + kv_heads
         norm_args = (q_w, k_w, ws.raw, ws.raw.stride(0), ws.counters, eps_qk)
+    defer = defer_norm and qk_norm is not None
+    assert defer == defer_norm, "defer_norm needs qk_norm"
     q = torch.empty((m, heads, d), dtype=x.dtype, device=x.device)
+    scale = QKScale(ws.raw, d // 2 // pairs, eps_qk, slots) if defer else None
     if m == 0:
-        return q
+        return (q, scale) if defer else q
     _skinny_qkv_kernel[((heads + 2 * kv_heads) * (d // 2 // pairs),)](
         x, weight, bias if bias is not None else weight, cos, sin, q, k_cache, v_cache, slots, m, k,
         x.stride(0), weight.stride(0), cos.stride(0), sin.stride(0), q.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
         v_cache.stride(2), *((rms.parts, rms.parts.stride(0), rms.parts.shape[1], rms.eps) if rms is not None
                              else (q, 0, 0, 0.0)), *(norm_args or (q, q, q, 0, q, 0.0)),
-        QK_NORM=qk_norm is not None, BLOCK_HALF=triton.next_power_of_2(d // 2),
+        QK_NORM=qk_norm is not None, BLOCK_HALF=triton.next_power_of_2(d // 2), QK_DEFER=defer,
         RMS_PARTS=triton.next_power_of_2(rms.parts.shape[1]) if rms is not None else 0,
         RMS_FIRST=rms is not None and rms.first,
         HEADS=heads, KV_HEADS=kv_heads, HALF=d // 2, PAGE_SIZE=k_cache.shape[1], HAS_BIAS=bias is not None,
         BLOCK_M=16, BLOCK_P=pairs, BLOCK_K=block_k, **cfg, **launch_extras(weight, m, block_k),
     )
-    return q
+    return (q, scale) if defer else q
 
 
 def skinny_qkv_rope_store_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

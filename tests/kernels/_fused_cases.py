@@ -419,3 +419,73 @@ def wrapped_modules_case() -> dict:
     wrapped = eager_logits(eng, batch)
     release()
     return {"rel_err": rel_err(wrapped, plain)}
+
+
+def deferred_qk_norm_case(dtype, contexts: list[int], heads: int, kv_heads: int, head_dim: int, k: int,
+                          num_splits: int, preload: bool = False, fused_merge: bool = True, page_size: int = 4,
+                          config: dict | None = None, device: str = "cpu", seed: int = 0, pad: bool = False) -> dict:
+    """A Qwen3-style decode step's attention with the q/k RMSNorm deferred (`skinny_qkv_rope_store(defer_norm=
+    True)` then `decode_attention(qk_norm=...)`) against the norm met in the qkv launch's twin and
+    `decode_attention_ref` (same dtype, and float64): the attention output, each row's own key as attention
+    leaves it in the cache (normed), its own value, and every other slot of both caches untouched. Row b
+    attends to `contexts[b]` keys on random slots, its own token's last. `pad`: one more row laid out as a
+    CUDA graph pads (slot -1, attending to one key: row 0's first), whose output is not compared."""
+    from pdpair.kernels.attention.decode import decode_attention, decode_attention_ref, decode_workspace
+    from pdpair.kernels.fused.skinny_qkv import (
+        qk_norm_workspace,
+        skinny_qkv_rope_store,
+        skinny_qkv_rope_store_ref,
+    )
+
+    gen = torch.Generator().manual_seed(seed)
+    rows = len(contexts)
+    n = (heads + 2 * kv_heads) * head_dim
+    x = torch.randn(rows, k, generator=gen).to(device=device, dtype=dtype)
+    w = (2 * torch.randn(n, k, generator=gen) / k**0.5).to(device=device, dtype=dtype)
+    qw, kw = ((1 + 0.3 * torch.randn(head_dim, generator=gen)).to(device=device, dtype=dtype) for _ in "qk")
+    pos = torch.tensor(contexts).float() - 1
+    inv = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    cos, sin = ((pos[:, None] * inv[None, :]).cos(), (pos[:, None] * inv[None, :]).sin())
+    cos, sin = cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)
+    pages = -(-sum(contexts) // page_size) + 2
+    k_cache, v_cache = (torch.randn(pages, page_size, kv_heads, head_dim, generator=gen).to(device=device, dtype=dtype)
+                        for _ in "kv")
+    perm = torch.randperm(pages * page_size, generator=gen)[: sum(contexts)]
+    indptr = torch.tensor([0, *torch.tensor(contexts).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    indices = perm.to(device=device, dtype=torch.int32)
+    own = indices[indptr[1:].long() - 1].long()
+    slots = own
+    if pad:
+        rows += 1
+        x = torch.cat([x, torch.randn(1, k, generator=gen).to(device=device, dtype=dtype)])
+        cos, sin = torch.cat([cos, cos[:1]]), torch.cat([sin, sin[:1]])
+        indptr = torch.cat([indptr, indptr[-1:] + 1])
+        indices = torch.cat([indices, indices[:1]])
+        slots = torch.cat([own, own.new_full((1,), -1)])
+    norm = (qw, kw, 1e-6)
+    kd, vd, kr, vr = k_cache.clone(), v_cache.clone(), k_cache.clone(), v_cache.clone()
+    k64, v64 = k_cache.double(), v_cache.double()
+    q, scale = skinny_qkv_rope_store(x, w, None, cos, sin, heads, kv_heads, kd, vd, slots, config=config,
+                                     qk_norm=norm, workspace=qk_norm_workspace(heads, kv_heads, head_dim, device),
+                                     defer_norm=True)
+    ws = decode_workspace(rows, heads, head_dim, num_splits, device, kv_heads if fused_merge else None)
+    o = decode_attention(q, kd, vd, indptr, indices, num_splits=num_splits, workspace=ws, fused_merge=fused_merge,
+                         preload=preload, qk_norm=scale)
+    qr = skinny_qkv_rope_store_ref(x, w, None, cos, sin, heads, kv_heads, kr, vr, slots, qk_norm=norm)
+    q64 = skinny_qkv_rope_store_ref(x.double(), w.double(), None, cos.double(), sin.double(), heads, kv_heads, k64,
+                                    v64, slots, qk_norm=(qw.double(), kw.double(), 1e-6))
+    ref = decode_attention_ref(qr, kr, vr, indptr, indices)
+    ref64 = decode_attention_ref(q64, k64, v64, indptr, indices)
+
+    def at(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        return cache.reshape(pages * page_size, kv_heads, head_dim)[slots]
+
+    others = torch.ones(pages * page_size, dtype=torch.bool, device=device)
+    others[own] = False
+    real = len(contexts)
+    o, ref, ref64 = o[:real], ref[:real], ref64[:real]
+    return {"out": rel_err(o, ref), "out64": rel_err(o, ref64), "own_k": rel_err(at(kd, own), at(kr, own)),
+            "own_k64": rel_err(at(kd, own), at(k64, own)), "own_v": rel_err(at(vd, own), at(vr, own)),
+            "others_untouched": torch.equal(at(kd, others), at(k_cache, others))
+            and torch.equal(at(vd, others), at(v_cache, others)),
+            "per_head": scale.per_head}

@@ -7,6 +7,7 @@ import torch
 
 from tests.kernels._fused_cases import (
     add_rmsnorm_case,
+    deferred_qk_norm_case,
     embed_rope_case,
     folded_norm_case,
     qk_rope_store_case,
@@ -119,6 +120,20 @@ def test_skinny_qkv_rope_store_gpu(dtype, heads, kv_heads, head_dim, k, bias, ro
     assert r["counters_zero"], r
     assert max(r["q"], r["k_cache"], r["q64"], r["k_cache64"]) < 2 * TOL[dtype], r
     assert max(r["v_cache"], r["v_cache64"]) < TOL[dtype], r
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("contexts,splits,preload,pad", [([2048], 32, True, False), ([300, 1500, 7, 64], 8, False,
+                                                                                        True)])
+def test_deferred_qk_norm_gpu(dtype, contexts, splits, preload, pad):
+    """Qwen3-8B's heads (32 q, 8 kv, 128 dims, K = 4096): the q/k norm deferred to decode attention (the batch-1
+    preload and split count of the step, and a mixed batch with a graph's padding row) against the norm met in
+    the qkv launch's twin."""
+    r = deferred_qk_norm_case(dtype, contexts, 32, 8, 128, 4096, splits, preload, True, page_size=16, device="cuda",
+                              seed=len(contexts), pad=pad)
+    assert r["others_untouched"], r
+    assert max(r["out"], r["own_k"], r["own_v"], r["out64"], r["own_k64"]) < TOL[dtype], r
 
 
 @pytest.mark.timeout(300)

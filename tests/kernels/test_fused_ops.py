@@ -9,6 +9,7 @@ import torch
 from tests.kernels._attention_fixtures import interpreted
 from tests.kernels._fused_cases import (
     add_rmsnorm_case,
+    deferred_qk_norm_case,
     embed_rope_case,
     folded_norm_case,
     fused_engine_case,
@@ -115,6 +116,26 @@ def test_skinny_qkv_rope_store_matches_twin(dtype, rows, bias, qk_norm):
     assert r["counters_zero"], r
     assert max(r["q"], r["k_cache"], r["v_cache"]) < 5 * TOL[dtype], r
     assert max(r["q64"], r["k_cache64"], r["v_cache64"]) < 5 * TOL[dtype], r
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("contexts,splits,preload,fused_merge,pad", [
+    ([5, 70, 130], 3, False, True, True),  # empty splits; the own key in a later block; a graph's padding row
+    ([3, 9], 2, True, True, False),  # the own key in the preloaded first block
+    ([40], 1, False, False, True),  # one split: no workspace
+    ([17, 66], 2, False, False, False),  # the merge launch
+])
+def test_deferred_qk_norm_matches_the_met_norm(dtype, contexts, splits, preload, fused_merge, pad):
+    """q/k RMSNorm deferred from the qkv launch to decode attention against the norm in the qkv launch's twin:
+    3 q heads on 1 kv head of 32 dims (two pair blocks per head: two parts each), K = 200. A padding row (slot
+    -1) must not store back the key it attends to (another row's)."""
+    cfg = {"BLOCK_N": 16, "BLOCK_K": 128, "num_warps": 2, "num_stages": 2}
+    r = interpreted(deferred_qk_norm_case, dtype, contexts, 3, 1, 32, 200, splits, preload, fused_merge, config=cfg,
+                    pad=pad)
+    assert r["per_head"] == 2 and r["others_untouched"], r
+    assert max(r["out"], r["own_k"], r["own_v"]) < 5 * TOL[dtype], r
+    assert max(r["out64"], r["own_k64"]) < 5 * TOL[dtype], r
 
 
 def test_skinny_qkv_config_divides_the_head(monkeypatch):

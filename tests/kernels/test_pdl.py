@@ -16,8 +16,9 @@ BF16 = "*bf16"
 # a memory access of another kernel's data: loads, stores, async copies, atomics
 ACCESS = re.compile(r"\b(ld|st|atom|red)\.global|\bcp\.async\.")
 NAMES = ["skinny_linear", "skinny_add_norm_out", "skinny_rms_in", "skinny_rms_first", "skinny_qkv",
-         "skinny_qkv_rms_in", "skinny_qkv_rms_first", "skinny_qkv_qk_norm", "add_rmsnorm", "add_rmsnorm_rows", "embed_rope", "qk_rope_store", "silu_mul", "decode_split", "decode_split_preload",
-         "decode_merge"]
+         "skinny_qkv_rms_in", "skinny_qkv_rms_first", "skinny_qkv_qk_norm", "skinny_qkv_qk_defer", "add_rmsnorm",
+         "add_rmsnorm_rows", "embed_rope", "qk_rope_store", "silu_mul", "decode_split", "decode_split_preload",
+         "decode_split_qk_defer", "decode_merge"]
 
 
 def _kernels():
@@ -57,6 +58,9 @@ def _kernels():
         ("skinny_qkv_qk_norm", _skinny_qkv_kernel, qkv_ptrs | dict(qn_w=BF16, kn_w=BF16, raw=f32, counters=i32),
          dict(rope, HAS_BIAS=False, BLOCK_M=16, BLOCK_P=8, BLOCK_K=128, QK_NORM=True, BLOCK_HALF=32), ("eps_qk",),
          dict(num_warps=2, num_stages=5)),
+        ("skinny_qkv_qk_defer", _skinny_qkv_kernel, qkv_ptrs | dict(qn_w=BF16, kn_w=BF16, raw=f32, counters=i32),
+         dict(rope, HAS_BIAS=False, BLOCK_M=16, BLOCK_P=8, BLOCK_K=128, QK_NORM=True, QK_DEFER=True,
+              BLOCK_HALF=32), ("eps_qk",), dict(num_warps=2, num_stages=5)),
         ("add_rmsnorm", _add_rmsnorm_kernel, dict(x=BF16, res=BF16, w=BF16, out=BF16),
          dict(HAS_ADD=True, BLOCK=1024), ("eps",), dict(num_warps=4)),
         ("add_rmsnorm_rows", _add_rmsnorm_kernel, dict(x=BF16, res=BF16, w=BF16, out=BF16, rows="*i64"),
@@ -79,6 +83,12 @@ def _kernels():
               counters=i32),
          dict(PAGE_SIZE=16, GROUP=4, BLOCK_H=16, BLOCK_N=64, HEAD_DIM=128, BLOCK_D=128, NUM_SPLITS=32,
               FUSED_MERGE=True, BLOCK_S=32, BLOCK_G=4, PRELOAD=True), ("qk_scale",), dict(num_warps=8, num_stages=2)),
+        ("decode_split_qk_defer", _decode_split_kernel,
+         dict(q=BF16, k_cache=BF16, v_cache=BF16, kv_indptr=i32, kv_indices=i32, mid_o=f32, mid_lse=f32, o=BF16,
+              counters=i32, qk_parts=f32),
+         dict(PAGE_SIZE=16, GROUP=4, BLOCK_H=16, BLOCK_N=64, HEAD_DIM=128, BLOCK_D=128, NUM_SPLITS=32,
+              FUSED_MERGE=True, BLOCK_S=32, BLOCK_G=4, PRELOAD=True, QK_DEFER=True, BLOCK_PP=8),
+         ("qk_scale", "qk_eps"), dict(num_warps=8, num_stages=2)),
         ("decode_merge", _decode_merge_kernel, dict(mid_o=f32, mid_lse=f32, o=BF16),
          dict(NUM_SPLITS=8, BLOCK_S=8, HEAD_DIM=64, BLOCK_D=64), (), dict(num_warps=2)),
     ]
@@ -101,7 +111,7 @@ def test_pdl_kernel_waits_before_any_access_and_then_releases_the_next(case):
         assert early and all(re.fullmatch(r"(@%p\d+ )?ld\.global\.b32 \{ %r\d+ \}, \[ %rd\d+ \+ 0 \];", line)
                              for line in early), early
         on = on[wait:]
-    if name == "decode_split_preload":  # and the first block's K/V: loads only, no store or atomic
+    if name in ("decode_split_preload", "decode_split_qk_defer"):  # and the first block's K/V: loads only
         early = [line.strip() for line in on[:wait].splitlines() if ACCESS.search(line)]
         assert all(re.match(r"(@%p\d+ )?ld\.global\.", line) for line in early), early
         assert any(".b16 " in line for line in early), early  # bf16 K/V elements, not only the 32-bit indices

@@ -8,9 +8,10 @@ with the K/V already stored. A decode batch of at most `MAX_ROWS` rows in bf16/f
 (and the LM head, into fp32 logits) through the skinny linear kernel, which streams each weight once, folds
 SiLU-and-mul into the gate/up projection and the whole attention prologue (q/k RMSNorm included) into
 the qkv projection (`skinny_qkv.py`; cuBLAS otherwise; fp32 models keep cuBLAS, whose fp32 GEMMs do not
-round to TF32). In such a batch of a small or a wide (3B and up) model the residual add and RMSNorm also leave
-their own launch (`_folded_layers`). Runs when the batch's backend has `fused_ops` set (the engine sets it on CUDA for the
-triton backend; `EngineConfig.fused_ops` turns it off); the CPU/torch path never comes here.
+round to TF32). In such a batch of a small or a wide (hidden 2,560 and up) model the residual add and RMSNorm
+also leave their own launch (`_folded_layers`). Runs when the batch's backend has `fused_ops` set (the engine
+sets it on CUDA for the triton backend; `EngineConfig.fused_ops` turns it off); the CPU/torch path never comes
+here.
 """
 
 from __future__ import annotations
@@ -108,10 +109,8 @@ def _attend(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: An
                                 pool.v_layers[idx], ctx.batch.out_cache_loc,
                                 attn.q_norm.weight if norm else None, attn.k_norm.weight if norm else None,
                                 attn.q_norm.eps if norm else 1e-6)
-    if deferred is not None:
-        return backend.forward(q, k, v, layer, ctx.batch, kv_stored=True, qk_norm=deferred).reshape(
-            x.shape[0], attn.q_size)
-    return backend.forward(q, k, v, layer, ctx.batch, kv_stored=True).reshape(x.shape[0], attn.q_size)
+    extra = {} if deferred is None else {"qk_norm": deferred}  # only the triton backend takes a deferred norm
+    return backend.forward(q, k, v, layer, ctx.batch, kv_stored=True, **extra).reshape(x.shape[0], attn.q_size)
 
 
 def _attention(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: Any, skinny: bool) -> torch.Tensor:

@@ -56,8 +56,9 @@ def _skinny_qkv_kernel(
     eps_in, qn_w, kn_w, raw, stride_raw, counters, eps_qk,
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, PAGE_SIZE: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr = False, PREFETCH_K: tl.constexpr = 0, RMS_PARTS: tl.constexpr = 0, RMS_FIRST: tl.constexpr = False,
-    QK_NORM: tl.constexpr = False, BLOCK_HALF: tl.constexpr = 1, QK_DEFER: tl.constexpr = False,
+    PDL: tl.constexpr = False, PREFETCH_K: tl.constexpr = 0, RMS_PARTS: tl.constexpr = 0,
+    RMS_FIRST: tl.constexpr = False, QK_NORM: tl.constexpr = False, BLOCK_HALF: tl.constexpr = 1,
+    QK_DEFER: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     head = pid // (HALF // BLOCK_P)  # q heads, then k heads, then v heads (the qkv weight's row order)

@@ -173,8 +173,8 @@ def test_fused_forward_matches_unfused_engine(arch):
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_fused_forward_folds_wide_models_late(arch):
-    """The fold as a wide (2.5k hidden and up) model runs it: the residual-adding projections release late and the qkv and
-    gate/up projections sum the norm's parts before their loop; same tokens and logits as unfused."""
+    """The fold as a wide (hidden 2,560 and up) model runs it: the residual-adding projections release late and
+    the qkv and gate/up projections sum the norm's parts before their loop; same tokens and logits as unfused."""
     r = interpreted(fused_engine_case, arch, fold_late=True)
     assert r["fused_calls"] > 0 and r["qkv_calls"] > 0, r
     assert r["late_adds"] > 0 and r["early_adds"] == 0, r

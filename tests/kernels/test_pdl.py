@@ -85,7 +85,7 @@ def _kernels():
               FUSED_MERGE=True, BLOCK_S=32, BLOCK_G=4, PRELOAD=True), ("qk_scale",), dict(num_warps=8, num_stages=2)),
         ("decode_split_qk_defer", _decode_split_kernel,
          dict(q=BF16, k_cache=BF16, v_cache=BF16, kv_indptr=i32, kv_indices=i32, mid_o=f32, mid_lse=f32, o=BF16,
-              counters=i32, qk_parts=f32),
+              counters=i32, qk_parts=f32, qk_slots="*i64"),
          dict(PAGE_SIZE=16, GROUP=4, BLOCK_H=16, BLOCK_N=64, HEAD_DIM=128, BLOCK_D=128, NUM_SPLITS=32,
               FUSED_MERGE=True, BLOCK_S=32, BLOCK_G=4, PRELOAD=True, QK_DEFER=True, BLOCK_PP=8),
          ("qk_scale", "qk_eps"), dict(num_warps=8, num_stages=2)),

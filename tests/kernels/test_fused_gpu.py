@@ -208,12 +208,14 @@ def _tiny_engine(arch: str):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("fold_late", [False, True])
-def test_qk_norm_fused_qkv_graph_replay_equals_eager(fold_late, monkeypatch):
-    """Qwen3's decode graphs (the qkv projection with q/k norm meeting in the backend's static workspace, every
-    layer and replay sharing its counters) give the eager forward's logits bit for bit, replay after replay on
-    new batches, padded buckets included; the counters are at zero afterwards. `fold_late`: the norms folded as
-    a wide model folds them (the residual-adding projections releasing the next launch after their loop)."""
+@pytest.mark.parametrize("fold_late,defer", [(False, False), (False, True), (True, True)])
+def test_qk_norm_fused_qkv_graph_replay_equals_eager(fold_late, defer, monkeypatch):
+    """Qwen3's decode graphs (the qkv projection with the q/k norm, its heads meeting in the backend's static
+    workspace, every layer and replay sharing its counters, or with the norm deferred to attention, which
+    stores each row's own key back normed) give the eager forward's logits bit for bit, replay after replay on
+    new batches, padded buckets included (a padding row must not store back the key it attends to); the
+    counters are at zero afterwards. `fold_late`: the norms folded as a wide model folds them (the
+    residual-adding projections releasing the next launch after their loop)."""
     import pdpair.engine.models.fused as fused_mod
 
     if fold_late:  # the limits moved below the tiny model's 256
@@ -232,15 +234,17 @@ def test_qk_norm_fused_qkv_graph_replay_equals_eager(fold_late, monkeypatch):
     )
 
     eng, _ = _tiny_engine("qwen3")
+    eng.runner.backend.defer_qk_norm = defer
     fill_kv_random(eng, 1)
     norms = []
     real = fused_mod.skinny_qkv_rope_store
-    fused_mod.skinny_qkv_rope_store = lambda *a, **k: norms.append(k.get("qk_norm") is not None) or real(*a, **k)
+    fused_mod.skinny_qkv_rope_store = lambda *a, **k: norms.append(
+        k.get("qk_norm") is not None and k.get("defer_norm") == defer) or real(*a, **k)
     try:
         graphs = decode_graphs(eng, 16, buckets=(1, 4, 8, 16))
     finally:
         fused_mod.skinny_qkv_rope_store = real
-    assert norms and all(norms), norms  # captured with the fused q/k norm
+    assert norms and all(norms), norms  # captured with the fused q/k norm, met or deferred as asked
     assert lates and set(lates) == {fold_late}, lates  # folded, in the form asked for
     gen = torch.Generator().manual_seed(1)
     for bs in (1, 3, 8, 13, 16, 1):

@@ -445,11 +445,11 @@ def deferred_qk_norm_case(dtype, contexts: list[int], heads: int, kv_heads: int,
     qw, kw = ((1 + 0.3 * torch.randn(head_dim, generator=gen)).to(device=device, dtype=dtype) for _ in "qk")
     pos = torch.tensor(contexts).float() - 1
     inv = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim))
-    cos, sin = ((pos[:, None] * inv[None, :]).cos(), (pos[:, None] * inv[None, :]).sin())
-    cos, sin = cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)
+    freqs = pos[:, None] * inv[None, :]
+    cos, sin = freqs.cos().to(device=device, dtype=dtype), freqs.sin().to(device=device, dtype=dtype)
     pages = -(-sum(contexts) // page_size) + 2
     k_cache, v_cache = (torch.randn(pages, page_size, kv_heads, head_dim, generator=gen).to(device=device, dtype=dtype)
-                        for _ in "kv")
+                        for _ in range(2))
     perm = torch.randperm(pages * page_size, generator=gen)[: sum(contexts)]
     indptr = torch.tensor([0, *torch.tensor(contexts).cumsum(0).tolist()], dtype=torch.int32, device=device)
     indices = perm.to(device=device, dtype=torch.int32)

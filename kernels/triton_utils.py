@@ -94,9 +94,8 @@ if HAS_TRITON:
         wait until the previous kernel in the stream has finished and its writes are visible, then let the
         next kernel launch. Every PDL kernel waits, so a chain of them stays ordered: kernel C, released by
         B, waits for B, which finished only after waiting for A."""
-        if PDL:
-            gdc_wait()
-            gdc_launch_dependents()
+        pdl_wait(PDL)
+        pdl_release(PDL)
 
     @triton.jit
     def pdl_wait(PDL: tl.constexpr):

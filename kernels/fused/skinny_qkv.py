@@ -238,7 +238,7 @@ def skinny_qkv_rope_store(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
 
     `defer_norm` (with `qk_norm`): no meeting; each q/k program multiplies its columns by the norm weight,
     rotates and stores them, and leaves its sums of squares in the workspace; returns `(q, QKScale)`, and
-    `decode_attention(qk_scale=...)` applies the factors. rope is linear, so `rope(x * w) * r` is the normed,
+    `decode_attention(qk_norm=...)` applies the factors. rope is linear, so `rope(x * w) * r` is the normed,
     rotated head up to rounding; the q and the stored key are not normed until then."""
     m, k = x.shape
     n, kw = weight.shape

@@ -462,9 +462,6 @@ def bench_shape(name: str, cfg: ModelConfig, ceilings: tuple[float, float], args
                 backend.extend_sdpa = True
             release()
     eng.pools.check_integrity()
-    del eng, lm
-    gc.collect()  # the engine's reference cycles (scheduler hooks, graphs) hold the pool until collected
-    torch.cuda.empty_cache()
 
 
 def main() -> None:
@@ -516,8 +513,12 @@ def main() -> None:
         except torch.cuda.OutOfMemoryError as exc:
             print(f"{name}: out of device memory, rows skipped ({exc})", flush=True)
             del exc
-            gc.collect()
-            torch.cuda.empty_cache()
+        # Only here, with bench_shape's frame gone, is nothing of the shape left alive: its locals (the attention
+        # backend, batches) hold the pools, so emptying the cache inside it kept a whole 8B shape reserved (80
+        # GiB) and the next shape's 73 GiB pool did not fit. The engine's reference cycles (scheduler hooks,
+        # graphs) need the collection.
+        gc.collect()
+        torch.cuda.empty_cache()
         print(f"{name}: {torch.cuda.memory_reserved() / 2**30:.1f} GiB still reserved after the shape", flush=True)
     realign_table()
     print(f"total {time.perf_counter() - t0:.0f} s", flush=True)

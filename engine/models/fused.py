@@ -93,11 +93,9 @@ def _attend(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: An
             assert attn.q_norm.eps == attn.k_norm.eps, (attn.q_norm.eps, attn.k_norm.eps)
             norm = dict(qk_norm=(attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps),
                         workspace=backend.qk_norm_workspace(), defer_norm=getattr(backend, "defer_qk_norm", False))
-        q = skinny_qkv_rope_store(x, attn.qkv_proj.weight, attn.qkv_proj.bias, cos, sin, attn.num_heads,
-                                  attn.num_kv_heads, pool.k_layers[idx], pool.v_layers[idx], ctx.batch.out_cache_loc,
-                                  rms=rms, **(norm or {}))
-        if norm is not None and norm["defer_norm"]:
-            q, deferred = q
+        q, deferred = skinny_qkv_rope_store(x, attn.qkv_proj.weight, attn.qkv_proj.bias, cos, sin, attn.num_heads,
+                                            attn.num_kv_heads, pool.k_layers[idx], pool.v_layers[idx],
+                                            ctx.batch.out_cache_loc, rms=rms, **(norm or {}))
         k = v = None  # decode with `kv_stored` reads q and the cache only
     else:
         if rms is not None:

@@ -228,17 +228,17 @@ def skinny_qkv_rope_store(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
                           rms: NormedRows | None = None,
                           qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
                           workspace: QKNormWorkspace | None = None,
-                          defer_norm: bool = False) -> torch.Tensor | tuple[torch.Tensor, QKScale]:
+                          defer_norm: bool = False) -> tuple[torch.Tensor, QKScale | None]:
     """`x [M, K]` (M <= MAX_ROWS) through the qkv weight `[(heads + 2 kv_heads) * D, K]` (+ bias): returns the
-    rotated q `[M, heads, D]`; the rotated k and the v go to token `slots` of the caches `[pages, page_size,
+    rotated q `[M, heads, D]` and the deferred norm (None unless `defer_norm`); the rotated k and the v go to token `slots` of the caches `[pages, page_size,
     kv_heads, D]` (slot < 0: skipped). `cos`/`sin` `[M, D / 2]`: each row's rotary angles. With `rms` (a
     `NormedRows`; `x` is then its `xg`), the input is that RMSNorm's output, as in `skinny_linear`. With
     `qk_norm=(q_weight, k_weight, eps)` each q and k head is RMS-normed (weights `[D]`) before rope, through
     `workspace` (a fresh one when None; one launch at a time per workspace).
 
     `defer_norm` (with `qk_norm`): no meeting; each q/k program multiplies its columns by the norm weight,
-    rotates and stores them, and leaves its sums of squares in the workspace; returns `(q, QKScale)`, and
-    `decode_attention(qk_norm=...)` applies the factors. rope is linear, so `rope(x * w) * r` is the normed,
+    rotates and stores them, and leaves its sums of squares in the workspace, which the returned `QKScale`
+    hands to `decode_attention(qk_norm=...)`, which applies the factors. rope is linear, so `rope(x * w) * r` is the normed,
     rotated head up to rounding; the q and the stored key are not normed until then."""
     m, k = x.shape
     n, kw = weight.shape
@@ -271,7 +271,7 @@ def skinny_qkv_rope_store(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     q = torch.empty((m, heads, d), dtype=x.dtype, device=x.device)
     scale = QKScale(ws.raw, d // 2 // pairs, eps_qk, slots) if defer else None
     if m == 0:
-        return (q, scale) if defer else q
+        return q, scale
     _skinny_qkv_kernel[((heads + 2 * kv_heads) * (d // 2 // pairs),)](
         x, weight, bias if bias is not None else weight, cos, sin, q, k_cache, v_cache, slots, m, k,
         x.stride(0), weight.stride(0), cos.stride(0), sin.stride(0), q.stride(0),
@@ -284,7 +284,7 @@ def skinny_qkv_rope_store(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         HEADS=heads, KV_HEADS=kv_heads, HALF=d // 2, PAGE_SIZE=k_cache.shape[1], HAS_BIAS=bias is not None,
         BLOCK_M=16, BLOCK_P=pairs, BLOCK_K=block_k, **cfg, **launch_extras(weight, m, block_k),
     )
-    return (q, scale) if defer else q
+    return q, scale
 
 
 def skinny_qkv_rope_store_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -132,8 +132,8 @@ def folded_norm_case(dtype, rows: int, k: int, hidden: int, n: int, consumer: st
     if consumer == "qkv":
         cos, sin, _, pool, slots = _rope_pool_slots(gen, rows, kv_heads, head_dim, 4, dtype, device)
         pools = [pool.clone() for _ in range(2)] + [pool.double()]
-        y = skinny_qkv_rope_store(rms.xg, w2, b2, cos, sin, n, kv_heads, pools[0][:, 1, 0], pools[0][:, 1, 1],
-                                  slots, config=configs[1], rms=rms)
+        y, _ = skinny_qkv_rope_store(rms.xg, w2, b2, cos, sin, n, kv_heads, pools[0][:, 1, 0], pools[0][:, 1, 1],
+                                     slots, config=configs[1], rms=rms)
         y_r, y_64 = (skinny_qkv_rope_store_ref(h, w, b, c, s_, n, kv_heads, p[:, 1, 0], p[:, 1, 1], slots)
                      for h, w, b, c, s_, p in ((h_r, w2, b2, cos, sin, pools[1]),
                                                (h_64, w2.double(), d64(b2), cos.double(), sin.double(), pools[2])))
@@ -238,8 +238,8 @@ def _skinny_qkv_once(gen, dtype, rows, heads, kv_heads, head_dim, k, n, bias, co
         qw, kw = ((1 + 0.3 * torch.randn(head_dim, generator=gen)).to(device=device, dtype=dtype) for _ in "qk")
         norm, norm64 = (qw, kw, 1e-6), (qw.double(), kw.double(), 1e-6)
     pool_k, pool_r, pool_64 = pool.clone(), pool.clone(), pool.double()
-    q = skinny_qkv_rope_store(x, w, b, cos, sin, heads, kv_heads, pool_k[:, 1, 0], pool_k[:, 1, 1], slots,
-                              config=config, **({} if ws is None else {"qk_norm": norm, "workspace": ws}))
+    q, _ = skinny_qkv_rope_store(x, w, b, cos, sin, heads, kv_heads, pool_k[:, 1, 0], pool_k[:, 1, 1], slots,
+                                 config=config, **({} if ws is None else {"qk_norm": norm, "workspace": ws}))
     qr = skinny_qkv_rope_store_ref(x, w, b, cos, sin, heads, kv_heads, pool_r[:, 1, 0], pool_r[:, 1, 1], slots,
                                    qk_norm=norm)
     q6 = skinny_qkv_rope_store_ref(x.double(), w.double(), None if b is None else b.double(), cos.double(),

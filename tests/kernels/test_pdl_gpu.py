@@ -22,8 +22,8 @@ def _chain(x, res, p):
     from pdpair.kernels.fused.skinny_qkv import skinny_qkv_rope_store
 
     h = add_rmsnorm(x, res, p["n1"], 1e-5)
-    q2 = skinny_qkv_rope_store(h, p["qkv"], None, p["cos"], p["sin"], 9, 3, p["k2"], p["v2"], p["slots"],
-                               qk_norm=(p["qn"], p["kn"], 1e-6), workspace=p["ws"])
+    q2, _ = skinny_qkv_rope_store(h, p["qkv"], None, p["cos"], p["sin"], 9, 3, p["k2"], p["v2"], p["slots"],
+                                  qk_norm=(p["qn"], p["kn"], 1e-6), workspace=p["ws"])
     k2 = p["k2"].view(-1, 3, 64)[p["slots"]]
     o = skinny_linear(h, p["o"])
     h = add_rmsnorm(o, res, p["n2"], 1e-5)
@@ -115,7 +115,7 @@ def test_decode_preload_reads_the_new_token_after_the_wait(monkeypatch):
     inputs = [rand(1, hid) for _ in range(4)]
 
     def step(x, **kw):
-        q = skinny_qkv_rope_store(x, w, None, cos, sin, heads, kvh, k_cache, v_cache, slots)
+        q, _ = skinny_qkv_rope_store(x, w, None, cos, sin, heads, kvh, k_cache, v_cache, slots)
         return decode_attention(q, k_cache, v_cache, indptr, indices, num_splits=splits, workspace=ws,
                                 fused_merge=True, num_warps=8, **kw)
 

@@ -29,6 +29,7 @@ class _View:
     length: int = 0
     mask: torch.Tensor | None = None
     rows: list[_ExtendRow] | None = None
+    row_pages: list[tuple[torch.Tensor, int]] | None = None  # decode row by row: (pages, keys) per row
 
 
 def _page_table(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, kv_lens: torch.Tensor, max_pages: int,
@@ -60,8 +61,16 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
     return (s.softmax(-1).to(v.dtype)) @ v
 
 
+# decode pads every row to the batch's longest and masks (one gather, one SDPA) unless the real keys fill less
+# than ROW_BY_ROW_MAX_FILL of the padded ones (one long row among short ones): then each row reads only its
+# own pages and attends alone. Greedy generation of 9 SmolLM2 prompts (one of 1,536 tokens, the others under
+# 70) on 2 CPU cores: 20.9 s padded, 10.6 s row by row.
+ROW_BY_ROW_MAX_FILL = 1 / 3
+
+
 class TorchBackend(AttentionBackend):
-    """Decode is vectorised over the batch (padded pages plus a length/window mask); extend loops over requests.
+    """Decode is vectorised over the batch (padded pages plus a length/window mask), or row by row when padding
+    would be most of the keys read (`ROW_BY_ROW_MAX_FILL`; not with a window); extend loops over requests.
 
     Pages are gathered whole with index_select (token slots within a page are in order by construction
     of the request table), which keeps the per-layer cost a plain copy.
@@ -86,7 +95,12 @@ class TorchBackend(AttentionBackend):
         max_pages = -(-max_len // ps)
         device = batch.seq_lens.device
         lens_t = torch.from_numpy(lens).to(device)
-        pages = _page_table(indptr, indices, lens_t, max_pages, ps).reshape(-1)
+        table = _page_table(indptr, indices, lens_t, max_pages, ps)
+        if window is None and int(lens.sum()) < ROW_BY_ROW_MAX_FILL * batch.batch_size * max_len:
+            # mostly padding (one long row among short ones): each row reads only its own pages
+            lens_l = lens.tolist()
+            return _View(row_pages=[(table[i, : -(-n // ps)], n) for i, n in enumerate(lens_l)])
+        pages = table.reshape(-1)
         shape = (batch.batch_size, max_pages * ps, self.num_kv_heads, self.head_dim)
         mask = None
         cols = torch.arange(max_len, device=device)
@@ -134,6 +148,14 @@ class TorchBackend(AttentionBackend):
         return self._extend(q, k, v, pool, idx, view)
 
     def _decode(self, q: torch.Tensor, pool, layer: int, view: _View) -> torch.Tensor:
+        if view.row_pages is not None:
+            out = torch.empty_like(q)
+            for i, (pages, n) in enumerate(view.row_pages):
+                kp, vp = pool.read_pages(layer, pages)
+                ki = kp.flatten(0, 1)[:n].transpose(0, 1)[None]  # [1, KVH, n, D]
+                vi = vp.flatten(0, 1)[:n].transpose(0, 1)[None]
+                out[i] = _attend(q[i, None, :, None, :], ki, vi, None, False, self.scale, self.softcap)[0, :, 0]
+            return out
         kc, vc = pool.read_pages(layer, view.pages)
         kc = kc.view(view.shape)[:, : view.length].transpose(1, 2)  # [B, KVH, L, D]
         vc = vc.view(view.shape)[:, : view.length].transpose(1, 2)

@@ -15,7 +15,7 @@ from _engine_model_fixtures import GGUF_NAME, dense_logits, embedded_dir, engine
 
 pytestmark = pytest.mark.timeout(600)
 
-NEW_TOKENS = 48
+NEW_TOKENS = 32
 
 
 @pytest.fixture(scope="module")

@@ -262,13 +262,14 @@ def _skinny_qkv_once(gen, dtype, rows, heads, kv_heads, head_dim, k, n, bias, co
             "counters_zero": ws is None or not bool(ws.counters.any())}
 
 
-def fused_engine_case(arch: str, fold_late: bool = False) -> dict:
-    """A tiny seeded model of `arch` through the engine on CPU with the (interpreted) triton backend, fused
-    kernels off and on (and on with no-prefix prefill chunks through SDPA): greedy tokens, one decode batch's
-    logits, how often the fused forward ran, how often its decode steps ran the qkv projection with rope
-    and the K/V store fused (models without q/k norm), and how often the folded norms' residual-adding
-    projections released late. With `fold_late` the model folds as a wide one does (the hidden-size limits
-    moved below its 64)."""
+def fused_engine_case(arch: str, sdpa: bool = False, late_fold: bool = False) -> dict:
+    """A tiny seeded model of `arch` through the engine on CPU with the (interpreted) triton backend: fused
+    kernels off, then on ("early": the fold as a small model runs it, releasing after the wait), with `sdpa`
+    on again with no-prefix prefill chunks through SDPA ("sdpa"), and with `late_fold` once more, folded as a wide model
+    folds ("late": the hidden-size limits moved below its 64, the residual-adding projections releasing after
+    their loop). Per fused run: greedy tokens equal to the unfused run's, one decode batch's logits against
+    the unfused ones, how often the fused forward ran, how often its decode steps ran the qkv projection with
+    rope and the K/V store fused, and how often the residual-adding projections released early and late."""
     from types import SimpleNamespace
 
     import pdpair.engine.models.fused as fused_mod
@@ -294,33 +295,43 @@ def fused_engine_case(arch: str, fold_late: bool = False) -> dict:
     fused_mod.fused_forward = lambda *a: calls.append(1) or real(*a)
     fused_mod.skinny_qkv_rope_store = lambda *a, **k: qkv_calls.append(a[0].shape[0]) or real_qkv(*a, **k)
     fused_mod.skinny_linear_add = lambda *a, **k: adds.append(k.get("release_late")) or real_add(*a, **k)
-    if fold_late:
-        fused_mod.FOLD_MAX_HIDDEN, fused_mod.FOLD_LATE_MIN_HIDDEN = 32, 64
     prompts = [torch.randint(3, 256, (n,), generator=gen).tolist() for n in (1, 5, 11)]
-    tokens, logits = {}, {}
+    runs = {"unfused": (False, False, False), "early": (True, False, False)}
+    if sdpa:
+        runs["sdpa"] = (True, True, False)
+    if late_fold:
+        runs["late"] = (True, False, True)
+    out = {}
     try:
-        for on, sdpa in ((False, False), (True, False), (True, True)):
+        for run, (on, chunks_sdpa, late) in runs.items():
+            fused_mod.FOLD_MAX_HIDDEN, fused_mod.FOLD_LATE_MIN_HIDDEN = (32, 64) if late else limits
             eng = Engine.from_loaded(loaded, device="cpu", page_size=4, max_pages=96, chunk_size=8,
                                      attention_backend="triton", max_running_requests=8)
             # the engine turns both on only on CUDA
             assert not eng.runner.backend.fused_ops and not eng.runner.backend.extend_sdpa
-            eng.runner.backend.fused_ops, eng.runner.backend.extend_sdpa = on, sdpa
+            eng.runner.backend.fused_ops, eng.runner.backend.extend_sdpa = on, chunks_sdpa
             eng.runner.backend.fused_qkv = on
+            marks = len(calls), len(qkv_calls), len(adds)
             res = eng.generate(prompts, SamplingParams(max_new_tokens=4, temperature=0.0))
-            tokens[on, sdpa] = [o.token_ids for o in res]
             fill_kv_random(eng, 1)
             batch, release = decode_batch(eng, [1, 9, 22], seed=2)
-            logits[on, sdpa] = eager_logits(eng, batch)
+            logits = eager_logits(eng, batch)
             release()
             eng.pools.check_integrity()
+            ran = adds[marks[2]:]
+            out[run] = {"tokens": [o.token_ids for o in res], "logits": logits, "fused_calls": len(calls) - marks[0],
+                        "qkv_calls": len(qkv_calls) - marks[1], "late_adds": ran.count(True),
+                        "early_adds": ran.count(False)}
     finally:
         fused_mod.fused_forward, fused_mod.skinny_qkv_rope_store = real, real_qkv
         fused_mod.skinny_linear_add = real_add
         fused_mod.FOLD_MAX_HIDDEN, fused_mod.FOLD_LATE_MIN_HIDDEN = limits
-    base = tokens[False, False]
-    return {"tokens_equal": base == tokens[True, False] == tokens[True, True], "tokens": base,
-            "rel_err": rel_err(logits[True, False], logits[False, False]), "fused_calls": len(calls),
-            "qkv_calls": len(qkv_calls), "late_adds": adds.count(True), "early_adds": adds.count(False)}
+    base = out.pop("unfused")
+    for r in out.values():
+        r["tokens_equal"] = r.pop("tokens") == base["tokens"]
+        r["rel_err"] = rel_err(r.pop("logits"), base["logits"])
+    out["unfused"] = {"tokens": base["tokens"], "fused_calls": base["fused_calls"]}
+    return out
 
 
 def graph_body_case(fused: bool) -> dict:

@@ -13,7 +13,7 @@ decode CUDA graphs. Rows per shape:
   the host path's share.
 With `--fused-ops both` every row runs with the fused kernels on and off.
 
-    python bench/engine_gpu.py --json OUT.json            # all three shapes, about 3-5 minutes on an H200
+    python bench/engine_gpu.py --json OUT.json            # all three shapes, fused and unfused: about 2 minutes on an H200
     python bench/engine_gpu.py --shapes smollm2 --quick   # a quick look
     python bench/engine_gpu.py --shapes llama3-8b --batches 1 8 --fused-ops on --skip scheduler prefill \
         --configs down:BLOCK_N=32 prefetch:blocks=2 --ab-rounds 3   # launch configs A/B'd in the step

@@ -3,32 +3,24 @@ by row (each row's own pages only) when padding would be most of the keys read."
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
-from tests.kernels._attention_engine_fixtures import decode_batch, eager_logits, fill_kv_random
+from tests.kernels._attention_engine_fixtures import (
+    decode_batch,
+    eager_logits,
+    fill_kv_random,
+    seeded_tiny_model,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def _engine():
     from pdpair.engine import Engine
-    from pdpair.engine.model_config import ModelConfig
-    from pdpair.engine.models import build_model
 
-    cfg = ModelConfig(arch="llama", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
-                      intermediate_size=128, vocab_size=256, context_length=512)
-    model = build_model(cfg, torch.float32, "cpu")
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            p.copy_(1 + 0.3 * noise if name.endswith("norm.weight") else 0.2 * noise)
-    loaded = SimpleNamespace(config=cfg, model=model, tokenizer=None, model_id="tiny", weights_digest="t")
-    eng = Engine.from_loaded(loaded, device="cpu", page_size=4, max_pages=256, attention_backend="torch",
-                             max_running_requests=8)
+    eng = Engine.from_loaded(seeded_tiny_model("llama", 3), device="cpu", page_size=4, max_pages=256,
+                             attention_backend="torch", max_running_requests=8)
     fill_kv_random(eng, 2)
     return eng
 

@@ -36,6 +36,27 @@ def make_seeded_model_dir(root: Path, seed: int = 0, shape: dict | None = None,
     return root
 
 
+def seeded_tiny_model(arch: str, seed: int):
+    """`loaded` (what `Engine.from_loaded` takes) for a 2-layer fp32 CPU model of `arch` (hidden 64, 4 heads on 2
+    kv heads of 16; Qwen3 with q/k norm, Qwen2 with qkv bias), its norm weights 1 + 0.3 N(0, 1) and every other
+    weight 0.2 N(0, 1), drawn from `seed`."""
+    from types import SimpleNamespace
+
+    from pdpair.engine.model_config import ModelConfig
+    from pdpair.engine.models import build_model
+
+    cfg = ModelConfig(arch=arch, num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
+                      intermediate_size=128, vocab_size=256, context_length=512, qk_norm=arch == "qwen3",
+                      attention_bias=arch == "qwen2")
+    model = build_model(cfg, torch.float32, "cpu")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            p.copy_(1 + 0.3 * noise if name.endswith("norm.weight") else 0.2 * noise)
+    return SimpleNamespace(config=cfg, model=model, tokenizer=None, model_id=f"tiny-{arch}", weights_digest="t")
+
+
 def tiny_triton_engine(tmpdir: str, seed: int):
     """An engine on CPU with the (interpreted) triton backend over a seeded fp32 model of `TINY_SHAPE`: page
     size 4, 64 pages, 8 running requests."""

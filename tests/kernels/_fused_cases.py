@@ -270,25 +270,18 @@ def fused_engine_case(arch: str, sdpa: bool = False, late_fold: bool = False) ->
     their loop). Per fused run: greedy tokens equal to the unfused run's, one decode batch's logits against
     the unfused ones, how often the fused forward ran, how often its decode steps ran the qkv projection with
     rope and the K/V store fused, and how often the residual-adding projections released early and late."""
-    from types import SimpleNamespace
-
     import pdpair.engine.models.fused as fused_mod
     from pdpair.engine import Engine, SamplingParams
-    from pdpair.engine.model_config import ModelConfig
-    from pdpair.engine.models import build_model
 
-    from tests.kernels._attention_engine_fixtures import decode_batch, eager_logits, fill_kv_random
+    from tests.kernels._attention_engine_fixtures import (
+        decode_batch,
+        eager_logits,
+        fill_kv_random,
+        seeded_tiny_model,
+    )
 
-    cfg = ModelConfig(arch=arch, num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
-                      intermediate_size=128, vocab_size=256, context_length=512, qk_norm=arch == "qwen3",
-                      attention_bias=arch == "qwen2")
-    model = build_model(cfg, torch.float32, "cpu")
-    gen = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            p.copy_(1 + 0.3 * noise if name.endswith("norm.weight") else 0.2 * noise)
-    loaded = SimpleNamespace(config=cfg, model=model, tokenizer=None, model_id=f"tiny-{arch}", weights_digest="t")
+    loaded = seeded_tiny_model(arch, 5)
+    gen = torch.Generator().manual_seed(5 + 1)
     calls, qkv_calls, adds = [], [], []
     real, real_qkv, real_add = fused_mod.fused_forward, fused_mod.skinny_qkv_rope_store, fused_mod.skinny_linear_add
     limits = fused_mod.FOLD_MAX_HIDDEN, fused_mod.FOLD_LATE_MIN_HIDDEN
@@ -338,26 +331,20 @@ def graph_body_case(fused: bool) -> dict:
     """What a decode CUDA graph runs, eagerly on CPU (interpreted kernels, tiny model): the metadata it derives
     from the packed (ids, positions, rows) upload equals what `_fill` writes, and its logits equal the eager
     forward of the padded batch."""
-    from types import SimpleNamespace
-
     import numpy as np
     from pdpair.engine import Engine
     from pdpair.engine.batch import ForwardContext
     from pdpair.engine.cuda_graph import DecodeCudaGraphs
-    from pdpair.engine.model_config import ModelConfig
-    from pdpair.engine.models import build_model
 
-    from tests.kernels._attention_engine_fixtures import decode_batch, eager_logits, fill_kv_random
+    from tests.kernels._attention_engine_fixtures import (
+        decode_batch,
+        eager_logits,
+        fill_kv_random,
+        seeded_tiny_model,
+    )
 
-    cfg = ModelConfig(arch="llama", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
-                      intermediate_size=128, vocab_size=256, context_length=512)
-    model = build_model(cfg, torch.float32, "cpu")
-    gen = torch.Generator().manual_seed(9)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            p.copy_(1 + 0.3 * noise if name.endswith("norm.weight") else 0.2 * noise)
-    loaded = SimpleNamespace(config=cfg, model=model, tokenizer=None, model_id="tiny", weights_digest="t")
+    loaded = seeded_tiny_model("llama", 9)
+    model = loaded.model
     eng = Engine.from_loaded(loaded, device="cpu", page_size=4, max_pages=64, attention_backend="triton",
                              max_running_requests=8)
     eng.runner.backend.fused_ops = fused
@@ -402,23 +389,17 @@ class _Wrapped(torch.nn.Module):
 
 def wrapped_modules_case() -> dict:
     """The fused forward runs a wrapped attention or MLP through the wrapper's own forward: same logits."""
-    from types import SimpleNamespace
-
     from pdpair.engine import Engine
-    from pdpair.engine.model_config import ModelConfig
-    from pdpair.engine.models import build_model
 
-    from tests.kernels._attention_engine_fixtures import decode_batch, eager_logits, fill_kv_random
+    from tests.kernels._attention_engine_fixtures import (
+        decode_batch,
+        eager_logits,
+        fill_kv_random,
+        seeded_tiny_model,
+    )
 
-    cfg = ModelConfig(arch="qwen3", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
-                      intermediate_size=128, vocab_size=256, context_length=512, qk_norm=True)
-    model = build_model(cfg, torch.float32, "cpu")
-    gen = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            p.copy_(1 + 0.3 * noise if name.endswith("norm.weight") else 0.2 * noise)
-    loaded = SimpleNamespace(config=cfg, model=model, tokenizer=None, model_id="tiny", weights_digest="t")
+    loaded = seeded_tiny_model("qwen3", 11)
+    model = loaded.model
     eng = Engine.from_loaded(loaded, device="cpu", page_size=4, max_pages=64, attention_backend="triton",
                              max_running_requests=8)
     eng.runner.backend.fused_ops = True

@@ -98,8 +98,7 @@ class TorchBackend(AttentionBackend):
         table = _page_table(indptr, indices, lens_t, max_pages, ps)
         if window is None and int(lens.sum()) < ROW_BY_ROW_MAX_FILL * batch.batch_size * max_len:
             # mostly padding (one long row among short ones): each row reads only its own pages
-            lens_l = lens.tolist()
-            return _View(row_pages=[(table[i, : -(-n // ps)], n) for i, n in enumerate(lens_l)])
+            return _View(row_pages=[(table[i, : -(-n // ps)], n) for i, n in enumerate(lens.tolist())])
         pages = table.reshape(-1)
         shape = (batch.batch_size, max_pages * ps, self.num_kv_heads, self.head_dim)
         mask = None

@@ -5,12 +5,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pdpair-installed
 PYTEST_ARGS ?=
+# two pytest workers, one file each at a time (a file's module fixtures, e.g. its daemons, stay in one
+# worker): much of the suite waits on daemons and timeouts, so a second worker keeps both cores busy
+PYTEST_WORKERS ?= 2
 
 .PHONY: help setup demo test test-fast bench proto lint clean
 
 help:
 	@echo "make demo   start prefill-node + decode-node + router on loopback, send a chat request, print answer and transfer figures"
-	@echo "make test   set up (venv, packages, libibverbs1 when root) and run the whole CPU test suite"
+	@echo "make test   set up (venv, packages, libibverbs1 when root) and run the whole CPU test suite (PYTEST_WORKERS=2)"
 	@echo "make bench  run the CPU benchmarks in bench/ (engine, transfer, serving); tables and plots in bench/out/"
 	@echo "make proto  regenerate proto/pdpair_pb2*.py from proto/pdpair.proto"
 	@echo "make lint   ruff over the code"
@@ -40,7 +43,7 @@ demo: $(STAMP)
 	$(PY) -m pdpair.router.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile tests $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/engine.py

@@ -17,6 +17,8 @@ from pdpair.engine.distributed.rank_main import build_rank_engine
 from pdpair.engine.events import StepEvent
 from pdpair.engine.request import Request
 
+from tests.unit._spawn_fixtures import ValueQueue
+
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")]
 
 TOPOLOGIES = [(2, 1, False), (2, 2, True)]
@@ -101,7 +103,7 @@ def test_graph_ranks_logits_within_bf16_tolerance(tp, dp, dp_attention, tmp_path
     spec = RankSpec(RankTopology(tp, dp, dp_attention), free_init_method(), model=model, device="cuda",
                     dtype="bfloat16", max_pages=64, max_running_requests=8)
     ctx = mp.get_context("spawn")
-    results = ctx.Queue()
+    results = ValueQueue()
     procs = [ctx.Process(target=_logits_worker, args=(r, spec, prompt, results)) for r in range(tp)]
     for p in procs:
         p.start()

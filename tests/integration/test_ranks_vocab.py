@@ -17,6 +17,7 @@ from pdpair.engine.distributed.processes import free_init_method
 from pdpair.engine.distributed.rank_main import build_rank_engine
 
 from tests._oracle import chunked_prefill_logits, hf_greedy, randomise_norms_and_biases
+from tests.unit._spawn_fixtures import ValueQueue
 
 transformers = pytest.importorskip("transformers", reason="transformers is a test dependency: pip install -e .[test]")
 
@@ -60,7 +61,7 @@ def _worker(rank: int, spec: RankSpec, results) -> None:
 
 def _run_ranks(spec: RankSpec) -> dict:
     ctx = mp.get_context("spawn")
-    results = ctx.Queue()
+    results = ValueQueue()
     procs = [ctx.Process(target=_worker, args=(r, spec, results)) for r in range(2)]
     for p in procs:
         p.start()

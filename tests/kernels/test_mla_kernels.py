@@ -13,11 +13,12 @@ from tests.kernels._mla_cases import decode_case, indexer_case, row_topk_case, s
 pytest.importorskip("triton", reason="triton is not installed")
 
 TOL = {torch.float32: 1e-5, torch.float16: 4e-3}
+# both page sizes and both dtypes, paired (test_mla_head_blocks adds float16 on 16-token pages)
+DTYPE_PAGES = [(torch.float32, 16), (torch.float16, 3)]
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("page_size", [16, 3])
+@pytest.mark.parametrize("dtype,page_size", DTYPE_PAGES)
 def test_mla_decode(dtype, page_size):
     res = interpreted(decode_case, dtype, page_size, [37, 1, 20], splits=(1, 3, None), seed=page_size)
     assert res["twin_vs_dense"] < TOL[dtype], res
@@ -26,8 +27,7 @@ def test_mla_decode(dtype, page_size):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("page_size", [16, 3])
+@pytest.mark.parametrize("dtype,page_size", DTYPE_PAGES)
 def test_sparse_mla(dtype, page_size):
     # top-k 24 over rows of 50 and 9 tokens: long rows really select, the short one selects all it sees
     res = interpreted(sparse_case, dtype, page_size, [50, 9, 30], 24, splits=(1, 2, None), seed=page_size)

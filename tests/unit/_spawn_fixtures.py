@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import pickle
+
 import torch.multiprocessing as mp
 from pdpair.engine.distributed.processes import free_init_method
+
+
+class ValueQueue:
+    """A spawn-context queue whose items travel by value. A torch tensor put on a plain multiprocessing queue
+    travels as a file descriptor its sender serves until it exits, so a worker that puts its result and exits
+    can win the race against the parent's read (`FileNotFoundError` in `rebuild_storage_fd`) under load."""
+
+    def __init__(self) -> None:
+        self._queue = mp.get_context("spawn").Queue()
+
+    def put(self, item) -> None:
+        self._queue.put(pickle.dumps(item))
+
+    def get(self, timeout: float):
+        return pickle.loads(self._queue.get(timeout=timeout))
 
 
 def spawn_ranks(target, n: int, *args) -> dict:
     """`target(rank, init_method, results, *args)` in `n` processes; {rank: what it put on `results`}. Every
     process must exit 0."""
     ctx = mp.get_context("spawn")
-    results = ctx.Queue()
+    results = ValueQueue()
     init = free_init_method()
     procs = [ctx.Process(target=target, args=(r, init, results, *args)) for r in range(n)]
     for p in procs:

@@ -13,7 +13,7 @@ import time
 
 import torch
 from pdpair.engine import Engine, SamplingParams
-from pdpair.engine.distributed import RankGroup, RankSpec, RankTopology, free_init_method
+from pdpair.engine.distributed import RankGroup, RankSpec, RankTopology, host_rendezvous
 
 TEXT = "The history of computing is a story of abstraction layered on abstraction, and each step let us "
 
@@ -44,7 +44,7 @@ def main() -> None:
     rows = [("TP=1", args.batch * args.new / timed(lambda: eng.generate(ps, sp)))]
     idle = None
     for name, topo in (("TP=2", RankTopology(2)), ("DP-attn=2", RankTopology(2, 2, True))):
-        spec = RankSpec(topo, free_init_method(), device=args.device, dtype=args.dtype, max_pages=256)
+        spec = RankSpec(topo, host_rendezvous(), device=args.device, dtype=args.dtype, max_pages=256)
         with RankGroup(spec) as group:
             group.generate(ps[:2], SamplingParams(max_new_tokens=2))  # warm up
             rows.append((name, args.batch * args.new / timed(lambda: group.generate(ps, sp))))

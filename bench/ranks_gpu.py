@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pdpair.engine.distributed import RankGroup, RankSpec, RankTopology, free_init_method  # noqa: E402
+from pdpair.engine.distributed import RankGroup, RankSpec, RankTopology, host_rendezvous  # noqa: E402
 from pdpair.engine.events import StepEvent  # noqa: E402
 from pdpair.engine.sampling import SamplingParams  # noqa: E402
 
@@ -84,7 +84,7 @@ def per_token_s(groups: list[RankGroup], prompts: list[list[int]], new: int) -> 
 
 def start(topo: RankTopology, model: str, args, gpu: int | None = None) -> RankGroup:
     pages = -(-args.batch * (args.prompt + args.new) // 16) + 64
-    spec = RankSpec(topo, free_init_method(), model=model, device=args.device, dtype=args.dtype, max_pages=pages,
+    spec = RankSpec(topo, host_rendezvous(), model=model, device=args.device, dtype=args.dtype, max_pages=pages,
                     max_running_requests=args.batch, chunk_size=max(512, args.prompt))
     with visible_device(gpu):
         return RankGroup(spec)

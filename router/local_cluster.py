@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +57,8 @@ class LocalCluster:
     With `prefill=0` the router serves colocated on the decode nodes. `node_args` go to every node,
     `prefill_args` / `decode_args` / `router_args` to one kind. Exposes `router_url`, `decode_addrs`,
     `prefill_addrs`, `metrics_urls` ({"prefill-0": url, "decode-0": url, "router": url}) and `daemons`.
+    Each daemon's ports come from `ports()` (default: one the OS picks, released for the daemon to bind; a
+    test suite running in parallel passes ports no other worker hands out).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class LocalCluster:
         stop_timeout_s: float = 30.0,
         log_dir: str | os.PathLike | None = None,
         env: dict[str, str] | None = None,
+        ports: Callable[[], int] = free_port,
     ):
         if decode < 1 and router:
             raise ValueError("a router needs at least one decode node")
@@ -85,6 +88,7 @@ class LocalCluster:
         self.prefill_addrs: list[str] = []
         self.decode_addrs: list[str] = []
         self.router_url = ""
+        self.ports = ports
 
     @property
     def metrics_urls(self) -> dict[str, str]:
@@ -102,7 +106,7 @@ class LocalCluster:
         return daemon
 
     def _spawn_node(self, role: str, index: int, extra: list[str]) -> Daemon:
-        port, mport = free_port(), free_port()
+        port, mport = self.ports(), self.ports()
         args = ["--host", HOST, "--advertise-host", HOST, "--port", str(port), "--metrics-port", str(mport),
                 *self.node_args, *extra]
         module = "pdpair.prefill_node.main" if role == "prefill" else "pdpair.decode_node.main"
@@ -118,7 +122,7 @@ class LocalCluster:
             for d in nodes:
                 self._wait(d, deadline, lambda d=d: _grpc_serving(d.addr))
             if self.with_router:
-                port = free_port()
+                port = self.ports()
                 args = ["--host", HOST, "--port", str(port), "--decode", *self.decode_addrs,
                         "--health-interval", "0.25", "--rpc-timeout", "5", *self.router_args]
                 if self.prefill_addrs:

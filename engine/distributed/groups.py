@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import torch
 import torch.distributed as dist
@@ -14,6 +15,29 @@ logger = logging.getLogger(__name__)
 
 # how long a collective waits for a peer; a dead peer usually fails it at once (connection reset)
 COLLECTIVE_TIMEOUT = timedelta(seconds=120)
+
+# the rendezvous stores this process hosts, by init method; each lives as long as the process
+_HOSTED: dict[str, dist.TCPStore] = {}
+
+
+def host_rendezvous() -> str:
+    """The init method (`tcp://127.0.0.1:PORT`) of a rendezvous store this process hosts for one set of ranks:
+    bound at once to a port the OS picks and held for the process's life. Every rank joins it as a client
+    (`init_groups`, `join_rendezvous`), rank 0 included, so nothing else on the host can take the port between
+    its choice and the ranks' joining, as it could a port picked and then released."""
+    store = dist.TCPStore("127.0.0.1", 0, None, is_master=True, wait_for_workers=False, timeout=COLLECTIVE_TIMEOUT)
+    init_method = f"tcp://127.0.0.1:{store.port}"
+    _HOSTED[init_method] = store
+    return init_method
+
+
+def join_rendezvous(init_method: str) -> dist.TCPStore:
+    """A client of the store `host_rendezvous` returned `init_method` for (it retries until the store answers,
+    up to the collective timeout)."""
+    url = urlsplit(init_method)
+    if url.scheme != "tcp" or not url.hostname or not url.port:
+        raise ValueError(f"rendezvous {init_method!r}: expected tcp://HOST:PORT")
+    return dist.TCPStore(url.hostname, url.port, None, is_master=False, timeout=COLLECTIVE_TIMEOUT)
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,14 +55,15 @@ class ProcessGroups:
 
 
 def init_groups(topo: RankTopology, init_method: str, device: str) -> ProcessGroups:
-    """Join the node's process group (NCCL on CUDA, gloo on CPU) and build the sub-groups. Every rank
-    creates every group in the same order, as torch.distributed requires."""
+    """Join the node's process group (NCCL on CUDA, gloo on CPU) through the rendezvous `init_method` (from
+    `host_rendezvous`) and build the sub-groups. Every rank creates every group in the same order, as
+    torch.distributed requires."""
     dev = torch.device(device)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    dist.init_process_group(backend, init_method=init_method, world_size=topo.world_size, rank=topo.rank,
-                            timeout=COLLECTIVE_TIMEOUT)
+    dist.init_process_group(backend, store=join_rendezvous(init_method), world_size=topo.world_size,
+                            rank=topo.rank, timeout=COLLECTIVE_TIMEOUT)
     tp = dist.group.WORLD
     attn, cpu_attn = tp, None
     for d in range(topo.dp_size):

@@ -55,12 +55,12 @@ def start_node_engine(spec: RankSpec):
 
 def node_rank_spec(cfg) -> RankSpec:
     """The RankSpec of a node daemon's `NodeConfig`."""
-    from pdpair.engine.distributed.processes import free_init_method
+    from pdpair.engine.distributed.groups import host_rendezvous
     from pdpair.engine.distributed.rank_transfer import TransferSpec
     from pdpair.engine.distributed.topology import RankTopology
 
     transfer = TransferSpec(cfg.transfer_protocol, cfg.advertise_host, tuple(cfg.rdma_device_list or ()))
-    return RankSpec(RankTopology(cfg.tp_size, cfg.dp_size, cfg.enable_dp_attention), free_init_method(),
+    return RankSpec(RankTopology(cfg.tp_size, cfg.dp_size, cfg.enable_dp_attention), host_rendezvous(),
                     model=cfg.model, device=cfg.device, dtype=cfg.dtype, page_size=cfg.page_size,
                     max_pages=cfg.max_pages, chunk_size=cfg.chunk_size, attention_backend=cfg.attention_backend,
                     log_level=cfg.log_level, decode_graphs="off" if cfg.disable_cuda_graph else "auto",

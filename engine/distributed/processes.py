@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import wait
@@ -17,12 +16,6 @@ logger = logging.getLogger(__name__)
 
 class RankDied(RuntimeError):
     """A rank process exited while the node needed it; every other rank has been stopped."""
-
-
-def free_init_method() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 class RankProcesses:

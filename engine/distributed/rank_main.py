@@ -39,7 +39,7 @@ class RankSpec:
     """What every rank of a node builds: the model, the engine knobs and the node's topology (rank 0's)."""
 
     topo: RankTopology
-    init_method: str  # tcp://127.0.0.1:PORT
+    init_method: str  # tcp://127.0.0.1:PORT of the store the node process hosts (`host_rendezvous`)
     model: str = "smollm2-135m"
     device: str = "cpu"  # "cuda": rank r uses cuda:r
     dtype: str | None = None

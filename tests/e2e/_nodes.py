@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,16 +20,11 @@ from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
 
 from pdpair.tls import TlsFiles, sync_channel
+from tests._ports import free_port
 
 MODULES = {"prefill": "pdpair.prefill_node.main", "decode": "pdpair.decode_node.main"}
 # small pools and chunks: many pages and several chunks per prompt, quick to allocate
 DEFAULT_ARGS = ("--page-size", "16", "--chunk-size", "64", "--max-pages", "320")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(eq=False)

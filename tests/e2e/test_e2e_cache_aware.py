@@ -15,6 +15,7 @@ from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
 from pdpair.router.local_cluster import LocalCluster
 
+from tests._ports import free_port
 from tests.e2e._nodes import DEFAULT_ARGS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -48,7 +49,7 @@ def _busy(s: pb.NodeStats) -> int:
 
 def test_follow_up_turn_returns_to_its_node_and_a_new_prompt_goes_elsewhere(tmp_path):
     cluster = LocalCluster(prefill=0, decode=2, node_args=list(DEFAULT_ARGS), router_args=["--policy", "cache_aware"],
-                           log_dir=tmp_path, env={"OMP_NUM_THREADS": "1"})
+                           log_dir=tmp_path, env={"OMP_NUM_THREADS": "1"}, ports=free_port)
     with cluster as c:
         convo = [{"role": "system", "content": "You answer questions about gardens. " + _words("garden", 12)},
                  {"role": "user", "content": "Which flower should I plant first?"}]

@@ -15,6 +15,7 @@ import pytest
 from pdpair.router.local_cluster import LocalCluster
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests._ports import free_port
 from tests.e2e._nodes import DEFAULT_ARGS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -41,7 +42,7 @@ def _exported(url: str) -> set[str]:
 def served():
     """A cluster that answered two chat requests and one bad one; yields (cluster, the two request ids)."""
     c = LocalCluster(prefill=1, decode=1, node_args=[*DEFAULT_ARGS, *LOG_ARGS], router_args=LOG_ARGS,
-                     env={"OMP_NUM_THREADS": "1"})
+                     env={"OMP_NUM_THREADS": "1"}, ports=free_port)
     with c:
         rids = set()
         for text in ("Name a colour.", "Count to three and then a little further, slowly, please. " * 6):

@@ -9,8 +9,9 @@ import time
 import urllib.request
 
 import pytest
-from pdpair.router.local_cluster import LocalCluster, _http_ok, free_port
+from pdpair.router.local_cluster import LocalCluster, _http_ok
 
+from tests._ports import free_port
 from tests.e2e._nodes import DEFAULT_ARGS
 
 openai = pytest.importorskip("openai")
@@ -23,7 +24,8 @@ PROMPT = "The capital of France is"
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = LocalCluster(prefill=1, decode=1, node_args=list(DEFAULT_ARGS), env={"OMP_NUM_THREADS": "1"})
+    c = LocalCluster(prefill=1, decode=1, node_args=list(DEFAULT_ARGS), env={"OMP_NUM_THREADS": "1"},
+                     ports=free_port)
     with c:
         colocated = _start_router(c.decode_addrs[0], c.log_dir)
         try:

@@ -10,8 +10,9 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from pdpair.router.local_cluster import LocalCluster, free_port
+from pdpair.router.local_cluster import LocalCluster
 
+from tests._ports import free_port
 from tests.e2e._nodes import DEFAULT_ARGS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -50,7 +51,7 @@ def test_dead_prefill_node_behind_the_router():
     never_started = f"127.0.0.1:{free_port()}"
     # --health-interval 1.0 restores the router's default poll (LocalCluster polls faster)
     with LocalCluster(prefill=2, decode=1, node_args=list(DEFAULT_ARGS), env={"OMP_NUM_THREADS": "1"},
-                      router_args=["--health-interval", "1.0", "--prefill", never_started]) as c:
+                      ports=free_port, router_args=["--health-interval", "1.0", "--prefill", never_started]) as c:
         url = c.router_url
         with ThreadPoolExecutor(N) as pool:
             assert set(pool.map(lambda i: _post(url, i), range(4))) == {200}  # warm: both live pairs used

@@ -8,7 +8,6 @@ import contextlib
 import functools
 import hashlib
 import json
-import socket
 import tempfile
 import threading
 from collections.abc import Callable
@@ -18,6 +17,8 @@ from pathlib import Path
 import grpc
 from pdpair.proto import pdpair_pb2 as pb
 from pdpair.proto import pdpair_pb2_grpc as pb_grpc
+
+from tests._ports import free_port
 
 MODEL_ID = "smollm2-135m"
 
@@ -87,12 +88,6 @@ def model_info(role: str = "decode", context_length: int = 2048) -> pb.ModelInfo
         chat_template=a.chat_template, bos_token=a.bos_token, eos_token=a.eos_token,
         eos_token_ids=list(a.eos_token_ids), role=role, page_size=16,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _set(event: threading.Event) -> threading.Event:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from pdpair.engine import Engine, SamplingParams
 from pdpair.engine.distributed import RankGroup, RankSpec, RankTopology
-from pdpair.engine.distributed.processes import free_init_method
+from pdpair.engine.distributed.groups import host_rendezvous
 
 GREEDY = SamplingParams(max_new_tokens=6, temperature=0.0)
 TEXTS = ["The capital of France is", "1, 2, 3, 4,", "Once upon a time there was a small village by the sea"]
@@ -22,7 +22,7 @@ def reference():
 
 
 def _group(tp: int, dp: int, dp_attention: bool, max_running: int = 8) -> RankGroup:
-    return RankGroup(RankSpec(RankTopology(tp, dp, dp_attention), free_init_method(), max_pages=64,
+    return RankGroup(RankSpec(RankTopology(tp, dp, dp_attention), host_rendezvous(), max_pages=64,
                               max_running_requests=max_running, decode_graphs="eager"))
 
 

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from pdpair.engine import Engine, SamplingParams
 from pdpair.engine.distributed import RankGroup, RankSpec, RankTopology
-from pdpair.engine.distributed.processes import free_init_method
+from pdpair.engine.distributed.groups import host_rendezvous
 from pdpair.engine.distributed.rank_main import build_rank_engine
 from pdpair.engine.events import StepEvent
 from pdpair.engine.request import Request
@@ -52,7 +52,7 @@ def test_graph_ranks_tokens_equal_one_gpu(tp, dp, dp_attention, tmp_path):
     assert engine.runner.graphs is not None
     expected = [o.token_ids for o in engine.generate(PROMPTS, greedy)]
     del engine
-    spec = RankSpec(RankTopology(tp, dp, dp_attention), free_init_method(), model=model, device="cuda",
+    spec = RankSpec(RankTopology(tp, dp, dp_attention), host_rendezvous(), model=model, device="cuda",
                     dtype="float32", max_pages=64, max_running_requests=8)
     with RankGroup(spec) as group:
         outs, ranks = group.generate(PROMPTS, greedy)
@@ -100,7 +100,7 @@ def test_graph_ranks_logits_within_bf16_tolerance(tp, dp, dp_attention, tmp_path
     (ref,) = engine.generate([prompt], SamplingParams(max_new_tokens=NEW, temperature=0.0, ignore_eos=True))
     del engine
     torch.cuda.empty_cache()
-    spec = RankSpec(RankTopology(tp, dp, dp_attention), free_init_method(), model=model, device="cuda",
+    spec = RankSpec(RankTopology(tp, dp, dp_attention), host_rendezvous(), model=model, device="cuda",
                     dtype="bfloat16", max_pages=64, max_running_requests=8)
     ctx = mp.get_context("spawn")
     results = ValueQueue()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from pdpair.engine import Engine, SamplingParams
 from pdpair.engine.distributed import RankDied, RankGroup, RankSpec, RankTopology
-from pdpair.engine.distributed.processes import free_init_method
+from pdpair.engine.distributed.groups import host_rendezvous
 
 GREEDY = SamplingParams(max_new_tokens=8, temperature=0.0)
 TEXTS = [
@@ -32,7 +32,7 @@ def reference():
 
 
 def _group(tp: int, dp: int, dp_attention: bool) -> RankGroup:
-    return RankGroup(RankSpec(RankTopology(tp, dp, dp_attention), free_init_method(), max_pages=64))
+    return RankGroup(RankSpec(RankTopology(tp, dp, dp_attention), host_rendezvous(), max_pages=64))
 
 
 def test_tp2_equals_tp1(reference):
@@ -105,7 +105,7 @@ def test_nccl_ranks_equal_one_gpu(tp, dp, dp_attention, tmp_path):
     prompts = [engine.tokenizer.encode(t) for t in TEXTS]
     expected = [o.token_ids for o in engine.generate(prompts, GREEDY)]
     del engine
-    spec = RankSpec(RankTopology(tp, dp, dp_attention), free_init_method(), model=model, device="cuda",
+    spec = RankSpec(RankTopology(tp, dp, dp_attention), host_rendezvous(), model=model, device="cuda",
                     dtype="float32", max_pages=64)
     with RankGroup(spec) as group:
         outs, _ = group.generate(prompts, GREEDY)

@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from pdpair.engine import Engine, SamplingParams
 from pdpair.engine.distributed import RankGroup, RankSpec, RankTopology
-from pdpair.engine.distributed.processes import free_init_method
+from pdpair.engine.distributed.groups import host_rendezvous
 from pdpair.engine.distributed.rank_main import build_rank_engine
 
 from tests._oracle import chunked_prefill_logits, hf_greedy, randomise_norms_and_biases
@@ -105,7 +105,7 @@ def test_smollm2_ranks_hold_half_the_tied_vocabulary_and_match_one_rank():
     vocab, hidden = cfg.vocab_size, cfg.hidden_size
     whole = sum(p.nbytes for p in ref.runner.model.parameters())
     del ref
-    got = _run_ranks(RankSpec(RankTopology(2, 1, False), free_init_method(), max_pages=64))
+    got = _run_ranks(RankSpec(RankTopology(2, 1, False), host_rendezvous(), max_pages=64))
     _assert_only_slices(got, vocab, hidden, tables=1)  # tied: the head is the embedding's slice
     assert all(out["tied"] for out in got.values())
     # the two ranks' vocabulary bytes add up to one whole table: a rank keeping it whole would hold 2x
@@ -122,7 +122,7 @@ def test_smollm2_ranks_hold_half_the_tied_vocabulary_and_match_one_rank():
 def _tiny_case(tmp_path, device: str):
     """(HF model, checkpoint path) after checking the two ranks' slices and logits against transformers."""
     hf, path = _tiny_checkpoint(tmp_path / "tiny")
-    got = _run_ranks(RankSpec(RankTopology(2, 1, False), free_init_method(), model=path, device=device,
+    got = _run_ranks(RankSpec(RankTopology(2, 1, False), host_rendezvous(), model=path, device=device,
                               dtype="float32", max_pages=64, max_running_requests=8,
                               decode_graphs="off"))  # prefill logits only: no decode graphs to capture
     _assert_only_slices(got, TINY_VOCAB, HIDDEN, tables=2)  # untied: an embedding slice and a head slice
@@ -145,7 +145,7 @@ def _tiny_case(tmp_path, device: str):
 def test_padded_vocabulary_logits_and_greedy_tokens_match_transformers(tmp_path):
     hf, path = _tiny_case(tmp_path, "cpu")
     greedy = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True)
-    spec = RankSpec(RankTopology(2, 1, False), free_init_method(), model=path, dtype="float32", max_pages=64)
+    spec = RankSpec(RankTopology(2, 1, False), host_rendezvous(), model=path, dtype="float32", max_pages=64)
     with RankGroup(spec) as group:  # the follower computes the leader's logits rows for the gather
         outs, _ = group.generate(SEQS, greedy)
     assert [list(o.token_ids) for o in outs] == [hf_greedy(hf, seq, 12) for seq in SEQS]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 
 import torch.multiprocessing as mp
-from pdpair.engine.distributed.processes import free_init_method
+from pdpair.engine.distributed.groups import host_rendezvous
 
 
 class ValueQueue:
@@ -28,7 +28,7 @@ def spawn_ranks(target, n: int, *args) -> dict:
     process must exit 0."""
     ctx = mp.get_context("spawn")
     results = ValueQueue()
-    init = free_init_method()
+    init = host_rendezvous()
     procs = [ctx.Process(target=target, args=(r, init, results, *args)) for r in range(n)]
     for p in procs:
         p.start()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import torch
 import torch.distributed as dist
 from pdpair.engine.distributed.dp_gather import DPGather
 from pdpair.engine.distributed.dp_plan import GatherMode, gather_info
-from pdpair.engine.distributed.groups import init_groups
+from pdpair.engine.distributed.groups import host_rendezvous, init_groups, join_rendezvous
 from pdpair.engine.distributed.symm_mem import SymmetricBuffers
 from pdpair.engine.distributed.topology import RankTopology
 
@@ -76,3 +78,26 @@ def test_gather_and_scatter_in_both_modes_and_buffers_per_group():
 def test_nccl_gather_and_symmetric_buffers_on_their_own_groups():
     """NCCL: both gather modes, and symmetric-memory buffers rendezvoused per group (SEEDS.md §5)."""
     _run_pair("cuda")
+
+
+def test_the_rendezvous_port_stays_bound_until_every_rank_has_joined():
+    """`host_rendezvous` keeps its port bound, so no other socket can take it before the ranks join (a port
+    picked and released, as before, could be taken in between); every rank, rank 0 included, joins as a
+    client of this process's store, which a rank-0 bind of its own would have failed on."""
+    init = host_rendezvous()
+    port = int(init.rsplit(":", 1)[1])
+    with socket.socket() as s, pytest.raises(OSError):
+        s.bind(("127.0.0.1", port))
+    assert host_rendezvous() != init  # one store per set of ranks
+    got = spawn_ranks(_join_worker, 2)
+    assert got == {0: [0, 1], 1: [0, 1]}
+    with pytest.raises(ValueError, match="expected tcp://HOST:PORT"):
+        join_rendezvous("env://")
+
+
+def _join_worker(rank: int, init: str, results) -> None:
+    dist.init_process_group("gloo", store=join_rendezvous(init), world_size=2, rank=rank)
+    ranks = [None, None]
+    dist.all_gather_object(ranks, rank)
+    dist.destroy_process_group()
+    results.put((rank, ranks))

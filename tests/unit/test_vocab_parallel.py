@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from pdpair.engine.distributed.groups import init_groups
+from pdpair.engine.distributed.groups import init_groups, join_rendezvous
 from pdpair.engine.distributed.topology import RankTopology
 from pdpair.engine.distributed.vocab import VocabParallelEmbedding, VocabParallelHead, VocabShard, shard_vocab
 
@@ -40,7 +40,7 @@ def test_slices_pad_the_vocabulary_to_a_multiple_of_the_group():
 
 def _worker(rank: int, init: str, results) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, world_size=2, rank=rank)
+    dist.init_process_group("gloo", store=join_rendezvous(init), world_size=2, rank=rank)
     shard, group = VocabShard(VOCAB, 2, rank), dist.group.WORLD
     embed = VocabParallelEmbedding(_table(), shard, group)
     head = VocabParallelHead(embed.weight, shard, group)

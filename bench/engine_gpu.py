@@ -17,12 +17,15 @@ With `--fused-ops both` every row runs with the fused kernels on and off.
     python bench/engine_gpu.py --shapes smollm2 --quick   # a quick look
     python bench/engine_gpu.py --shapes llama3-8b --batches 1 8 --fused-ops on --skip scheduler prefill \
         --configs down:BLOCK_N=32 prefetch:blocks=2 --ab-rounds 3   # launch configs A/B'd in the step
+    python bench/engine_gpu.py --shapes qwen3-8b --batches 1 8 --fused-ops on --skip scheduler prefill \
+        --layers 36 12 36                                           # per-layer and per-step parts of a step
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import json
 import statistics
@@ -71,14 +74,14 @@ ROW_WIDTH = 44  # the row column as rows print while measured; the table is prin
 
 
 def _header(width: int) -> None:
-    print(f"| shape      | {'row':<{width}} |        ms |  floor ms | x floor | note")
-    print(f"|------------|{'-' * (width + 2)}|-----------|-----------|---------|-----")
+    print(f"| shape         | {'row':<{width}} |        ms |  floor ms | x floor | note")
+    print(f"|---------------|{'-' * (width + 2)}|-----------|-----------|---------|-----")
 
 
 def _line(r: dict, width: int) -> str:
     ratio = "" if r["x_floor"] is None else f"{r['x_floor']:6.2f}x"
     floor = "" if r["floor_ms"] is None else f"{r['floor_ms']:9.3f}"
-    return f"| {r['shape']:<10} | {r['row']:<{width}} | {r['ms']:9.3f} | {floor:>9} | {ratio:>7} | {r['note']}"
+    return f"| {r['shape']:<13} | {r['row']:<{width}} | {r['ms']:9.3f} | {floor:>9} | {ratio:>7} | {r['note']}"
 
 
 def row(shape: str, what: str, ms: float, floor_ms: float | None, note: str = "", **extra) -> None:
@@ -116,17 +119,29 @@ def cuda_ms(fn, reps: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def measure_ceilings() -> tuple[float, float]:
-    """(copy GB/s counting bytes read + written, bf16 GEMM TFLOP/s) on random data."""
-    n = 1 << 30
-    src = torch.randn(n // 2, dtype=torch.bfloat16, device="cuda")
-    dst = torch.empty_like(src)
-    gbs = 2 * n / cuda_ms(lambda d=dst, s=src: d.copy_(s), 20, 5) / 1e6
-    del src, dst
+def measure_ceilings(warm_s: float = 1.0) -> tuple[float, float]:
+    """(copy GB/s counting bytes read + written, bf16 GEMM TFLOP/s) on random data: the best median of three
+    rounds each, the copy after `warm_s` seconds of copies. A copy measured on a GPU just out of idle reads
+    low: on one H200, two runs minutes apart measured 4,028 and 4,163 GB/s, and the floors moved with it. The
+    copy is of 4 GiB, the size of a few layers' weights (1 GiB copies read 1.5-2% lower on the same GPU in the
+    same process). The GEMM is measured first: seconds of GEMMs heat the GPU until its clocks drop (622-636
+    against 749-785 TFLOP/s)."""
     m = 8192
     a = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
     b = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
-    tflops = 2 * m**3 / cuda_ms(lambda x=a, y=b: x @ y, 20, 5) / 1e9
+    tflops = max(2 * m**3 / cuda_ms(lambda x=a, y=b: x @ y, 20, 5) / 1e9 for _ in range(3))
+    del a, b
+    n = 4 << 30
+    src = torch.randn(n // 2, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    t = time.perf_counter()
+    while time.perf_counter() - t < warm_s:
+        for _ in range(20):
+            dst.copy_(src)
+        torch.cuda.synchronize()
+    gbs = max(2 * n / cuda_ms(lambda d=dst, s=src: d.copy_(s), 20, 2) / 1e6 for _ in range(3))
+    del src, dst
+    torch.cuda.empty_cache()
     print(f"ceilings: copy {gbs:.0f} GB/s (read + write), bf16 GEMM {tflops:.0f} TFLOP/s", flush=True)
     return gbs, tflops
 
@@ -470,6 +485,9 @@ def main() -> None:
                     help="model shapes to run (seeded random weights)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64, 256], help="decode batch sizes")
     ap.add_argument("--context", type=int, default=2048, help="tokens cached per decode row")
+    ap.add_argument("--layers", type=int, nargs="+", metavar="N",
+                    help="run each shape with these layer counts instead of its own (rows named SHAPE/NL); two "
+                         "counts split a step into its per-layer and per-step parts")
     ap.add_argument("--prefill-rows", type=int, default=8, help="rows of the prefill measurement")
     ap.add_argument("--prefill-len", type=int, default=4096, help="new tokens per prefill row")
     ap.add_argument("--reps", type=int, default=30, help="timed repetitions per decode row (median)")
@@ -507,9 +525,11 @@ def main() -> None:
     t0 = time.perf_counter()
     ceilings = measure_ceilings()
     _header(ROW_WIDTH)
-    for name in args.shapes:
+    runs = [(name, SHAPES[name]) for name in args.shapes] if not args.layers else [
+        (f"{name}/{n}L", dataclasses.replace(SHAPES[name], num_layers=n)) for name in args.shapes for n in args.layers]
+    for name, cfg in runs:
         try:
-            bench_shape(name, SHAPES[name], ceilings, args, fused_modes)
+            bench_shape(name, cfg, ceilings, args, fused_modes)
         except torch.cuda.OutOfMemoryError as exc:
             print(f"{name}: out of device memory, rows skipped ({exc})", flush=True)
             del exc

@@ -16,8 +16,8 @@ logger = logging.getLogger(__name__)
 # how long a collective waits for a peer; a dead peer usually fails it at once (connection reset)
 COLLECTIVE_TIMEOUT = timedelta(seconds=120)
 
-# the rendezvous stores this process hosts, by init method; each lives as long as the process
-_HOSTED: dict[str, dist.TCPStore] = {}
+# the rendezvous stores this process hosts, held here so that each lives as long as the process
+_HOSTED: list[dist.TCPStore] = []
 
 
 def host_rendezvous() -> str:
@@ -26,9 +26,8 @@ def host_rendezvous() -> str:
     (`init_groups`, `join_rendezvous`), rank 0 included, so nothing else on the host can take the port between
     its choice and the ranks' joining, as it could a port picked and then released."""
     store = dist.TCPStore("127.0.0.1", 0, None, is_master=True, wait_for_workers=False, timeout=COLLECTIVE_TIMEOUT)
-    init_method = f"tcp://127.0.0.1:{store.port}"
-    _HOSTED[init_method] = store
-    return init_method
+    _HOSTED.append(store)
+    return f"tcp://127.0.0.1:{store.port}"
 
 
 def join_rendezvous(init_method: str) -> dist.TCPStore:

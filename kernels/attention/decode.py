@@ -109,6 +109,33 @@ def _attend_block(qv, kb, vb, mask_n, m_i, l_i, acc, qk_scale, key_scale, KEY_SC
 
 
 @triton.jit
+def _attend_blocks(qv, k_cache, v_cache, kv_indices, start, j0, lo, hi, n, first, kvh, offs_d, mask_d, m_i, l_i, acc,
+                   head_scale, r_k, stride_kp, stride_ks, stride_kh, stride_vp, stride_vs, stride_vh,
+                   PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr, QK_DEFER: tl.constexpr):
+    """Key blocks `j0`, `j0 + BLOCK_N`, ... below `hi` of a split starting at `lo` into the running (max, sum,
+    output); under PDL the block at `lo` takes its slots from `first`, read before the wait."""
+    for j in range(j0, hi, BLOCK_N):
+        offs_n = j + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < hi
+        if PDL:  # the first block's slots were read before the wait
+            later = offs_n >= lo + BLOCK_N
+            slot = tl.where(later, tl.load(kv_indices + start + offs_n, mask=mask_n & later, other=0), first)
+        else:
+            slot = tl.load(kv_indices + start + offs_n, mask=mask_n, other=0)
+        slot = slot.to(tl.int64)
+        page = slot // PAGE_SIZE
+        off = slot % PAGE_SIZE
+        kmask = mask_n[:, None] & mask_d[None, :]
+        kb = tl.load(k_cache + page[:, None] * stride_kp + off[:, None] * stride_ks + kvh * stride_kh
+                     + offs_d[None, :], mask=kmask, other=0.0)
+        vb = tl.load(v_cache + page[:, None] * stride_vp + off[:, None] * stride_vs + kvh * stride_vh
+                     + offs_d[None, :], mask=kmask, other=0.0)
+        key_scale = tl.where(offs_n == n - 1, r_k, 1.0)
+        m_i, l_i, acc = _attend_block(qv, kb, vb, mask_n, m_i, l_i, acc, head_scale, key_scale, QK_DEFER)
+    return m_i, l_i, acc
+
+
+@triton.jit
 def _decode_split_kernel(
     q, k_cache, v_cache, kv_indptr, kv_indices, mid_o, mid_lse, o, counters,
     stride_qb, stride_qh,
@@ -144,6 +171,8 @@ def _decode_split_kernel(
     if PDL or PRELOAD:
         first_n = lo + tl.arange(0, BLOCK_N)
         first = tl.load(kv_indices + start + first_n, mask=first_n < hi, other=0)
+    else:
+        first = start  # unused without PDL
     if PRELOAD:
         own = first_n == n - 1
         page0 = first.to(tl.int64) // PAGE_SIZE
@@ -175,7 +204,6 @@ def _decode_split_kernel(
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    j0 = lo
     if PRELOAD:  # the first block, its own token (if in it) read now
         if lo < hi:
             m1 = own[:, None] & mask_d[None, :]
@@ -183,25 +211,18 @@ def _decode_split_kernel(
             vb = tl.where(own[:, None], tl.load(v_at, mask=m1, other=0.0), vb0)
             key_scale = tl.where(own, r_k, 1.0)
             m_i, l_i, acc = _attend_block(qv, kb, vb, first_n < hi, m_i, l_i, acc, head_scale, key_scale, QK_DEFER)
-        j0 = lo + BLOCK_N
-    for j in range(j0, hi, BLOCK_N):
-        offs_n = j + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < hi
-        if PDL:  # the first block's slots were read before the wait
-            later = offs_n >= lo + BLOCK_N
-            slot = tl.where(later, tl.load(kv_indices + start + offs_n, mask=mask_n & later, other=0), first)
-        else:
-            slot = tl.load(kv_indices + start + offs_n, mask=mask_n, other=0)
-        slot = slot.to(tl.int64)
-        page = slot // PAGE_SIZE
-        off = slot % PAGE_SIZE
-        kmask = mask_n[:, None] & mask_d[None, :]
-        kb = tl.load(k_cache + page[:, None] * stride_kp + off[:, None] * stride_ks + kvh * stride_kh
-                     + offs_d[None, :], mask=kmask, other=0.0)
-        vb = tl.load(v_cache + page[:, None] * stride_vp + off[:, None] * stride_vs + kvh * stride_vh
-                     + offs_d[None, :], mask=kmask, other=0.0)
-        key_scale = tl.where(offs_n == n - 1, r_k, 1.0)
-        m_i, l_i, acc = _attend_block(qv, kb, vb, mask_n, m_i, l_i, acc, head_scale, key_scale, QK_DEFER)
+        # The split's later blocks. At short contexts the preloaded block is its only one, and the branch skips
+        # the pipelined loop's prologue with the loop (the next block's addresses, its predicated copies and
+        # the wait after the loop): 20-30 us of the 8B step at batch 1 (docs/kernels.md).
+        if lo + BLOCK_N < hi:
+            m_i, l_i, acc = _attend_blocks(qv, k_cache, v_cache, kv_indices, start, lo + BLOCK_N, lo, hi, n, first,
+                                           kvh, offs_d, mask_d, m_i, l_i, acc, head_scale, r_k, stride_kp,
+                                           stride_ks, stride_kh, stride_vp, stride_vs, stride_vh, PAGE_SIZE, BLOCK_N,
+                                           PDL, QK_DEFER)
+    else:
+        m_i, l_i, acc = _attend_blocks(qv, k_cache, v_cache, kv_indices, start, lo, lo, hi, n, first, kvh, offs_d,
+                                       mask_d, m_i, l_i, acc, head_scale, r_k, stride_kp, stride_ks, stride_kh,
+                                       stride_vp, stride_vs, stride_vh, PAGE_SIZE, BLOCK_N, PDL, QK_DEFER)
     if QK_DEFER:  # the split holding the row's own key stores it back normed (it was read above as stored)
         if (hi == n) & (lo < hi) & (own_slot >= 0):
             own_k = (k_cache + (own_slot // PAGE_SIZE) * stride_kp + (own_slot % PAGE_SIZE) * stride_ks

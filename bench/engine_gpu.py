@@ -28,7 +28,6 @@ import contextlib
 import dataclasses
 import gc
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ helpers when run from a checkout
 
+from _ceilings import copy_gbs, cuda_ms  # noqa: E402
 from pdpair.engine.model_config import ModelConfig, RopeScaling  # noqa: E402
 
 SHAPES = {
@@ -104,44 +104,17 @@ def realign_table() -> None:
         print(_line(r, width))
 
 
-def cuda_ms(fn, reps: int, warmup: int = 2) -> float:
-    """Median milliseconds of `fn()` over `reps` runs, timed with CUDA events."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
-
-
 def measure_ceilings(warm_s: float = 1.0) -> tuple[float, float]:
-    """(copy GB/s counting bytes read + written, bf16 GEMM TFLOP/s) on random data: the best median of three
-    rounds each, the copy after `warm_s` seconds of copies. A copy measured on a GPU just out of idle reads
-    low: on one H200, two runs minutes apart measured 4,028 and 4,163 GB/s, and the floors moved with it. The
-    copy is of 4 GiB, the size of a few layers' weights (1 GiB copies read 1.5-2% lower on the same GPU in the
-    same process). The GEMM is measured first: seconds of GEMMs heat the GPU until its clocks drop (622-636
-    against 749-785 TFLOP/s)."""
+    """(copy GB/s counting bytes read + written, bf16 GEMM TFLOP/s) on random data: the GEMM the best median of
+    three rounds, the copy as `_ceilings.copy_gbs` measures it (4 GiB, the size of a few layers' weights, after
+    `warm_s` seconds of copies; the floors moved with a copy measured cold). The GEMM is measured first: seconds
+    of GEMMs heat the GPU until its clocks drop (622-636 against 749-785 TFLOP/s)."""
     m = 8192
     a = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
     b = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
     tflops = max(2 * m**3 / cuda_ms(lambda x=a, y=b: x @ y, 20, 5) / 1e9 for _ in range(3))
     del a, b
-    n = 4 << 30
-    src = torch.randn(n // 2, dtype=torch.bfloat16, device="cuda")
-    dst = torch.empty_like(src)
-    t = time.perf_counter()
-    while time.perf_counter() - t < warm_s:
-        for _ in range(20):
-            dst.copy_(src)
-        torch.cuda.synchronize()
-    gbs = max(2 * n / cuda_ms(lambda d=dst, s=src: d.copy_(s), 20, 2) / 1e6 for _ in range(3))
-    del src, dst
-    torch.cuda.empty_cache()
+    gbs = copy_gbs(warm_s)
     print(f"ceilings: copy {gbs:.0f} GB/s (read + write), bf16 GEMM {tflops:.0f} TFLOP/s", flush=True)
     return gbs, tflops
 

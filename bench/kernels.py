@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ helpers when run from a checkout
 
+from _ceilings import copy_gbs
 from _report import Panel, Report, Series, add_out_arg, progress
 from pdpair.kernels.attention import (
     decode_attention,
@@ -46,11 +47,7 @@ def median_ms(fn, warmup: int = 25, rep: int = 200) -> float:
 
 
 def bench_copy() -> float:
-    n = 1 << 30  # 1 GiB each way, far past L2
-    src = torch.randn(n // 2, dtype=torch.bfloat16, device="cuda")
-    dst = torch.empty_like(src)
-    ms = median_ms(lambda: dst.copy_(src))
-    gbs = 2 * n / ms / 1e6
+    gbs = copy_gbs()  # 4 GiB after a second of copies, as bench/engine_gpu.py measures its floors
     row("D2D copy (read + write)", f"{gbs:8.0f} GB/s", "ceiling")
     return gbs
 

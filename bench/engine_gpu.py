@@ -6,6 +6,7 @@ decode CUDA graphs. Rows per shape:
 - decode step at batch 1, 8, 64, 256 (context 2,048): the bare graph replay (CUDA events, median) against
   (weight bytes + KV bytes) / measured device-to-device copy bandwidth (bytes read + written);
 - the same step through `DecodeCudaGraphs.replay` (host metadata fill included);
+- with `--chain N`, the bare step again as N replays queued back to back (per step);
 - prefill of 8 x 4,096 tokens (one eager extend forward): FLOPs / measured bf16 GEMM peak;
 - scheduler decode steps at batch 64 (what `engine.generate` runs: batch build, graph replay, sampling, one
   host read per step), with overlap scheduling off (serial: the device idles during the host's work) and on
@@ -250,6 +251,12 @@ def decode_rows(eng, graphs, name: str, cfg: ModelConfig, args, wbytes: int, gbs
         try:
             graphs.replay(batch)  # fills the static buffers
             bare = cuda_ms(lambda b=bs, g=graphs: g.replay_bucket(b), args.reps)
+            chained = None
+            if args.chain > 1:
+                def chain(b=bs, g=graphs, n=args.chain):
+                    for _ in range(n):
+                        g.replay_bucket(b)
+                chained = cuda_ms(chain, max(5, args.reps // 3)) / args.chain
             if bs in args.profile:
                 profile_kernels(name, f"decode b{bs}{tag}", lambda b=bs, g=graphs: g.replay_bucket(b))
             staged = hasattr(graphs, "replay_staged")
@@ -262,6 +269,9 @@ def decode_rows(eng, graphs, name: str, cfg: ModelConfig, args, wbytes: int, gbs
         floor = (wbytes + kv_bytes(cfg, bs * ctx)) / gbs / 1e6
         row(name, f"decode b{bs} ctx{ctx} graph{tag}", bare, floor, f"{bs / bare * 1e3:.0f} tok/s",
             batch=bs, tokens_per_s=bs / bare * 1e3)
+        if chained is not None:
+            row(name, f"decode b{bs} ctx{ctx} graph x{args.chain}{tag}", chained, floor,
+                f"{args.chain} replays back to back", batch=bs)
         if full is not None:
             row(name, f"decode b{bs} ctx{ctx} runner replay{tag}", full, floor,
                 "host upload + graph, as ModelRunner runs it" if staged else "metadata fill + graph", batch=bs)
@@ -463,6 +473,10 @@ def main() -> None:
                          "counts split a step into its per-layer and per-step parts")
     ap.add_argument("--prefill-rows", type=int, default=8, help="rows of the prefill measurement")
     ap.add_argument("--prefill-len", type=int, default=4096, help="new tokens per prefill row")
+    ap.add_argument("--chain", type=int, default=0, metavar="N",
+                    help="also time N graph replays queued back to back, per step: a step as the host queues steps "
+                         "under overlap scheduling, without the idle device and graph launch that precede a "
+                         "single timed replay")
     ap.add_argument("--reps", type=int, default=30, help="timed repetitions per decode row (median)")
     ap.add_argument("--prefill-reps", type=int, default=3, help="timed repetitions per prefill row (median)")
     ap.add_argument("--sched-prompt", type=int, default=512, help="prompt length of the scheduler decode row")

@@ -153,7 +153,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue", type=int, default=d.max_queue,
                         help="requests admitted at once before answering RESOURCE_EXHAUSTED (default: 256)")
     parser.add_argument("--drain-timeout", type=float, default=d.drain_timeout,
-                        help="seconds SIGTERM waits for in-flight requests before exiting (default: 30)")
+                        help="seconds SIGTERM waits for in-flight requests and their responses before exiting; "
+                             "calls still open then get 2 s more before they are cancelled (default: 30)")
     parser.add_argument("--quarantine-seconds", type=float, default=None,
                         help="hold the pages of a failed transfer this long before reuse (default: twice "
                              "MC_TRANSFER_TIMEOUT plus 10 s; a failed write may still land until then)")

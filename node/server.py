@@ -44,8 +44,14 @@ async def _set_health(health: Any, service_names: list[str], status: int) -> Non
         await health.set(name, status)
 
 
-async def _drain(rt: NodeRuntime, health: Any, service_names: list[str]) -> None:
-    """Stop admitting (health NOT_SERVING, new calls UNAVAILABLE), wait for in-flight calls, bounded."""
+# the least time gRPC's own shutdown gives calls still open after the drain (their responses on the wire, an
+# Abort or a Stats poll) before it cancels them; it returns as soon as the last one completes
+STOP_GRACE_S = 2.0
+
+
+async def _drain(rt: NodeRuntime, health: Any, service_names: list[str]) -> float:
+    """Stop admitting (health NOT_SERVING, new calls UNAVAILABLE), wait for in-flight calls, bounded; returns
+    the deadline of the drain budget."""
     rt.draining = True
     await _set_health(health, service_names, health_pb2.HealthCheckResponse.NOT_SERVING)
     deadline = time.monotonic() + rt.cfg.drain_timeout
@@ -55,6 +61,7 @@ async def _drain(rt: NodeRuntime, health: Any, service_names: list[str]) -> None
         logger.warning("drain timeout (%.0fs): %d requests still in flight", rt.cfg.drain_timeout, rt.inflight)
     else:
         logger.info("drained")
+    return deadline
 
 
 async def _serve(cfg: NodeConfig, make_servicer: MakeServicer) -> int:
@@ -92,10 +99,13 @@ async def _serve(cfg: NodeConfig, make_servicer: MakeServicer) -> int:
     logger.debug("froze %d startup objects", frozen)
     try:
         await stop.wait()
+        deadline = time.monotonic()
         if not fatal:
             logger.info("shutdown requested: draining")
-            await _drain(rt, health, [service_name])
-        await server.stop(grace=1.0)
+            deadline = await _drain(rt, health, [service_name])
+        # a handler that returned has its response still to send: the rest of the drain budget (not a fixed
+        # second, which a loaded box outlasts) is the bound, and gRPC stops waiting once every call ended
+        await server.stop(grace=max(deadline - time.monotonic(), STOP_GRACE_S))
         for close in rt.on_shutdown:
             await close()
     finally:

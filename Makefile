@@ -8,12 +8,15 @@ PYTEST_ARGS ?=
 # two pytest workers, one file each at a time (a file's module fixtures, e.g. its daemons, stay in one
 # worker): much of the suite waits on daemons and timeouts, so a second worker keeps both cores busy
 PYTEST_WORKERS ?= 2
+# one intra-op thread per test process (the daemons the tests start already default to one): torch's default of
+# a thread per core in each of the two workers oversubscribes a 2-core box (795 s against 919 s for the suite)
+TEST_THREADS ?= 1
 
-.PHONY: help setup demo test test-fast bench proto lint clean
+.PHONY: help setup demo test bench proto lint clean
 
 help:
 	@echo "make demo   start prefill-node + decode-node + router on loopback, send a chat request, print answer and transfer figures"
-	@echo "make test   set up (venv, packages, libibverbs1 when root) and run the whole CPU test suite (PYTEST_WORKERS=2)"
+	@echo "make test   set up (venv, packages, libibverbs1 when root) and run the whole CPU test suite (PYTEST_WORKERS=2, TEST_THREADS=1)"
 	@echo "make bench  run the CPU benchmarks in bench/ (engine, transfer, serving); tables and plots in bench/out/"
 	@echo "make proto  regenerate proto/pdpair_pb2*.py from proto/pdpair.proto"
 	@echo "make lint   ruff over the code"
@@ -43,7 +46,7 @@ demo: $(STAMP)
 	$(PY) -m pdpair.router.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile tests $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile tests $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/engine.py

@@ -37,7 +37,7 @@ from pdpair.kernels.triton_utils import interpreting
 try:  # Gluon (Triton >= 3.5) with Hopper's TMA and mbarriers
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
+    from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     HAS_GLUON = True
@@ -107,7 +107,9 @@ if HAS_GLUON:
 
     @gluon.jit
     def _fetch_x(desc, xs, x_ready, parity, WIDTH: gl.constexpr):
-        """The input vector (`WIDTH` elements, viewed `[WIDTH / 256, 256]` by `desc`) into `xs` by TMA."""
+        """The input vector (`WIDTH` elements, viewed `[WIDTH / 256, 256]` by `desc`) into `xs` by TMA (after the
+        threads' own reads and writes of `xs`: a proxy fence orders them before the copy's writes)."""
+        fence_async_shared()
         mbarrier.expect(x_ready, WIDTH * 2)
         for r in gl.static_range(WIDTH // _BOX_K):
             tma.async_copy_global_to_shared(desc, [r, 0], x_ready, xs.index(r))

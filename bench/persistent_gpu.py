@@ -16,8 +16,8 @@ weight bytes at the copy rate, measured in the same run, with the output of each
   flight during the barrier; x to shared memory by loads after it;
 - `tma` (Gluon, `o` chain): the same ring filled by TMA copies (an mbarrier per slot). The last field of a
   config picks what is timed: 0 the chain (x by loads), 1 without the barrier, 2 without the barrier and with x
-  read once (the weight stream alone), 3 the chain with x fetched by TMA too (the form
-  `kernels/fused/persistent_mlp.py` is built on).
+  read once (the weight stream alone), 3 the chain with x fetched by TMA too (the form a whole layer's o
+  projection and MLP then ran in, in the decode step: docs/kernels.md).
 
 Chains (batch 1, bf16, weights seeded; the chain's weights several times the L2 cache, so each is read from
 DRAM): `o` is Qwen3-8B's o projection (4096 x 4096) repeated, `mlp` its gate/up (24,576 x 4,096, SiLU-and-mul
@@ -38,7 +38,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pdpair.kernels.fused.persistent_mlp import _arrive, _grid_wait  # noqa: E402
 from pdpair.kernels.fused.skinny_linear import skinny_linear  # noqa: E402
 from pdpair.kernels.triton_utils import PDL_ENV, prefetch_l2, tl, triton  # noqa: E402
 from triton.experimental import gluon  # noqa: E402
@@ -150,6 +149,28 @@ def _chain_kernel(x, h, w_a, w_b, bar, err, LAYERS, N_A, K_A, N_B, K_B, stride_l
                 _prefetch_tile(wa + stride_la, N_A, K_A, pid, BLOCK_N, PREFETCH_K, MLP)
             meets += 1
             _grid_sync(bar, meets * nprog, err)
+
+
+@gluon.jit
+def _grid_wait(ctr, target, err):
+    """Wait until `target` programs have arrived (one thread polls with acquire loads; a poll count past
+    MAX_SPINS flags `err`), then order this program's TMA reads of what they wrote after it."""
+    seen = gl.atomic_add(ctr, 0, sem="acquire", scope="gpu")
+    n = 0
+    while (seen < target) & (n < MAX_SPINS):
+        seen = gl.atomic_add(ctr, 0, sem="acquire", scope="gpu")
+        n += 1
+    if n >= MAX_SPINS:
+        gl.atomic_max(err, 1)
+    gl.inline_asm_elementwise("fence.proxy.async.global; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+    gl.thread_barrier()
+
+
+@gluon.jit
+def _arrive(ctr):
+    """This program's stores are done: one release add (after a CTA barrier, so it covers every thread's)."""
+    gl.thread_barrier()
+    gl.atomic_add(ctr, 1, sem="release", scope="gpu")
 
 
 @gluon.jit

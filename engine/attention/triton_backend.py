@@ -16,7 +16,6 @@ from pdpair.kernels.attention import (
     extend_attention,
     store_kv,
 )
-from pdpair.kernels.fused.persistent_mlp import workspace as persistent_mlp_workspace
 from pdpair.kernels.fused.skinny_qkv import QKNormWorkspace, QKScale, qk_norm_workspace
 
 if not HAS_TRITON:
@@ -62,10 +61,6 @@ class TritonBackend(AttentionBackend):
         self.defer_qk_norm = True
         # decode at batch 1 reads each split's first K/V block before the PDL wait (kernels/attention/decode.py)
         self.decode_preload = True
-        # a folded batch-1 step of a wide model runs each layer's o projection and MLP as one persistent launch
-        # where the GPU takes it (kernels/fused/persistent_mlp.py; its counters, zero at rest, serve every layer)
-        self.persistent_mlp = False
-        self._pmlp_ws = persistent_mlp_workspace(device) if device.type == "cuda" else None
         self._max_extend = 0
         self._has_prefix = True
         # extend batches without a cached prefix go through torch SDPA (cuDNN) on CUDA; see sdpa_extend.py
@@ -87,11 +82,6 @@ class TritonBackend(AttentionBackend):
         if self._qk_ws is None:
             self._qk_ws = qk_norm_workspace(self.num_heads, self.num_kv_heads, self.head_dim, self._device)
         return self._qk_ws
-
-    def persistent_mlp_workspace(self) -> torch.Tensor:
-        """The persistent o-projection-and-MLP launch's counters (`kernels/fused/persistent_mlp.py`)."""
-        assert self._pmlp_ws is not None, "the persistent MLP launch runs on CUDA only"
-        return self._pmlp_ws
 
     def prepare(self, batch: ForwardBatch) -> None:
         if batch.is_decode:

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from pdpair.engine.models.attention import Attention
 from pdpair.engine.models.layers import GatedMLP, Linear, RotaryEmbedding
-from pdpair.kernels.fused import add_rmsnorm, embed_rope, persistent_mlp, qk_rope_store, silu_and_mul
+from pdpair.kernels.fused import add_rmsnorm, embed_rope, qk_rope_store, silu_and_mul
 from pdpair.kernels.fused.skinny_linear import MAX_ROWS, NormedRows, skinny_linear, skinny_linear_add
 from pdpair.kernels.fused.skinny_qkv import skinny_qkv_fits, skinny_qkv_rope_store
-from pdpair.kernels.triton_utils import interpreting, pdl_launch
+from pdpair.kernels.triton_utils import interpreting
 from torch import nn
 
 FUSED_ARCHS = ("llama", "qwen2", "qwen3")
@@ -169,30 +169,12 @@ def _folded_layers(model, residual: torch.Tensor, cos: torch.Tensor, sin: torch.
     for i, layer in enumerate(layers):
         attn, mlp, post = layer.self_attn, layer.mlp, layer.post_attention_layernorm
         o = _attend(attn, h if rms is None else rms.xg, cos, sin, ctx, True, rms=rms)
-        nxt = layers[i + 1].input_layernorm if i + 1 < len(layers) else None
-        nxt_norm = None if nxt is None else (nxt.weight, nxt.eps)
-        if late and _persistent(ctx, attn, mlp, o, residual):
-            rms = persistent_mlp.persistent_mlp(o, attn.o_proj.weight, residual, (post.weight, post.eps),
-                                                mlp.gate_up_proj.weight, mlp.down_proj.weight, nxt_norm,
-                                                ctx.backend.persistent_mlp_workspace(), pdl=pdl_launch(o, 1)["PDL"])
-            continue
         rms = skinny_linear_add(o, attn.o_proj.weight, attn.o_proj.bias, residual, norm=(post.weight, post.eps),
                                 release_late=late)
         act = skinny_linear(rms.xg, mlp.gate_up_proj.weight, mlp.gate_up_proj.bias, gated=True, rms=rms)
-        rms = skinny_linear_add(act, mlp.down_proj.weight, mlp.down_proj.bias, residual, norm=nxt_norm,
-                                release_late=late)
-
-
-def _persistent(ctx: Any, attn, mlp, o: torch.Tensor, residual: torch.Tensor) -> bool:
-    """Whether this layer's o projection and MLP run as one persistent launch (`persistent_mlp`): the backend's
-    `persistent_mlp` switch, no biases, contiguous rows, and a row, dtype, widths and GPU the kernel takes."""
-    if not getattr(ctx.backend, "persistent_mlp", False):
-        return False
-    if attn.o_proj.bias is not None or mlp.gate_up_proj.bias is not None or mlp.down_proj.bias is not None:
-        return False
-    return (o.is_contiguous() and residual.is_contiguous()
-            and persistent_mlp.supported(o.shape[0], residual.shape[1], o.shape[1], mlp.down_proj.weight.shape[1],
-                                         o.dtype, o.device))
+        nxt = layers[i + 1].input_layernorm if i + 1 < len(layers) else None
+        rms = skinny_linear_add(act, mlp.down_proj.weight, mlp.down_proj.bias, residual,
+                                norm=None if nxt is None else (nxt.weight, nxt.eps), release_late=late)
 
 
 def fused_forward(model, input_ids: torch.Tensor, positions: torch.Tensor, ctx: Any) -> torch.Tensor:

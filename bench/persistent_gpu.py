@@ -365,12 +365,16 @@ class Chain:
             outs[0] = cur
         return run, outs
 
+    @staticmethod
+    def _state() -> tuple:
+        """x (ping-pong, `[2 * 4096]`), the arrival counter and the failure flag."""
+        return (torch.zeros(2 * 4096, dtype=torch.bfloat16, device="cuda"),
+                torch.zeros(1, dtype=torch.int32, device="cuda"), torch.zeros(1, dtype=torch.int32, device="cuda"))
+
     def persistent(self, progs_per_sm: int, block_n: int, block_k: int, stages: int, prefetch_k: int,
                    warps: int, early: bool = False) -> tuple:
-        x = torch.zeros(2 * 4096, dtype=torch.bfloat16, device="cuda")
+        x, bar, err = self._state()
         h = torch.zeros(12288, dtype=torch.bfloat16, device="cuda")
-        bar = torch.zeros(1, dtype=torch.int32, device="cuda")
-        err = torch.zeros(1, dtype=torch.int32, device="cuda")
         grid = (torch.cuda.get_device_properties(0).multi_processor_count * progs_per_sm,)
         mlp = self.kind == "mlp"
         n_a, k_a = (12288, 4096) if mlp else (4096, 4096)
@@ -403,9 +407,7 @@ class Chain:
              x_once: bool = False, x_tma: bool = False) -> tuple:
         """The `o` chain through `_gl_chain_kernel`."""
         assert self.kind == "o"
-        x = torch.zeros(2 * 4096, dtype=torch.bfloat16, device="cuda")
-        bar = torch.zeros(1, dtype=torch.int32, device="cuda")
-        err = torch.zeros(1, dtype=torch.int32, device="cuda")
+        x, bar, err = self._state()
         grid = (4096 // block_n // tiles,)
         assert grid[0] <= 2 * torch.cuda.get_device_properties(0).multi_processor_count and not (x_once or x_tma)
 
@@ -420,9 +422,7 @@ class Chain:
             x_once: bool = False, x_tma: bool = False) -> tuple:
         """The `o` chain through `_gl_tma_chain_kernel`."""
         assert self.kind == "o"
-        x = torch.zeros(2 * 4096, dtype=torch.bfloat16, device="cuda")
-        bar = torch.zeros(1, dtype=torch.int32, device="cuda")
-        err = torch.zeros(1, dtype=torch.int32, device="cuda")
+        x, bar, err = self._state()
         grid = (4096 // block_n // tiles,)
         layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=2)
         desc = TensorDescriptor.from_tensor(self.a.view(-1, 4096), [block_n, min(block_k, 256)], layout)
@@ -431,10 +431,31 @@ class Chain:
         def run():
             bar.zero_()
             x[:4096].copy_(self.x0)
-            _gl_tma_chain_kernel[grid](x, desc, x_desc, bar, err, self.layers, N=4096, K=4096, TILES=tiles, BLOCK_N=block_n,
-                                       BLOCK_K=block_k, RING=slots, SYNC=sync, X_ONCE=x_once, X_TMA=x_tma,
-                                       num_warps=warps)
+            _gl_tma_chain_kernel[grid](x, desc, x_desc, bar, err, self.layers, N=4096, K=4096, TILES=tiles,
+                                       BLOCK_N=block_n, BLOCK_K=block_k, RING=slots, SYNC=sync, X_ONCE=x_once,
+                                       X_TMA=x_tma, num_warps=warps)
         return run, (x, (self.layers % 2) * 4096, bar, err, grid[0])
+
+
+def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return round(((out - ref).abs().max() / ref.abs().max()).item(), 4)
+
+
+def _timed(row, label: str, run, state: tuple, want: int, ref: torch.Tensor) -> bool:
+    """One persistent form: run it once and check its barrier count (`want` arrivals, no poll gave up), then time
+    it in a graph and put its row, with its output against `ref`. False (and a line saying why) on a failure."""
+    x, at, bar, err = state
+    try:
+        run()
+        torch.cuda.synchronize()
+    except Exception as e:  # a launch failure: the context is lost, later rows will say so too
+        print(f"| {label}: {str(e).splitlines()[0][:150]} | | | | | |")
+        return False
+    if err.item() or bar.item() != want:
+        print(f"| {label}: barrier failed (count {bar.item()} of {want}, err {err.item()}) | | | | | |")
+        return False
+    row(label, graph_ms(run), _rel(x[at:at + 4096].float(), ref))
+    return True
 
 
 def main() -> None:
@@ -482,8 +503,7 @@ def main() -> None:
             ms = graph_ms(run)
             if ref is None:
                 ref = outs[0][0].float()
-            row("launches, PDL" if pdl == "1" else "launches, no PDL", ms,
-                round(((outs[0][0].float() - ref).abs().max() / ref.abs().max()).item(), 4))
+            row("launches, PDL" if pdl == "1" else "launches, no PDL", ms, _rel(outs[0][0].float(), ref))
         os.environ[PDL_ENV] = "1"
         for cfg in args.configs:
             p, bn, bk, st, wp = (int(v) for v in cfg.split(","))
@@ -493,17 +513,11 @@ def main() -> None:
                 except Exception as e:  # out of shared memory, or not resident at once
                     print(f"| {kind} | persistent {cfg}: {str(e).splitlines()[0][:150]} | | | | | |")
                     break
-                run()
-                torch.cuda.synchronize()
-                want = nprog * (chain.phases - 1)
-                if err.item() or bar.item() != want:
-                    print(f"| {kind} | persistent {cfg}: barrier failed (count {bar.item()} of {want}, "
-                          f"err {err.item()}) | | | | | |")
+                label = f"persistent {p}/SM BN{bn} BK{bk} S{st} W{wp}"
+                if pre:
+                    label += f" + L2 prefetch {pre}" + (", early" if early else "")
+                if not _timed(row, label, run, (x, at, bar, err), nprog * (chain.phases - 1), ref):
                     break
-                ms = graph_ms(run)
-                out = x[at:at + 4096].float()
-                row(f"persistent {p}/SM BN{bn} BK{bk} S{st} W{wp}" + (f" + L2 prefetch {pre}" + (", early" if early else "") if pre else ""), ms,
-                    round(((out - ref).abs().max() / ref.abs().max()).item(), 4))
         forms = [("ring", c) for c in args.ring] + [("tma", c) for c in args.tma] if kind == "o" else []
         for form, cfg in forms:
             tiles, bn, bk, slots, wp, *mode = (int(v) for v in cfg.split(","))
@@ -511,22 +525,13 @@ def main() -> None:
             x_tma = bool(mode and mode[0] == 3)
             try:
                 run, (x, at, bar, err, nprog) = getattr(chain, form)(tiles, bn, bk, slots, wp, sync, x_once, x_tma)
-                run()
-                torch.cuda.synchronize()
             except Exception as e:
                 print(f"| {kind} | {form} {cfg}: {str(e).splitlines()[0][:150]} | | | | | |")
                 continue
-            want = nprog * (chain.phases - 1) if sync else 0
-            if err.item() or bar.item() != want:
-                print(f"| {kind} | {form} {cfg}: barrier failed (count {bar.item()} of {want}, err {err.item()}) "
-                      "| | | | | |")
-                continue
-            ms = graph_ms(run)
-            out = x[at:at + 4096].float()
-            row(f"{form} {nprog} programs, {tiles} tile(s) BN{bn} BK{bk}, {slots} slots, W{wp}"
-                + (", x by TMA" if x_tma else "" if sync else ", no barrier, x once (the stream alone)"
-                   if x_once else ", no barrier"), ms,
-                round(((out - ref).abs().max() / ref.abs().max()).item(), 4))
+            label = f"{form} {nprog} programs, {tiles} tile(s) BN{bn} BK{bk}, {slots} slots, W{wp}" + (
+                ", x by TMA" if x_tma else "" if sync else ", no barrier, x once (the stream alone)" if x_once
+                else ", no barrier")
+            _timed(row, label, run, (x, at, bar, err), nprog * (chain.phases - 1) if sync else 0, ref)
         del chain
         torch.cuda.empty_cache()
     if args.json:

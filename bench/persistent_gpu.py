@@ -47,6 +47,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma  # no
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor  # noqa: E402
 
 from bench._ceilings import copy_gbs  # noqa: E402
+from bench.small_batch_gpu import graph_us  # noqa: E402
 
 MAX_SPINS = tl.constexpr(1 << 20)  # a barrier gives up (and flags it) after this many polls: programs not all resident
 
@@ -314,28 +315,6 @@ def _gl_tma_chain_kernel(x, w_desc, x_desc, bar, err, PHASES, N: gl.constexpr, K
         mbarrier.wait(ready.index(g % RING), (g // RING) & 1)
 
 
-def graph_ms(fn, reps: int = 20) -> float:
-    """Median milliseconds of one replay of a CUDA graph of `fn()`."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    times = []
-    for _ in range(reps + 3):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    times = sorted(times[3:])
-    return times[len(times) // 2]
-
-
 class Chain:
     def __init__(self, kind: str, layers: int):
         gen = torch.Generator(device="cuda").manual_seed(0)
@@ -454,7 +433,7 @@ def _timed(row, label: str, run, state: tuple, want: int, ref: torch.Tensor) -> 
     if err.item() or bar.item() != want:
         print(f"| {label}: barrier failed (count {bar.item()} of {want}, err {err.item()}) | | | | | |")
         return False
-    row(label, graph_ms(run), _rel(x[at:at + 4096].float(), ref))
+    row(label, graph_us(run, calls=1, reps=20) / 1e3, _rel(x[at:at + 4096].float(), ref))
     return True
 
 
@@ -500,7 +479,7 @@ def main() -> None:
         ref = None
         for pdl in ("1", "0"):
             os.environ[PDL_ENV] = pdl
-            ms = graph_ms(run)
+            ms = graph_us(run, calls=1, reps=20) / 1e3
             if ref is None:
                 ref = outs[0][0].float()
             row("launches, PDL" if pdl == "1" else "launches, no PDL", ms, _rel(outs[0][0].float(), ref))

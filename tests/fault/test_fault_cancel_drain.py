@@ -17,14 +17,15 @@ from tests.e2e._nodes import free_port, start_cluster, start_node, wait_healthy
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-# The drain's deadline is not what these tests are about: on a loaded 2-core CI box the last test's 150 decode
-# tokens outlast the default 30 s, and a request cut at the deadline would read as a drain that lost it.
-DRAIN = ("--drain-timeout", "300")
+# The decode node's drain deadline is not what the last test is about: on a loaded 2-core CI box its 150 decode
+# tokens outlast the default 30 s, and a request cut at the deadline would read as a drain that lost it. The
+# prefill node drains one prefill there, at the default deadline.
+DECODE_DRAIN = ("--drain-timeout", "300")
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = start_cluster(prefill_args=DRAIN, decode_args=DRAIN)
+    c = start_cluster(decode_args=DECODE_DRAIN)
     yield c
     assert c.stop() == {"prefill": 0, "decode": 0}
 

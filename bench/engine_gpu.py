@@ -330,7 +330,7 @@ def projection_kind(n: int, k: int, gated: bool) -> str:
 def parse_config(spec: str) -> tuple[str, dict]:
     """`KIND:KEY=INT,...` (KIND a `projection_kind`, or `prefetch` with `blocks`, `min_k`) -> (kind, values)."""
     kind, _, rest = spec.partition(":")
-    kinds = ("qkv", "o", "down", "gu", "head", "prefetch")
+    kinds = ("qkv", "o", "down", "gu", "head", "prefetch", "tma-o", "tma-gu", "tma-down")
     if kind not in kinds or not rest:
         raise SystemExit(f"--configs {spec!r}: want KIND:KEY=INT,... with KIND one of {', '.join(kinds)}")
     try:
@@ -350,6 +350,20 @@ class SkinnyOverrides:
         from pdpair.kernels.fused import skinny_linear, skinny_qkv
 
         self.saved = (skinny_linear.skinny_config, skinny_linear.PREFETCH_BLOCKS, skinny_linear.PREFETCH_MIN_K)
+        if self.kind.startswith("tma-"):  # a batch-1 TMA projection's shape, or with off=1 the skinny kernel
+            from pdpair.kernels.fused import tma_linear
+
+            self.tma_default = default = tma_linear.config
+            values = {key.lower(): v for key, v in self.values.items()}
+
+            def tma_config(n: int, k: int, gated: bool, sms: int, **kw):
+                if projection_kind(n, k, gated) != self.kind[4:]:
+                    return default(n, k, gated, sms, **kw)
+                return None if values.get("off") else default(n, k, gated, sms, **{
+                    key: v for key, v in values.items() if key != "off"})
+
+            tma_linear.config = tma_config
+            return self
         if self.kind == "prefetch":
             skinny_linear.PREFETCH_BLOCKS = self.values.get("blocks", skinny_linear.PREFETCH_BLOCKS)
             skinny_linear.PREFETCH_MIN_K = self.values.get("min_k", skinny_linear.PREFETCH_MIN_K)
@@ -367,6 +381,11 @@ class SkinnyOverrides:
         from pdpair.kernels.fused import skinny_linear, skinny_qkv
 
         config, skinny_linear.PREFETCH_BLOCKS, skinny_linear.PREFETCH_MIN_K = self.saved
+        if self.kind.startswith("tma-"):
+            from pdpair.kernels.fused import tma_linear
+
+            tma_linear.config = self.tma_default
+            return
         skinny_linear.skinny_config = skinny_qkv.skinny_config = config
 
 
@@ -493,7 +512,9 @@ def main() -> None:
     ap.add_argument("--configs", nargs="*", default=[], metavar="KIND:KEY=INT,...",
                     help="skinny launch-config overrides to A/B in the decode step, one variant each: KIND is "
                          "qkv, o, down, gu (gate/up), head (LM head) with BLOCK_N, BLOCK_K, num_warps, "
-                         "num_stages, or prefetch with blocks, min_k (e.g. down:BLOCK_N=32 prefetch:blocks=2)")
+                         "num_stages, or prefetch with blocks, min_k (e.g. down:BLOCK_N=32 prefetch:blocks=2); "
+                         "tma-o, tma-gu, tma-down: a batch-1 TMA projection (kernels/fused/tma_linear.py) with "
+                         "block_n, block_k, ring_kb, warps, or off=1 for the skinny kernel there")
     ap.add_argument("--ab-rounds", type=int, default=2, help="rounds of the --ab and --configs variants")
     ap.add_argument("--skip", nargs="*", default=[], choices=["scheduler", "prefill"],
                     help="leave these rows out")

@@ -17,7 +17,10 @@ weight bytes at the copy rate, measured in the same run, with the output of each
 - `tma` (Gluon, `o` chain): the same ring filled by TMA copies (an mbarrier per slot). The last field of a
   config picks what is timed: 0 the chain (x by loads), 1 without the barrier, 2 without the barrier and with x
   read once (the weight stream alone), 3 the chain with x fetched by TMA too (the form a whole layer's o
-  projection and MLP then ran in, in the decode step: docs/kernels.md).
+  projection and MLP then ran in, in the decode step: docs/kernels.md);
+- `tma launches` (Gluon, `o` chain): one launch per projection again, with PDL, each program issuing the TMA
+  copies of its first ring slots of weight before the PDL wait and fetching x by TMA after it: the form the
+  decode step runs at batch 1 (`kernels/fused/tma_linear.py`, which this form's kernel is the plain case of).
 
 Chains (batch 1, bf16, weights seeded; the chain's weights several times the L2 cache, so each is read from
 DRAM): `o` is Qwen3-8B's o projection (4096 x 4096) repeated, `mlp` its gate/up (24,576 x 4,096, SiLU-and-mul
@@ -39,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pdpair.kernels.fused.skinny_linear import skinny_linear  # noqa: E402
-from pdpair.kernels.triton_utils import PDL_ENV, prefetch_l2, tl, triton  # noqa: E402
+from pdpair.kernels.triton_utils import PDL_ENV, pdl_launch, prefetch_l2, tl, triton  # noqa: E402
 from triton.experimental import gluon  # noqa: E402
 from triton.experimental.gluon import language as gl  # noqa: E402
 from triton.experimental.gluon.language.nvidia.ampere import async_copy  # noqa: E402
@@ -315,6 +318,78 @@ def _gl_tma_chain_kernel(x, w_desc, x_desc, bar, err, PHASES, N: gl.constexpr, K
         mbarrier.wait(ready.index(g % RING), (g // RING) & 1)
 
 
+@gluon.jit
+def _gl_tma_linear_kernel(x_desc, w_desc, y, x_row0, w_row0, N: gl.constexpr, K: gl.constexpr,
+                          TILES: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, RING: gl.constexpr,
+                          PDL: gl.constexpr, RELEASE_LATE: gl.constexpr = False):
+    """One projection `y = W x` at batch 1 as its own launch, with the weight moved by TMA and the input vector
+    too: the copies of the program's first RING - 1 weight steps are issued before the PDL wait (the weight is
+    no kernel's output), so they stream while the kernel before drains; only x (K / 256 TMA copies from row
+    `x_row0` of `x_desc`) waits for it. A program takes TILES column tiles of BLOCK_N rows (rows `w_row0 + ...`
+    of `w_desc`), K / BLOCK_K steps each, through a ring of RING slots; it releases the next launch at its
+    wait, or with RELEASE_LATE once its last weight copy is issued."""
+    pid = gl.program_id(0)
+    nprog = gl.num_programs(0)
+    BOX_K: gl.constexpr = w_desc.block_type.shape[1]
+    BOXES: gl.constexpr = BLOCK_K // BOX_K
+    KB: gl.constexpr = K // BLOCK_K
+    TOTAL: gl.constexpr = TILES * KB
+    blocked: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [gl.num_warps(), 1], [1, 0])
+    rows_l: gl.constexpr = gl.SliceLayout(1, blocked)
+    ring = gl.allocate_shared_memory(gl.bfloat16, [RING * BOXES, BLOCK_N, BOX_K], w_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(RING):
+        mbarrier.init(ready.index(s), count=1)
+    xs = gl.allocate_shared_memory(gl.bfloat16, [K // BOX_K, 1, BOX_K], x_desc.layout)
+    x_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(x_ready, count=1)
+    for s in gl.static_range(RING - 1):
+        if s < TOTAL:
+            _tma_step(w_desc, ring, ready, s, w_row0, pid, nprog, KB, TILES, BLOCK_N, BOX_K, BOXES, RING)
+    if PDL:
+        gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+        if not RELEASE_LATE:
+            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32,
+                                      is_pure=False, pack=1)
+    mbarrier.expect(x_ready, K * 2)
+    for r in gl.static_range(K // BOX_K):
+        tma.async_copy_global_to_shared(x_desc, [x_row0 + r, 0], x_ready, xs.index(r))
+    offs_n = gl.arange(0, BLOCK_N, layout=rows_l)
+    acc = gl.zeros([BLOCK_N, BOX_K], gl.float32, blocked)
+    mbarrier.wait(x_ready, 0)
+    for g in range(TOTAL):
+        kb = g % KB
+        gl.thread_barrier()  # every thread is done with step g - 1's slot
+        if g + RING - 1 < TOTAL:
+            _tma_step(w_desc, ring, ready, g + RING - 1, w_row0, pid, nprog, KB, TILES, BLOCK_N, BOX_K, BOXES,
+                      RING)
+        if PDL and RELEASE_LATE:
+            if g + RING == TOTAL:
+                gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32,
+                                          is_pure=False, pack=1)
+        slot = g % RING
+        mbarrier.wait(ready.index(slot), (g // RING) & 1)
+        for b in gl.static_range(BOXES):
+            acc += (ring.index(slot * BOXES + b).load(blocked).to(gl.float32)
+                    * xs.index(kb * BOXES + b).load(blocked).to(gl.float32))
+        if kb == KB - 1:
+            gl.store(y + (pid + (g // KB) * nprog) * BLOCK_N + offs_n, gl.sum(acc, axis=1).to(gl.bfloat16))
+            acc = gl.zeros([BLOCK_N, BOX_K], gl.float32, blocked)
+
+
+@gluon.jit
+def _tma_step(w_desc, ring, ready, g, w_row0, pid, nprog, KB: gl.constexpr, TILES: gl.constexpr,
+              BLOCK_N: gl.constexpr, BOX_K: gl.constexpr, BOXES: gl.constexpr, RING: gl.constexpr):
+    """`_gl_tma_linear_kernel`'s copies of weight step `g` (tile g // KB, columns of block g % KB) into slot
+    `g % RING`."""
+    slot = g % RING
+    row = w_row0 + (pid + (g // KB) * nprog) * BLOCK_N
+    mbarrier.expect(ready.index(slot), BOXES * BLOCK_N * BOX_K * 2)
+    for b in gl.static_range(BOXES):
+        tma.async_copy_global_to_shared(w_desc, [row, ((g % KB) * BOXES + b) * BOX_K], ready.index(slot),
+                                        ring.index(slot * BOXES + b))
+
+
 class Chain:
     def __init__(self, kind: str, layers: int):
         gen = torch.Generator(device="cuda").manual_seed(0)
@@ -416,6 +491,28 @@ class Chain:
         return run, (x, (self.layers % 2) * 4096, bar, err, grid[0])
 
 
+    def tma_launches(self, tiles: int, block_n: int, block_k: int, slots: int, warps: int,
+                     release_late: bool = False) -> tuple:
+        """The `o` chain as one `_gl_tma_linear_kernel` launch per projection (PDL as the skinny launches)."""
+        assert self.kind == "o"
+        x, bar, err = self._state()
+        grid = (4096 // block_n // tiles,)
+        layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=2)
+        desc = TensorDescriptor.from_tensor(self.a.view(-1, 4096), [block_n, min(block_k, 256)], layout)
+        x_desc = TensorDescriptor.from_tensor(x.view(-1, 256), [1, 256], layout)
+        pdl = pdl_launch(x, 1)
+
+        def run():
+            x[:4096].copy_(self.x0)
+            for layer in range(self.layers):
+                src, dst = layer % 2, (layer + 1) % 2
+                _gl_tma_linear_kernel[grid](x_desc, desc, x[dst * 4096:], src * 16, layer * 4096, N=4096, K=4096,
+                                            TILES=tiles, BLOCK_N=block_n, BLOCK_K=block_k, RING=slots,
+                                            PDL=pdl["PDL"], RELEASE_LATE=release_late, num_warps=warps,
+                                            **({"launch_pdl": True} if pdl["PDL"] else {}))
+        return run, (x, (self.layers % 2) * 4096, bar, err, grid[0])
+
+
 def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
     return round(((out - ref).abs().max() / ref.abs().max()).item(), 4)
 
@@ -455,6 +552,11 @@ def main() -> None:
                     help="`o` chain through the TMA ring (`_gl_tma_chain_kernel`), as --ring (a step of BLOCK_K "
                          "columns is BLOCK_K / 256 TMA boxes), the last field: 0 the chain, 1 without the barrier, "
                          "2 without it and with x read once, 3 the chain with x by TMA")
+    ap.add_argument("--tma-launches", nargs="*",
+                    default=["1,32,512,5,4", "1,32,512,3,4", "1,32,1024,2,4", "1,32,512,5,4,1", "1,16,512,4,4"],
+                    help="`o` chain as one launch per projection (`_gl_tma_linear_kernel`: ring filled before the "
+                         "PDL wait, x by TMA after it): tiles per program, BLOCK_N, BLOCK_K, ring slots, warps[, 1: "
+                         "release the next launch after the last weight copy, not at the wait]")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
 
@@ -511,6 +613,16 @@ def main() -> None:
                 ", x by TMA" if x_tma else "" if sync else ", no barrier, x once (the stream alone)" if x_once
                 else ", no barrier")
             _timed(row, label, run, (x, at, bar, err), nprog * (chain.phases - 1) if sync else 0, ref)
+        for cfg in args.tma_launches if kind == "o" else []:
+            tiles, bn, bk, slots, wp, *late = (int(v) for v in cfg.split(","))
+            try:
+                run, (x, at, bar, err, nprog) = chain.tma_launches(tiles, bn, bk, slots, wp, bool(late and late[0]))
+            except Exception as e:
+                print(f"| {kind} | tma launches {cfg}: {str(e).splitlines()[0][:150]} | | | | | |")
+                continue
+            label = f"tma launches {nprog} programs, {tiles} tile(s) BN{bn} BK{bk}, {slots} slots, W{wp}" + (
+                ", released late" if late and late[0] else "")
+            _timed(row, label, run, (x, at, bar, err), 0, ref)
         del chain
         torch.cuda.empty_cache()
     if args.json:

@@ -61,6 +61,9 @@ class TritonBackend(AttentionBackend):
         self.defer_qk_norm = True
         # decode at batch 1 reads each split's first K/V block before the PDL wait (kernels/attention/decode.py)
         self.decode_preload = True
+        # a folded batch-1 step of a wide model runs its o, gate/up and down projections with their weight in
+        # flight across the launch edge (kernels/fused/tma_linear.py; Hopper with Gluon)
+        self.tma_linear = True
         self._max_extend = 0
         self._has_prefix = True
         # extend batches without a cached prefix go through torch SDPA (cuDNN) on CUDA; see sdpa_extend.py

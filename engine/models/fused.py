@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from pdpair.engine.models.attention import Attention
 from pdpair.engine.models.layers import GatedMLP, Linear, RotaryEmbedding
-from pdpair.kernels.fused import add_rmsnorm, embed_rope, qk_rope_store, silu_and_mul
+from pdpair.kernels.fused import add_rmsnorm, embed_rope, qk_rope_store, silu_and_mul, tma_linear
 from pdpair.kernels.fused.skinny_linear import MAX_ROWS, NormedRows, skinny_linear, skinny_linear_add
 from pdpair.kernels.fused.skinny_qkv import skinny_qkv_fits, skinny_qkv_rope_store
 from pdpair.kernels.triton_utils import interpreting
@@ -160,21 +160,34 @@ def _folded_layers(model, residual: torch.Tensor, cos: torch.Tensor, sin: torch.
     down projections add into `residual` in their epilogue and leave the next RMSNorm's input (`NormedRows`:
     rows times the norm weight, partial sums of squares), which the qkv and gate/up projections finish by
     scaling their accumulators. Four launches per layer besides attention, against six with `add_rmsnorm`.
-    From `FOLD_LATE_MIN_HIDDEN` on, the residual-adding projections release the next launch after their loop."""
+    From `FOLD_LATE_MIN_HIDDEN` on, the residual-adding projections release the next launch after their loop,
+    and at batch 1 (the backend's `tma_linear` switch) the o, gate/up and down projections run as TMA launches
+    with their weight in flight before the PDL wait (kernels/fused/tma_linear.py), where it takes them."""
     layers = model.layers
     late = model.config.hidden_size >= FOLD_LATE_MIN_HIDDEN
     first = layers[0].input_layernorm
     h = add_rmsnorm(None, residual, first.weight, first.eps)
     rms = None
+    tma = late and getattr(ctx.backend, "tma_linear", False)
     for i, layer in enumerate(layers):
         attn, mlp, post = layer.self_attn, layer.mlp, layer.post_attention_layernorm
         o = _attend(attn, h if rms is None else rms.xg, cos, sin, ctx, True, rms=rms)
-        rms = skinny_linear_add(o, attn.o_proj.weight, attn.o_proj.bias, residual, norm=(post.weight, post.eps),
-                                release_late=late)
-        act = skinny_linear(rms.xg, mlp.gate_up_proj.weight, mlp.gate_up_proj.bias, gated=True, rms=rms)
+        w_o, w_gu, w_down = attn.o_proj.weight, mlp.gate_up_proj.weight, mlp.down_proj.weight
         nxt = layers[i + 1].input_layernorm if i + 1 < len(layers) else None
-        rms = skinny_linear_add(act, mlp.down_proj.weight, mlp.down_proj.bias, residual,
-                                norm=None if nxt is None else (nxt.weight, nxt.eps), release_late=late)
+        nxt_norm = None if nxt is None else (nxt.weight, nxt.eps)
+        if tma and tma_linear.supported(o, w_o, attn.o_proj.bias):
+            rms = tma_linear.tma_linear_add(o, w_o, residual, norm=(post.weight, post.eps))
+        else:
+            rms = skinny_linear_add(o, w_o, attn.o_proj.bias, residual, norm=(post.weight, post.eps),
+                                    release_late=late)
+        if tma and tma_linear.supported(rms.xg, w_gu, mlp.gate_up_proj.bias, gated=True):
+            act = tma_linear.tma_linear(rms.xg, w_gu, gated=True, rms=rms)
+        else:
+            act = skinny_linear(rms.xg, w_gu, mlp.gate_up_proj.bias, gated=True, rms=rms)
+        if tma and tma_linear.supported(act, w_down, mlp.down_proj.bias):
+            rms = tma_linear.tma_linear_add(act, w_down, residual, norm=nxt_norm)
+        else:
+            rms = skinny_linear_add(act, w_down, mlp.down_proj.bias, residual, norm=nxt_norm, release_late=late)
 
 
 def fused_forward(model, input_ids: torch.Tensor, positions: torch.Tensor, ctx: Any) -> torch.Tensor:

@@ -31,3 +31,18 @@ def sm90_ptx(kernel, pointers: dict[str, str], consts: dict, floats: tuple[str, 
     sig = {n: pointers.get(n) or ("constexpr" if n in consts else "fp32" if n in floats else "i32") for n in names}
     src = ASTSource(kernel, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+
+
+def sm90_gluon_ptx(kernel, args: dict, consts: dict, **options) -> str:
+    """`sm90_ptx` for a Gluon kernel: `args` maps its runtime arguments to example values (CPU tensors, TMA
+    descriptors made from them, Python scalars), whose types form the signature."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    names = kernel.arg_names
+    consts = {p.name: p.default for p in kernel.params if p.is_constexpr and p.has_default} | consts
+    sig = {n: "constexpr" if n in consts else mangle_type(args[n]) for n in names}
+    src = GluonASTSource(kernel, sig, {(names.index(k),): v for k, v in consts.items()})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]

@@ -183,24 +183,27 @@ def test_fused_forward_bf16_small_batches_match_unfused(arch):
     eng.pools.check_integrity()
 
 
-def _tiny_engine(arch: str):
+def _tiny_engine(arch: str, **sizes):
     """A 2-layer bf16 model of `arch` (Qwen3 with q/k norm, Qwen2 with qkv bias) with seeded random weights, norms
-    included, in an engine on the triton backend without CUDA graphs."""
+    included, in an engine on the triton backend without CUDA graphs. `sizes`: other widths (ModelConfig's
+    fields), whose matrices are then scaled by 0.8 / sqrt(fan-in) instead of 0.05."""
     from types import SimpleNamespace
 
     from pdpair.engine import Engine
     from pdpair.engine.model_config import ModelConfig
     from pdpair.engine.models import build_model
 
-    cfg = ModelConfig(arch=arch, num_layers=2, hidden_size=256, num_heads=4, num_kv_heads=2, head_dim=64,
-                      intermediate_size=640, vocab_size=1024, context_length=1024, qk_norm=arch == "qwen3",
-                      attention_bias=arch == "qwen2")
+    widths = {"hidden_size": 256, "num_heads": 4, "num_kv_heads": 2, "head_dim": 64, "intermediate_size": 640,
+              **sizes}
+    cfg = ModelConfig(arch=arch, num_layers=2, vocab_size=1024, context_length=1024, qk_norm=arch == "qwen3",
+                      attention_bias=arch == "qwen2", **widths)
     model = build_model(cfg, torch.bfloat16, "cuda")
     gen = torch.Generator(device="cuda").manual_seed(3)
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=gen, device="cuda")
-            p.copy_(1 + 0.3 * noise if name.endswith("norm.weight") else 0.05 * noise)
+            scale = 0.8 / p.shape[-1] ** 0.5 if sizes and p.dim() == 2 else 0.05
+            p.copy_(1 + 0.3 * noise if name.endswith("norm.weight") else scale * noise)
     loaded = SimpleNamespace(config=cfg, model=model, tokenizer=None, model_id=f"tiny-{arch}", weights_digest="t")
     eng = Engine.from_loaded(loaded, device="cuda", page_size=16, max_pages=256, attention_backend="triton",
                              max_running_requests=32, disable_cuda_graph=True)

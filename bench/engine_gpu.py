@@ -330,7 +330,7 @@ def projection_kind(n: int, k: int, gated: bool) -> str:
 def parse_config(spec: str) -> tuple[str, dict]:
     """`KIND:KEY=INT,...` (KIND a `projection_kind`, or `prefetch` with `blocks`, `min_k`) -> (kind, values)."""
     kind, _, rest = spec.partition(":")
-    kinds = ("qkv", "o", "down", "gu", "head", "prefetch", "tma-o", "tma-gu", "tma-down")
+    kinds = ("qkv", "o", "down", "gu", "head", "prefetch", "tma-qkv", "tma-o", "tma-gu", "tma-down")
     if kind not in kinds or not rest:
         raise SystemExit(f"--configs {spec!r}: want KIND:KEY=INT,... with KIND one of {', '.join(kinds)}")
     try:
@@ -357,7 +357,7 @@ class SkinnyOverrides:
             values = {key.lower(): v for key, v in self.values.items()}
 
             def tma_config(n: int, k: int, gated: bool, sms: int, **kw):
-                if projection_kind(n, k, gated) != self.kind[4:]:
+                if ("qkv" if kw.get("qkv") else projection_kind(n, k, gated)) != self.kind[4:]:
                     return default(n, k, gated, sms, **kw)
                 return None if values.get("off") else default(n, k, gated, sms, **{
                     key: v for key, v in values.items() if key != "off"})
@@ -513,7 +513,7 @@ def main() -> None:
                     help="skinny launch-config overrides to A/B in the decode step, one variant each: KIND is "
                          "qkv, o, down, gu (gate/up), head (LM head) with BLOCK_N, BLOCK_K, num_warps, "
                          "num_stages, or prefetch with blocks, min_k (e.g. down:BLOCK_N=32 prefetch:blocks=2); "
-                         "tma-o, tma-gu, tma-down: a batch-1 TMA projection (kernels/fused/tma_linear.py) with "
+                         "tma-qkv, tma-o, tma-gu, tma-down: a batch-1 TMA projection (kernels/fused/tma_linear.py) with "
                          "block_n, block_k, ring_kb, warps, or off=1 for the skinny kernel there")
     ap.add_argument("--ab-rounds", type=int, default=2, help="rounds of the --ab and --configs variants")
     ap.add_argument("--skip", nargs="*", default=[], choices=["scheduler", "prefill"],

@@ -80,9 +80,10 @@ def _qkv_fused(attn, skinny: bool, ctx: Any) -> bool:
 
 
 def _attend(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: Any, skinny: bool,
-            rms: NormedRows | None = None) -> torch.Tensor:
+            rms: NormedRows | None = None, tma: bool = False) -> torch.Tensor:
     """The attention block up to the o projection: `[T, q_size]`. With `rms` (the folded path; `x` is its
-    `xg`), the qkv projection finishes the input RMSNorm itself."""
+    `xg`), the qkv projection finishes the input RMSNorm itself. With `tma` (`_folded_layers` at batch 1) the
+    fused qkv launch is the TMA one where it takes the layer (kernels/fused/tma_linear.py)."""
     backend, layer = ctx.backend, attn.layer_id
     pool, idx = backend.layer_pools[layer]  # the full-attention pool: `fused_supported` models have no other
     deferred = None
@@ -93,9 +94,17 @@ def _attend(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: An
             assert attn.q_norm.eps == attn.k_norm.eps, (attn.q_norm.eps, attn.k_norm.eps)
             norm = dict(qk_norm=(attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps),
                         workspace=backend.qk_norm_workspace(), defer_norm=getattr(backend, "defer_qk_norm", False))
-        q, deferred = skinny_qkv_rope_store(x, attn.qkv_proj.weight, attn.qkv_proj.bias, cos, sin, attn.num_heads,
-                                            attn.num_kv_heads, pool.k_layers[idx], pool.v_layers[idx],
-                                            ctx.batch.out_cache_loc, rms=rms, **(norm or {}))
+        w, defer = attn.qkv_proj.weight, getattr(backend, "defer_qk_norm", False)
+        if tma and tma_linear.qkv_supported(x, w, attn.qkv_proj.bias, attn.head_dim, norm is not None, defer):
+            if norm is not None:
+                norm.pop("defer_norm")
+            q, deferred = tma_linear.tma_qkv_rope_store(x, w, cos, sin, attn.num_heads, attn.num_kv_heads,
+                                                        pool.k_layers[idx], pool.v_layers[idx],
+                                                        ctx.batch.out_cache_loc, rms=rms, **(norm or {}))
+        else:
+            q, deferred = skinny_qkv_rope_store(x, w, attn.qkv_proj.bias, cos, sin, attn.num_heads,
+                                                attn.num_kv_heads, pool.k_layers[idx], pool.v_layers[idx],
+                                                ctx.batch.out_cache_loc, rms=rms, **(norm or {}))
         k = v = None  # decode with `kv_stored` reads q and the cache only
     else:
         if rms is not None:
@@ -161,8 +170,8 @@ def _folded_layers(model, residual: torch.Tensor, cos: torch.Tensor, sin: torch.
     rows times the norm weight, partial sums of squares), which the qkv and gate/up projections finish by
     scaling their accumulators. Four launches per layer besides attention, against six with `add_rmsnorm`.
     From `FOLD_LATE_MIN_HIDDEN` on, the residual-adding projections release the next launch after their loop,
-    and at batch 1 (the backend's `tma_linear` switch) the o, gate/up and down projections run as TMA launches
-    with their weight in flight before the PDL wait (kernels/fused/tma_linear.py), where it takes them."""
+    and at batch 1 (the backend's `tma_linear` switch) the qkv, o, gate/up and down projections run as TMA
+    launches with their weight in flight before the PDL wait (kernels/fused/tma_linear.py), where it takes them."""
     layers = model.layers
     late = model.config.hidden_size >= FOLD_LATE_MIN_HIDDEN
     first = layers[0].input_layernorm
@@ -171,7 +180,7 @@ def _folded_layers(model, residual: torch.Tensor, cos: torch.Tensor, sin: torch.
     tma = late and getattr(ctx.backend, "tma_linear", False)
     for i, layer in enumerate(layers):
         attn, mlp, post = layer.self_attn, layer.mlp, layer.post_attention_layernorm
-        o = _attend(attn, h if rms is None else rms.xg, cos, sin, ctx, True, rms=rms)
+        o = _attend(attn, h if rms is None else rms.xg, cos, sin, ctx, True, rms=rms, tma=tma)
         w_o, w_gu, w_down = attn.o_proj.weight, mlp.gate_up_proj.weight, mlp.down_proj.weight
         nxt = layers[i + 1].input_layernorm if i + 1 < len(layers) else None
         nxt_norm = None if nxt is None else (nxt.weight, nxt.eps)

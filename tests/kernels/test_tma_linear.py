@@ -51,8 +51,10 @@ def test_not_supported_off_hopper_or_beyond_one_row():
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("gated,rms,norm", [(False, False, True), (True, True, False), (False, False, False)])
-def test_only_weight_copies_before_the_wait(gated, rms, norm):
+@pytest.mark.parametrize("gated,rms,norm,qkv", [(False, False, True, False), (True, True, False, False),
+                                                (False, False, False, False), (True, True, False, True),
+                                                (True, False, False, True)])
+def test_only_weight_copies_before_the_wait(gated, rms, norm, qkv):
     """With `PDL` the kernel's only work before `griddepcontrol.wait` is the TMA copies of its first RING - 1
     weight steps (the weight is no kernel's output); the release follows the wait, and the input vector's
     copies, every load and every store come after both. Without `PDL`, neither instruction appears."""
@@ -60,16 +62,20 @@ def test_only_weight_copies_before_the_wait(gated, rms, norm):
     tl_mod = pytest.importorskip("pdpair.kernels.fused.tma_linear")
     if not tl_mod.HAS_GLUON:
         pytest.skip("needs Gluon (Triton >= 3.5)")
-    n, k = (12288, 4096) if gated else (4096, 4096)
-    cfg = tl_mod.config(n, k, gated, 132)
+    n, k = (3072 if qkv else 12288, 4096) if gated else (4096, 4096)  # qkv: 48 heads of 128, in pairs
+    cfg = tl_mod.config(n, k, gated, 132, qkv=qkv)
     w = torch.empty(2 * n if gated else n, k, dtype=torch.bfloat16)
     x, y, parts = torch.empty(1, k, dtype=torch.bfloat16), torch.empty(1, n, dtype=torch.bfloat16), torch.empty(1, 128)
     desc = tl_mod.TensorDescriptor.from_tensor
+    cache = torch.empty(4, 16, 8, 128, dtype=torch.bfloat16)
+    rope = (y, y, torch.empty(1, dtype=torch.int64), cache, cache, 16384, 1024, 128, 16384, 1024, 128, y, y, parts)
     args = dict(x_desc=desc(x.view(-1, 256), [1, 256], tl_mod._smem_layout()),
                 w_desc=desc(w, [cfg["BLOCK_N"], 256], tl_mod._smem_layout()), y=y, parts_in=parts, n_parts_in=128,
-                eps_in=1e-6, g_out=y, xg_out=y, parts_out=parts)
+                eps_in=1e-6, g_out=y, xg_out=y, parts_out=parts, rope=rope if qkv else (y,))
     consts = dict(N=n, K=k, TILES=cfg["TILES"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], RING=cfg["RING"],
-                  GATED=gated, RMS_PARTS=128 if rms else 0, ACCUMULATE=not gated, NORM_OUT=norm)
+                  GATED=gated and not qkv, RMS_PARTS=128 if rms else 0, ACCUMULATE=not gated, NORM_OUT=norm)
+    if qkv:
+        consts |= dict(HALF=64, HEADS=32, KV_HEADS=8, PAGE_SIZE=16, QK_DEFER=rms)
     on = sm90_gluon_ptx(tl_mod._tma_linear_kernel, args, consts | {"PDL": True}, num_warps=cfg["num_warps"])
     wait, release = on.find("griddepcontrol.wait"), on.find("griddepcontrol.launch_dependents")
     assert 0 <= wait < release

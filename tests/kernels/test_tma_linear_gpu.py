@@ -119,11 +119,64 @@ def test_tma_gate_up_against_twin_and_skinny(inter):
     assert torch.equal(act_g, act)
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("qk_norm", [True, False])  # Qwen3-8B (deferred q/k norm), Llama-3.1-8B
+@pytest.mark.parametrize("normed_in", [True, False])  # the input as the folded step leaves it, or a plain row
+def test_tma_qkv_against_skinny_qkv(qk_norm, normed_in):
+    """The qkv form against `skinny_qkv_rope_store(defer_norm=True)` (itself held against the unfused path in
+    test_fused_gpu.py): the rotated q, the k and v stored at the row's slot and nowhere else, the deferred norm's
+    sums of squares; a padding row (slot -1) stores nothing."""
+    from pdpair.kernels.fused.skinny_linear import skinny_linear_add
+    from pdpair.kernels.fused.skinny_qkv import qk_norm_workspace, skinny_qkv_rope_store
+    from pdpair.kernels.fused.tma_linear import qkv_supported, tma_qkv_rope_store
+
+    heads, kv, d, page = 32, 8, 128, 16
+    gen = torch.Generator(device="cuda").manual_seed(7 + 2 * qk_norm + normed_in)
+    w = _rnd(gen, (heads + 2 * kv) * d, H, scale=2 / H**0.5)
+    if normed_in:
+        rms = skinny_linear_add(_rnd(gen, 1, H), _rnd(gen, H, H, scale=2 / H**0.5), None, _rnd(gen, 1, H, scale=3.0),
+                                norm=(_norm_w(gen, H), EPS), release_late=True)
+        x = rms.xg
+    else:
+        rms, x = None, _rnd(gen, 1, H)
+    if not qkv_supported(x, w, None, d, qk_norm, True):
+        pytest.skip("needs Hopper (sm_90+) with Gluon")
+    ang = torch.rand(1, d // 2, generator=gen, device="cuda") * 6.28
+    cos, sin = ang.cos(), ang.sin()
+    norm = (_norm_w(gen, d), _norm_w(gen, d), EPS) if qk_norm else None
+    k0, v0 = (torch.randn(8, page, kv, d, generator=gen, device="cuda").bfloat16() for _ in range(2))
+    caches = [k0.clone(), v0.clone(), k0.clone(), v0.clone()]
+    slot = torch.tensor([37], device="cuda")
+    ws_t, ws_s = (qk_norm_workspace(heads, kv, d, x.device) for _ in range(2))
+    q_t, sc_t = tma_qkv_rope_store(x, w, cos, sin, heads, kv, caches[0], caches[1], slot, rms=rms, qk_norm=norm,
+                                   workspace=ws_t)
+    extra = dict(qk_norm=norm, workspace=ws_s, defer_norm=True) if qk_norm else {}
+    q_s, sc_s = skinny_qkv_rope_store(x, w, None, cos, sin, heads, kv, caches[2], caches[3], slot, rms=rms, **extra)
+    assert rel_err(q_t, q_s) < 2e-2, rel_err(q_t, q_s)
+    p, o = divmod(37, page)
+    keep = torch.ones(8, page, dtype=torch.bool, device="cuda")
+    keep[p, o] = False
+    for mine, theirs, before in ((caches[0], caches[2], k0), (caches[1], caches[3], v0)):
+        assert rel_err(mine[p, o], theirs[p, o]) < 2e-2, rel_err(mine[p, o], theirs[p, o])
+        assert rel_err(mine[p, o], before[p, o]) > 0.5  # the slot was written
+        assert torch.equal(mine[keep], before[keep])  # and nothing else
+    if qk_norm:
+        assert sc_t.per_head == sc_s.per_head and sc_t.eps == sc_s.eps
+        width = (heads + kv) * sc_t.per_head
+        assert rel_err(sc_t.parts[0, :width], sc_s.parts[0, :width]) < 2e-2
+    else:
+        assert sc_t is None and sc_s is None
+    pad = [c.clone() for c in caches[:2]]
+    tma_qkv_rope_store(x, w, cos, sin, heads, kv, caches[0], caches[1], torch.tensor([-1], device="cuda"), rms=rms,
+                       qk_norm=norm, workspace=ws_t)
+    assert torch.equal(pad[0], caches[0]) and torch.equal(pad[1], caches[1])
+
+
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("arch,inter", [("qwen3", 12288), ("llama", 14336)])
 def test_tma_linear_in_the_decode_step(arch, inter, monkeypatch):
     """A 2-layer model at an 8B model's widths: with the backend's `tma_linear` switch a batch-1 decode runs its
-    o, gate/up and down projections through the TMA launches (and a batch of 2 does not), its decode graph
+    qkv, o, gate/up and down projections through the TMA launches (and a batch of 2 does not), its decode graph
     replays the eager logits bit for bit, and the logits match the skinny launches and the unfused forward."""
     import pdpair.kernels.fused.tma_linear as tl_mod
 
@@ -136,7 +189,7 @@ def test_tma_linear_in_the_decode_step(arch, inter, monkeypatch):
     from tests.kernels.test_fused_gpu import _tiny_engine
 
     calls = []
-    for name in ("tma_linear", "tma_linear_add"):
+    for name in ("tma_linear", "tma_linear_add", "tma_qkv_rope_store"):
         real = getattr(tl_mod, name)
         monkeypatch.setattr(tl_mod, name, lambda *a, _real=real, **k: calls.append(a[0].shape[0]) or _real(*a, **k))
     eng, cfg = _tiny_engine(arch, hidden_size=H, num_heads=32, num_kv_heads=8, head_dim=128,
@@ -156,7 +209,7 @@ def test_tma_linear_in_the_decode_step(arch, inter, monkeypatch):
             replayed = graphs.replay(batch).clone()
             backend.tma_linear = True
             eager = eager_logits(eng, graphs.padded_batch(batch))[:bs]
-            assert calls == ([1] * 3 * cfg.num_layers if bs == 1 else []), (bs, calls)
+            assert calls == ([1] * 4 * cfg.num_layers if bs == 1 else []), (bs, calls)
             backend.tma_linear = False
             launches = eager_logits(eng, graphs.padded_batch(batch))[:bs]
             backend.fused_ops = False

@@ -472,15 +472,20 @@ class Chain:
                                    BLOCK_N=block_n, BLOCK_K=block_k, RING=slots, SYNC=sync, num_warps=warps)
         return run, (x, (self.layers % 2) * 4096, bar, err, grid[0])
 
+    def _descs(self, x: torch.Tensor, block_n: int, block_k: int) -> tuple:
+        """TMA descriptors of the stacked weights (boxes of `block_n` rows, at most 256 columns) and of x (rows of
+        256)."""
+        layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=2)
+        return (TensorDescriptor.from_tensor(self.a.view(-1, 4096), [block_n, min(block_k, 256)], layout),
+                TensorDescriptor.from_tensor(x.view(-1, 256), [1, 256], layout))
+
     def tma(self, tiles: int, block_n: int, block_k: int, slots: int, warps: int, sync: bool = True,
             x_once: bool = False, x_tma: bool = False) -> tuple:
         """The `o` chain through `_gl_tma_chain_kernel`."""
         assert self.kind == "o"
         x, bar, err = self._state()
         grid = (4096 // block_n // tiles,)
-        layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=2)
-        desc = TensorDescriptor.from_tensor(self.a.view(-1, 4096), [block_n, min(block_k, 256)], layout)
-        x_desc = TensorDescriptor.from_tensor(x.view(-1, 256), [1, 256], layout)
+        desc, x_desc = self._descs(x, block_n, block_k)
 
         def run():
             bar.zero_()
@@ -490,16 +495,13 @@ class Chain:
                                        X_TMA=x_tma, num_warps=warps)
         return run, (x, (self.layers % 2) * 4096, bar, err, grid[0])
 
-
     def tma_launches(self, tiles: int, block_n: int, block_k: int, slots: int, warps: int,
                      release_late: bool = False) -> tuple:
         """The `o` chain as one `_gl_tma_linear_kernel` launch per projection (PDL as the skinny launches)."""
         assert self.kind == "o"
         x, bar, err = self._state()
         grid = (4096 // block_n // tiles,)
-        layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=2)
-        desc = TensorDescriptor.from_tensor(self.a.view(-1, 4096), [block_n, min(block_k, 256)], layout)
-        x_desc = TensorDescriptor.from_tensor(x.view(-1, 256), [1, 256], layout)
+        desc, x_desc = self._descs(x, block_n, block_k)
         pdl = pdl_launch(x, 1)
 
         def run():

@@ -7,7 +7,7 @@ into shared memory start only after the wait, together with the input vector's. 
 per SM issues TMA copies of its first `RING - 1` weight steps (128 KB) into a shared-memory ring before the PDL
 wait (the weight is no kernel's output), then fetches the input vector by TMA after it, so DRAM keeps streaming
 while the kernel before drains. On a chain of 24 dependent o-shaped projections (`bench/persistent_gpu.py`,
-docs/kernels.md) that took the edge from 2.6 to 1.3-1.4 us over the bytes.
+docs/kernels.md) that took the edge from 2.4-2.6 to 1.0-1.4 us over the bytes.
 
 The same arithmetic and rounding as the skinny kernels for the four forms the folded step
 (`engine/models/fused.py`: `_folded_layers`) runs: the o and down projections adding into the residual stream
